@@ -1,0 +1,131 @@
+"""The tool's exceptions and the exit codes they map to, in one place.
+
+Every error a user can cause or meet derives from :class:`KeybuzzFixError`; the CLI's single
+top-level handler prints ``keybuzz-fix: error: <message>`` and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, documented in the README."""
+
+    OK = 0
+    FAILURE = 1  # an operation failed, a host failed, or the scorecard is below threshold
+    USAGE = 2  # bad command line, bad input file, bad configuration
+    PARTIAL = 3  # `all`: every step ran but the scorecard is below 100 %
+    ABORTED = 4  # the operator declined the confirmation
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class KeybuzzFixError(Exception):
+    """Root of every error the tool reports without a traceback."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(KeybuzzFixError):
+    """A command-line value is invalid."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(KeybuzzFixError):
+    """An input file is missing or malformed; names ``path:line`` when it can."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, path: str, problem: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {problem}")
+        self.path = path
+        self.line = line
+        self.problem = problem
+
+
+class ConfigError(InputError):
+    """The configuration file (or the shipped defaults) is invalid."""
+
+
+class Aborted(KeybuzzFixError):
+    """The operator answered no to a confirmation."""
+
+    exit_code = ExitCode.ABORTED
+
+
+class HostError(KeybuzzFixError):
+    """Something failed on one host; other hosts carry on."""
+
+    def __init__(self, host: str, problem: str) -> None:
+        super().__init__(f"{host}: {problem}")
+        self.host = host
+        self.problem = problem
+
+
+class HostUnreachable(HostError):
+    """TCP connect or SSH handshake failed or timed out."""
+
+
+class HostKeyError(HostError):
+    """The host key is unknown or differs from known_hosts."""
+
+
+class AuthError(HostError):
+    """SSH authentication was refused, or sudo wants a password."""
+
+
+class RemoteCommandError(HostError):
+    """A remote command exited non-zero or timed out."""
+
+    def __init__(self, host: str, command: str, status: int | None, output: str) -> None:
+        detail = output.strip().splitlines()[-1] if output.strip() else "no output"
+        what = "timed out" if status is None else f"exited {status}"
+        super().__init__(host, f"`{command}` {what}: {detail}")
+        self.command = command
+        self.status = status
+        self.output = output
+
+
+class MissingTool(HostError):
+    """A tool the operation needs is not installed on the host."""
+
+
+class ClusterError(KeybuzzFixError):
+    """The Kubernetes API could not be reached or refused a call."""
+
+
+class KubeconfigError(ClusterError):
+    """No usable kubeconfig."""
+
+    exit_code = ExitCode.USAGE
+
+
+class Forbidden(ClusterError):
+    """RBAC denied a call; names the verb, resource and namespace."""
+
+
+class Conflict(ClusterError):
+    """Server-side apply found a field owned by another manager."""
+
+
+class NotReady(ClusterError):
+    """Workloads did not become ready in time."""
+
+
+class PlanRefused(KeybuzzFixError):
+    """The plan cannot be carried out safely (port collision, unmovable port, …)."""
+
+
+class Interrupted(KeybuzzFixError):
+    """Ctrl-C: stop cleanly and say what was done."""
+
+    exit_code = ExitCode.INTERRUPTED

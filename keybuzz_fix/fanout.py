@@ -1,0 +1,92 @@
+"""Work on many hosts at once, each failure contained to its host.
+
+A thread per host (bounded by ``--concurrency``): the work is network-bound (SSH round trips), so
+threads suffice and keep paramiko usable. Progress is drawn only on a terminal. Ctrl-C cancels the
+hosts not yet started; the ones in flight finish their current command (bounded by ``--timeout``)
+and everything done so far is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from keybuzz_fix.errors import Interrupted, KeybuzzFixError
+from keybuzz_fix.inventory import Host
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What happened on one host: a result, or the error that stopped it."""
+
+    host: Host
+    result: T | None
+    error: KeybuzzFixError | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the work on this host finished without error."""
+        return self.error is None
+
+
+def run_all(hosts: Sequence[Host], work: Callable[[Host], T], *, concurrency: int,
+            console: Console | None = None, label: str = "working") -> list[Outcome[T]]:
+    """Run ``work`` on every host in parallel; return one outcome per host, in input order.
+
+    Only the tool's own errors are contained per host; anything else is a bug and propagates.
+    """
+    if not hosts:
+        return []
+    outcomes: dict[int, Outcome[T]] = {}
+
+    def one(index: int, host: Host) -> tuple[int, Outcome[T]]:
+        start = time.monotonic()
+        try:
+            result = work(host)
+        except KeybuzzFixError as e:
+            return index, Outcome(host, None, e, time.monotonic() - start)
+        return index, Outcome(host, result, None, time.monotonic() - start)
+
+    progress = _progress(console, label, len(hosts))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts))), thread_name_prefix="host")
+    pending: set[Future[tuple[int, Outcome[T]]]] = {pool.submit(one, i, h) for i, h in enumerate(hosts)}
+    try:
+        if progress is not None:
+            progress.start()
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in done:
+                index, outcome = fut.result()
+                outcomes[index] = outcome
+                if progress is not None:
+                    progress.advance(progress.task_ids[0])
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        finished = ", ".join(sorted(o.host.hostname for o in outcomes.values())) or "none"
+        raise Interrupted(f"interrupted: hosts finished before Ctrl-C: {finished}; hosts in flight finish "
+                          "their current command; re-run to converge") from None
+    finally:
+        if progress is not None:
+            progress.stop()
+        pool.shutdown(wait=True)
+    return [outcomes[i] for i in range(len(hosts))]
+
+
+def _progress(console: Console | None, label: str, total: int):  # type: ignore[no-untyped-def]
+    if console is None or not console.is_terminal:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 console=console, transient=True)
+    p.add_task(label, total=total)
+    return p

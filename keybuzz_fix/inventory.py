@@ -1,0 +1,242 @@
+"""Parse the operator's ``servers.tsv`` and select the K3s nodes to work on.
+
+The file is the operator's single source of truth for dozens of servers of every kind; only the
+rows with ``ROLE=k3s`` matter here, but the whole file is checked so that a typo is caught where
+it is, with ``file:line``. Values that end up in SSH (hostname, user, address) are validated as
+plain names so they can never reach a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from keybuzz_fix.errors import InputError, UsageError
+
+REQUIRED_COLUMNS = ("ENV", "HOSTNAME", "IP_PRIVEE", "USER_SSH", "ROLE", "SUBROLE")
+KNOWN_COLUMNS = (
+    "ENV",
+    "IP_PUBLIQUE",
+    "HOSTNAME",
+    "IP_PRIVEE",
+    "FQDN",
+    "USER_SSH",
+    "POOL",
+    "ROLE",
+    "SUBROLE",
+    "DOCKER_STACK",
+    "CORE",
+    "NOTES",
+)
+_ABSENT = ("", "-")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_BYTES = 10 * 1024 * 1024
+
+
+class Role(str, Enum):
+    """Which K3s nodes a command works on."""
+
+    WORKER = "worker"
+    MASTER = "master"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class Host:
+    """One server row, as the tool needs it."""
+
+    hostname: str
+    private_ip: str
+    public_ip: str | None
+    user: str
+    env: str
+    role: str
+    subrole: str
+    fqdn: str | None = None
+    line: int = 0
+
+    @property
+    def is_k3s(self) -> bool:
+        """Whether the row is a K3s node."""
+        return self.role.lower() == "k3s"
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form ``inventory -o json`` prints."""
+        data = asdict(self)
+        data.pop("fqdn")
+        data.pop("line")
+        return data
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Every row of one servers.tsv file, in file order."""
+
+    path: str
+    hosts: tuple[Host, ...]
+
+    def envs(self) -> list[str]:
+        """Return the distinct ENV values, in file order."""
+        return list(dict.fromkeys(h.env for h in self.hosts))
+
+
+def load(path: Path | str) -> Inventory:
+    """Read and check a servers.tsv file."""
+    p = Path(path)
+    shown = str(path)
+    try:
+        if p.is_dir():
+            raise InputError(shown, "is a directory, expected a servers.tsv file")
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise InputError(shown, f"file is {size} bytes, larger than {MAX_BYTES}: not a servers.tsv")
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(shown, "no such file") from None
+    except PermissionError:
+        raise InputError(shown, "permission denied") from None
+    except IsADirectoryError:
+        raise InputError(shown, "is a directory, expected a servers.tsv file") from None
+    return parse(raw, shown)
+
+
+def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
+    """Parse the bytes (or text) of a servers.tsv file; errors name ``path:line``."""
+    text = _decode(raw, path)
+    header: list[str] | None = None
+    header_line = 0
+    hosts: list[Host] = []
+    seen_name: dict[tuple[str, str], int] = {}
+    seen_ip: dict[tuple[str, str], int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "\x00" in line:
+            raise InputError(path, "contains a NUL byte: not a text file", number)
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if header is None:
+            header, header_line = _check_header(fields, path, number), number
+            continue
+        if len(fields) != len(header):
+            hint = " (are the columns separated by tabs?)" if len(fields) == 1 else ""
+            raise InputError(
+                path, f"expected {len(header)} tab-separated fields as in the header (line {header_line}), "
+                f"found {len(fields)}{hint}", number)
+        row = dict(zip(header, fields, strict=True))
+        host = _host(row, path, number)
+        for key, seen, what in (
+            ((host.env, host.hostname.lower()), seen_name, "hostname"),
+            ((host.env, host.private_ip), seen_ip, "IP_PRIVEE"),
+        ):
+            if key[1] == "":
+                continue
+            if key in seen:
+                raise InputError(
+                    path, f"duplicate {what} {key[1]!r} in ENV {host.env!r} (first on line {seen[key]})", number)
+            seen[key] = number
+        hosts.append(host)
+    if header is None:
+        raise InputError(path, "empty file: no header row")
+    return Inventory(path=path, hosts=tuple(hosts))
+
+
+def select(inventory: Inventory, role: Role = Role.WORKER, env: str = "prod") -> list[Host]:
+    """Return the K3s nodes of ``env`` with the given role; an empty selection is an error."""
+    k3s = [h for h in inventory.hosts if h.env == env and h.is_k3s]
+    wanted = [h for h in k3s if role is Role.ALL or h.subrole.lower() == role.value]
+    if not wanted:
+        envs = ", ".join(inventory.envs()) or "none"
+        what = "K3s node" if role is Role.ALL else f"K3s {role.value}"
+        raise InputError(
+            inventory.path, f"no {what} found (ROLE=k3s, SUBROLE={role.value}) for ENV {env!r}; "
+            f"ENV values in the file: {envs}")
+    for h in wanted:
+        if not h.private_ip:
+            raise InputError(inventory.path, f"{h.hostname}: IP_PRIVEE is empty, cannot reach it over SSH", h.line)
+        if not h.user:
+            raise InputError(inventory.path, f"{h.hostname}: USER_SSH is empty", h.line)
+    return wanted
+
+
+def with_user(hosts: Iterable[Host], user: str | None) -> list[Host]:
+    """Apply a ``--user`` override, checked like the file's own values."""
+    if user is None:
+        return list(hosts)
+    if not _USER.match(user):
+        raise UsageError(f"--user {user!r} is not a plain user name")
+    return [Host(**{**asdict(h), "user": user}) for h in hosts]
+
+
+def _decode(raw: bytes | str, path: str) -> str:
+    if isinstance(raw, str):
+        return raw.removeprefix("\ufeff")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(path, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})", line) from None
+
+
+def _check_header(fields: Sequence[str], path: str, number: int) -> list[str]:
+    names = [f.upper() for f in fields]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        if len(fields) == 1 and " " in fields[0]:
+            raise InputError(path, "header is not tab-separated (found spaces between column names)", number)
+        raise InputError(path, f"missing required column(s) {', '.join(missing)} in header", number)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(path, f"column(s) {', '.join(dupes)} appear more than once in header", number)
+    if "" in names:
+        raise InputError(path, "header has an empty column name", number)
+    return names
+
+
+def _host(row: dict[str, str], path: str, number: int) -> Host:
+    def value(column: str) -> str:
+        v = row.get(column, "")
+        return "" if v in _ABSENT else v
+
+    env, hostname, user = value("ENV"), value("HOSTNAME"), value("USER_SSH")
+    role, subrole = value("ROLE"), value("SUBROLE")
+    if not env or not _WORD.match(env):
+        raise InputError(path, f"ENV {row.get('ENV', '')!r} is not a plain word", number)
+    if not hostname:
+        raise InputError(path, "HOSTNAME is empty", number)
+    if not _HOSTNAME.match(hostname):
+        raise InputError(path, f"HOSTNAME {hostname!r} is not a plain host name (letters, digits, '-', '.')", number)
+    if user and not _USER.match(user):
+        raise InputError(path, f"USER_SSH {user!r} is not a plain user name", number)
+    for column, v in (("ROLE", role), ("SUBROLE", subrole)):
+        if v and not _WORD.match(v):
+            raise InputError(path, f"{column} {v!r} is not a plain word", number)
+    fqdn = value("FQDN") or None
+    if fqdn and not _HOSTNAME.match(fqdn):
+        raise InputError(path, f"FQDN {fqdn!r} is not a valid DNS name", number)
+    return Host(
+        hostname=hostname,
+        private_ip=_ip(value("IP_PRIVEE"), "IP_PRIVEE", path, number),
+        public_ip=_ip(value("IP_PUBLIQUE"), "IP_PUBLIQUE", path, number) or None,
+        user=user,
+        env=env,
+        role=role,
+        subrole=subrole,
+        fqdn=fqdn,
+        line=number,
+    )
+
+
+def _ip(v: str, column: str, path: str, number: int) -> str:
+    if not v:
+        return ""
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise InputError(path, f"{column} {v!r} is not a valid IP address", number) from None
