@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from keybuzz_fix import __version__
 from keybuzz_fix.errors import ExitCode, KeybuzzFixError, UsageError
@@ -38,7 +39,32 @@ if TYPE_CHECKING:
 
     from keybuzz_fix.ssh import SshOptions
 
+class _Group(TyperGroup):
+    """The root command group: the one place where errors become one line and an exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except KeybuzzFixError as e:
+            if debug:
+                raise
+            _error(str(e))
+            raise typer.Exit(int(e.exit_code)) from None
+        except typer.TyperException as e:
+            if debug or e.exit_code != 2:
+                raise
+            _error(e.format_message())
+            raise typer.Exit(int(ExitCode.USAGE)) from None
+        except (KeyboardInterrupt, typer.Abort):
+            if debug:
+                raise
+            _error("interrupted (Ctrl-C)")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="keybuzz-fix",
     help="Repair a K3s cluster whose ClusterIP Services and ingress time out (504) because Flannel's VXLAN "
     "traffic does not pass: open the ingress NodePorts in UFW, run the apps as hostNetwork DaemonSets, "
@@ -46,6 +72,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -110,8 +137,9 @@ def inventory(
     """List the K3s nodes selected from servers.tsv (touches no network).
 
     Examples:
-      keybuzz-fix inventory servers.tsv
-      keybuzz-fix inventory servers.tsv --role all -o json
+
+        keybuzz-fix inventory servers.tsv
+        keybuzz-fix inventory servers.tsv --role all -o json
     """
     from keybuzz_fix import inventory as inv
     from keybuzz_fix import report
@@ -149,12 +177,16 @@ def ufw(
 ) -> None:
     """Open the ingress-nginx NodePorts in UFW on every worker, so the load balancers reach them.
 
-    Reads each worker's rules, shows the plan, asks once, applies and reads back. Rules already present are left alone; nothing is ever removed or reordered; UFW is only enabled with --enable, after an SSH allow rule.
+    Reads each worker's rules, shows the plan, asks once, applies and reads back.
+
+    Rules already present are left alone; nothing is removed or reordered; UFW is only enabled
+    with --enable, after an SSH allow rule.
 
     Examples:
-      keybuzz-fix ufw servers.tsv --dry-run
-      keybuzz-fix ufw servers.tsv --yes -o json
-      keybuzz-fix ufw servers.tsv --ports 31695/tcp --source 10.0.0.0/16 --identity ~/.ssh/id_ed25519
+
+        keybuzz-fix ufw servers.tsv --dry-run
+        keybuzz-fix ufw servers.tsv --yes -o json
+        keybuzz-fix ufw servers.tsv --ports 31695/tcp --source 10.0.0.0/16 --identity ~/.ssh/id_ed25519
     """
     from keybuzz_fix import config as cfg_mod
     from keybuzz_fix import firewall
@@ -175,35 +207,16 @@ def ufw(
     raise typer.Exit(int(code))
 
 
-def _debug_requested(argv: list[str]) -> bool:
-    for arg in argv:
-        if arg == "--debug":
-            return True
-        if not arg.startswith("-"):
-            return False
-    return False
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; map every known error to one line and an exit code."""
+    """Run the CLI (errors inside commands are mapped by the root group, the rest here)."""
     args = sys.argv[1:] if argv is None else argv
-    debug = _debug_requested(args)
     try:
         rv = app(args=args, prog_name="keybuzz-fix", standalone_mode=False)
-    except KeybuzzFixError as e:
-        if debug:
-            raise
-        _error(str(e))
-        sys.exit(int(e.exit_code))
-    except typer.TyperException as e:  # Typer's usage errors (unknown option, bad value, …)
-        if debug:
-            raise
+    except typer.TyperException as e:  # a bad option before the command name
         _error(e.format_message())
-        sys.exit(int(ExitCode.USAGE) if e.exit_code == 2 else e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        if debug:
-            raise
-        _error("interrupted")
+        sys.exit(int(ExitCode.USAGE))
+    except (KeyboardInterrupt, typer.Abort):
+        _error("interrupted (Ctrl-C)")
         sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(rv if isinstance(rv, int) else 0)
 

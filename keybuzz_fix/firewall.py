@@ -394,7 +394,7 @@ def _net_covers(outer: str, inner: str) -> bool:
         o, i = ipaddress.ip_network(outer, strict=False), ipaddress.ip_network(inner, strict=False)
     except ValueError:
         return False
-    return o.version == i.version and i.subnet_of(o)  # type: ignore[arg-type]
+    return o.version == i.version and i.subnet_of(o)  # type: ignore[arg-type,unused-ignore]
 
 
 def _net_overlaps(a: str, b: str) -> bool:
@@ -404,7 +404,7 @@ def _net_overlaps(a: str, b: str) -> bool:
         x, y = ipaddress.ip_network(a, strict=False), ipaddress.ip_network(b, strict=False)
     except ValueError:
         return False
-    return x.version == y.version and x.overlaps(y)  # type: ignore[arg-type]
+    return x.version == y.version and x.overlaps(y)  # type: ignore[arg-type,unused-ignore]
 
 
 def _parse_ssh_connection(value: str) -> tuple[str | None, int | None]:

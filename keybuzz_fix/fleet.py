@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from keybuzz_fix import report
 from keybuzz_fix.errors import Aborted, ExitCode, UsageError
 from keybuzz_fix.firewall import UfwRule
-from keybuzz_fix.firewall_apply import FirewallRun, HostPlan, Status
+from keybuzz_fix.firewall_apply import FirewallRun, HostPlan, HostResult, Status
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.options import Output
 from keybuzz_fix.ssh import SshOptions
@@ -59,7 +59,8 @@ def run_firewall(console: Console, *, command: str, hosts: Sequence[Host],
         outcomes = [o for o in planned if not o.ok] + list(applied)
         order = {h.hostname: i for i, h in enumerate(hosts)}
         outcomes.sort(key=lambda o: order[o.host.hostname])
-        failed = any(not o.ok or (o.result is not None and o.result.status is Status.BLOCKED) for o in outcomes)
+        failed = any(not o.ok or (isinstance(o.result, HostResult) and o.result.status is Status.BLOCKED)
+                     for o in outcomes)
         code = ExitCode.FAILURE if failed else ExitCode.OK
         _finish(console, output, outcomes, dry_run=False, run=run, code=code, title=f"{command}: result")
         return code

@@ -34,7 +34,8 @@ KNOWN_COLUMNS = (
     "NOTES",
 )
 _ABSENT = ("", "-")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _WORD = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BYTES = 10 * 1024 * 1024
@@ -143,7 +144,7 @@ def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
             seen[key] = number
         hosts.append(host)
     if header is None:
-        raise InputError(path, "empty file: no header row")
+        raise InputError(path, "no header row (the file is empty or holds only comments)")
     return Inventory(path=path, hosts=tuple(hosts))
 
 

@@ -206,7 +206,7 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
 def _policy(name: str, known: Path, accept: bool, accepted: AcceptedKeys | None) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
-    class Policy(paramiko.MissingHostKeyPolicy):
+    class Policy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
             if not accept:
                 raise HostKeyError(name, f"host key for {hostname} is not in {known} "
