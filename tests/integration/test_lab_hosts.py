@@ -221,6 +221,8 @@ def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:  # no
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not [line for line in listed.splitlines() if line.split()[0] in netns]
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert f"{PREFIX}{lab.token}h" not in links
     assert not workdir.exists()
     assert not (RECORD_DIR / f"{lab.token}.json").exists()
 

@@ -27,6 +27,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -104,8 +105,9 @@ class HostSpec:
 class _Procs:
     """The processes that make one host, for starting and stopping them."""
 
-    def __init__(self, netns: str, hostdir: Path) -> None:
+    def __init__(self, netns: str, veth: str, hostdir: Path) -> None:
         self.netns = netns
+        self.veth = veth  # the root namespace's end of the host's link to the bridge
         self.dir = hostdir
         self.anchor: subprocess.Popen[bytes] | None = None
         self.sshd: subprocess.Popen[bytes] | None = None
@@ -162,7 +164,16 @@ class LabHost:
 
 
 class Lab:
-    """Context manager building N hosts on a bridge; `close` tears all of it down."""
+    """Context manager building N hosts on a bridge; `close` tears all of it down.
+
+    Args:
+        names: host names (default `HostSpec`) or specs; host i gets 198.18.0.(base_ip + i).
+        workdir: where to keep the lab's files (kept after close); default a temp dir, deleted.
+        base_ip: last octet of the first host's address.
+        user: the SSH user `servers_tsv` writes (root; the sudo users exist with `sudo_users`).
+        ready_timeout: seconds each host's anchor, sshd and listener get to come up.
+        workers: hosts built in parallel (default: twice the CPU count).
+    """
 
     def __init__(
         self,
@@ -371,9 +382,7 @@ class Lab:
         netns = f"{PREFIX}-{self.token}-ufw-template"
         self._netns[netns] = None
         _check(["ip", "netns", "add", netns])
-        binds = _binds([(d / "etc-ufw", "/etc/ufw"), (d / "lib-ufw", "/lib/ufw"),
-                        (d / "default-ufw", "/etc/default/ufw"), (d / "run", "/run")])
-        script = binds + "ufw default deny incoming && ufw allow 22/tcp && ufw --force enable"
+        script = _binds(_ufw_binds(d)) + "ufw default deny incoming && ufw allow 22/tcp && ufw --force enable"
         _check(["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
                 "sh", "-c", script], timeout=60, env=_HOST_ENV)
         err = _teardown_netns((netns, None))
@@ -391,15 +400,15 @@ class Lab:
         (d / "hosts").write_text(Path("/etc/hosts").read_text() + f"{ip}\t{spec.name}\n")
         if not spec.ufw_installed:
             (d / "hide").mkdir()
-            os.mknod(d / "hide" / "ufw", 0o600 | 0o020000, os.makedev(0, 0))  # overlayfs whiteout
+            os.mknod(d / "hide" / "ufw", stat.S_IFCHR | 0o600, os.makedev(0, 0))  # overlayfs whiteout
         if spec.sudo_users:
             _write_sudo_users(d)
         key_pub = _host_key(d / "ssh_host_ed25519_key", spec.name)
         (d / "sshd_config").write_text(_sshd_config(ip, d, self.workdir / "authorized_keys"))
         netns = f"{PREFIX}-{self.token}-{spec.name}"
-        procs = _Procs(netns, d)
-        self._netns[netns] = procs
         veth = f"{PREFIX}{self.token}h{index}"
+        procs = _Procs(netns, veth, d)
+        self._netns[netns] = procs
         _check(["ip", "netns", "add", netns])
         _check(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
         _check(["ip", "link", "set", veth, "master", self._bridge, "up"])
@@ -418,8 +427,7 @@ class Lab:
             # Copy in place: the files are bind-mount sources, their inodes must stay the same.
             shutil.copytree(t / "etc-ufw", d / "etc-ufw", dirs_exist_ok=True)
             shutil.copyfile(t / "default-ufw", d / "default-ufw")
-        binds = [(d / "etc-ufw", "/etc/ufw"), (d / "lib-ufw", "/lib/ufw"),
-                 (d / "default-ufw", "/etc/default/ufw"), (d / "run", "/run"), (d / "hosts", "/etc/hosts")]
+        binds = [*_ufw_binds(d), (d / "hosts", "/etc/hosts")]
         if spec.sudo_users:
             binds += [(d / f, f"/etc/{f}") for f in ("passwd", "shadow", "group", "sudoers.d")]
         script = _binds(binds)
@@ -442,10 +450,10 @@ class Lab:
         return host
 
     def _start_sshd(self, name: str, ip: str, procs: _Procs) -> None:
-        d = procs.dir
-        with open(d / "sshd.log", "ab") as log:
+        d, log_path = procs.dir, procs.dir / "sshd.log"
+        with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                procs.nsenter(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"), "-E", str(log.name)]),
+                procs.nsenter(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"), "-E", str(log_path)]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_HOST_ENV, cwd="/",
                 start_new_session=True)
         with procs.lock:
@@ -453,14 +461,14 @@ class Lab:
         deadline = time.monotonic() + self.ready_timeout
         while True:
             if proc.poll() is not None:
-                raise LabError(f"{name}: sshd exited with {proc.returncode}:\n{_tail(d / 'sshd.log')}")
+                raise LabError(f"{name}: sshd exited with {proc.returncode}:\n{_tail(log_path)}")
             try:
                 with socket.create_connection((ip, 22), timeout=0.5):
                     return
             except OSError:
                 if time.monotonic() > deadline:
                     raise LabError(f"{name}: sshd not reachable at {ip}:22 after {self.ready_timeout}s:\n"
-                                   f"{_tail(d / 'sshd.log')}") from None
+                                   f"{_tail(log_path)}") from None
                 time.sleep(0.01)
 
 
@@ -562,10 +570,10 @@ def free_base_ip(count: int, start: int = 21) -> int:
 
 def _start_time(pid: int) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return text.rsplit(")", 1)[1].split()[19]  # field 22, starttime
 
 
 def _write_record(token: str, workdir: Path | None) -> None:
@@ -674,6 +682,8 @@ def _teardown_netns(item: tuple[str, _Procs | None]) -> str | None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             time.sleep(0.02)
+        if procs is not None and Path("/sys/class/net", procs.veth).exists():
+            _check(["ip", "link", "del", procs.veth])  # at once; the kernel frees a netns's links later
         _check(["ip", "netns", "del", netns])
     except (LabError, OSError, subprocess.SubprocessError) as e:
         return f"{netns}: {e}"
@@ -688,6 +698,12 @@ def _copy_ufw_files(d: Path) -> None:
     (d / "run" / "sshd").mkdir(parents=True)
     (d / "run" / "lock").mkdir(mode=0o1777)
     (d / "run" / "lock").chmod(0o1777)
+
+
+def _ufw_binds(d: Path) -> list[tuple[Path, str]]:
+    """The per-host copies `_copy_ufw_files` made, and where they are mounted inside the host."""
+    return [(d / "etc-ufw", "/etc/ufw"), (d / "lib-ufw", "/lib/ufw"),
+            (d / "default-ufw", "/etc/default/ufw"), (d / "run", "/run")]
 
 
 def _binds(pairs: list[tuple[Path, str]]) -> str:
