@@ -412,9 +412,13 @@ class Lab:
         _check(["ip", "netns", "add", netns])
         _check(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
         _check(["ip", "link", "set", veth, "master", self._bridge, "up"])
+        # The MAC is derived from the address, so a host rebuilt at an address a previous lab used
+        # is reachable at once: the root namespace's neighbour cache still points at the right MAC.
+        mac = "02:00:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+        _check(["ip", "neigh", "flush", "to", ip])
         _check(["ip", "-n", netns, "-batch", "-"], stdin_text=(
-            f"addr add {ip}/{SUBNET.prefixlen} dev eth0\nlink set eth0 up\nlink set lo up\n"
-            f"route add default via {GATEWAY}\n"))
+            f"link set eth0 address {mac}\naddr add {ip}/{SUBNET.prefixlen} dev eth0\nlink set eth0 up\n"
+            f"link set lo up\nroute add default via {GATEWAY}\n"))
         return spec, ip, procs, key_pub
 
     def _boot_host(self, spec: HostSpec, ip: str, procs: _Procs, key_pub: str,
