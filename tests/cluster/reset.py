@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.seed import wait_for
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import KWOK_NODE_ANNOTATION
 
