@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -488,8 +489,10 @@ class _Network:
         self.users = 0
         self.claimed: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.machine_lock: int | None = None
 
     def up(self) -> None:
+        self._lock_machine()
         remove_leftovers()
         routes = _check(["ip", "-4", "-o", "route", "show", "root", str(LAB_RANGE)]).stdout.strip()
         if routes:
@@ -509,6 +512,26 @@ class _Network:
         if Path("/sys/class/net", self.bridge).exists():
             _check(["ip", "link", "del", self.bridge])
         (RECORD_DIR / f"{self.token}.json").unlink(missing_ok=True)
+        if self.machine_lock is not None:
+            os.close(self.machine_lock)  # releases the flock
+            self.machine_lock: int | None = None
+
+    def _lock_machine(self) -> None:
+        """Wait (bounded) for other test processes' labs to finish: the subnet exists once per machine."""
+        RECORD_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(RECORD_DIR / "machine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + float(os.environ.get("KBF_LAB_WAIT", "1200"))
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise LabError("another process holds the lab subnet for too long "
+                                   f"({RECORD_DIR / 'machine.lock'}); giving up") from None
+                time.sleep(0.5)
+        self.machine_lock = fd
 
     def claim(self, ips: list[str], owner: str) -> None:
         with self.lock:
