@@ -514,7 +514,7 @@ class _Network:
         (RECORD_DIR / f"{self.token}.json").unlink(missing_ok=True)
         if self.machine_lock is not None:
             os.close(self.machine_lock)  # releases the flock
-            self.machine_lock: int | None = None
+            self.machine_lock = None
 
     def _lock_machine(self) -> None:
         """Wait (bounded) for other test processes' labs to finish: the subnet exists once per machine."""
