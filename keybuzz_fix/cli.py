@@ -207,6 +207,15 @@ def ufw(
     raise typer.Exit(int(code))
 
 
+# -- convert / rollback -------------------------------------------------------------------------
+
+
+# -- ingress / validate / all --------------------------------------------------------------------
+
+
+# -- diagnose / overlay --------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI (errors inside commands are mapped by the root group, the rest here)."""
     args = sys.argv[1:] if argv is None else argv
