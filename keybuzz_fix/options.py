@@ -51,5 +51,12 @@ ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Hosts worked
 KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, "
                                                     "~/.kube/config).", rich_help_panel=CLUSTER, show_default=False)]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context.", rich_help_panel=CLUSTER)]
+FromMasterOpt = Annotated[Path | None, typer.Option("--kubeconfig-from-master", metavar="SERVERS_TSV",
+                                                    help="Read /etc/rancher/k3s/k3s.yaml from the first K3s master "
+                                                    "of this servers.tsv over SSH (kept in memory).",
+                                                    rich_help_panel=CLUSTER, show_default=False)]
+SaveKubeconfigOpt = Annotated[Path | None, typer.Option("--save-kubeconfig", help="With --kubeconfig-from-master: "
+                                                        "also save it to this file (mode 0600).",
+                                                        rich_help_panel=CLUSTER, show_default=False)]
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
