@@ -9,6 +9,7 @@ a 403 names the verb, resource and namespace that were refused.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import ssl
@@ -104,7 +105,7 @@ class Kube:
         return items
 
     def list_with_version(self, kind: str, namespace: str | None = None,
-                          selector: str | None = None) -> tuple[list[Obj], str]:
+                          selector: str | None = None) -> tuple[builtins.list[Obj], str]:
         """Return the objects and the list's resourceVersion, to start a watch from."""
         query = {"labelSelector": selector} if selector else None
         body = self._request("GET", RESOURCES[kind].path(namespace), query=query, what=("list", kind, namespace, None))
@@ -155,7 +156,7 @@ class Kube:
         assert body is not None
         return body
 
-    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj | list[Any], *,
+    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj | builtins.list[Any], *,
               patch_type: str = "strategic", dry_run: bool = False) -> Obj:
         """Patch an object in place (strategic, merge or json patch)."""
         content_type = {"strategic": "application/strategic-merge-patch+json",
@@ -301,7 +302,8 @@ def load(kubeconfig: Path | None = None, context: str | None = None, timeout: fl
     source = str(paths[0])
     cfg = client.Configuration()
     try:
-        config.load_kube_config(config_file=os.pathsep.join(map(str, paths)), context=context,
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.pathsep.join(map(str, paths)), context=context,
                                 client_configuration=cfg, persist_config=False)
     except ConfigException as e:
         raise KubeconfigError(f"{source}: {_short(str(e))}") from None
