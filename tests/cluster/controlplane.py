@@ -43,6 +43,7 @@ ETCD_TIMEOUT = 30.0
 APISERVER_TIMEOUT = 90.0
 COMPONENT_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+RESYNC_GRACE = 10.0  # after an apiserver restart, for the controllers to watch again
 _POLL_INTERVAL = 0.1
 _PORT_ATTEMPTS = 3
 _PR_SET_PDEATHSIG = 1
@@ -118,6 +119,7 @@ class _Component:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    wait: Callable[[_Component], None] = lambda component: None
     popen: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -197,6 +199,7 @@ class ControlPlane:
         self._ca: pki.CertificateAuthority | None = None
         self._identities: dict[str, pki.KeyPair] = {}
         self._etcd_url = ""
+        self._watches_before_stop = 0
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -250,15 +253,32 @@ class ControlPlane:
 
     def stop_apiserver(self) -> None:
         """Stop only kube-apiserver (a fault test); etcd keeps the data, the others keep retrying."""
-        self._components["kube-apiserver"].stop()
+        component = self._components["kube-apiserver"]
+        if component.running():
+            self._watches_before_stop = self._watch_count()
+        component.stop()
 
     def start_apiserver(self) -> None:
-        """Start kube-apiserver again on the same port and data, and wait until /readyz is ok."""
+        """Start kube-apiserver again on the same port and data; wait for /readyz and the watchers.
+
+        After an outage the controllers re-list with backoff and act on their stale caches
+        meanwhile (recreating what was just deleted, for one). So this also waits until the
+        apiserver serves as many watches as before stop_apiserver() (a test must not hold a watch
+        of its own across the restart). Backoff grows to 30 s over repeated outages: past
+        RESYNC_GRACE the other components are restarted instead, which lists afresh.
+        """
         component = self._components["kube-apiserver"]
         if component.running():
             return
         component.start(self._die_with_parent)
         self._wait_apiserver(component)
+        wanted = self._watches_before_stop
+        if self._until(RESYNC_GRACE, lambda: self._watch_count() >= wanted):
+            return
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            self._restart(name)
+        if not self._until(COMPONENT_TIMEOUT, lambda: self._watch_count() >= wanted):
+            raise component.failure(f"{self._watch_count()} of {wanted} watches back after a restart")
 
     def log_paths(self) -> dict[str, Path]:
         """Return each component's log file, for failure messages."""
@@ -326,7 +346,7 @@ class ControlPlane:
             port = free_port()
             argv, env = argv_for(port)
             argv += self._extra_args.get(name, [])
-            component = _Component(name, argv, self.logs_dir / f"{name}.log", env, port)
+            component = _Component(name, argv, self.logs_dir / f"{name}.log", env, port, wait)
             self._components[name] = component
             component.start(self._die_with_parent)
             try:
@@ -336,6 +356,21 @@ class ControlPlane:
                 component.stop()
                 if attempt == _PORT_ATTEMPTS or "address already in use" not in _log_tail(component.log_path):
                     raise
+
+    def _restart(self, name: str) -> None:
+        component = self._components[name]
+        component.stop()
+        component.start(self._die_with_parent)
+        component.wait(component)
+
+    @staticmethod
+    def _until(timeout: float, check: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL_INTERVAL)
+        return True
 
     def _poll(self, component: _Component, what: str, timeout: float, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + timeout
@@ -415,6 +450,17 @@ class ControlPlane:
         self._poll(
             component, "/readyz", APISERVER_TIMEOUT,
             lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
+        )
+
+    def _watch_count(self) -> int:
+        """Count the watches the apiserver serves (its apiserver_longrunning_requests gauge)."""
+        body = _http_get(f"{self.server}/metrics", self._admin_ssl(), timeout=10)
+        if body is None:
+            return -1
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in body.decode().splitlines()
+            if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line
         )
 
     def _get_json(self, path: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ seed_keybuzz resets their labels and taints, which is faster than new nodes beco
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,7 +30,7 @@ _KEEP_IN_DEFAULT = {"services": "kubernetes", "endpoints": "kubernetes", "endpoi
 # Controllers first, so nothing recreates the pods deleted after them.
 _FIRST = ("deployments", "daemonsets", "statefulsets", "cronjobs", "jobs", "replicasets",
           "replicationcontrollers", "horizontalpodautoscalers")
-_ATTEMPTS = 5
+EMPTY_TIMEOUT = 20.0
 
 
 def _request(api_client: client.ApiClient, method: str, path: str, query: Iterable[tuple[str, str]] = ()) -> Any:
@@ -65,8 +66,14 @@ def _selector(resource: str, namespace: str) -> str:
 
 
 def empty_namespace(api_client: client.ApiClient, namespace: str, collections: list[tuple[str, str]]) -> None:
-    """Delete every object in a namespace (but the ones controllers recreate) and check it is empty."""
-    for _ in range(_ATTEMPTS):
+    """Delete every object in a namespace (but the ones controllers recreate) until it stays empty.
+
+    A controller acting on a stale cache (after an apiserver restart, say) may recreate what was
+    just deleted, so this deletes again, with a growing pause, for at most EMPTY_TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + EMPTY_TIMEOUT
+    pause = 0.05
+    while True:
         for resource, prefix in collections:
             query = [("gracePeriodSeconds", "0"), ("propagationPolicy", "Background")]
             if selector := _selector(resource, namespace):
@@ -81,7 +88,10 @@ def empty_namespace(api_client: client.ApiClient, namespace: str, collections: l
             left += [f"{resource}/{i['metadata']['name']}" for i in items]
         if not left:
             return
-    raise TimeoutError(f"namespace {namespace} still holds {', '.join(left)} after {_ATTEMPTS} passes")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespace {namespace} still holds {', '.join(left)} after {EMPTY_TIMEOUT:.0f}s")
+        time.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
 def reset_cluster(
