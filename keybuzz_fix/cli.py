@@ -21,10 +21,13 @@ from keybuzz_fix.options import (
     AcceptNewOpt,
     ConcurrencyOpt,
     ConfigOpt,
+    ContextOpt,
     DryRunOpt,
     EnvOpt,
+    FromMasterOpt,
     IdentityOpt,
     KnownHostsOpt,
+    KubeconfigOpt,
     Output,
     OutputOpt,
     RoleOpt,
@@ -214,6 +217,117 @@ def ufw(
 
 
 # -- diagnose / overlay --------------------------------------------------------------------------
+
+
+@app.command()
+def overlay(
+    ctx: typer.Context,
+    servers: ServersArg,
+    enable: Annotated[bool, typer.Option("--enable", help="Enable UFW where it is inactive (an SSH allow rule "
+                                         "is added first).")] = False,
+    checksum_offload_off: Annotated[bool, typer.Option(
+        "--checksum-offload-off", help="Also turn off tx-checksum-ip-generic on flannel.1 (ethtool) and keep it "
+        "off with a udev rule: the workaround for the VXLAN checksum-offload bug of kernels older than 5.7.")] = False,
+    env: EnvOpt = "prod",
+    user: UserOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+    timeout: TimeoutOpt = 10.0,
+    concurrency: ConcurrencyOpt = 16,
+    output: OutputOpt = Output.TEXT,
+    config: ConfigOpt = None,
+) -> None:
+    """Let Flannel's VXLAN through UFW on every K3s node (masters and workers).
+
+    Adds, where missing: allow 8472/udp from the private network, allow from the pod network and
+    allow from the service network (overlay.* in the config). Same run as `ufw`: reads each node,
+    shows the plan, asks once, applies and reads back; nothing is removed or reordered.
+
+    Examples:
+
+        keybuzz-fix overlay servers.tsv --dry-run
+        keybuzz-fix overlay servers.tsv --yes -o json
+        keybuzz-fix overlay servers.tsv --yes --checksum-offload-off
+    """
+    from keybuzz_fix import config as cfg_mod
+    from keybuzz_fix import inventory as inv
+    from keybuzz_fix import overlay as overlay_mod
+    from keybuzz_fix.firewall_apply import HostExtra
+    from keybuzz_fix.fleet import run_firewall
+
+    cfg = cfg_mod.load(config)
+    rules = overlay_mod.overlay_rules(cfg.overlay)
+    extra = HostExtra(overlay_mod.OFFLOAD_PROBE, overlay_mod.plan_offload) if checksum_offload_off else None
+    hosts = inv.with_user(inv.select(inv.load(servers), inv.Role.ALL, env), user)
+    code = run_firewall(_state(ctx).console, command="overlay", hosts=hosts, desired=lambda _h: rules,
+                        ssh=ssh_options(identity, known_hosts, accept_new_host_keys, timeout), enable=enable,
+                        dry_run=dry_run, yes=yes, concurrency=_check_concurrency(concurrency), output=output,
+                        extra=extra)
+    raise typer.Exit(int(code))
+
+
+@app.command()
+def diagnose(
+    ctx: typer.Context,
+    servers: ServersArg,
+    env: EnvOpt = "prod",
+    user: UserOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+    timeout: TimeoutOpt = 10.0,
+    concurrency: ConcurrencyOpt = 16,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    kubeconfig_from_master: FromMasterOpt = None,
+    output: OutputOpt = Output.TEXT,
+    config: ConfigOpt = None,
+) -> None:
+    """Find why ClusterIP traffic does not cross the nodes (read-only: changes nothing).
+
+    On every K3s node (over SSH, in parallel) and in the API: Flannel on the wrong interface,
+    UFW dropping VXLAN, the VXLAN checksum-offload bug, an MTU too large for VXLAN, and a live
+    probe (each node pings every other node's flannel.1; CoreDNS through its ClusterIP). Findings
+    are ranked, confirmed by a failing probe first; a missing tool is "not checked", never a pass.
+    Exit code 0 when the overlay is healthy, 1 otherwise. Without a reachable API the node checks
+    still run.
+
+    Examples:
+
+        keybuzz-fix diagnose servers.tsv
+        keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
+    """
+    from keybuzz_fix import config as cfg_mod
+    from keybuzz_fix import diagnose as diag
+    from keybuzz_fix import inventory as inv
+    from keybuzz_fix import overlay as overlay_mod
+    from keybuzz_fix import report
+    from keybuzz_fix.cluster import ClusterOptions
+    from keybuzz_fix.diagnose_run import gather
+
+    if kubeconfig is not None and kubeconfig_from_master is not None:
+        raise UsageError("--kubeconfig and --kubeconfig-from-master exclude each other")
+    cfg = cfg_mod.load(config)
+    console = _state(ctx).console
+    hosts = inv.with_user(inv.select(inv.load(servers), inv.Role.ALL, env), user)
+    ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
+    cluster = ClusterOptions(kubeconfig=kubeconfig, context=context, from_master=kubeconfig_from_master, env=env,
+                             user=user, timeout=max(timeout, 10.0))
+    found = gather(hosts, ssh, cluster, concurrency=_check_concurrency(concurrency),
+                   console=None if output is Output.JSON else console)
+    findings = diag.diagnose(found.nodes, found.cluster, overlay_mod.overlay_rules(cfg.overlay),
+                             cfg.overlay.vxlan_port)
+    code = ExitCode.OK if diag.healthy(findings) and not any(n.error for n in found.nodes) else ExitCode.FAILURE
+    if output is Output.JSON:
+        report.print_json(report.diagnosis_json(findings, found.nodes, found.cluster, seconds=found.seconds,
+                                                accepted=found.accepted.entries, exit_code=code))
+    else:
+        report.diagnosis(console, findings, found.nodes, found.cluster, seconds=found.seconds,
+                         accepted=found.accepted.entries)
+    raise typer.Exit(int(code))
 
 
 def main(argv: list[str] | None = None) -> None:

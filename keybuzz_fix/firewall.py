@@ -125,6 +125,7 @@ class ActionKind(str, Enum):
 
     ADD = "add"
     ENABLE = "enable"
+    CHANGE = "change"  # a host change outside UFW that rides in the same run (its ``script``)
     NOOP = "noop"
     BLOCKED = "blocked"
 
@@ -136,6 +137,7 @@ class Action:
     kind: ActionKind
     reason: str
     rule: UfwRule | None = None
+    script: str | None = None  # the command of a CHANGE action
 
     @property
     def command(self) -> str | None:
@@ -144,12 +146,14 @@ class Action:
             return self.rule.command()
         if self.kind is ActionKind.ENABLE:
             return "ufw --force enable"
+        if self.kind is ActionKind.CHANGE:
+            return self.script
         return None
 
     @property
     def changes(self) -> bool:
         """Whether the action changes the host."""
-        return self.kind in (ActionKind.ADD, ActionKind.ENABLE)
+        return self.kind in (ActionKind.ADD, ActionKind.ENABLE, ActionKind.CHANGE)
 
 
 class ParseError(ValueError):

@@ -1,8 +1,9 @@
 """Apply UFW plans over SSH: observe → plan → (confirm) → apply → read back, on every host at once.
 
 Shared by ``ufw`` (ingress NodePorts on the workers) and ``overlay`` (VXLAN on every K3s node):
-they differ only in the rules they want. One SSH connection per host serves the probe, the
-changes and the read-back; the changes and the read-back go in a single round trip.
+they differ in the rules they want, and ``overlay`` may add a :class:`HostExtra` (a probe and a
+plan for a change outside UFW). One SSH connection per host serves the probe, the changes and the
+read-back; the changes and the read-back go in a single round trip.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ class Status(str, Enum):
     CHANGED = "changed"  # changes applied and read back
     BLOCKED = "blocked"  # something needs the operator (inactive ufw, shadowing deny rule)
     FAILED = "failed"  # the host could not be worked on
+
+
+@dataclass(frozen=True)
+class HostExtra:
+    """Host changes outside UFW that ride in the same run: a probe and a pure plan of its output.
+
+    The probe comes first in the script (the UFW probe may stop early) and prints only sections
+    headed ``PROBE_MARK <name>`` with names of its own; ``plan`` reads those from the whole output.
+    """
+
+    probe: str
+    plan: Callable[[str], list[Action]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,7 @@ class FirewallRun:
     command: str = "ufw"
     enable: bool = False
     concurrency: int = 16
+    extra: HostExtra | None = None
     accepted: AcceptedKeys = field(default_factory=AcceptedKeys)
     _sessions: dict[str, Session] = field(default_factory=dict)
 
@@ -98,13 +112,20 @@ class FirewallRun:
             self._sessions[host.hostname] = s
         return s
 
+    def _probe_script(self) -> str:
+        return (self.extra.probe + "; " if self.extra else "") + firewall.PROBE_SCRIPT
+
+    def _actions(self, host: Host, facts: UfwFacts, stdout: str) -> list[Action]:
+        actions = firewall.plan(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
+        return actions + (self.extra.plan(stdout) if self.extra else [])
+
     def _plan_host(self, host: Host) -> HostPlan:
         session = self._session(host)
-        facts = _parse(host, session.run(firewall.PROBE_SCRIPT).stdout)
+        stdout = session.run(self._probe_script()).stdout
+        facts = _parse(host, stdout)
         if not facts.installed:
             raise MissingTool(host.hostname, "ufw is not installed (apt-get install ufw)")
-        actions = firewall.plan(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
-        return HostPlan(host, facts, tuple(actions))
+        return HostPlan(host, facts, tuple(self._actions(host, facts, stdout)))
 
     def _apply_host(self, plan: HostPlan) -> HostResult:
         host = plan.host
@@ -113,7 +134,7 @@ class FirewallRun:
             status = Status.BLOCKED if plan.blocked else Status.UNCHANGED
             return HostResult(host, status, plan.actions, (), _blocked_message(plan.blocked))
         session = self._session(host)
-        result = session.run(apply_script(commands) + "; " + firewall.PROBE_SCRIPT, check=False)
+        result = session.run(apply_script(commands) + "; " + self._probe_script(), check=False)
         ran, failure = parse_apply(result.stdout, commands)
         for cmd in ran:
             state.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
@@ -122,12 +143,12 @@ class FirewallRun:
             state.audit(self.command, host.hostname, cmd, "failed", address=host.private_ip, output=output[-500:])
             raise RemoteCommandError(host.hostname, cmd, 1, output or "failed")
         after = _parse(host, result.stdout)
-        left = [a for a in firewall.plan(self.desired(host), after, enable=self.enable) if a.changes]
+        again = self._actions(host, after, result.stdout)
+        left = [a for a in again if a.changes]
         if left:
             raise HostError(host.hostname, "read-back after apply still lacks: "
                             + "; ".join(a.reason for a in left))
-        blocked = [a for a in firewall.plan(self.desired(host), after, enable=self.enable)
-                   if a.kind is ActionKind.BLOCKED]
+        blocked = [a for a in again if a.kind is ActionKind.BLOCKED]
         status = Status.BLOCKED if blocked else Status.CHANGED
         return HostResult(host, status, plan.actions, tuple(ran), _blocked_message(blocked))
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from keybuzz_fix import report
 from keybuzz_fix.errors import Aborted, ExitCode, UsageError
 from keybuzz_fix.firewall import UfwRule
-from keybuzz_fix.firewall_apply import FirewallRun, HostPlan, HostResult, Status
+from keybuzz_fix.firewall_apply import FirewallRun, HostExtra, HostPlan, HostResult, Status
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.options import Output
 from keybuzz_fix.ssh import SshOptions
@@ -37,10 +37,10 @@ def confirm(console: Console, question: str, *, yes: bool) -> None:
 
 def run_firewall(console: Console, *, command: str, hosts: Sequence[Host],
                  desired: Callable[[Host], list[UfwRule]], ssh: SshOptions, enable: bool, dry_run: bool,
-                 yes: bool, concurrency: int, output: Output) -> ExitCode:
+                 yes: bool, concurrency: int, output: Output, extra: HostExtra | None = None) -> ExitCode:
     """Run a firewall change across ``hosts`` and report; return the exit code."""
     run = FirewallRun(hosts=hosts, desired=desired, ssh=ssh, command=command, enable=enable,
-                      concurrency=concurrency)
+                      concurrency=concurrency, extra=extra)
     quiet = output is Output.JSON
     try:
         planned = run.plan(None if quiet else console)

@@ -16,6 +16,7 @@ from keybuzz_fix.inventory import Host
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from keybuzz_fix.diagnose import ClusterView, Finding, NodeView
     from keybuzz_fix.fanout import Outcome
     from keybuzz_fix.firewall import Action
     from keybuzz_fix.firewall_apply import HostPlan, HostResult
@@ -46,6 +47,71 @@ def inventory_table(console: Console, hosts: Sequence[Host], title: str) -> None
     for h in hosts:
         table.add_row(h.hostname, h.private_ip, h.public_ip or "-", h.user, h.role, h.subrole, h.env)
     console.print(table)
+
+
+def diagnosis(console: Console, findings: Sequence[Finding], nodes: Sequence[NodeView], cluster: ClusterView,
+              *, seconds: float, accepted: Sequence[tuple[str, str]]) -> None:
+    """Print the probe matrix and the ranked findings with their evidence and fixes."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from keybuzz_fix.diagnose import Status, healthy, matrix
+
+    styles = {Status.CONFIRMED: "bold red", Status.SUSPECTED: "bold yellow", Status.NOT_CHECKED: "yellow",
+              Status.OK: "green"}
+    cells = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "mtu": "[bold yellow]MTU[/]", "n/a": "[dim]n/a[/]",
+             "self": "[dim]·[/]"}
+    grid = matrix(nodes)
+    table = Table(title=f"ping {len(grid)} × {len(grid)} node(s) over flannel.1 (row → column)",
+                  title_justify="left")
+    table.add_column("FROM \\ TO")
+    for name in grid:
+        table.add_column(name, justify="center")
+    for src, row in grid.items():
+        table.add_row(src, *(cells[c] for c in row.values()))
+    console.print(table)
+    if cluster.error:
+        console.print(f"[yellow]API not read[/]: {escape(cluster.error)}")
+    for n in nodes:
+        if n.error:
+            console.print(f"[bold red]{escape(n.host.hostname)}[/] ({n.host.private_ip}): {escape(n.error)}")
+    for i, f in enumerate(findings, start=1):
+        console.print(f"\n[bold]{i}. {escape(f.title)}[/] — [{styles[f.status]}]{f.status.value}[/]: "
+                      f"{escape(f.summary)}")
+        if f.problem:
+            for host, lines in f.evidence.items():
+                console.print(f"   [bold]{escape(host)}[/]")
+                for line in lines:
+                    console.print(f"     {escape(line)}")
+            console.print(f"   [bold]fix:[/] {escape(f.fix)}")
+        for host, why in f.not_checked.items():
+            console.print(f"   [yellow]not checked[/] on {escape(host)}: {escape(why)}")
+    for host, key in accepted:
+        console.print(f"[yellow]accepted new host key[/] for {host}: {key}")
+    verdict = "[bold green]overlay healthy[/]" if healthy(findings) else "[bold red]overlay not healthy[/]"
+    console.print(f"\n{verdict} ({sum(f.problem for f in findings)} problem finding(s)) in {seconds:.1f} s")
+
+
+def diagnosis_json(findings: Sequence[Finding], nodes: Sequence[NodeView], cluster: ClusterView, *,
+                   seconds: float, accepted: Sequence[tuple[str, str]], exit_code: ExitCode) -> dict[str, Any]:
+    """Return the machine-readable diagnosis."""
+    from keybuzz_fix.diagnose import healthy, matrix
+
+    hosts = []
+    for n in nodes:
+        entry: dict[str, Any] = {"hostname": n.host.hostname, "address": n.host.private_ip,
+                                 "status": "failed" if n.error and n.facts is None else "probed"}
+        if n.error:
+            entry["error"] = n.error
+        if n.facts is not None:
+            entry.update(kernel=n.facts.kernel, tools=sorted(n.facts.tools), flannel_address=n.facts.flannel_addr)
+        hosts.append(entry)
+    return {"healthy": healthy(findings), "exit_code": int(exit_code), "seconds": round(seconds, 3),
+            "findings": [dict(rank=i, **f.to_json()) for i, f in enumerate(findings, start=1)],
+            "matrix": matrix(nodes), "hosts": hosts,
+            "cluster": {"read": cluster.error is None, "error": cluster.error, "dns_ip": cluster.dns_ip,
+                        "nodes": len(cluster.nodes)},
+            "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted]}
 
 
 def action_json(action: Action) -> dict[str, Any]:
