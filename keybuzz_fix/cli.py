@@ -18,6 +18,7 @@ from keybuzz_fix import __version__
 from keybuzz_fix.errors import ExitCode, KeybuzzFixError, UsageError
 from keybuzz_fix.inventory import Role
 from keybuzz_fix.options import (
+    SAFETY,
     AcceptNewOpt,
     ConcurrencyOpt,
     ConfigOpt,
@@ -30,7 +31,10 @@ from keybuzz_fix.options import (
     KubeconfigOpt,
     Output,
     OutputOpt,
+    PlanOutput,
+    PlanOutputOpt,
     RoleOpt,
+    SaveKubeconfigOpt,
     ServersArg,
     TimeoutOpt,
     UserOpt,
@@ -40,6 +44,7 @@ from keybuzz_fix.options import (
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from keybuzz_fix.kube import Kube
     from keybuzz_fix.ssh import SshOptions
 
 class _Group(TyperGroup):
@@ -211,6 +216,148 @@ def ufw(
 
 
 # -- convert / rollback -------------------------------------------------------------------------
+
+
+_READY_TIMEOUT = 300.0
+
+
+def _cluster_for(kubeconfig: Path | None, context: str | None, from_master: Path | None, save: Path | None,
+                 env: str, user: str | None, identity: Path | None, known_hosts: Path, accept_new: bool) -> Kube:
+    """Connect to the API server as the cluster options say (SSH only for --kubeconfig-from-master)."""
+    from keybuzz_fix.cluster import ClusterOptions, connect_cluster
+
+    ssh = ssh_options(identity, known_hosts, accept_new, 10.0) if from_master is not None else None
+    return connect_cluster(ClusterOptions(kubeconfig=kubeconfig, context=context, from_master=from_master,
+                                          save_kubeconfig=save, env=env, user=user), ssh)
+
+
+def _ready_timeout(timeout: float) -> float:
+    if timeout <= 0:
+        raise UsageError(f"--timeout must be more than 0 seconds, got {timeout:g}")
+    return timeout
+
+
+@app.command()
+def convert(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    from_file: Annotated[Path | None, typer.Option("--from-file", metavar="STATE.yaml", help="Plan from this file "
+                                                   "(`kubectl get deploy,svc,hpa -n keybuzz -o yaml`, or a "
+                                                   "multi-document YAML) instead of a cluster; touches no cluster.",
+                                                   show_default=False)] = None,
+    keep_port: Annotated[bool, typer.Option("--keep-port", help="Use each app's own container port as its host port "
+                                            "instead of the configured one (for an app whose port cannot move).")
+                         ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the DaemonSets to be ready.")
+                       ] = _READY_TIMEOUT,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager "
+                                                  "owns (server-side apply with force).", rich_help_panel=SAFETY)
+                               ] = False,
+    show_values: Annotated[bool, typer.Option("--show-values", help="Show env values in the plan, diffs and -o "
+                                              "yaml/json (masked by default: they may hold secrets).",
+                                              rich_help_panel=SAFETY)] = False,
+    output: PlanOutputOpt = PlanOutput.TEXT,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    kubeconfig_from_master: FromMasterOpt = None,
+    save_kubeconfig: SaveKubeconfigOpt = None,
+    env: EnvOpt = "prod",
+    user: UserOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+) -> None:
+    """Run keybuzz-api and keybuzz-front as hostNetwork DaemonSets on every worker, their Services as NodePorts.
+
+    Each Deployment's pod template is carried over unchanged except for hostNetwork: the app's port
+    moves to its host port (8080 / 3000) with its PORT variable and probes; workers only. Then the
+    Services become NodePort 30080 / 30000 in place (clusterIP kept), and the HPAs and Deployments
+    are deleted. Names and ports come from manifests/defaults.yaml or --config.
+
+    Order: plan (refusing port collisions and ports that cannot move), back up every object it
+    changes (0600, path printed), apply the DaemonSets, wait until every pod is ready (--timeout;
+    too slow: stop, delete nothing, show the stuck pods), switch the Services, delete the HPAs and
+    Deployments. A second run is a no-op; an interrupted run converges when re-run. Undo with
+    `keybuzz-fix rollback --latest`.
+
+    Examples:
+
+        keybuzz-fix convert --dry-run
+        keybuzz-fix convert --kubeconfig ~/.kube/keybuzz.yaml --yes
+        keybuzz-fix convert --kubeconfig-from-master servers.tsv -o json --yes
+        kubectl get deploy,svc,hpa -n keybuzz -o yaml > state.yaml && keybuzz-fix convert --from-file state.yaml -o yaml
+    """
+    from keybuzz_fix import config as cfg_mod
+
+    cfg = cfg_mod.load(config)
+    console = _state(ctx).console
+    if from_file is not None:
+        if kubeconfig or kubeconfig_from_master or context:
+            raise UsageError("--from-file touches no cluster: drop --kubeconfig, --context and "
+                             "--kubeconfig-from-master")
+        from keybuzz_fix.convert_apply import run_offline
+
+        raise typer.Exit(int(run_offline(console, from_file, cfg, keep_port=keep_port, show_values=show_values,
+                                         output=output.value)))
+    if output is PlanOutput.YAML and not dry_run:
+        raise UsageError("-o yaml prints the objects convert would apply: use it with --dry-run or --from-file")
+    from keybuzz_fix.convert_apply import run_convert
+
+    timeout = _ready_timeout(timeout)
+    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
+                        known_hosts, accept_new_host_keys)
+    result = run_convert(console, kube, cfg, dry_run=dry_run, yes=yes, timeout=timeout,
+                         force_conflicts=force_conflicts, keep_port=keep_port, show_values=show_values,
+                         output=output.value)
+    raise typer.Exit(int(result.exit_code))
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    backup_file: Annotated[Path | None, typer.Option("--backup", metavar="FILE", help="The convert backup to "
+                                                     "restore.", show_default=False)] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Restore the newest convert backup.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the Deployments to be ready.")
+                       ] = _READY_TIMEOUT,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    output: OutputOpt = Output.TEXT,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    kubeconfig_from_master: FromMasterOpt = None,
+    save_kubeconfig: SaveKubeconfigOpt = None,
+    env: EnvOpt = "prod",
+    user: UserOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+) -> None:
+    """Undo convert from its backup: Deployments and HPAs back, Services restored, DaemonSets deleted.
+
+    Recreates the Deployments and HPAs that are gone, waits (by watching) until the Deployments are
+    ready, restores each Service's type and ports (clusterIP kept), then deletes the DaemonSets
+    convert made. What it changes is backed up first. A second run is a no-op.
+
+    Examples:
+
+        keybuzz-fix rollback --latest --dry-run
+        keybuzz-fix rollback --backup ~/.local/state/keybuzz-fix/backups/convert-20250101T120000.000000Z.yaml --yes
+    """
+    from keybuzz_fix import backup
+    from keybuzz_fix.rollback import run_rollback
+
+    if (backup_file is None) == (not latest):
+        raise UsageError("pass exactly one of --backup FILE and --latest")
+    path = backup_file if backup_file is not None else backup.latest("convert")
+    timeout = _ready_timeout(timeout)
+    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
+                        known_hosts, accept_new_host_keys)
+    result = run_rollback(_state(ctx).console, kube, path, dry_run=dry_run, yes=yes, timeout=timeout,
+                          output=output.value)
+    raise typer.Exit(int(result.exit_code))
 
 
 # -- ingress / validate / all --------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Resource:
 RESOURCES: dict[str, Resource] = {
     "Deployment": Resource("apps/v1", "deployments"),
     "DaemonSet": Resource("apps/v1", "daemonsets"),
+    "StatefulSet": Resource("apps/v1", "statefulsets"),
     "ControllerRevision": Resource("apps/v1", "controllerrevisions"),
     "ReplicaSet": Resource("apps/v1", "replicasets"),
     "Service": Resource("v1", "services"),
@@ -270,6 +271,8 @@ class Kube:
         if status == 401:
             raise ClusterError(f"the Kubernetes API at {self.endpoint.server} rejected the credentials "
                                f"({self.endpoint.source}): {message or 'Unauthorized'}")
+        if status == 403 and " cannot " not in message:  # admission (quota, pod security), not RBAC
+            raise ClusterError(f"cannot {verb} {target}{where}: refused by the API server: {message}")
         if status == 403:
             plural = RESOURCES[kind].plural if kind in RESOURCES else kind
             verb_name = {"apply": "patch"}.get(verb, verb)

@@ -22,6 +22,14 @@ class Output(str, Enum):
     JSON = "json"
 
 
+class PlanOutput(str, Enum):
+    """Output formats of commands that can also print the objects they would apply."""
+
+    TEXT = "text"
+    JSON = "json"
+    YAML = "yaml"
+
+
 SSH = "SSH"
 CLUSTER = "Cluster"
 SAFETY = "Safety"
@@ -32,6 +40,8 @@ RoleOpt = Annotated[Role, typer.Option("--role", help="Which K3s nodes to select
 UserOpt = Annotated[str | None, typer.Option("--user", help="SSH user for every host (default: USER_SSH).",
                                              rich_help_panel=SSH)]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+PlanOutputOpt = Annotated[PlanOutput, typer.Option("--output", "-o", help="Output format: text, json (a summary), "
+                                                   "yaml (the objects that would be applied).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file overriding manifests/defaults.yaml.",
                                                 show_default=False)]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the plan and change nothing.",

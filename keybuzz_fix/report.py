@@ -189,3 +189,78 @@ def firewall_json(outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[Hos
         hosts.append(entry)
     return {"dry_run": dry_run, "exit_code": int(exit_code), "summary": overview(outcomes), "hosts": hosts,
             "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted]}
+
+
+# -- convert / rollback ----------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+    from keybuzz_fix.changes import Change
+    from keybuzz_fix.rollout import StuckPod
+
+_CHANGE_STYLE = {"create": "yellow", "update": "yellow", "patch": "yellow", "delete": "bold yellow",
+                 "unchanged": "green", "done": "bold green", "validated": "green", "planned": "yellow",
+                 "not done": "bold red"}
+
+
+def change_plan(console: Console, title: str, changes: Sequence[Change], *, refusals: Sequence[str] = (),
+                warnings: Sequence[str] = (), notes: Sequence[str] = (), show_values: bool = False,
+                shown_env: Collection[str] = ()) -> None:
+    """Print a plan of object changes: each action with its reason and diff, env values masked unless asked."""
+    from rich.markup import escape
+
+    from keybuzz_fix.objects import diff, mask_values, project, strip_server_fields
+
+    def shown(obj: Any) -> Any:
+        return obj if obj is None or show_values else mask_values(obj, shown_env)
+
+    console.print(f"[bold]{escape(title)}[/]")
+    for c in changes:
+        console.print(f"  [{_CHANGE_STYLE[c.label]}]{c.label:>9}[/] {escape(c.target)}: {escape(c.reason)}")
+        if not c.changes or c.after is None:
+            continue
+        left: Any = None
+        if c.compare_to is not None:
+            left = strip_server_fields(c.compare_to)
+        elif c.before is not None:
+            left = project(strip_server_fields(c.before), c.after)
+        for line in diff(shown(left), shown(c.after), c.target):
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else \
+                "cyan" if line.startswith("@@") else "dim"
+            console.print(f"      [{style}]{escape(line)}[/]", soft_wrap=True)
+    for n in notes:
+        console.print(f"  [cyan]rewritten[/] {escape(n)}")
+    for w in warnings:
+        console.print(f"  [bold yellow]warning[/] {escape(w)}")
+    for r in refusals:
+        console.print(f"  [bold red]refused[/] {escape(r)}")
+    if not show_values and any(c.changes for c in changes):
+        console.print("  [dim]env values are masked; --show-values reveals them[/]")
+
+
+def change_summary(console: Console, title: str, changes: Sequence[Change], outcome: Callable[[Change], str]) -> None:
+    """Print what happened to each change."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("ACTION", "OBJECT", "OUTCOME", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    for c in changes:
+        result = outcome(c)
+        table.add_row(c.label, escape(c.target), f"[{_CHANGE_STYLE[result]}]{result}[/]", escape(c.reason))
+    console.print(table)
+
+
+def stuck_pods(console: Console, pods: Sequence[StuckPod]) -> None:
+    """Print the pods that kept a rollout from being ready, with their latest events."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="pods not ready", title_justify="left")
+    for col in ("POD", "NODE", "PHASE", "WHY", "LATEST EVENTS"):
+        table.add_column(col, overflow="fold")
+    for p in pods:
+        table.add_row(escape(p.name), p.node or "-", p.phase, escape(p.reason), escape("\n".join(p.events)))
+    console.print(table)

@@ -1,0 +1,114 @@
+"""Which nodes a pod template can land on, and which host ports it holds there (pure code).
+
+Enough of the scheduler's rules to tell whether two hostNetwork workloads meet on a node:
+nodeSelector, required node affinity, and NoSchedule/NoExecute taints against tolerations. Taints
+the node lifecycle controller sets (``node.kubernetes.io/…``) are ignored: DaemonSets tolerate
+them, and for a collision check it is safer to assume a workload can come back on a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keybuzz_fix.objects import Obj, containers, labels, name_of
+
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+_LIFECYCLE_TAINT_PREFIX = "node.kubernetes.io/"
+
+
+@dataclass(frozen=True, order=True)
+class HostPort:
+    """A port a pod binds on its node's network."""
+
+    port: int
+    protocol: str = "TCP"
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+
+def host_ports(spec: Obj) -> set[HostPort]:
+    """Return the host ports a pod spec holds: every container port with hostNetwork, else its hostPorts."""
+    found: set[HostPort] = set()
+    host_network = bool(spec.get("hostNetwork"))
+    for c in containers({k: v for k, v in spec.items() if k != "ephemeralContainers"}):
+        for p in c.get("ports") or []:
+            port = p.get("hostPort") or (p.get("containerPort") if host_network else None)
+            if isinstance(port, int) and port > 0:
+                found.add(HostPort(port, str(p.get("protocol") or "TCP")))
+    return found
+
+
+def eligible_nodes(spec: Obj, nodes: Sequence[Obj]) -> list[str]:
+    """Return the names of the nodes the pod spec may be scheduled on."""
+    return [name_of(n) for n in nodes if fits(spec, n)]
+
+
+def fits(spec: Obj, node: Obj) -> bool:
+    """Whether a pod with this spec may run on ``node`` (selector, required affinity, taints)."""
+    node_labels = labels(node)
+    selector = spec.get("nodeSelector") or {}
+    if any(node_labels.get(k) != v for k, v in selector.items()):
+        return False
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = required.get("nodeSelectorTerms") or []
+    if terms and not any(_term_matches(t, node_labels, name_of(node)) for t in terms):
+        return False
+    tolerations = spec.get("tolerations") or []
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if taint.get("effect") not in ("NoSchedule", "NoExecute"):
+            continue
+        if str(taint.get("key", "")).startswith(_LIFECYCLE_TAINT_PREFIX):
+            continue
+        if not any(_tolerates(t, taint) for t in tolerations):
+            return False
+    return True
+
+
+def is_control_plane(node: Obj) -> bool:
+    """Whether the node carries the control-plane role label."""
+    return CONTROL_PLANE_LABEL in labels(node)
+
+
+def _term_matches(term: Obj, node_labels: dict[str, str], node_name: str) -> bool:
+    expressions = term.get("matchExpressions") or []
+    fields = term.get("matchFields") or []
+    if not expressions and not fields:
+        return False  # an empty term matches nothing
+    return all(_expression(e, node_labels) for e in expressions) and \
+        all(_expression(f, {"metadata.name": node_name}) for f in fields)
+
+
+def _expression(expr: Obj, values: dict[str, str]) -> bool:
+    key, op = str(expr.get("key", "")), str(expr.get("operator", ""))
+    wanted: Iterable[Any] = expr.get("values") or []
+    present = key in values
+    value = values.get(key)
+    if op == "In":
+        return present and value in wanted
+    if op == "NotIn":
+        return not present or value not in wanted
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if op in ("Gt", "Lt"):
+        try:
+            have, limit = int(str(value)), int(str(list(wanted)[0]))
+        except (ValueError, IndexError):
+            return False
+        return have > limit if op == "Gt" else have < limit
+    return False
+
+
+def _tolerates(toleration: Obj, taint: Obj) -> bool:
+    effect = toleration.get("effect")
+    if effect and effect != taint.get("effect"):
+        return False
+    key = toleration.get("key")
+    if toleration.get("operator") == "Exists":
+        return not key or key == taint.get("key")
+    return bool(key == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or ""))

@@ -1,0 +1,185 @@
+"""Wait for DaemonSets or Deployments to be ready, by watching the API (never by sleeping).
+
+List once, then watch from that resourceVersion until every named workload's status says all
+its pods are updated and ready, or the deadline passes. On timeout, the pods that are not ready
+are reported with their waiting reasons and their latest events, and nothing else happens:
+deciding what to do next is the caller's job. (On the test control plane kwok plays the kubelet:
+its pods are not processes, they turn Running and Ready as kwok's stages say.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from keybuzz_fix.errors import Forbidden, NotReady
+from keybuzz_fix.objects import Obj, meta, name_of, selector_string
+
+if TYPE_CHECKING:
+    from keybuzz_fix.kube import Kube
+
+
+@dataclass(frozen=True)
+class StuckPod:
+    """A pod that is not ready, and why."""
+
+    name: str
+    node: str
+    phase: str
+    reason: str
+    events: tuple[str, ...]
+
+    def __str__(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        events = f" (events: {'; '.join(self.events)})" if self.events else ""
+        return f"{self.name} on {self.node or 'no node'} {self.phase}{why}{events}"
+
+
+class Stuck(NotReady):
+    """Workloads not ready in time; carries the pods that are stuck."""
+
+    def __init__(self, message: str, pods: list[StuckPod]) -> None:
+        super().__init__(message)
+        self.pods = pods
+
+
+def daemonset_ready(ds: Obj | None) -> bool:
+    """Whether the DaemonSet controller saw the latest spec and every scheduled pod is updated and ready."""
+    if ds is None:
+        return False
+    status = ds.get("status") or {}
+    desired = int(status.get("desiredNumberScheduled") or 0)
+    return (int(status.get("observedGeneration") or 0) >= int(meta(ds).get("generation") or 0)
+            and desired > 0
+            and int(status.get("updatedNumberScheduled") or 0) == desired
+            and int(status.get("numberReady") or 0) == desired
+            and int(status.get("numberAvailable") or 0) == desired
+            and not status.get("numberUnavailable"))
+
+
+def deployment_ready(dep: Obj | None) -> bool:
+    """Whether the Deployment rolled out: every replica updated and available."""
+    if dep is None:
+        return False
+    status = dep.get("status") or {}
+    want = int((dep.get("spec") or {}).get("replicas", 1))
+    return (int(status.get("observedGeneration") or 0) >= int(meta(dep).get("generation") or 0)
+            and int(status.get("updatedReplicas") or 0) == want
+            and int(status.get("availableReplicas") or 0) == want
+            and int(status.get("replicas") or 0) == want)
+
+
+READY: dict[str, Callable[[Obj | None], bool]] = {"DaemonSet": daemonset_ready, "Deployment": deployment_ready}
+
+
+def progress(kind: str, obj: Obj | None) -> str:
+    """Return ``ready/wanted`` for a workload, for messages."""
+    if obj is None:
+        return "missing"
+    status = obj.get("status") or {}
+    if kind == "DaemonSet":
+        return f"{status.get('numberReady') or 0}/{status.get('desiredNumberScheduled') or 0} pods ready"
+    return f"{status.get('readyReplicas') or 0}/{(obj.get('spec') or {}).get('replicas', 1)} replicas ready"
+
+
+def wait_ready(kube: Kube, kind: str, namespace: str, names: Collection[str], *, timeout: float,
+               on_event: Callable[[Obj], None] | None = None) -> dict[str, Obj]:
+    """Watch until every named workload is ready; raise :class:`Stuck` after ``timeout`` seconds."""
+    ready = READY[kind]
+    wanted = set(names)
+    deadline = time.monotonic() + timeout
+    objs: dict[str, Obj] = {}
+    version: str | None = None
+    while True:
+        if version is None:
+            items, version = kube.list_with_version(kind, namespace)
+            objs = {name_of(o): o for o in items if name_of(o) in wanted}
+        if all(ready(objs.get(n)) for n in wanted):
+            return objs
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise stuck_report(kube, kind, namespace, {n: objs.get(n) for n in sorted(wanted)}, timeout)
+        for event, obj in kube.watch(kind, namespace, resource_version=version, timeout=remaining):
+            if event == "ERROR":  # usually 410 Gone: the version expired; list again
+                version = None
+                break
+            version = str(meta(obj).get("resourceVersion") or version)
+            if event == "BOOKMARK" or name_of(obj) not in wanted:
+                continue
+            if event == "DELETED":
+                objs.pop(name_of(obj), None)
+            else:
+                objs[name_of(obj)] = obj
+                if on_event is not None:
+                    on_event(obj)
+            if all(ready(objs.get(n)) for n in wanted):
+                return objs
+            if time.monotonic() >= deadline:
+                break
+
+
+def stuck_report(kube: Kube, kind: str, namespace: str, objs: dict[str, Obj | None], timeout: float) -> Stuck:
+    """Build the error naming each workload not ready and its stuck pods, with their events."""
+    ready = READY[kind]
+    late = {n: o for n, o in objs.items() if not ready(o)}
+    pods: list[StuckPod] = []
+    try:
+        events = kube.list("Event", namespace)
+        for obj in late.values():
+            if obj is not None:
+                pods += _stuck_pods(kube, kind, namespace, obj, events)
+    except Forbidden as e:  # the report is best effort; the timeout is the error
+        pods.append(StuckPod("?", "", "unknown", f"cannot read pods or events: {e}", ()))
+    what = "; ".join(f"{kind} {namespace}/{n}: {progress(kind, o)}" for n, o in late.items())
+    detail = "; ".join(map(str, pods[:6])) or "no pod stuck (the controller has not caught up)"
+    more = f" and {len(pods) - 6} more" if len(pods) > 6 else ""
+    return Stuck(f"not ready after {timeout:g}s: {what}; stuck: {detail}{more}", pods)
+
+
+def _stuck_pods(kube: Kube, kind: str, namespace: str, obj: Obj, events: list[Obj]) -> list[StuckPod]:
+    match = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    uid = meta(obj).get("uid")
+    found = []
+    for pod in kube.list("Pod", namespace, selector=selector_string(match) if match else None):
+        owners = meta(pod).get("ownerReferences") or []
+        if kind == "DaemonSet" and not any(o.get("uid") == uid for o in owners):
+            continue
+        if kind == "Deployment" and not any(str(o.get("name", "")).startswith(name_of(obj) + "-") for o in owners):
+            continue
+        if _pod_ready(pod):
+            continue
+        found.append(StuckPod(name_of(pod), str((pod.get("spec") or {}).get("nodeName") or ""),
+                              str((pod.get("status") or {}).get("phase") or "Unknown"), _why(pod),
+                              _events_of(events, str(meta(pod).get("uid")))))
+    if not found:
+        own = _events_of(events, str(uid))
+        if own:
+            found.append(StuckPod(f"({kind} {name_of(obj)})", "", "no pods", "", own))
+    return found
+
+
+def _pod_ready(pod: Obj) -> bool:
+    if meta(pod).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _why(pod: Obj) -> str:
+    status = pod.get("status") or {}
+    for c in status.get("containerStatuses") or []:
+        waiting = (c.get("state") or {}).get("waiting")
+        if waiting:
+            return f"{c.get('name')} {waiting.get('reason', 'waiting')}: {waiting.get('message', '')}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True" and (cond.get("reason") or cond.get("message")):
+            return f"{cond.get('type')} {cond.get('reason', '')}: {cond.get('message', '')}".rstrip(": ")
+    return ""
+
+
+def _events_of(events: list[Obj], uid: str, last: int = 3) -> tuple[str, ...]:
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("uid") == uid]
+    mine.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return tuple(f"{e.get('reason')}: {' '.join(str(e.get('message', '')).split())}" for e in mine[-last:])
