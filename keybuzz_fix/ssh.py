@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from keybuzz_fix.errors import AuthError, HostKeyError, HostUnreachable, RemoteCommandError
 from keybuzz_fix.inventory import Host
@@ -178,7 +178,7 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
             host.private_ip,
             port=port,
             username=host.user,
-            key_filename=key_files or None,
+            key_filename=cast(Any, key_files or None),  # paramiko takes a list; its stubs say str
             look_for_keys=not options.identity,
             allow_agent=True,
             timeout=options.connect_timeout,
@@ -206,7 +206,7 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
 def _policy(name: str, known: Path, accept: bool, accepted: AcceptedKeys | None) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
-    class Policy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    class Policy(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
             if not accept:
                 raise HostKeyError(name, f"host key for {hostname} is not in {known} "
