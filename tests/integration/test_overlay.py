@@ -74,8 +74,8 @@ def files(lab_hosts: Lab, tmp_path: Path) -> tuple[Path, Path]:
 def invoke(lab: Lab, command: str, servers: Path, config: Path, *args: str) -> tuple[int, dict[str, Any], float]:
     start = time.monotonic()
     result = CliRunner().invoke(app, [command, str(servers), "--identity", str(lab.identity_file),
-                                      "--known-hosts", str(lab.known_hosts_file), "--timeout", "5",
-                                      "--config", str(config), "-o", "json", *args])
+                                      "--known-hosts", str(lab.known_hosts_file), "--config", str(config),
+                                      "-o", "json", *args])
     seconds = time.monotonic() - start
     try:
         return result.exit_code, json.loads(result.stdout), seconds
