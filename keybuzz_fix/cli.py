@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from keybuzz_fix.kube import Kube
+    from keybuzz_fix.probe import HttpOptions
     from keybuzz_fix.ssh import SshOptions
 
 class _Group(TyperGroup):
@@ -361,6 +363,175 @@ def rollback(
 
 
 # -- ingress / validate / all --------------------------------------------------------------------
+
+
+_HTTP = "URL checks"
+
+
+class ScoreFormat(str, Enum):
+    """Output formats of ``validate``."""
+
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+
+
+ForceConflictsOpt = Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager "
+                                                 "owns (server-side apply with force).", rich_help_panel=SAFETY)]
+
+
+@app.command()
+def ingress(
+    ctx: typer.Context,
+    servers: Annotated[Path | None, typer.Argument(help="servers.tsv: each of its workers must run a controller "
+                                                   "pod (default: the cluster's worker Nodes).",
+                                                   show_default=False)] = None,
+    env: EnvOpt = "prod",
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    force_conflicts: ForceConflictsOpt = False,
+    output: OutputOpt = Output.TEXT,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    kubeconfig_from_master: FromMasterOpt = None,
+    save_kubeconfig: SaveKubeconfigOpt = None,
+    user: UserOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+) -> None:
+    """Check ingress-nginx and apply the two Ingress routes with server-side apply.
+
+    ingress-nginx must run as a DaemonSet with hostNetwork on, a Running pod on every worker, and a
+    Service with the HTTP and HTTPS NodePorts (31695 / 32720 by default): each mismatch is reported,
+    never changed.
+
+    The routes (platform.keybuzz.io → keybuzz-front:80, platform-api.keybuzz.io → keybuzz-api:80,
+    class nginx, the proxy annotations) come from manifests/defaults.yaml or --config. They are
+    applied as field manager keybuzz-fix: what other managers own (TLS blocks, cert-manager
+    annotations) is kept; a field another manager owns is a conflict, reported; --force-conflicts
+    takes it over. The diff shown is the API server's dry-run answer.
+
+    Examples:
+
+        keybuzz-fix ingress --dry-run
+        keybuzz-fix ingress servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
+        keybuzz-fix ingress servers.tsv --kubeconfig-from-master servers.tsv -o json --yes
+    """
+    from keybuzz_fix import config as cfg_mod
+    from keybuzz_fix import inventory as inv
+    from keybuzz_fix.ingress_apply import run_ingress
+
+    cfg = cfg_mod.load(config)
+    workers = inv.select(inv.load(servers), Role.WORKER, env) if servers is not None else None
+    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
+                        known_hosts, accept_new_host_keys)
+    plan = run_ingress(_state(ctx).console, kube, cfg, workers, dry_run=dry_run, yes=yes,
+                       force_conflicts=force_conflicts, output=output)
+    raise typer.Exit(int(plan.exit_code))
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    servers: ServersArg,
+    env: EnvOpt = "prod",
+    config: ConfigOpt = None,
+    threshold: Annotated[int | None, typer.Option("--threshold", metavar="PERCENT", help="Pass at this score or "
+                                                  "above (default: validate.threshold of the config, 80).",
+                                                  show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Pass only at 100 %.")] = False,
+    output: Annotated[ScoreFormat, typer.Option("--output", "-o", help="Output format.")] = ScoreFormat.TEXT,
+    resolve: Annotated[list[str] | None, typer.Option("--resolve", metavar="HOST:PORT:ADDR",
+                                                      help="Connect to ADDR for HOST:PORT (as curl does), e.g. to "
+                                                      "aim at one load balancer; repeatable.", rich_help_panel=_HTTP,
+                                                      show_default=False)] = None,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="Trust this PEM CA bundle for the https URLs.",
+                                                 rich_help_panel=_HTTP, show_default=False)] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates (explicit opt-in).",
+                                           rich_help_panel=_HTTP)] = False,
+    url_timeout: Annotated[float, typer.Option("--url-timeout", help="Seconds per URL attempt (and per --extended "
+                                               "probe).", rich_help_panel=_HTTP)] = 10.0,
+    retries: Annotated[int, typer.Option("--retries", help="Further attempts after a failed one (errors, 408, 429, "
+                                         "5xx).", rich_help_panel=_HTTP)] = 2,
+    extended: Annotated[bool, typer.Option("--extended", help="Add per-worker rows, not counted in the score: "
+                                           "NodePort reachable from here, host ports answering, UFW rules present "
+                                           "(over SSH).")] = False,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    kubeconfig_from_master: FromMasterOpt = None,
+    save_kubeconfig: SaveKubeconfigOpt = None,
+    user: UserOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+    timeout: TimeoutOpt = 10.0,
+    concurrency: ConcurrencyOpt = 16,
+) -> None:
+    """Score the cluster: seven checks, run at once, each with its evidence.
+
+    1 DaemonSets keybuzz-api and keybuzz-front exist; 2 each has ≥ N Running and Ready pods (N = workers
+    in servers.tsv); 3 their pod templates have hostNetwork on; 4 ingress-nginx is a hostNetwork
+    DaemonSet with ≥ N Running pods; 5 the Services are NodePort 30080 / 30000; 6 both Ingresses exist
+    and point at them; 7 both URLs answer HTTP 200 (timeout, retries, status or error shown).
+
+    Exit 0 when the score reaches the threshold (80 %, or 100 % with --strict), 1 below, 2 on bad input.
+
+    Examples:
+
+        keybuzz-fix validate servers.tsv
+        keybuzz-fix validate servers.tsv --strict -o junit > scorecard.xml
+        keybuzz-fix validate servers.tsv --extended --identity ~/.ssh/id_ed25519
+        keybuzz-fix validate servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2 -o json
+    """
+    from keybuzz_fix import config as cfg_mod
+    from keybuzz_fix import inventory as inv
+    from keybuzz_fix import report
+    from keybuzz_fix import scorecard as sc
+    from keybuzz_fix.validate import ExtendedOptions, run_validate
+
+    cfg = cfg_mod.load(config)
+    http = _http_options(cfg.validate.urls, resolve or [], ca_file, insecure, url_timeout, retries)
+    if threshold is not None and not 0 <= threshold <= 100:
+        raise UsageError(f"--threshold must be between 0 and 100 (percent), got {threshold}")
+    workers = inv.with_user(inv.select(inv.load(servers), Role.WORKER, env), user)
+    ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
+    more = ExtendedOptions(ssh, _check_concurrency(concurrency)) if extended else None
+    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
+                        known_hosts, accept_new_host_keys)
+    card = run_validate(kube, cfg, workers, http=http, threshold=threshold, strict=strict, extended=more)
+    if output is ScoreFormat.JSON:
+        report.print_json(sc.to_json(card))
+    elif output is ScoreFormat.JUNIT:
+        sys.stdout.write(sc.to_junit(card))
+    else:
+        report.scorecard_table(_state(ctx).console, card,
+                               note="TLS not verified (--insecure)" if insecure else "")
+    raise typer.Exit(int(card.exit_code))
+
+
+def _http_options(urls: tuple[str, ...], resolve: list[str], ca_file: Path | None, insecure: bool,
+                  url_timeout: float, retries: int) -> HttpOptions:
+    from keybuzz_fix import probe
+
+    if not 0 < url_timeout <= 600:
+        raise UsageError(f"--url-timeout must be more than 0 and at most 600 seconds, got {url_timeout:g}")
+    if not 0 <= retries <= 10:
+        raise UsageError(f"--retries must be between 0 and 10, got {retries}")
+    if insecure and ca_file is not None:
+        raise UsageError("--insecure and --ca-file exclude each other")
+    if ca_file is not None and not ca_file.expanduser().is_file():
+        raise UsageError(f"--ca-file {ca_file}: no such file")
+    mapping = probe.parse_resolve(resolve)
+    targets = {probe.target(u)[1:3] for u in urls}
+    unused = [f"{h}:{p}" for h, p in mapping if (h, p) not in targets]
+    if unused:
+        shown = ", ".join(f"{h}:{p}" for h, p in sorted(targets))
+        raise UsageError(f"--resolve {', '.join(unused)} matches none of the URLs checked ({shown})")
+    return probe.HttpOptions(timeout=url_timeout, retries=retries, resolve=mapping,
+                             ca_file=ca_file.expanduser() if ca_file else None, insecure=insecure)
+
 
 
 # -- diagnose / overlay --------------------------------------------------------------------------

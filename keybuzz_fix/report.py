@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from keybuzz_fix.fanout import Outcome
     from keybuzz_fix.firewall import Action
     from keybuzz_fix.firewall_apply import HostPlan, HostResult
+    from keybuzz_fix.ingress_apply import IngressPlan
+    from keybuzz_fix.scorecard import Scorecard
 
 STATUS_STYLE = {
     "unchanged": "green",
@@ -189,6 +191,77 @@ def firewall_json(outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[Hos
         hosts.append(entry)
     return {"dry_run": dry_run, "exit_code": int(exit_code), "summary": overview(outcomes), "hosts": hosts,
             "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted]}
+
+
+# -- ingress / validate ----------------------------------------------------------------------------
+
+
+def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
+    """Print the ingress-nginx findings and each route's diff (the server's dry-run answer)."""
+    from rich.markup import escape
+
+    console.print("[bold]ingress-nginx[/] (checked, never changed):")
+    for f in plan.findings:
+        mark = "[green]✓[/]" if f.ok else "[bold red]✗[/]"
+        console.print(f"  {mark} {escape(f.subject)}: {escape(f.detail)}")
+    console.print("[bold]Ingress routes[/] (server-side apply, field manager keybuzz-fix"
+                  + (", --force-conflicts" if plan.force_conflicts else "") + "):")
+    for r in plan.routes:
+        console.print(f"  {r.name}: [{_ROUTE_STYLE[r.status.value]}]{r.status.value}[/]"
+                      + (f" — {escape(r.error)}" if r.error else ""))
+        for line in r.diff.splitlines():
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
+            console.print(f"    [{style}]{escape(line)}[/]", soft_wrap=True)
+    if dry_run:
+        console.print("[yellow]dry run: nothing changed (the diff is the API server's dry-run answer)[/]")
+
+
+def ingress_summary(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
+    """Print the one-line outcome of the ingress step."""
+    bad = len(plan.mismatches)
+    routes = ", ".join(f"{r.name} {r.status.value}" for r in plan.routes)
+    head = "ingress: plan" if dry_run else "ingress: result"
+    controller = "ingress-nginx as expected" if not bad else f"ingress-nginx: {bad} mismatch(es), left as found"
+    style = "green" if plan.exit_code == ExitCode.OK else "bold red"
+    console.print(f"[{style}]{head}[/]: {controller}; {routes}")
+
+
+def ingress_json(plan: IngressPlan, *, dry_run: bool) -> dict[str, Any]:
+    """Return the machine-readable outcome of the ingress step."""
+    return {"dry_run": dry_run, "exit_code": int(plan.exit_code), "force_conflicts": plan.force_conflicts,
+            "controller": [{"subject": f.subject, "ok": f.ok, "detail": f.detail} for f in plan.findings],
+            "routes": [{"name": r.name, "status": r.status.value, "diff": r.diff, "error": r.error}
+                       for r in plan.routes]}
+
+
+_ROUTE_STYLE = {"unchanged": "green", "create": "yellow", "update": "yellow", "created": "bold green",
+                "updated": "bold green", "conflict": "bold red", "failed": "bold red"}
+
+
+def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> None:
+    """Print the scorecard: one row per check with its evidence, then the score."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"keybuzz-fix scorecard — N = {card.workers} workers", title_justify="left")
+    for col, kwargs in (("#", {"justify": "right"}), ("CHECK", {"ratio": 2}), ("RESULT", {}),
+                        ("EVIDENCE", {"ratio": 3}), ("TIME", {"justify": "right"})):
+        table.add_column(col, overflow="fold", **kwargs)
+    for c in card.checks:
+        table.add_row(str(c.number), escape(c.name), f"[{STATUS_STYLE[c.status]}]{c.status.upper()}[/]",
+                      escape(c.detail), f"{c.seconds:.1f}s")
+    console.print(table)
+    if card.extended:
+        ext = Table(title="Per worker (--extended, not counted in the score)", title_justify="left")
+        for col in ("WORKER", "CHECK", "RESULT", "EVIDENCE"):
+            ext.add_column(col, overflow="fold")
+        for r in card.extended:
+            ext.add_row(r.host, escape(r.check), f"[{STATUS_STYLE[r.status]}]{r.status.upper()}[/]", escape(r.detail))
+        console.print(ext)
+    verdict = "[bold green]PASS[/]" if card.ok else "[bold red]FAIL[/]"
+    need = "100 % (--strict)" if card.strict else f"{card.threshold} %"
+    console.print(f"Score: {card.passed}/{card.total} = {card.score:.1f} % (pass at ≥ {need}) {verdict}"
+                  f" in {card.seconds:.1f} s" + (f" — {escape(note)}" if note else ""))
 
 
 # -- convert / rollback ----------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The outage and its first repair, end to end: lab workers, the seeded control plane, a real load balancer.
+
+What is real: five worker hosts with their own sshd and UFW (default deny incoming, so the
+ingress NodePort 31695 is dropped, as in the outage); Debian's nginx as the load balancer on
+a lab address, terminating TLS for platform.keybuzz.io and platform-api.keybuzz.io (certificate
+from a test CA, passed with --ca-file) and forwarding both to the workers' NodePort with a short
+upstream timeout, answering 504 when no worker answers, as the Hetzner load balancers do; the
+API server the cluster checks read. What stands in: each worker's NodePort is a small HTTP
+listener answering 200 for both sites, not ingress-nginx; the Kubernetes pods are kwok objects,
+not processes, so the cluster and the hosts agree only by construction (same names and
+addresses). The URL checks reach the load balancer through --resolve, exactly as an operator
+would aim them at one Hetzner load balancer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from keybuzz_fix.cli import app
+from tests.cluster.fixtures import KeybuzzCluster
+from tests.lab.hosts import INGRESS_PORT, SUBNET, HostSpec, Lab, free_base_ip
+from tests.lab.loadbalancer import LoadBalancer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+@pytest.fixture(scope="module")
+def load_balancer(lab_hosts: Lab, lab_factory: Callable[..., Lab],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+    """nginx in its own lab host, in front of the five workers' NodePort 31695."""
+    spec = HostSpec("lb-01", ufw_active=False, http_listener=False)
+    with lab_factory([spec], base_ip=free_base_ip(1, start=40)) as lb_lab, \
+            LoadBalancer(lb_lab.hosts[0], [h.ip for h in lab_hosts.hosts], tmp_path_factory.mktemp("lb"),
+                         connect_timeout=1.0, tries=2) as lb:
+        yield lb
+
+
+@pytest.fixture(scope="module")
+def servers(lab_hosts: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lab_hosts.servers_tsv(tmp_path_factory.mktemp("inventory") / "servers.tsv")
+
+
+@pytest.fixture(scope="module")
+def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab's private network is 198.18.0.0/24 (10.0.0.0/16 in production)."""
+    path = tmp_path_factory.mktemp("config") / "lab.yaml"
+    path.write_text(f"firewall:\n  source: {SUBNET}\n  ports:\n    - {{port: {INGRESS_PORT}, proto: tcp}}\n")
+    return path
+
+
+def validate(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
+             *args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, [
+        "validate", str(servers), "--kubeconfig", str(cluster.kubeconfig), "--config", str(config),
+        *lb.resolve_args(), "--ca-file", str(lb.ca_file), "--retries", "1", "--url-timeout", "4",
+        "--identity", str(lab.identity_file), "--known-hosts", str(lab.known_hosts_file), "--timeout", "5",
+        "-o", "json", *args])
+    assert "Traceback" not in result.output
+    try:
+        return result.exit_code, json.loads(result.stdout)
+    except ValueError:
+        pytest.fail(f"no JSON (exit {result.exit_code}): {result.output}")
+
+
+def rows(card: dict, check: str) -> dict[str, dict]:
+    return {r["host"]: r for r in card["extended"] if r["check"].startswith(check)}
+
+
+def test_before_the_load_balancer_answers_504(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab,
+                                             load_balancer: LoadBalancer, servers: Path, lab_config: Path) -> None:
+    assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
+
+    code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--extended")
+
+    assert code == 1
+    assert card["score"] < 80 and card["ok"] is False
+    status = {c["number"]: c["status"] for c in card["checks"]}
+    assert status == {1: "fail", 2: "fail", 3: "fail", 4: "pass", 5: "fail", 6: "fail", 7: "fail"}
+    urls = card["checks"][6]["detail"]
+    lb = f"{load_balancer.ip}:443"
+    assert f"https://platform.keybuzz.io: 504 Gateway Time-out via {lb} (2 attempts" in urls
+    assert f"https://platform-api.keybuzz.io: 504 Gateway Time-out via {lb} (2 attempts" in urls
+    assert "still a Deployment" in card["checks"][0]["detail"]
+    assert "ClusterIP (expected NodePort 30080)" in card["checks"][4]["detail"]
+    # The 504s are the load balancer's: it tried the workers' NodePort and none answered.
+    answered = [line for line in load_balancer.requests() if " 504 " in line]
+    assert len(answered) == 4 and all(f":{INGRESS_PORT}" in line and 'upstream_status="504, 504"' in line
+                                      for line in answered)
+    # --extended: per worker, not counted in the score.
+    assert card["passed"] == 1 and card["total"] == 7
+    nodeport = rows(card, f"NodePort {INGRESS_PORT}")
+    assert set(nodeport) == {h.name for h in lab_hosts.hosts}
+    assert all(r["status"] == "fail" and "no answer in 4 s" in r["detail"] for r in nodeport.values())
+    ufw = rows(card, "UFW rules present")
+    assert all(r["status"] == "fail" and f"missing: allow {INGRESS_PORT}/tcp from {SUBNET}" in r["detail"]
+               for r in ufw.values()), ufw
+
+
+def test_opening_the_nodeport_makes_the_urls_answer_200(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab,
+                                                       load_balancer: LoadBalancer, servers: Path,
+                                                       lab_config: Path) -> None:
+    for h in lab_hosts.hosts:
+        h.run(f"ufw allow from {SUBNET} to any port {INGRESS_PORT} proto tcp")
+    first = lab_hosts.hosts[0]
+    first.listen(8080)
+    first.run(f"ufw allow from {SUBNET} to any port 8080 proto tcp")
+    try:
+        code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--extended")
+    finally:
+        first.stop_listener(8080)
+
+    urls = card["checks"][6]
+    assert urls["status"] == "pass", urls
+    assert f"https://platform.keybuzz.io: 200 OK via {load_balancer.ip}:443 (1 attempt" in urls["detail"]
+    assert f"https://platform-api.keybuzz.io: 200 OK via {load_balancer.ip}:443 (1 attempt" in urls["detail"]
+    # The cluster is still unconverted: 2/7 is below the threshold.
+    assert (code, card["passed"]) == (1, 2)
+    assert all(r["status"] == "pass" for r in rows(card, f"NodePort {INGRESS_PORT}").values())
+    assert all(r["status"] == "pass" and r["detail"] == "1/1 rules present"
+               for r in rows(card, "UFW rules present").values())
+    api_port = rows(card, "host port 8080")
+    assert api_port[first.name]["status"] == "pass" and api_port[first.name]["detail"] == "HTTP 200 OK"
+    assert all(r["status"] == "fail" for name, r in api_port.items() if name != first.name)
+    ok_requests = [line for line in load_balancer.requests() if " 200 " in line]
+    assert len(ok_requests) == 2
