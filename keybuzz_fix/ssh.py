@@ -161,7 +161,7 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
     known = options.known_hosts
     if known.exists():
         try:
-            client.load_host_keys(str(known))
+            _add_known_keys(client, known, host.private_ip if port == 22 else f"[{host.private_ip}]:{port}")
         except (OSError, paramiko.SSHException, UnicodeDecodeError) as e:
             raise HostKeyError(name, f"cannot read known_hosts {known}: {_why(e)}") from e
     elif not options.accept_new_host_keys:
@@ -201,6 +201,34 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
         client.close()
         raise HostUnreachable(name, f"cannot connect to {host.private_ip}:{port}: {_why(e)}") from e
     return Session(host, client, options)
+
+
+def _add_known_keys(client: paramiko.SSHClient, known: Path, name: str) -> None:
+    """Give the client the known_hosts entries for ``name`` (``addr`` or ``[addr]:port``, as paramiko looks it up).
+
+    The file is parsed once per version of it (path, inode, size, mtime) for the whole run, not once
+    per host: parsing is linear in its lines, so once per host made a fleet run quadratic.
+    """
+    entry = _known_hosts(known).lookup(name)
+    for key_type, key in (entry or {}).items():
+        client.get_host_keys().add(name, key_type, key)
+
+
+_KNOWN_HOSTS_PARSED: dict[tuple[str, int, int, int], paramiko.HostKeys] = {}
+
+
+def _known_hosts(known: Path) -> paramiko.HostKeys:
+    import paramiko
+
+    st = known.stat()
+    version = (str(known), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _KNOWN_HOSTS_LOCK:  # held while parsing: the hosts connecting at once wait for one parse
+        keys = _KNOWN_HOSTS_PARSED.get(version)
+        if keys is None:
+            keys = paramiko.HostKeys(str(known))
+            _KNOWN_HOSTS_PARSED.clear()  # only the newest version is worth keeping
+            _KNOWN_HOSTS_PARSED[version] = keys
+    return keys
 
 
 def _policy(name: str, known: Path, accept: bool, accepted: AcceptedKeys | None) -> paramiko.MissingHostKeyPolicy:
