@@ -534,6 +534,82 @@ def _http_options(urls: tuple[str, ...], resolve: list[str], ca_file: Path | Non
 
 
 
+@app.command("all")
+def all_steps(
+    ctx: typer.Context,
+    servers: ServersArg,
+    enable: Annotated[bool, typer.Option("--enable", help="ufw: enable UFW where it is inactive (an SSH allow rule "
+                                         "is added first).")] = False,
+    env: EnvOpt = "prod",
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    force_conflicts: ForceConflictsOpt = False,
+    keep_port: Annotated[bool, typer.Option("--keep-port", help="convert: use each app's own container port as its "
+                                            "host port.")] = False,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="convert: seconds to wait for the "
+                                                 "DaemonSets to be ready.")] = _READY_TIMEOUT,
+    threshold: Annotated[int | None, typer.Option("--threshold", metavar="PERCENT", help="validate: pass at this "
+                                                  "score or above (default 80).", show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="validate: pass only at 100 %.")] = False,
+    resolve: Annotated[list[str] | None, typer.Option("--resolve", metavar="HOST:PORT:ADDR",
+                                                      help="validate: connect to ADDR for HOST:PORT (as curl does).",
+                                                      rich_help_panel=_HTTP, show_default=False)] = None,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="validate: trust this PEM CA bundle.",
+                                                 rich_help_panel=_HTTP, show_default=False)] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="validate: do not verify TLS certificates.",
+                                           rich_help_panel=_HTTP)] = False,
+    url_timeout: Annotated[float, typer.Option("--url-timeout", help="validate: seconds per URL attempt.",
+                                               rich_help_panel=_HTTP)] = 10.0,
+    retries: Annotated[int, typer.Option("--retries", help="validate: further attempts after a failed one.",
+                                         rich_help_panel=_HTTP)] = 2,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    kubeconfig_from_master: FromMasterOpt = None,
+    save_kubeconfig: SaveKubeconfigOpt = None,
+    user: UserOpt = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    accept_new_host_keys: AcceptNewOpt = False,
+    timeout: TimeoutOpt = 10.0,
+    concurrency: ConcurrencyOpt = 16,
+) -> None:
+    """The whole remediation: ufw, convert, ingress, then validate.
+
+    First every step plans (nothing changes) and the combined plan is shown; one confirmation
+    (or --yes) covers all of it. The steps then run in order, each outcome shown as it finishes.
+    The first failing step stops the run, saying what was done and what was not; re-running
+    resumes (steps already done are no-ops). --dry-run runs every step's planning only.
+
+    Exit codes: 0 every step ran and the score is 100 %; 3 every step ran and the score passed
+    the threshold but is below 100 %; 1 a step failed or the score is below the threshold;
+    4 declined at the confirmation; 130 interrupted.
+
+    Examples:
+
+        keybuzz-fix all servers.tsv --dry-run
+        keybuzz-fix all servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --identity ~/.ssh/id_ed25519 --yes
+        keybuzz-fix all servers.tsv --kubeconfig-from-master servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2
+    """
+    from keybuzz_fix import config as cfg_mod
+    from keybuzz_fix import inventory as inv
+    from keybuzz_fix.remediate import AllOptions, run_all
+
+    cfg = cfg_mod.load(config)
+    http = _http_options(cfg.validate.urls, resolve or [], ca_file, insecure, url_timeout, retries)
+    if threshold is not None and not 0 <= threshold <= 100:
+        raise UsageError(f"--threshold must be between 0 and 100 (percent), got {threshold}")
+    hosts = inv.with_user(inv.select(inv.load(servers), Role.WORKER, env), user)
+    ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
+    options = AllOptions(dry_run=dry_run, yes=yes, enable=enable, concurrency=_check_concurrency(concurrency),
+                         ready_timeout=_ready_timeout(ready_timeout), force_conflicts=force_conflicts,
+                         keep_port=keep_port, threshold=threshold, strict=strict)
+    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
+                        known_hosts, accept_new_host_keys)
+    raise typer.Exit(int(run_all(_state(ctx).console, hosts=hosts, cfg=cfg, ssh=ssh, kube=kube, http=http,
+                                 options=options)))
+
+
 # -- diagnose / overlay --------------------------------------------------------------------------
 
 

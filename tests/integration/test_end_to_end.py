@@ -107,30 +107,75 @@ def test_before_the_load_balancer_answers_504(keybuzz_cluster: KeybuzzCluster, l
                for r in ufw.values()), ufw
 
 
-def test_opening_the_nodeport_makes_the_urls_answer_200(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab,
-                                                       load_balancer: LoadBalancer, servers: Path,
-                                                       lab_config: Path) -> None:
-    for h in lab_hosts.hosts:
-        h.run(f"ufw allow from {SUBNET} to any port {INGRESS_PORT} proto tcp")
-    first = lab_hosts.hosts[0]
-    first.listen(8080)
-    first.run(f"ufw allow from {SUBNET} to any port 8080 proto tcp")
-    try:
-        code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--extended")
-    finally:
-        first.stop_listener(8080)
+def run_all(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
+            *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [
+        "all", str(servers), "--kubeconfig", str(cluster.kubeconfig), "--config", str(config),
+        *lb.resolve_args(), "--ca-file", str(lb.ca_file), "--retries", "1", "--url-timeout", "4",
+        "--identity", str(lab.identity_file), "--known-hosts", str(lab.known_hosts_file), "--timeout", "5",
+        "--ready-timeout", "60", *args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
 
-    urls = card["checks"][6]
-    assert urls["status"] == "pass", urls
-    assert f"https://platform.keybuzz.io: 200 OK via {load_balancer.ip}:443 (1 attempt" in urls["detail"]
-    assert f"https://platform-api.keybuzz.io: 200 OK via {load_balancer.ip}:443 (1 attempt" in urls["detail"]
-    # The cluster is still unconverted: 2/7 is below the threshold.
-    assert (code, card["passed"]) == (1, 2)
-    assert all(r["status"] == "pass" for r in rows(card, f"NodePort {INGRESS_PORT}").values())
-    assert all(r["status"] == "pass" and r["detail"] == "1/1 rules present"
-               for r in rows(card, "UFW rules present").values())
-    api_port = rows(card, "host port 8080")
-    assert api_port[first.name]["status"] == "pass" and api_port[first.name]["detail"] == "HTTP 200 OK"
-    assert all(r["status"] == "fail" for name, r in api_port.items() if name != first.name)
-    ok_requests = [line for line in load_balancer.requests() if " 200 " in line]
-    assert len(ok_requests) == 2
+
+def step_lines(output: str) -> dict[str, str]:
+    """The line each step printed as it finished: ``ufw: changed — …``."""
+    lines = {}
+    for line in output.splitlines():
+        for step in ("ufw", "convert", "ingress", "validate"):
+            if line.startswith(f"{step}: "):
+                lines[step] = line
+    return lines
+
+
+def rules_on(lab: Lab) -> dict[str, str]:
+    return {h.name: h.run("ufw show added").stdout for h in lab.hosts}
+
+
+def test_all_dry_run_changes_nothing(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab, load_balancer: LoadBalancer,
+                                     servers: Path, lab_config: Path) -> None:
+    before = rules_on(lab_hosts)
+    code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--dry-run")
+    assert code == 0, output
+    steps = step_lines(output)
+    assert steps["ufw"].startswith("ufw: planned — 5 rule change(s) on 5 of 5 worker(s)")
+    assert steps["convert"].startswith("convert: planned")
+    assert steps["ingress"].startswith("ingress: planned — 2 route(s) to apply")
+    assert "validate" not in steps
+    assert rules_on(lab_hosts) == before
+    code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config)
+    assert (code, card["passed"]) == (1, 1)  # still the outage
+
+
+def test_all_repairs_the_outage_and_a_rerun_changes_nothing(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab,
+                                                            load_balancer: LoadBalancer, servers: Path,
+                                                            lab_config: Path, state_dir: Path) -> None:
+    code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--yes")
+    assert code == 0, output
+    steps = step_lines(output)
+    assert steps["ufw"].startswith("ufw: changed — 5 worker(s) changed")
+    assert steps["convert"].startswith("convert: changed")
+    assert steps["ingress"].startswith("ingress: changed — 2 route(s) applied")
+    assert steps["validate"].startswith("validate: pass — score 100 % (7/7)")
+    assert all(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 1.0) for h in lab_hosts.hosts)
+
+    # After: the scorecard is perfect on its own, the URLs answer 200 through the load balancer.
+    code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--strict")
+    assert (code, card["passed"], card["total"]) == (0, 7, 7), card
+    urls = card["checks"][6]["detail"]
+    assert f"https://platform.keybuzz.io: 200 OK via {load_balancer.ip}:443" in urls
+    assert f"https://platform-api.keybuzz.io: 200 OK via {load_balancer.ip}:443" in urls
+    audit = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
+    assert {a["command"] for a in audit} >= {"all", "convert"}
+
+    # Again: every step is a no-op.
+    rules, audited = rules_on(lab_hosts), len(audit)
+    code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--yes")
+    assert code == 0, output
+    steps = step_lines(output)
+    assert steps["ufw"].startswith("ufw: unchanged")
+    assert steps["convert"].startswith("convert: unchanged — already converted")
+    assert steps["ingress"].startswith("ingress: unchanged")
+    assert steps["validate"].startswith("validate: pass — score 100 %")
+    assert rules_on(lab_hosts) == rules
+    assert len((state_dir / "audit.jsonl").read_text().splitlines()) == audited
