@@ -25,6 +25,7 @@ from keybuzz_fix.nodefacts import (
     parse_kernel_version,
 )
 from keybuzz_fix.overlay import OFFLOAD_FEATURE, VXLAN_DEVICE
+from keybuzz_fix.workloads import internal_ip
 
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 BACKEND_TYPE = "flannel.alpha.coreos.com/backend-type"
@@ -420,10 +421,9 @@ def api_nodes(objects: Sequence[Mapping[str, Any]]) -> tuple[ApiNode, ...]:
     """Return the Flannel view of Node objects (dicts as the API serves them)."""
     out = []
     for obj in objects:
-        meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         annotations = meta.get("annotations") or {}
-        internal = next((a.get("address") for a in status.get("addresses") or []
-                         if a.get("type") == "InternalIP"), None)
+        internal = internal_ip(dict(obj))
         out.append(ApiNode(name=str(meta.get("name", "")), internal_ip=internal,
                            public_ip=annotations.get(PUBLIC_IP), backend_type=annotations.get(BACKEND_TYPE),
                            pod_cidr=spec.get("podCIDR")))

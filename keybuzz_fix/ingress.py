@@ -17,6 +17,7 @@ from typing import Any
 
 from keybuzz_fix import workloads as wl
 from keybuzz_fix.config import Config, IngressConfig, Route
+from keybuzz_fix.objects import name_of
 
 Obj = dict[str, Any]
 # Metadata the API server owns: never part of a diff.
@@ -74,9 +75,9 @@ def _pods_on_workers(cfg: IngressConfig, pods: Sequence[Obj], workers: Mapping[s
         on_node = by_node.get(node, [])
         running = [p for p in on_node if wl.is_running(p)]
         if running:
-            out.append(Finding(subject, True, f"pod {wl.name_of(running[0])} Running"))
+            out.append(Finding(subject, True, f"pod {name_of(running[0])} Running"))
         elif on_node:
-            states = ", ".join(f"{wl.name_of(p)} {wl.phase(p)}" for p in on_node)
+            states = ", ".join(f"{name_of(p)} {wl.phase(p)}" for p in on_node)
             out.append(Finding(subject, False, f"no Running controller pod ({states})"))
         else:
             out.append(Finding(subject, False, "no controller pod on this node"))

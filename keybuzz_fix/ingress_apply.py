@@ -18,6 +18,7 @@ from keybuzz_fix.config import Config
 from keybuzz_fix.errors import ClusterError, Conflict, ExitCode
 from keybuzz_fix.ingress import Finding, RouteStatus
 from keybuzz_fix.inventory import Host
+from keybuzz_fix.objects import name_of
 from keybuzz_fix.options import Output
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def observe_controller(kube: Kube, cfg: Config, workers: Sequence[Host] | None) 
     pods = kube.list("Pod", ic.namespace) if daemonset is not None else []
     nodes = kube.list("Node")
     if workers is None:
-        on_nodes: dict[str, str | None] = {wl.name_of(n): wl.name_of(n) for n in nodes if wl.is_worker_node(n)}
+        on_nodes: dict[str, str | None] = {name_of(n): name_of(n) for n in nodes if wl.is_worker_node(n)}
     else:
         on_nodes = wl.worker_nodes(workers, nodes)
     return ingress.check_controller(ic, daemonset=daemonset, deployment=deployment, pods=pods,

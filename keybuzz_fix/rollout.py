@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from keybuzz_fix.errors import Forbidden, NotReady
 from keybuzz_fix.objects import Obj, meta, name_of, selector_string
+from keybuzz_fix.workloads import is_ready
 
 if TYPE_CHECKING:
     from keybuzz_fix.kube import Kube
@@ -148,7 +149,7 @@ def _stuck_pods(kube: Kube, kind: str, namespace: str, obj: Obj, events: list[Ob
             continue
         if kind == "Deployment" and not any(str(o.get("name", "")).startswith(name_of(obj) + "-") for o in owners):
             continue
-        if _pod_ready(pod):
+        if is_ready(pod):
             continue
         found.append(StuckPod(name_of(pod), str((pod.get("spec") or {}).get("nodeName") or ""),
                               str((pod.get("status") or {}).get("phase") or "Unknown"), _why(pod),
@@ -159,12 +160,6 @@ def _stuck_pods(kube: Kube, kind: str, namespace: str, obj: Obj, events: list[Ob
             found.append(StuckPod(f"({kind} {name_of(obj)})", "", "no pods", "", own))
     return found
 
-
-def _pod_ready(pod: Obj) -> bool:
-    if meta(pod).get("deletionTimestamp"):
-        return False
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _why(pod: Obj) -> str:

@@ -16,6 +16,7 @@ from keybuzz_fix import ingress
 from keybuzz_fix import workloads as wl
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.objects import name_of
 from keybuzz_fix.probe import HttpAnswer
 
 Obj = dict[str, Any]
@@ -128,7 +129,7 @@ def check_pods(cfg: Config, daemonsets: Mapping[str, Obj], pods: Sequence[Obj], 
         text = f"{app.name}: {len(good)}/{workers} Running and Ready"
         bad = [p for p in mine if p not in good]
         if bad:
-            text += " (" + ", ".join(f"{wl.name_of(p)} {_pod_state(p)}" for p in bad[:3]) + \
+            text += " (" + ", ".join(f"{name_of(p)} {_pod_state(p)}" for p in bad[:3]) + \
                 (f", {len(bad) - 3} more" if len(bad) > 3 else "") + ")"
         if len(good) < workers:
             ok = False

@@ -1,22 +1,16 @@
 """Reading workload objects (plain dicts from the API): pods, their owners, nodes (pure code).
 
-Shared by the ingress-nginx check and the scorecard, so that "Running", "Ready" and "on that
-worker" mean the same thing everywhere.
+Shared by the ingress-nginx check, the scorecard, the rollout wait and diagnose, so that
+"Running", "Ready" and "on that worker" mean the same thing everywhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from keybuzz_fix.inventory import Host
-
-Obj = dict[str, Any]
-
-
-def name_of(obj: Obj) -> str:
-    """Return an object's name."""
-    return str(obj.get("metadata", {}).get("name", "?"))
+from keybuzz_fix.objects import Obj, name_of
+from keybuzz_fix.placement import is_control_plane
 
 
 def by_name(objs: Iterable[Obj]) -> dict[str, Obj]:
@@ -37,7 +31,9 @@ def is_running(pod: Obj) -> bool:
 
 
 def is_ready(pod: Obj) -> bool:
-    """Whether a pod's Ready condition is True."""
+    """Whether a pod's Ready condition is True and it is not being deleted."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in pod.get("status", {}).get("conditions") or [])
 
@@ -87,8 +83,8 @@ def worker_nodes(workers: Sequence[Host], nodes: Sequence[Obj]) -> dict[str, str
 
 def is_worker_node(node: Obj) -> bool:
     """Whether a Node is a worker (no control-plane/master role label)."""
-    labels = node.get("metadata", {}).get("labels") or {}
-    return not any(k in labels for k in ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master"))
+    return not is_control_plane(node) and "node-role.kubernetes.io/master" not in (
+        node.get("metadata", {}).get("labels") or {})
 
 
 def plural(n: int, word: str) -> str:
