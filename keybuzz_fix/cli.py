@@ -26,6 +26,7 @@ from keybuzz_fix.options import (
     ContextOpt,
     DryRunOpt,
     EnvOpt,
+    ForceConflictsOpt,
     FromMasterOpt,
     IdentityOpt,
     KnownHostsOpt,
@@ -254,9 +255,7 @@ def convert(
                        ] = _READY_TIMEOUT,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
-    force_conflicts: Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager "
-                                                  "owns (server-side apply with force).", rich_help_panel=SAFETY)
-                               ] = False,
+    force_conflicts: ForceConflictsOpt = False,
     show_values: Annotated[bool, typer.Option("--show-values", help="Show env values in the plan, diffs and -o "
                                               "yaml/json (masked by default: they may hold secrets).",
                                               rich_help_panel=SAFETY)] = False,
@@ -376,8 +375,6 @@ class ScoreFormat(str, Enum):
     JUNIT = "junit"
 
 
-ForceConflictsOpt = Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager "
-                                                 "owns (server-side apply with force).", rich_help_panel=SAFETY)]
 
 
 @app.command()
