@@ -6,6 +6,7 @@ so ``keybuzz-fix --help`` stays fast. Errors are mapped to exit codes in :func:`
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -123,8 +124,7 @@ def ssh_options(identity: Path | None, known_hosts: Path, accept_new: bool, time
     """Build and check the SSH options of a command."""
     from keybuzz_fix.ssh import SshOptions
 
-    if timeout <= 0:
-        raise UsageError(f"--timeout must be more than 0 seconds, got {timeout:g}")
+    timeout = _seconds("--timeout", timeout)
     if identity is not None and not identity.expanduser().is_file():
         raise UsageError(f"--identity {identity}: no such file")
     return SshOptions(known_hosts=known_hosts.expanduser(), identity=identity.expanduser() if identity else None,
@@ -235,9 +235,16 @@ def _cluster_for(kubeconfig: Path | None, context: str | None, from_master: Path
 
 
 def _ready_timeout(timeout: float) -> float:
-    if timeout <= 0:
-        raise UsageError(f"--timeout must be more than 0 seconds, got {timeout:g}")
-    return timeout
+    return _seconds("--timeout", timeout)
+
+
+def _seconds(option: str, value: float) -> float:
+    """Check a duration option: a finite number of seconds, more than 0 (nan and inf would never time out)."""
+    if not math.isfinite(value):
+        raise UsageError(f"{option} must be a number of seconds, got {value:g}")
+    if value <= 0:
+        raise UsageError(f"{option} must be more than 0 seconds, got {value:g}")
+    return value
 
 
 @app.command()
@@ -599,7 +606,7 @@ def all_steps(
     hosts = inv.with_user(inv.select(inv.load(servers), Role.WORKER, env), user)
     ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
     options = AllOptions(dry_run=dry_run, yes=yes, enable=enable, concurrency=_check_concurrency(concurrency),
-                         ready_timeout=_ready_timeout(ready_timeout), force_conflicts=force_conflicts,
+                         ready_timeout=_seconds("--ready-timeout", ready_timeout), force_conflicts=force_conflicts,
                          keep_port=keep_port, threshold=threshold, strict=strict)
     kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
                         known_hosts, accept_new_host_keys)
