@@ -431,4 +431,4 @@ def api_nodes(objects: Sequence[Mapping[str, Any]]) -> tuple[ApiNode, ...]:
 
 
 def _to_int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+    return int(value) if value and value.isascii() and value.isdigit() else None

@@ -173,7 +173,7 @@ def parse_ports(spec: str) -> list[tuple[int, str]]:
         part = part.strip()
         number, _, proto = part.partition("/")
         proto = proto or "tcp"
-        if not number.isdigit() or not 1 <= int(number) <= 65535:
+        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= 65535:
             raise UsageError(f"--ports: {part!r} is not a port number (1–65535), e.g. 31695/tcp")
         if proto not in ("tcp", "udp"):
             raise UsageError(f"--ports: {part!r}: protocol must be tcp or udp")

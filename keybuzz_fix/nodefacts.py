@@ -312,7 +312,7 @@ def _pairs(words: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() else None
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def _is_ip(value: str) -> bool:

@@ -74,7 +74,7 @@ def parse_resolve(values: Sequence[str]) -> dict[tuple[str, int], str]:
         example = "e.g. platform.keybuzz.io:443:10.0.0.5"
         if not (sep1 and sep2 and host and port and addr):
             raise UsageError(f"--resolve {value!r}: expected HOST:PORT:ADDR, {example}")
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             raise UsageError(f"--resolve {value!r}: {port!r} is not a port number (1–65535)")
         try:
             ip = ipaddress.ip_address(addr.removeprefix("[").removesuffix("]"))
