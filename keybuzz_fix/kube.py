@@ -288,6 +288,7 @@ class Kube:
 
 def load(kubeconfig: Path | None = None, context: str | None = None, timeout: float = 30.0) -> Kube:
     """Connect using standard kubeconfig resolution (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``)."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -310,6 +311,10 @@ def load(kubeconfig: Path | None = None, context: str | None = None, timeout: fl
                                 client_configuration=cfg, persist_config=False)
     except ConfigException as e:
         raise KubeconfigError(f"{source}: {_short(str(e))}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise KubeconfigError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or 'invalid'}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KubeconfigError(f"{source}: not a usable kubeconfig ({e.__class__.__name__}: {_short(str(e))})") from None
     token = None
@@ -318,7 +323,7 @@ def load(kubeconfig: Path | None = None, context: str | None = None, timeout: fl
         if value:
             token = value.removeprefix("Bearer ").strip()
             break
-    endpoint = Endpoint(server=cfg.host.rstrip("/"), ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
+    endpoint = Endpoint(server=_server_url(cfg.host, source), ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
                         key_file=cfg.key_file, token=token, verify=bool(cfg.verify_ssl),
                         tls_server_name=getattr(cfg, "tls_server_name", None),
                         source=f"kubeconfig {source}" + (f", context {context}" if context else ""))
@@ -375,12 +380,34 @@ def _memfile(name: str, content: bytes) -> str:
     return path
 
 
+def _server_url(url: str, source: str) -> str:
+    """Check a kubeconfig's server URL: http(s) with a host, and no credentials in it (never echoed)."""
+    from urllib.parse import urlsplit
+
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in authority:
+        raise KubeconfigError(f"{source}: the server URL carries credentials (user:password@); put them in "
+                              "the kubeconfig's user entry instead")
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("https", "http") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:  # a port that is not a number, or out of range
+        ok = False
+    if not ok:
+        raise KubeconfigError(f"{source}: server {_short(url)!r} is not an https:// or http:// URL")
+    return url.rstrip("/")
+
+
 def _pool(endpoint: Endpoint) -> urllib3.PoolManager:
     import urllib3
 
     ctx = ssl.create_default_context()
     if endpoint.ca_file or endpoint.ca_data:
-        ctx = ssl.create_default_context(cafile=endpoint.ca_file, cadata=endpoint.ca_data)
+        try:
+            ctx = ssl.create_default_context(cafile=endpoint.ca_file, cadata=endpoint.ca_data)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise KubeconfigError(f"{endpoint.source}: cannot load the certificate authority: "
+                                  f"{_short(str(e))}") from None
     if not endpoint.verify:  # only when the kubeconfig itself says insecure-skip-tls-verify
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
