@@ -62,7 +62,10 @@ def load(path: Path) -> Backup:
         if sep and key in ("server", "namespace"):
             fields[key] = value.strip()
     command = path.name.split("-", 1)[0] if "-" in path.name else "?"
-    return Backup(path, command, fields.get("server", ""), fields.get("namespace", ""), parse_objects(text, str(path)))
+    objects = parse_objects(text, str(path))
+    if not objects and not text.startswith("# keybuzz-fix "):
+        raise InputError(str(path), "holds no object and no keybuzz-fix header: not a keybuzz-fix backup")
+    return Backup(path, command, fields.get("server", ""), fields.get("namespace", ""), objects)
 
 
 def history(command: str = "convert") -> list[Path]:
