@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import types
 import typing
+import unicodedata
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import cache
 from pathlib import Path
@@ -274,14 +275,25 @@ def _check(cfg: Config, source: str) -> None:
         port(hp, f"ingress.reserved_host_ports[{i}]")
     if not cfg.firewall.ports:
         raise ConfigError(source, "firewall.ports: at least one port is needed")
+    seen: set[tuple[int, str]] = set()
     for i, rule in enumerate(cfg.firewall.ports):
         port(rule.port, f"firewall.ports[{i}].port")
+        if rule.port == 22:
+            raise ConfigError(source, f"firewall.ports[{i}].port: 22 is SSH; the tool never manages the SSH rule "
+                              "through firewall.ports")
         if rule.proto not in ("tcp", "udp"):
             raise ConfigError(source, f"firewall.ports[{i}].proto: {rule.proto!r} is not tcp or udp")
+        if (rule.port, rule.proto) in seen:
+            raise ConfigError(source, f"firewall.ports[{i}]: {rule.port}/{rule.proto} is listed twice")
+        seen.add((rule.port, rule.proto))
+        _check_comment(rule.comment, f"firewall.ports[{i}].comment", source)
     cidr(cfg.firewall.source, "firewall.source")
-    cidr(cfg.overlay.source, "overlay.source")
-    cidr(cfg.overlay.pod_cidr, "overlay.pod_cidr")
-    cidr(cfg.overlay.service_cidr, "overlay.service_cidr")
+    for key in ("source", "pod_cidr", "service_cidr"):
+        value = getattr(cfg.overlay, key)
+        if value == "any":
+            raise ConfigError(source, f"overlay.{key} is 'any': that would let anyone reach the pod network (VXLAN "
+                              "packets are not authenticated); set it to a network in CIDR form")
+        cidr(value, f"overlay.{key}")
     port(cfg.overlay.vxlan_port, "overlay.vxlan_port")
     if not 0 <= cfg.validate.threshold <= 100:
         raise ConfigError(source, f"validate.threshold: {cfg.validate.threshold} is outside 0–100")
@@ -290,3 +302,11 @@ def _check(cfg: Config, source: str) -> None:
             raise ConfigError(source, f"validate.urls[{i}]: {url!r} is not an http(s) URL")
     for i, r in enumerate(cfg.ingress.routes):
         port(r.port, f"ingress.routes[{i}].port")
+
+
+def _check_comment(comment: str, key: str, source: str) -> None:
+    """A ufw comment travels through a remote shell and ``ufw show added``: keep it to one printable line."""
+    if "'" in comment:
+        raise ConfigError(source, f"{key}: ufw refuses a single quote in a comment")
+    if any(unicodedata.category(ch) == "Cc" for ch in comment):
+        raise ConfigError(source, f"{key}: control characters (newline, tab, …) cannot go into a ufw comment")
