@@ -199,14 +199,34 @@ def parse_source(value: str) -> str:
 
 
 def parse_show_added(text: str) -> tuple[UfwRule, ...]:
-    """Parse ``ufw show added`` output into rules, in order."""
+    """Parse ``ufw show added`` output into rules, in order.
+
+    ufw prints a comment raw between single quotes, so a comment holding a line break (set by
+    someone else: the tool never writes one) continues the rule on the next lines.
+    """
     rules: list[UfwRule] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("Added user rules") or line == "(None)":
+    pending = ""
+    for raw in text.split("\n"):
+        line = f"{pending}\n{raw}" if pending else raw
+        if not pending and (not line.strip() or line.strip().startswith("Added user rules")
+                            or line.strip() == "(None)"):
             continue
-        rules.append(parse_rule_command(line))
+        if _open_quote(line):
+            pending = line
+            continue
+        pending = ""
+        rules.append(parse_rule_command(line.strip()))
+    if pending:
+        rules.append(parse_rule_command(pending.strip()))  # unbalanced to the end: a ParseError
     return tuple(rules)
+
+
+def _open_quote(line: str) -> bool:
+    try:
+        shlex.split(line)
+    except ValueError as e:
+        return "closing quotation" in str(e)
+    return False
 
 
 def parse_rule_command(line: str) -> UfwRule:
@@ -297,9 +317,9 @@ def parse_status(text: str) -> tuple[bool, str | None]:
     active: bool | None = None
     default: str | None = None
     for line in text.splitlines():
-        if line.startswith("Status:"):
+        if line.startswith("Status:") and active is None:  # the header; a rule's comment may hold such a line
             active = line.split(":", 1)[1].strip() == "active"
-        elif line.startswith("Default:"):
+        elif line.startswith("Default:") and default is None:
             first = line.split(":", 1)[1].split(",")[0].strip()  # "deny (incoming)"
             default = first.split(" ")[0]
     if active is None:
@@ -311,7 +331,7 @@ def parse_probe(text: str) -> UfwFacts:
     """Parse the output of :data:`PROBE_SCRIPT`."""
     sections: dict[str, list[str]] = {}
     current: str | None = None
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a \r in a rule's comment is not a line break
         if line.startswith(PROBE_MARK):
             current = line[len(PROBE_MARK):].strip()
             sections[current] = []

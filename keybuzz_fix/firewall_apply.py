@@ -8,6 +8,7 @@ read-back; the changes and the read-back go in a single round trip.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +21,7 @@ from keybuzz_fix.inventory import Host
 from keybuzz_fix.ssh import AcceptedKeys, Session, SshOptions, open_session
 
 APPLY_MARK = "@@keybuzz-fix-apply@@"
+_APPLY_LINE = re.compile(rf"^{re.escape(APPLY_MARK)} ([0-9]+) ([0-9]+)$")
 
 
 class Status(str, Enum):
@@ -176,20 +178,24 @@ def parse_apply(stdout: str, commands: Sequence[str]) -> tuple[list[str], tuple[
     output: list[str] = []
 
     def close() -> None:
-        nonlocal failure
+        nonlocal failure, current
         if current is None:
             return
         index, rc = current
+        current = None
         if rc == 0:
             ran.append(commands[index])
         elif failure is None:
             failure = (commands[index], "\n".join(output).strip())
 
+    expected = 0  # marks come in order; a line that only looks like one is output
     for line in stdout.splitlines():
-        if line.startswith(APPLY_MARK):
+        mark = _APPLY_LINE.match(line)
+        if mark and int(mark.group(1)) == expected < len(commands):
             close()
-            _, index, rc = line.split()
-            current, output = (int(index), int(rc)), []
+            if failure is not None:
+                break
+            current, output, expected = (expected, int(mark.group(2))), [], expected + 1
         elif line.startswith(firewall.PROBE_MARK):
             break
         elif current is not None:
