@@ -241,6 +241,8 @@ def _check(cfg: Config, source: str) -> None:
         if v == "any":
             return
         try:
+            if "%" in v:  # an IPv6 zone ("fe80::%eth0") is free text, and no UFW source
+                raise ValueError(v)
             ipaddress.ip_network(v, strict=True)
         except ValueError:
             raise ConfigError(source, f"{key}: {v!r} is not a network in CIDR form (e.g. 10.0.0.0/16)") from None

@@ -190,6 +190,8 @@ def parse_source(value: str) -> str:
     if value == ANY:
         return ANY
     try:
+        if "%" in value:  # an IPv6 zone ("fe80::%eth0") is no UFW source, and it is free text
+            raise ValueError(value)
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise UsageError(f"--source: {value!r} is not a network such as 10.0.0.0/16 (or 'any')") from None

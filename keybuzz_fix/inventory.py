@@ -238,6 +238,8 @@ def _ip(v: str, column: str, path: str, number: int) -> str:
     if not v:
         return ""
     try:
+        if "%" in v:  # an IPv6 zone ("fe80::1%eth0") is free text that would reach commands on the nodes
+            raise ValueError(v)
         return str(ipaddress.ip_address(v))
     except ValueError:
         raise InputError(path, f"{column} {v!r} is not a valid IP address", number) from None

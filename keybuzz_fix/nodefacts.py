@@ -113,7 +113,7 @@ class OverlayProbe:
 
 def node_probe(peers: Sequence[str]) -> str:
     """Return the first probe script; ``peers`` are the other nodes' private IPs (validated)."""
-    checked = [str(ipaddress.ip_address(p)) for p in peers]
+    checked = [_address(p) for p in peers]
     tools = " ".join(TOOLS)
     routes = "".join(f"echo '{_M} route {p}'; ip route get {p} 2>&1; " for p in checked)
     parts = [
@@ -135,8 +135,8 @@ def node_probe(peers: Sequence[str]) -> str:
 def overlay_probe(targets: Sequence[tuple[str, str]], big_size: int | None,
                   dns_server: str | None) -> str:
     """Return the second probe: ping each ``(name, flannel.1 address)`` at once, and ask CoreDNS."""
-    addrs = [str(ipaddress.ip_address(a)) for _, a in targets]
-    dns = str(ipaddress.ip_address(dns_server)) if dns_server else None
+    addrs = [_address(a) for _, a in targets]
+    dns = _address(dns_server) if dns_server else None
     jobs = []
     for i, a in enumerate(addrs):
         jobs.append(f'ping -n -q -c 3 -i 0.2 -W 1 {a} > "$d/p{i}" 2>&1 &')
@@ -313,6 +313,13 @@ def _pairs(words: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
 
 def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+def _address(value: str) -> str:
+    """Return ``value`` as a plain IP address for a probe script; an IPv6 zone (``%…``) is free text: refused."""
+    if "%" in value:
+        raise ValueError(f"{value!r} is not a plain IP address")
+    return str(ipaddress.ip_address(value))
 
 
 def _is_ip(value: str) -> bool:
