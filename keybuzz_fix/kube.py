@@ -258,7 +258,11 @@ class Kube:
             return ClusterError(f"TLS verification of the Kubernetes API at {self.endpoint.server} failed "
                                 f"({self.endpoint.source}): {text.split('certificate verify failed:')[-1].strip(' )')}")
         return ClusterError(f"cannot reach the Kubernetes API at {self.endpoint.server} ({self.endpoint.source}): "
-                            f"{_short(text)}")
+                            f"{_short(self._scrub(text))}")
+
+    def _scrub(self, text: str) -> str:
+        """Hide the credentials in text a server sent back (a proxy or a broken server may echo them)."""
+        return _redact(text, [self.endpoint.token] if self.endpoint.token else [])
 
     def _raise(self, status: int, raw: bytes, what: tuple[str, str, str | None, str | None]) -> None:
         verb, kind, namespace, name = what
@@ -266,6 +270,7 @@ class Kube:
             message = str(json.loads(raw).get("message", ""))
         except (ValueError, AttributeError):
             message = raw[:300].decode("utf-8", "replace")
+        message = self._scrub(message)
         target = f"{kind} {name}" if name else kind
         where = f" in namespace {namespace}" if namespace else ""
         if status == 401:
@@ -304,19 +309,21 @@ def load(kubeconfig: Path | None = None, context: str | None = None, timeout: fl
             raise KubeconfigError("no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, or use "
                                   "--kubeconfig-from-master to read it from the first K3s master over SSH")
     source = str(paths[0])
+    secrets = _kubeconfig_secrets(paths)
     cfg = client.Configuration()
     try:
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=os.pathsep.join(map(str, paths)), context=context,
                                 client_configuration=cfg, persist_config=False)
     except ConfigException as e:
-        raise KubeconfigError(f"{source}: {_short(str(e))}") from None
+        raise KubeconfigError(f"{source}: {_short(_redact(str(e), secrets))}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise KubeconfigError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or 'invalid'}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise KubeconfigError(f"{source}: not a usable kubeconfig ({e.__class__.__name__}: {_short(str(e))})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # the client's reading of odd shapes
+        raise KubeconfigError(f"{source}: not a usable kubeconfig ({e.__class__.__name__}: "
+                              f"{_short(_redact(str(e), secrets))})") from None
     token = None
     for key in ("BearerToken", "authorization"):
         value = (cfg.api_key or {}).get(key)
@@ -422,6 +429,40 @@ def _pool(endpoint: Endpoint) -> urllib3.PoolManager:
     if endpoint.tls_server_name:
         kwargs["server_hostname"] = endpoint.tls_server_name
     return urllib3.PoolManager(num_pools=4, maxsize=16, ssl_context=ctx, **kwargs)
+
+
+def _kubeconfig_secrets(paths: builtins.list[Path]) -> builtins.list[str]:
+    """Return every string under the ``users`` entries of the kubeconfig files: tokens, passwords, keys."""
+    import yaml
+
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and len(value) >= 4:
+            found.add(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, builtins.list):
+            for v in value:
+                walk(v)
+
+    for path in paths:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        users = data.get("users") if isinstance(data, dict) else None
+        for entry in users if isinstance(users, builtins.list) else []:
+            walk(entry.get("user") if isinstance(entry, dict) else entry)
+    return sorted(found, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: builtins.list[str]) -> str:
+    """Replace each secret in ``text``, and cut the object dumps the kubernetes client appends to its errors."""
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text.split("{'", 1)[0].rstrip(" /") if "{'" in text else text
 
 
 def _short(text: str) -> str:
