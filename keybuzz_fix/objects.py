@@ -39,7 +39,7 @@ def name_of(obj: Obj) -> str:
 def describe(obj: Obj) -> str:
     """Return ``Kind namespace/name``, the way plans and errors name an object."""
     ns = meta(obj).get("namespace")
-    return f"{obj.get('kind', '?')} {ns + '/' if ns else ''}{name_of(obj)}"
+    return f"{obj.get('kind', '?')} {f'{ns}/' if ns else ''}{name_of(obj)}"
 
 
 def labels(obj: Obj) -> dict[str, str]:
@@ -182,5 +182,86 @@ def parse_objects(text: str, source: str) -> list[Obj]:
             if not isinstance(item, dict) or not item.get("kind") or not isinstance(item.get("metadata"), dict) \
                     or not item["metadata"].get("name"):
                 raise InputError(source, f"document {index}: an item without kind or metadata.name")
+            problem = shape_problem(item)
+            if problem:
+                raise InputError(source, f"document {index}: {describe(item)}: {problem}")
             out.append(item)
     return out
+
+
+# -- the shape of what the tool reads ---------------------------------------------------------------
+# A file (a --from-file state, a backup) may hold anything; the API server never serves these shapes
+# wrong. Each schema names the type of every field the tool reads: a type (or tuple of types), a
+# mapping {key: schema} for an object, a one-item list [schema] for a list of them, or _STRINGS for
+# a string-to-string map. Absent fields are fine, a null one is not; other fields are not looked at.
+
+_STRINGS = "string map"
+_PORT = (int, str)  # a number, or the name of a container port
+_META: Obj = {"name": str, "namespace": str, "uid": str, "resourceVersion": str, "labels": _STRINGS,
+              "annotations": _STRINGS}
+_HANDLER: Obj = {"httpGet": {"port": _PORT}, "tcpSocket": {"port": _PORT}, "grpc": {"port": int}}
+_CONTAINER: Obj = {
+    "name": str, "env": [{"name": str, "value": (str, int, float, bool), "valueFrom": dict}], "envFrom": [dict],
+    "ports": [{"containerPort": int, "hostPort": int, "name": str, "protocol": str}],
+    "livenessProbe": _HANDLER, "readinessProbe": _HANDLER, "startupProbe": _HANDLER,
+    "lifecycle": {"postStart": _HANDLER, "preStop": _HANDLER},
+}
+_TERM: Obj = {"matchExpressions": [{"key": str, "operator": str, "values": list}], "matchFields": [dict]}
+_POD: Obj = {
+    "containers": [_CONTAINER], "initContainers": [_CONTAINER], "ephemeralContainers": [_CONTAINER],
+    "hostNetwork": bool, "nodeSelector": _STRINGS, "nodeName": str,
+    "tolerations": [{"key": str, "operator": str, "value": str, "effect": str}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_TERM]}}},
+}
+_WORKLOAD: Obj = {"metadata": _META, "spec": {"selector": {"matchLabels": _STRINGS}, "replicas": int,
+                                              "template": {"metadata": _META, "spec": _POD}}}
+_SHAPES: dict[str, Obj] = {
+    "Deployment": _WORKLOAD, "DaemonSet": _WORKLOAD, "StatefulSet": _WORKLOAD, "ReplicaSet": _WORKLOAD,
+    "Pod": {"metadata": _META, "spec": _POD},
+    "Service": {"metadata": _META, "spec": {
+        "type": str, "clusterIP": str, "selector": _STRINGS,
+        "ports": [{"port": int, "targetPort": _PORT, "nodePort": int, "name": str, "protocol": str}]}},
+    "HorizontalPodAutoscaler": {"metadata": _META, "spec": {"scaleTargetRef": {"kind": str, "name": str}}},
+    "Node": {"metadata": _META, "spec": {"podCIDR": str, "taints": [{"key": str, "value": str, "effect": str}]},
+             "status": {"addresses": [{"type": str, "address": str}]}},
+}
+
+
+def shape_problem(obj: Obj) -> str | None:
+    """Return where ``obj`` departs from the shape the tool reads (``spec.template.spec: a list, ...``), if it does."""
+    return _shape(obj, _SHAPES.get(str(obj.get("kind")), {"metadata": _META}), "")
+
+
+def _shape(value: Any, schema: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    found = {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}.get(type(value), "a number")
+    if schema == _STRINGS:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            return f"{where}: expected a map of strings, found {found}"
+        return None
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{where}: expected a mapping, found {found}"
+        for key, sub in schema.items():
+            at = f"{where}.{key}" if where else key
+            if key in value and value[key] is None:
+                return f"{at}: empty (null)"
+            problem = _shape(value.get(key), sub, at)
+            if problem:
+                return problem
+        return None
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{where}: expected a list, found {found}"
+        for i, item in enumerate(value):
+            if item is None:
+                return f"{where}[{i}]: an empty item"
+            problem = _shape(item, schema[0], f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    types = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        return f"{where}: unexpected {found}"
+    return None
