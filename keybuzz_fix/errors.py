@@ -112,6 +112,10 @@ class KubeconfigError(ClusterError):
 class Forbidden(ClusterError):
     """RBAC denied a call; names the verb, resource and namespace."""
 
+    def __init__(self, message: str, permission: str = "") -> None:
+        super().__init__(message)
+        self.permission = permission  # e.g. "list ingresses.networking.k8s.io in namespace keybuzz"
+
 
 class Conflict(ClusterError):
     """Server-side apply found a field owned by another manager."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     import urllib3
 
 FIELD_MANAGER = "keybuzz-fix"
+# How the API server words an RBAC refusal: 'User "x" cannot create resource "ingresses" in API group ...'
+_DENIED = re.compile(r'cannot ([a-z]+) resource "([a-z0-9.-]+)"(?: in API group "([a-z0-9.-]*)")?')
 Obj = dict[str, Any]
 
 
@@ -281,8 +284,13 @@ class Kube:
         if status == 403:
             plural = RESOURCES[kind].plural if kind in RESOURCES else kind
             verb_name = {"apply": "patch"}.get(verb, verb)
+            group = RESOURCES[kind].group_version.rpartition("/")[0] if kind in RESOURCES else ""
+            denied = _DENIED.search(message)  # what RBAC checked: an apply that creates needs "create"
+            if denied:
+                verb_name, plural, group = denied.group(1), denied.group(2), denied.group(3) or ""
             raise Forbidden(f"forbidden: cannot {verb_name} {plural}{where} (needed to {verb} {target}); "
-                            f"grant it (see manifests/rbac.yaml): {message}")
+                            f"grant it (see manifests/rbac.yaml): {message}",
+                            permission=f"{verb_name} {plural}{'.' + group if group else ''}{where}")
         if status == 409 and verb == "apply":
             raise Conflict(f"apply of {target}{where} conflicts with fields owned by another manager: {message}; "
                            "re-run with --force-conflicts to take them over")

@@ -3,7 +3,8 @@
 All API reads, URL probes and ``--extended`` probes start together in one thread pool; each check
 is evaluated as soon as its own facts are in, so the whole run takes about as long as its slowest
 check. A fact that cannot be read fails the checks that need it, with the error as evidence; it
-never stops the others.
+never stops the others. A read that RBAC forbids is not a finding about the cluster: the run
+then ends with the missing permissions instead of a score.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from keybuzz_fix import firewall, probe
 from keybuzz_fix import scorecard as sc
 from keybuzz_fix import workloads as wl
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import Interrupted, KeybuzzFixError
+from keybuzz_fix.errors import Forbidden, Interrupted, KeybuzzFixError
 from keybuzz_fix.firewall import ActionKind
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.probe import HttpOptions
@@ -116,8 +117,10 @@ def run_validate(kube: Kube, cfg: Config, workers: Sequence[Host], *, http: Http
             facts.add(key, read)
         row_futures = [pool.submit(r) for r in rows]
         results = []
+        denied: dict[str, Forbidden] = {}
         for number, keys, evaluate in checks:
             values, finished, error = facts.get(keys)
+            denied.update((e.permission, e) for e in values.values() if isinstance(e, Forbidden))
             check = evaluate(values) if error is None else sc.unreadable(number, cfg, n, str(error))
             results.append(Check(check.number, check.name, check.passed, check.detail, finished))
         extended_rows = tuple(row for f in row_futures for row in f.result())
@@ -126,6 +129,9 @@ def run_validate(kube: Kube, cfg: Config, workers: Sequence[Host], *, http: Http
         raise Interrupted("interrupted: validate stopped before every check finished (nothing was changed)") from None
     finally:
         pool.shutdown(wait=True)
+    if denied:  # a score over facts the identity may not read would blame the cluster for missing rights
+        raise Forbidden(f"forbidden: validate cannot read what it scores: missing permission(s) "
+                        f"{', '.join(sorted(denied))}; nothing was scored; grant them (see manifests/rbac.yaml)")
     return Scorecard(tuple(results), threshold if threshold is not None else cfg.validate.threshold, strict, n,
                      extended_rows, time.monotonic() - start)
 
