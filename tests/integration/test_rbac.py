@@ -126,7 +126,8 @@ def test_the_shipped_rbac_is_all_ingress_validate_and_diagnose_need(keybuzz_clus
     assert dry.exit_code == 0, dry.output
     result = cli("ingress", servers, "--kubeconfig", operator, "--yes", "-o", "json")
     assert result.exit_code == 0, result.output
-    assert {r["name"]: r["status"] for r in json.loads(result.stdout)["routes"]} == {f"{NS}/{r}": "created" for r in ROUTES}
+    routes = {r["name"]: r["status"] for r in json.loads(result.stdout)["routes"]}
+    assert routes == {f"{NS}/{r}": "created" for r in ROUTES}
     assert {i.metadata.name for i in no_routes.list_namespaced_ingress(NS).items} == set(ROUTES)
 
     scored = cli("validate", servers, "--kubeconfig", operator, "--config", str(loopback_config(tmp_path / "c.yaml")),
