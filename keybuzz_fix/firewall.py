@@ -210,9 +210,9 @@ def parse_show_added(text: str) -> tuple[UfwRule, ...]:
     pending = ""
     for raw in text.split("\n"):
         line = f"{pending}\n{raw}" if pending else raw
-        if not pending and (not line.strip() or line.strip().startswith("Added user rules")
+        if not pending and (not line.strip() or line.strip().startswith(("Added user rules", "WARN: "))
                             or line.strip() == "(None)"):
-            continue
+            continue  # ufw warns on stderr (the probe merges it) about the owner and mode of its own files
         if _open_quote(line):
             pending = line
             continue
