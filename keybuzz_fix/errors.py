@@ -65,6 +65,8 @@ class Aborted(KeybuzzFixError):
 class HostError(KeybuzzFixError):
     """Something failed on one host; other hosts carry on."""
 
+    partial: str = ""  # what a remote command printed before the connection was lost or its time ran out
+
     def __init__(self, host: str, problem: str) -> None:
         super().__init__(f"{host}: {problem}")
         self.host = host

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from keybuzz_fix import firewall, state
-from keybuzz_fix.errors import HostError, MissingTool, RemoteCommandError
+from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
 from keybuzz_fix.fanout import Outcome, run_all
 from keybuzz_fix.firewall import Action, ActionKind, UfwFacts, UfwRule
 from keybuzz_fix.inventory import Host
@@ -136,7 +136,10 @@ class FirewallRun:
             status = Status.BLOCKED if plan.blocked else Status.UNCHANGED
             return HostResult(host, status, plan.actions, (), _blocked_message(plan.blocked))
         session = self._session(host)
-        result = session.run(apply_script(commands) + "; " + self._probe_script(), check=False)
+        try:
+            result = session.run(apply_script(commands) + "; " + self._probe_script(), check=False)
+        except (HostUnreachable, RemoteCommandError) as e:
+            raise self._cut_short(host, commands, e) from e
         ran, failure = parse_apply(result.stdout, commands)
         for cmd in ran:
             state.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
@@ -153,6 +156,24 @@ class FirewallRun:
         blocked = [a for a in again if a.kind is ActionKind.BLOCKED]
         status = Status.BLOCKED if blocked else Status.CHANGED
         return HostResult(host, status, plan.actions, tuple(ran), _blocked_message(blocked))
+
+
+    def _cut_short(self, host: Host, commands: Sequence[str], error: HostError) -> HostError:
+        """Audit what ran before the connection dropped or the time ran out; say it in the host's error."""
+        ran = parse_apply(error.partial, commands)[0]
+        for cmd in ran:
+            state.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
+        rest = list(commands[len(ran):])
+        if rest:  # it was running: ufw may or may not have finished it
+            state.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip,
+                        error=error.problem)
+        what = "connection lost" if isinstance(error, HostUnreachable) else "no answer in time (--timeout)"
+        done = f"{len(ran)} of {len(commands)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
+        unknown = f"; unknown whether this one finished: {rest[0]}" if rest else ""
+        problem = f"{what} while applying: {done}{unknown}; re-run to converge"
+        if isinstance(error, HostUnreachable):
+            return HostUnreachable(host.hostname, problem)
+        return RemoteCommandError(host.hostname, rest[0] if rest else "read-back", None, problem)
 
 
 def apply_script(commands: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import select
 import shlex
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from keybuzz_fix.errors import AuthError, HostKeyError, HostUnreachable, RemoteCommandError
+from keybuzz_fix.errors import AuthError, HostError, HostKeyError, HostUnreachable, RemoteCommandError
 from keybuzz_fix.inventory import Host
 
 if TYPE_CHECKING:
@@ -88,13 +89,13 @@ class Session:
             command = f'sudo -n -- env SSH_CONNECTION="$SSH_CONNECTION" sh -c {shlex.quote(script)}'
         else:
             command = f"sh -c {shlex.quote(script)}"
-        result = self._exec(command, script, timeout or self._options.command_timeout)
+        result = self._exec(command, _brief(script), timeout or self._options.command_timeout)
         if self.sudo and result.status != 0 and _sudo_refused(result.stderr):
             raise AuthError(self.host.hostname,
                             f"sudo asks {self.host.user} for a password (sudo -n refused); "
                             "allow passwordless sudo for this user or connect as root")
         if check and result.status != 0:
-            raise RemoteCommandError(self.host.hostname, script, result.status, result.stderr or result.stdout)
+            raise RemoteCommandError(self.host.hostname, _brief(script), result.status, result.stderr or result.stdout)
         return result
 
     def _exec(self, command: str, shown: str, timeout: float) -> CommandResult:
@@ -121,18 +122,20 @@ class Session:
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise RemoteCommandError(self.host.hostname, shown, None,
-                                                 f"no answer within {timeout:g}s (--timeout)")
+                        raise _partial(RemoteCommandError(self.host.hostname, shown, None,
+                                                          f"no answer within {timeout:g}s (--timeout)"), out)
                     select.select([chan], [], [], min(left, 0.5))
                 if len(out) + len(err) > _MAX_OUTPUT:
-                    raise RemoteCommandError(self.host.hostname, shown, None, "more than 4 MiB of output")
+                    raise _partial(RemoteCommandError(self.host.hostname, shown, None, "more than 4 MiB of output"),
+                                   out)
             status = chan.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise HostUnreachable(self.host.hostname, f"connection lost during `{shown}`: {_why(e)}") from e
+            raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`: {_why(e)}"),
+                           out) from e
         finally:
             chan.close()
         if status == -1 and not transport.is_active():
-            raise HostUnreachable(self.host.hostname, f"connection lost during `{shown}`")
+            raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`"), out)
         return CommandResult(shown, status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
     def close(self) -> None:
@@ -154,6 +157,8 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
     """Connect and authenticate; translate every failure into the tool's own errors."""
     import paramiko
 
+    _quiet_paramiko()
+
     name = host.hostname
     settings = _ssh_config_for(host.private_ip, options.ssh_config)
     port = int(settings.get("port", options.port))
@@ -173,6 +178,7 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
     sock: Any = None
     if "proxycommand" in settings:
         sock = paramiko.ProxyCommand(settings["proxycommand"])
+    start = time.monotonic()
     try:
         client.connect(
             host.private_ip,
@@ -199,8 +205,23 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
         raise AuthError(name, f"authentication refused for {host.user}@{host.private_ip}:{port}: {_why(e)}") from e
     except (paramiko.SSHException, OSError, EOFError) as e:
         client.close()
-        raise HostUnreachable(name, f"cannot connect to {host.private_ip}:{port}: {_why(e)}") from e
+        why = _why(e)
+        if time.monotonic() - start >= options.connect_timeout:  # paramiko words a slow host's timeouts oddly
+            why = f"no SSH answer within {options.connect_timeout:g}s (--timeout): the host is down or too slow"
+        raise HostUnreachable(name, f"cannot connect to {host.private_ip}:{port}: {why}") from e
     return Session(host, client, options)
+
+
+def _quiet_paramiko() -> None:
+    """Keep paramiko's log off stderr: the host's error already says what went wrong, in one line.
+
+    Its transport thread logs a traceback when a slow host's socket is closed under it, and Python
+    prints log records nobody handles.
+    """
+    log = logging.getLogger("paramiko")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
 
 
 def _add_known_keys(client: paramiko.SSHClient, known: Path, name: str) -> None:
@@ -268,6 +289,18 @@ def _ssh_config_for(address: str, path: Path | None) -> dict[str, Any]:
     except (OSError, paramiko.SSHException, ValueError):
         return {}
     return {k: v for k, v in found.items() if k in ("port", "identityfile", "proxycommand")}
+
+
+def _partial(error: HostError, out: bytes | bytearray) -> HostError:
+    """Attach what the command printed so far: the caller can tell which of its steps ran."""
+    error.partial = bytes(out).decode("utf-8", "replace")
+    return error
+
+
+def _brief(script: str) -> str:
+    """Return a script shortened for messages (an apply script holds every command it runs)."""
+    first = script.strip().splitlines()[0] if script.strip() else ""
+    return first if len(first) <= 100 else first[:97] + "..."
 
 
 def _sudo_refused(stderr: str) -> bool:
