@@ -2,8 +2,8 @@
 
 A thread per host (bounded by ``--concurrency``): the work is network-bound (SSH round trips), so
 threads suffice and keep paramiko usable. Progress is drawn only on a terminal. Ctrl-C cancels the
-hosts not yet started; the ones in flight finish their current command (bounded by ``--timeout``)
-and everything done so far is reported.
+hosts not yet started; the ones in flight finish their current command (bounded by ``--timeout``),
+then the error names the hosts that finished, failed, and never started.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def run_all(hosts: Sequence[Host], work: Callable[[Host], T], *, concurrency: in
 
     progress = _progress(console, label, len(hosts))
     pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts))), thread_name_prefix="host")
-    pending: set[Future[tuple[int, Outcome[T]]]] = {pool.submit(one, i, h) for i, h in enumerate(hosts)}
+    submitted = [pool.submit(one, i, h) for i, h in enumerate(hosts)]
+    pending: set[Future[tuple[int, Outcome[T]]]] = set(submitted)
+    interrupted = False
     try:
         if progress is not None:
             progress.start()
@@ -70,15 +72,32 @@ def run_all(hosts: Sequence[Host], work: Callable[[Host], T], *, concurrency: in
                 if progress is not None:
                     progress.advance(progress.task_ids[0])
     except KeyboardInterrupt:
+        interrupted = True
         pool.shutdown(wait=False, cancel_futures=True)
-        finished = ", ".join(sorted(o.host.hostname for o in outcomes.values())) or "none"
-        raise Interrupted(f"interrupted: hosts finished before Ctrl-C: {finished}; hosts in flight finish "
-                          "their current command; re-run to converge") from None
     finally:
         if progress is not None:
             progress.stop()
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=True)  # the hosts in flight finish their current command (bounded by --timeout)
+    if interrupted:
+        for fut in submitted:
+            if fut.done() and not fut.cancelled():
+                index, outcome = fut.result()
+                outcomes[index] = outcome
+        raise Interrupted(_interrupted(hosts, outcomes)) from None
     return [outcomes[i] for i in range(len(hosts))]
+
+
+def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Outcome[T]]) -> str:
+    """Say, after Ctrl-C, which hosts finished, which failed and which were never started."""
+    def names(which: list[str]) -> str:
+        return ", ".join(which) or "none"
+
+    finished = [o.host.hostname for _, o in sorted(outcomes.items()) if o.ok]
+    failed = [f"{o.host.hostname} ({getattr(o.error, 'problem', o.error)})" for _, o in sorted(outcomes.items())
+              if not o.ok]
+    untouched = [h.hostname for i, h in enumerate(hosts) if i not in outcomes]
+    return (f"interrupted: finished on {names(finished)}; failed on {names(failed)}; not started on "
+            f"{names(untouched)}; re-run to converge (the audit log lists every change made)")
 
 
 def _progress(console: Console | None, label: str, total: int):  # type: ignore[no-untyped-def]
