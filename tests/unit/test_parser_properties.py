@@ -354,3 +354,10 @@ def test_resolve_values(values: list[str]) -> None:
     json.dumps({f"{h}:{p}": a for (h, p), a in mapping.items()})
     assume(mapping)
     assert all(1 <= p <= 65535 for _, p in mapping)
+
+
+def test_show_added_with_ufw_warnings_and_a_two_line_comment() -> None:
+    """ufw warns on stderr about the owner and mode of its files; the probe merges stderr into the output."""
+    rules = firewall.parse_show_added((DATA / "ufw" / "show-added-warn.txt").read_text())
+    assert [r.port for r in rules] == ["22", "8443", "31695"]
+    assert rules[1].comment == "ops note\nsecond line"
