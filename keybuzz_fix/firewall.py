@@ -33,8 +33,9 @@ class UfwRule:
     """One UFW rule, in the subset of UFW's grammar the tool writes and reasons about.
 
     ``port`` is a UFW port spec (``31695``, ``30000:30100``, ``80,443``) or ``None`` for all
-    ports; ``app`` is an application profile (``OpenSSH``). The comment does not take part in
-    equality: a rule that exists with another comment is still the same rule.
+    ports; ``app`` is an application profile (``OpenSSH``). ``route`` marks a ``ufw route`` rule,
+    which filters forwarded traffic, never traffic to the host itself. The comment does not take
+    part in equality: a rule that exists with another comment is still the same rule.
     """
 
     action: str = "allow"  # allow, deny, reject, limit
@@ -45,12 +46,13 @@ class UfwRule:
     interface: str | None = None
     direction: str = "in"
     app: str | None = None
+    route: bool = False
     comment: str = field(default="", compare=False)
     raw: str = field(default="", compare=False)
 
     def command(self) -> str:
         """Render the rule as the ``ufw`` command that adds it (safely quoted)."""
-        words = ["ufw", self.action]
+        words = ["ufw", "route", self.action] if self.route else ["ufw", self.action]
         if self.direction != "in" or self.interface:
             words.append(self.direction)
         if self.interface:
@@ -76,7 +78,7 @@ class UfwRule:
     def describe(self) -> str:
         """Return a short human form (``31695/tcp from 10.0.0.0/16``)."""
         what = self.app or (f"{self.port}/{self.proto}" if self.port and self.proto else self.port or "any port")
-        return f"{self.action} {what} from {self.source}"
+        return f"{'route ' if self.route else ''}{self.action} {what} from {self.source}"
 
     def ports(self) -> set[int] | None:
         """Return the set of ports the rule matches, or ``None`` for every port."""
@@ -91,7 +93,9 @@ class UfwRule:
         return out
 
     def covers(self, other: UfwRule) -> bool:
-        """Whether every packet ``other`` lets in is already let in by this rule."""
+        """Whether every packet ``other`` matches is matched by this rule too."""
+        if self.route != other.route:
+            return False
         if self.direction != other.direction or self.dest != ANY and self.dest != other.dest:
             return False
         if self.interface and self.interface != other.interface:
@@ -240,7 +244,8 @@ def parse_rule_command(line: str) -> UfwRule:
     if len(words) < 2 or words[0] != "ufw":
         raise ParseError(f"not a ufw rule: {line!r}")
     words = words[1:]
-    if words[0] == "route":
+    route = words[0] == "route"
+    if route:
         words = words[1:]
     if not words or words[0] not in ("allow", "deny", "reject", "limit"):
         raise ParseError(f"unknown action in {line!r}")
@@ -305,6 +310,7 @@ def parse_rule_command(line: str) -> UfwRule:
             interface=values.get("interface"),
             direction=values.get("direction", "in"),
             app=values.get("app"),
+            route=route,
             comment=values.get("comment", ""),
             raw=line,
         )
@@ -357,10 +363,13 @@ def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
          ssh_port: int = 22) -> list[Action]:
     """Return what to do on one host so that every ``desired`` rule lets traffic in.
 
-    Existing rules are never removed or reordered. A deny/reject rule for the same traffic that
-    sits earlier in UFW's order would shadow an appended allow: that is reported as blocked,
-    for the operator to decide. An inactive UFW is only enabled with ``enable``, and then only
-    after a rule keeps the SSH port we are connected on open.
+    Existing rules are never removed or reordered. A deny/reject rule that matches all the traffic
+    of a wanted allow sits earlier in UFW's order and would shadow it: that is reported as
+    blocked, for the operator to decide. One that matches only part of it (a denied port inside an
+    allowed network) leaves the rest to the allow, which is added; its reason names the exception.
+    A ``ufw route`` rule filters forwarded traffic only: it neither provides nor blocks a wanted
+    rule. An inactive UFW is only enabled with ``enable``, and then only after a rule keeps the SSH
+    port we are connected on open.
     """
     actions: list[Action] = []
     existing = list(facts.rules)
@@ -369,7 +378,8 @@ def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
         if same is not None:
             actions.append(Action(ActionKind.NOOP, f"rule already present: {same.raw or same.command()}", want))
             continue
-        shadow = next((r for r in existing if r.action in ("deny", "reject") and _overlaps(r, want)), None)
+        denies = [r for r in existing if r.action in ("deny", "reject") and _overlaps(r, want)]
+        shadow = next((r for r in denies if r.covers(want)), None)
         if shadow is not None:
             actions.append(Action(ActionKind.BLOCKED, f"an earlier rule would drop this traffic first: "
                                   f"{shadow.raw or shadow.command()} (not changed: remove or reorder it by hand)",
@@ -379,7 +389,9 @@ def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
         if broader is not None:
             actions.append(Action(ActionKind.NOOP, f"already allowed by {broader.raw or broader.command()}", want))
             continue
-        actions.append(Action(ActionKind.ADD, f"open {want.describe()}", want))
+        but = f" (except what earlier rules drop first: {'; '.join(r.raw or r.command() for r in denies)})" \
+            if denies else ""
+        actions.append(Action(ActionKind.ADD, f"open {want.describe()}{but}", want))
         existing.append(want)
     if not facts.active:
         if not enable:
@@ -401,6 +413,8 @@ def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
 
 
 def _overlaps(block: UfwRule, want: UfwRule) -> bool:
+    if block.route != want.route:
+        return False
     if block.direction != want.direction or block.interface and block.interface != want.interface:
         return False
     if block.proto and want.proto and block.proto != want.proto:
