@@ -81,8 +81,8 @@ def _ufw_tables(ufw: dict[str, Any]) -> list[str]:
     for k in ks:
         hs = ufw[k]["kbf_host_seconds"]
         per_host.append(f"K={k}: cold {_s(_median(hs['cold']))} s, no-op {_s(_median(hs['no-op']))} s")
-    lines += ["keybuzz-fix's own per-host time (connect, probe, apply and read back, as its JSON reports it), "
-              "median: " + "; ".join(per_host) + ".", ""]
+    lines += ["keybuzz-fix's own per-host time as its JSON reports it (cold: the apply and read-back round "
+              "trip; no-op: connecting and probing), median: " + "; ".join(per_host) + ".", ""]
     peaks = [f"K={k}: {ufw[k]['kbf_peaks'][0]} fds, {ufw[k]['kbf_peaks'][1]} threads" for k in ks
              if "kbf_peaks" in ufw[k]]
     if peaks:
