@@ -84,7 +84,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,  # plain help: rich's help renderer would triple the start-up time of --help
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -145,10 +145,13 @@ def inventory(
     env: EnvOpt = "prod",
     output: OutputOpt = Output.TEXT,
 ) -> None:
-    """List the K3s nodes selected from servers.tsv (touches no network).
+    """List the K3s nodes selected from servers.tsv.
+
+    Reads the file only: touches no network.
 
     Examples:
 
+    \b
         keybuzz-fix inventory servers.tsv
         keybuzz-fix inventory servers.tsv --role all -o json
     """
@@ -186,7 +189,10 @@ def ufw(
     output: OutputOpt = Output.TEXT,
     config: ConfigOpt = None,
 ) -> None:
-    """Open the ingress-nginx NodePorts in UFW on every worker, so the load balancers reach them.
+    """Open the ingress NodePorts in UFW on every worker.
+
+    The ingress-nginx NodePorts (31695/tcp, 32720/tcp), from the private network, so the load
+    balancers reach them.
 
     Reads each worker's rules, shows the plan, asks once, applies and reads back.
 
@@ -195,6 +201,7 @@ def ufw(
 
     Examples:
 
+    \b
         keybuzz-fix ufw servers.tsv --dry-run
         keybuzz-fix ufw servers.tsv --yes -o json
         keybuzz-fix ufw servers.tsv --ports 31695/tcp --source 10.0.0.0/16 --identity ~/.ssh/id_ed25519
@@ -277,7 +284,10 @@ def convert(
     known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
     accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
-    """Run keybuzz-api and keybuzz-front as hostNetwork DaemonSets on every worker, their Services as NodePorts.
+    """Turn the app Deployments into hostNetwork DaemonSets.
+
+    keybuzz-api and keybuzz-front run as hostNetwork DaemonSets on every worker, their Services
+    as NodePorts.
 
     Each Deployment's pod template is carried over unchanged except for hostNetwork: the app's port
     moves to its host port (8080 / 3000) with its PORT variable and probes; workers only. Then the
@@ -292,6 +302,7 @@ def convert(
 
     Examples:
 
+    \b
         keybuzz-fix convert --dry-run
         keybuzz-fix convert --kubeconfig ~/.kube/keybuzz.yaml --yes
         keybuzz-fix convert --kubeconfig-from-master servers.tsv -o json --yes
@@ -343,7 +354,9 @@ def rollback(
     known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
     accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
-    """Undo convert from its backup: Deployments and HPAs back, Services restored, DaemonSets deleted.
+    """Undo convert from its backup.
+
+    Deployments and HPAs back, Services restored, DaemonSets deleted.
 
     Recreates the Deployments and HPAs that are gone, waits (by watching) until the Deployments are
     ready, restores each Service's type and ports (clusterIP kept), then deletes the DaemonSets
@@ -351,6 +364,7 @@ def rollback(
 
     Examples:
 
+    \b
         keybuzz-fix rollback --latest --dry-run
         keybuzz-fix rollback --backup ~/.local/state/keybuzz-fix/backups/convert-20250101T120000.000000Z.yaml --yes
     """
@@ -405,7 +419,9 @@ def ingress(
     known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
     accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
-    """Check ingress-nginx and apply the two Ingress routes with server-side apply.
+    """Check ingress-nginx and apply the two Ingress routes.
+
+    The routes are applied with server-side apply.
 
     ingress-nginx must run as a DaemonSet with hostNetwork on, a Running pod on every worker, and a
     Service with the HTTP and HTTPS NodePorts (31695 / 32720 by default): each mismatch is reported,
@@ -419,6 +435,7 @@ def ingress(
 
     Examples:
 
+    \b
         keybuzz-fix ingress --dry-run
         keybuzz-fix ingress servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
         keybuzz-fix ingress servers.tsv --kubeconfig-from-master servers.tsv -o json --yes
@@ -473,7 +490,9 @@ def validate(
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,
 ) -> None:
-    """Score the cluster: seven checks, run at once, each with its evidence.
+    """Score the cluster: seven checks, each with its evidence.
+
+    The checks run at once.
 
     1 DaemonSets keybuzz-api and keybuzz-front exist; 2 each has ≥ N Running and Ready pods (N = workers
     in servers.tsv); 3 their pod templates have hostNetwork on; 4 ingress-nginx is a hostNetwork
@@ -484,6 +503,7 @@ def validate(
 
     Examples:
 
+    \b
         keybuzz-fix validate servers.tsv
         keybuzz-fix validate servers.tsv --strict -o junit > scorecard.xml
         keybuzz-fix validate servers.tsv --extended --identity ~/.ssh/id_ed25519
@@ -578,7 +598,7 @@ def all_steps(
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,
 ) -> None:
-    """The whole remediation: ufw, convert, ingress, then validate.
+    """Run the whole remediation: ufw, convert, ingress, validate.
 
     First every step plans (nothing changes) and the combined plan is shown; one confirmation
     (or --yes) covers all of it. The steps then run in order, each outcome shown as it finishes.
@@ -591,6 +611,7 @@ def all_steps(
 
     Examples:
 
+    \b
         keybuzz-fix all servers.tsv --dry-run
         keybuzz-fix all servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --identity ~/.ssh/id_ed25519 --yes
         keybuzz-fix all servers.tsv --kubeconfig-from-master servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2
@@ -638,7 +659,9 @@ def overlay(
     output: OutputOpt = Output.TEXT,
     config: ConfigOpt = None,
 ) -> None:
-    """Let Flannel's VXLAN through UFW on every K3s node (masters and workers).
+    """Let Flannel's VXLAN through UFW on every K3s node.
+
+    Masters and workers alike.
 
     Adds, where missing: allow 8472/udp from the private network, allow from the pod network and
     allow from the service network (overlay.* in the config). Same run as `ufw`: reads each node,
@@ -646,6 +669,7 @@ def overlay(
 
     Examples:
 
+    \b
         keybuzz-fix overlay servers.tsv --dry-run
         keybuzz-fix overlay servers.tsv --yes -o json
         keybuzz-fix overlay servers.tsv --yes --checksum-offload-off
@@ -684,7 +708,9 @@ def diagnose(
     output: OutputOpt = Output.TEXT,
     config: ConfigOpt = None,
 ) -> None:
-    """Find why ClusterIP traffic does not cross the nodes (read-only: changes nothing).
+    """Find why ClusterIP traffic does not cross the nodes.
+
+    Read-only: changes nothing.
 
     On every K3s node (over SSH, in parallel) and in the API: Flannel on the wrong interface,
     UFW dropping VXLAN, the VXLAN checksum-offload bug, an MTU too large for VXLAN, and a live
@@ -695,6 +721,7 @@ def diagnose(
 
     Examples:
 
+    \b
         keybuzz-fix diagnose servers.tsv
         keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
     """
