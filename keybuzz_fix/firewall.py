@@ -19,13 +19,23 @@ from keybuzz_fix.errors import UsageError
 
 ANY = "any"
 PROBE_MARK = "@@keybuzz-fix@@"
-# One round trip: is ufw there, its status, its rules, and the SSH connection as the host sees it.
-PROBE_SCRIPT = (
-    f"echo '{PROBE_MARK} ssh'; echo \"$SSH_CONNECTION\"; "
-    f"if ! command -v ufw >/dev/null 2>&1; then echo '{PROBE_MARK} missing'; exit 0; fi; "
-    f"echo '{PROBE_MARK} status'; LC_ALL=C ufw status verbose 2>&1; "
-    f"echo '{PROBE_MARK} added'; LC_ALL=C ufw show added 2>&1; echo '{PROBE_MARK} end'"
-)
+
+
+def probe_script(*, status: bool = True) -> str:
+    """Return the facts probe: is ufw there, its status, its rules, the SSH connection as the host sees it.
+
+    One round trip. ``status=False`` leaves out ``ufw status verbose`` (each ufw run is a Python
+    start-up on the host): for a read-back after adding rules, which cannot change the status.
+    """
+    parts = [f"echo '{PROBE_MARK} ssh'; echo \"$SSH_CONNECTION\"",
+             f"if ! command -v ufw >/dev/null 2>&1; then echo '{PROBE_MARK} missing'; exit 0; fi"]
+    if status:
+        parts.append(f"echo '{PROBE_MARK} status'; LC_ALL=C ufw status verbose 2>&1")
+    parts.append(f"echo '{PROBE_MARK} added'; LC_ALL=C ufw show added 2>&1; echo '{PROBE_MARK} end'")
+    return "; ".join(parts)
+
+
+PROBE_SCRIPT = probe_script()
 
 
 @dataclass(frozen=True)
@@ -335,8 +345,8 @@ def parse_status(text: str) -> tuple[bool, str | None]:
     return active, default
 
 
-def parse_probe(text: str) -> UfwFacts:
-    """Parse the output of :data:`PROBE_SCRIPT`."""
+def parse_probe(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
+    """Parse the output of :func:`probe_script`; ``known`` supplies the status a read-back left out."""
     sections: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.split("\n"):  # not splitlines(): a \r in a rule's comment is not a line break
@@ -348,13 +358,17 @@ def parse_probe(text: str) -> UfwFacts:
     client_ip, ssh_port = _parse_ssh_connection(" ".join(sections.get("ssh", [])))
     if "missing" in sections:
         return UfwFacts(installed=False, ssh_client_ip=client_ip, ssh_port=ssh_port)
-    if "status" not in sections or "added" not in sections or "end" not in sections:
+    if "added" not in sections or "end" not in sections or ("status" not in sections and known is None):
         raise ParseError("probe output was cut short (no complete ufw status / show added)")
-    status_text = "\n".join(sections["status"])
+    status_text = "\n".join(sections.get("status", []))
     added_text = "\n".join(sections["added"])
     if "ERROR" in status_text or "ERROR" in added_text:
         raise ParseError((status_text + added_text).strip().splitlines()[-1])
-    active, default = parse_status(status_text)
+    if "status" in sections:
+        active, default = parse_status(status_text)
+    else:
+        assert known is not None
+        active, default = known.active, known.default_incoming
     return UfwFacts(installed=True, active=active, default_incoming=default,
                     rules=parse_show_added(added_text), ssh_client_ip=client_ip, ssh_port=ssh_port)
 

@@ -114,8 +114,8 @@ class FirewallRun:
             self._sessions[host.hostname] = s
         return s
 
-    def _probe_script(self) -> str:
-        return (self.extra.probe + "; " if self.extra else "") + firewall.PROBE_SCRIPT
+    def _probe_script(self, *, status: bool = True) -> str:
+        return (self.extra.probe + "; " if self.extra else "") + firewall.probe_script(status=status)
 
     def _actions(self, host: Host, facts: UfwFacts, stdout: str) -> list[Action]:
         actions = firewall.plan(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
@@ -137,7 +137,8 @@ class FirewallRun:
             return HostResult(host, status, plan.actions, (), _blocked_message(plan.blocked))
         session = self._session(host)
         try:
-            result = session.run(apply_script(commands) + "; " + self._probe_script(), check=False)
+            enabling = any(a.kind is ActionKind.ENABLE for a in plan.changes)
+            result = session.run(apply_script(commands) + "; " + self._probe_script(status=enabling), check=False)
         except (HostUnreachable, RemoteCommandError) as e:
             raise self._cut_short(host, commands, e) from e
         ran, failure = parse_apply(result.stdout, commands)
@@ -147,7 +148,7 @@ class FirewallRun:
             cmd, output = failure
             state.audit(self.command, host.hostname, cmd, "failed", address=host.private_ip, output=output[-500:])
             raise RemoteCommandError(host.hostname, cmd, 1, output or "failed")
-        after = _parse(host, result.stdout)
+        after = _parse(host, result.stdout, known=plan.facts)
         again = self._actions(host, after, result.stdout)
         left = [a for a in again if a.changes]
         if left:
@@ -250,9 +251,9 @@ def _status_of(result: object) -> Status:
     return plan_status(result)
 
 
-def _parse(host: Host, stdout: str) -> UfwFacts:
+def _parse(host: Host, stdout: str, known: UfwFacts | None = None) -> UfwFacts:
     try:
-        return firewall.parse_probe(stdout)
+        return firewall.parse_probe(stdout, known=known)
     except firewall.ParseError as e:
         raise HostError(host.hostname, f"cannot read ufw state: {e}") from e
 

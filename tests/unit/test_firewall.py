@@ -206,3 +206,16 @@ def test_rule_parser_on_word_soup(words):
     except firewall.ParseError:
         return
     assert rule.action in ("allow", "deny", "reject", "limit")
+
+
+def test_read_back_probe_without_status_keeps_the_known_status():
+    script = firewall.probe_script(status=False)
+    assert "ufw status" not in script and "ufw show added" in script
+    m = firewall.PROBE_MARK
+    header = "Added user rules (see 'ufw status' for running firewall):"
+    out = f"{m} ssh\n\n{m} added\n{header}\n{HTTP.command()}\n{m} end\n"
+    known = UfwFacts(installed=True, active=True, default_incoming="deny")
+    facts = firewall.parse_probe(out, known=known)
+    assert (facts.active, facts.default_incoming, facts.rules) == (True, "deny", (HTTP,))
+    with pytest.raises(firewall.ParseError, match="cut short"):
+        firewall.parse_probe(out)  # no status and nothing known: the probe was cut short
