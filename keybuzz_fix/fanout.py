@@ -87,6 +87,27 @@ def run_all(hosts: Sequence[Host], work: Callable[[Host], T], *, concurrency: in
     return [outcomes[i] for i in range(len(hosts))]
 
 
+def raise_open_files_limit(needed: int) -> int:
+    """Raise the soft open-files limit towards ``needed`` (never above the hard limit); return it.
+
+    Each host's SSH connection stays open from the plan to the apply: a fleet of several hundred
+    hosts would otherwise run into the usual soft limit of 1024 and fail host by host.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
 def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Outcome[T]]) -> str:
     """Say, after Ctrl-C, which hosts finished, which failed and which were never started."""
     def names(which: list[str]) -> str:

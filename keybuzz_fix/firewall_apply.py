@@ -15,7 +15,7 @@ from enum import Enum
 
 from keybuzz_fix import firewall, state
 from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
-from keybuzz_fix.fanout import Outcome, run_all
+from keybuzz_fix.fanout import Outcome, raise_open_files_limit, run_all
 from keybuzz_fix.firewall import Action, ActionKind, UfwFacts, UfwRule
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.ssh import AcceptedKeys, Session, SshOptions, open_session
@@ -91,9 +91,18 @@ class FirewallRun:
     _sessions: dict[str, Session] = field(default_factory=dict)
 
     def plan(self, console: object | None = None) -> list[Outcome[HostPlan]]:
-        """Connect to every host, read its UFW facts and plan."""
-        return run_all(self.hosts, self._plan_host, concurrency=self.concurrency,
-                       console=console, label="reading ufw")  # type: ignore[arg-type]
+        """Connect to every host, read its UFW facts and plan.
+
+        Only the hosts with changes keep their connection for the apply: the others are closed at
+        once, so a large fleet that is mostly converged holds few sockets and transport threads.
+        """
+        raise_open_files_limit(2 * len(self.hosts) + 64)
+        planned = run_all(self.hosts, self._plan_host, concurrency=self.concurrency,
+                          console=console, label="reading ufw")  # type: ignore[arg-type]
+        for o in planned:
+            if not (o.ok and o.result is not None and o.result.changes):
+                self._release(o.host)
+        return planned
 
     def apply(self, plans: Sequence[HostPlan], console: object | None = None) -> list[Outcome[HostResult]]:
         """Apply each host's changes and read the result back."""
@@ -106,6 +115,11 @@ class FirewallRun:
         for s in self._sessions.values():
             s.close()
         self._sessions.clear()
+
+    def _release(self, host: Host) -> None:
+        s = self._sessions.pop(host.hostname, None)
+        if s is not None:
+            s.close()
 
     def _session(self, host: Host) -> Session:
         s = self._sessions.get(host.hostname)

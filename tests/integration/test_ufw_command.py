@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -193,3 +194,47 @@ def test_no_confirmation_without_a_terminal(lab_hosts: Lab, tmp_path: Path) -> N
     assert "pass --yes" in result.output
     assert added(lab_hosts, "k8s-worker-01") == before
     assert os.environ.get("KEYBUZZ_FIX_STATE_DIR")
+
+
+def _ssh_sessions(lab: Lab, name: str, expected: int) -> int:
+    """Connections to the host's sshd as the host sees them, once they settle at ``expected`` (≤ 5 s)."""
+    deadline = time.monotonic() + 5
+    while True:  # a closed client connection lingers a moment on the server side
+        out = lab.host(name).run("ss -Htn state established '( sport = :22 )'").stdout
+        count = len([line for line in out.splitlines() if line.strip()])
+        if count == expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
+
+
+def test_only_hosts_with_changes_keep_their_connection(lab_factory: Callable[..., Lab], tmp_path: Path,
+                                                       _state_dir: Path) -> None:
+    from keybuzz_fix import firewall, inventory
+    from keybuzz_fix.firewall_apply import FirewallRun, Status
+    from keybuzz_fix.ssh import SshOptions
+
+    with lab_factory(["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"]) as lab:
+        servers = lab.servers_tsv(tmp_path / "servers.tsv")
+        rules = firewall.desired_rules([(INGRESS_PORT, "tcp", "http"), (HTTPS_PORT, "tcp", "https")], "198.18.0.0/24")
+        for rule in rules:  # worker-02 already has both rules: its plan is a no-op
+            lab.host("k8s-worker-02").run(rule.command())
+        hosts = inventory.select(inventory.load(servers))
+        ssh = SshOptions(known_hosts=lab.known_hosts_file, identity=lab.identity_file, connect_timeout=5,
+                         command_timeout=30, ssh_config=None)
+        run = FirewallRun(hosts=hosts, desired=lambda _h: rules, ssh=ssh, concurrency=3)
+        try:
+            planned = run.plan()
+            assert all(o.ok for o in planned), [o.error for o in planned]
+            changing = sorted(o.host.hostname for o in planned if o.result is not None and o.result.changes)
+            assert changing == ["k8s-worker-01", "k8s-worker-03"]
+            assert _ssh_sessions(lab, "k8s-worker-02", 0) == 0  # released right after planning
+            assert _ssh_sessions(lab, "k8s-worker-01", 1) == _ssh_sessions(lab, "k8s-worker-03", 1) == 1
+
+            applied = run.apply([o.result for o in planned if o.result is not None])
+            assert {o.host.hostname: o.result.status for o in applied if o.result is not None} == {
+                "k8s-worker-01": Status.CHANGED, "k8s-worker-02": Status.UNCHANGED, "k8s-worker-03": Status.CHANGED}
+            assert _ssh_sessions(lab, "k8s-worker-02", 0) == 0  # a no-op host is never reconnected
+        finally:
+            run.close()
+        for name in ("k8s-worker-01", "k8s-worker-03"):
+            assert any(f"port {INGRESS_PORT} proto tcp" in line for line in added(lab, name))
