@@ -93,16 +93,13 @@ class FirewallRun:
     def plan(self, console: object | None = None) -> list[Outcome[HostPlan]]:
         """Connect to every host, read its UFW facts and plan.
 
-        Only the hosts with changes keep their connection for the apply: the others are closed at
-        once, so a large fleet that is mostly converged holds few sockets and transport threads.
+        Only the hosts with changes keep their connection for the apply: the others are closed as
+        soon as their plan is made, so a mostly converged fleet holds about ``concurrency``
+        connections at a time, not one per host.
         """
         raise_open_files_limit(2 * len(self.hosts) + 64)
-        planned = run_all(self.hosts, self._plan_host, concurrency=self.concurrency,
-                          console=console, label="reading ufw")  # type: ignore[arg-type]
-        for o in planned:
-            if not (o.ok and o.result is not None and o.result.changes):
-                self._release(o.host)
-        return planned
+        return run_all(self.hosts, self._plan_host, concurrency=self.concurrency,
+                       console=console, label="reading ufw")  # type: ignore[arg-type]
 
     def apply(self, plans: Sequence[HostPlan], console: object | None = None) -> list[Outcome[HostResult]]:
         """Apply each host's changes and read the result back."""
@@ -136,6 +133,16 @@ class FirewallRun:
         return actions + (self.extra.plan(stdout) if self.extra else [])
 
     def _plan_host(self, host: Host) -> HostPlan:
+        try:
+            plan = self._observe(host)
+        except BaseException:
+            self._release(host)
+            raise
+        if not plan.changes:
+            self._release(host)
+        return plan
+
+    def _observe(self, host: Host) -> HostPlan:
         session = self._session(host)
         stdout = session.run(self._probe_script()).stdout
         facts = _parse(host, stdout)
