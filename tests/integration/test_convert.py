@@ -90,13 +90,6 @@ def lab(keybuzz_cluster: KeybuzzCluster) -> Lab:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "state"
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
 def untouched(lab: Lab, state_dir: Path) -> Iterator[Lab]:
     """The seeded, settled state, for a test that must not change it (checked afterwards)."""
     lab.pristine(settled=True)

@@ -26,13 +26,8 @@ from tests.cluster.fixtures import KeybuzzCluster
 from tests.lab.hosts import INGRESS_PORT, SUBNET, HostSpec, Lab, free_base_ip
 from tests.lab.loadbalancer import LoadBalancer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
 
 
 @pytest.fixture(scope="module")

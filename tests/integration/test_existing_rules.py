@@ -69,9 +69,8 @@ def run(lab: Lab, command: str, servers: Path, *args: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_ufw_and_overlay_keep_every_existing_rule_in_place(lab_factory: Callable[..., Lab], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
+@pytest.mark.usefixtures("state_dir")
+def test_ufw_and_overlay_keep_every_existing_rule_in_place(lab_factory: Callable[..., Lab], tmp_path: Path) -> None:
     with lab_factory([HostSpec("k8s-worker-01"), HostSpec("k8s-worker-02", ufw_active=False)]) as lab:
         active, inactive = lab.hosts
         for h in lab.hosts:

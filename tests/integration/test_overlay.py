@@ -24,7 +24,7 @@ from tests.lab.hosts import Lab
 if TYPE_CHECKING:
     from tests.cluster.fixtures import KeybuzzCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 
 OVERLAY_RULES = [
     "ufw allow from 198.18.0.0/24 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
@@ -39,11 +39,6 @@ overlay:
 """
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
 
 
 @pytest.fixture(scope="module")

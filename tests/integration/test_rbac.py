@@ -24,18 +24,13 @@ from keybuzz_fix.cli import app
 from tests.cluster.fixtures import KeybuzzCluster
 from tests.lab.hosts import SERVERS_TSV_COLUMNS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 NS = "keybuzz"
 GROUP = "keybuzz-fix"
 ROUTES = ("keybuzz-front-ingress", "keybuzz-api-ingress")
 RBAC = Path(__file__).resolve().parent.parent.parent / "manifests" / "rbac.yaml"
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
 
 
 def _rbac_objects() -> list[dict[str, Any]]:

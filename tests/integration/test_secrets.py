@@ -268,15 +268,14 @@ def test_errors_never_echo_kubeconfig_credentials(cluster: KeybuzzCluster, tmp_p
             server.close()
 
 
+@pytest.mark.usefixtures("state_dir")
 def test_kubeconfig_from_master_is_saved_private_and_never_printed(lab_factory: Callable[..., Lab],
-                                                                    tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    tmp_path: Path) -> None:
     """A master whose /etc/rancher/k3s/k3s.yaml (in its own mount namespace only) holds a client key and a token.
 
     The master's API port 6443 is closed (nothing listens; UFW is inactive, so it refuses at once):
     the command reads and saves the kubeconfig, then fails to reach the API, naming no credential.
     """
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
     with lab_factory([HostSpec("k8s-master-01", ufw_active=False, http_listener=False)]) as lab:
         master = lab.hosts[0]
         ca = pki.CertificateAuthority()

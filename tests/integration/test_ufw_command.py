@@ -15,14 +15,9 @@ from typer.testing import CliRunner
 from keybuzz_fix.cli import app
 from tests.lab.hosts import INGRESS_PORT, SUDO_NOPASSWD_USER, SUDO_PASSWORD_USER, HostSpec, Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 HTTPS_PORT = 32720
 
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
 
 
 def run_ufw(lab: Lab, servers: Path, *args: str, known_hosts: Path | None = None) -> tuple[int, dict]:
@@ -44,7 +39,7 @@ def added(lab: Lab, name: str) -> list[str]:
     return lab.host(name).run("ufw show added").stdout.splitlines()[1:]
 
 
-def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: Path, _state_dir: Path) -> None:
+def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: Path, state_dir: Path) -> None:
     servers = lab_hosts.servers_tsv(tmp_path / "servers.tsv")
     names = [h.name for h in lab_hosts.hosts]
     assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
@@ -68,7 +63,7 @@ def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: 
         assert rules[:len(before[n])] == before[n]  # nothing removed or reordered
         assert ("ufw allow from 198.18.0.0/24 to any port 31695 proto tcp "
                 "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'") in rules
-    audit = [json.loads(line) for line in (_state_dir / "audit.jsonl").read_text().splitlines()]
+    audit = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
     assert len(audit) == 2 * len(names) and {a["outcome"] for a in audit} == {"ok"}
     assert {a["where"] for a in audit} == set(names)
 
@@ -208,7 +203,7 @@ def _ssh_sessions(lab: Lab, name: str, expected: int) -> int:
 
 
 def test_only_hosts_with_changes_keep_their_connection(lab_factory: Callable[..., Lab], tmp_path: Path,
-                                                       _state_dir: Path) -> None:
+                                                       state_dir: Path) -> None:
     from keybuzz_fix import firewall, inventory
     from keybuzz_fix.firewall_apply import FirewallRun, Status
     from keybuzz_fix.ssh import SshOptions

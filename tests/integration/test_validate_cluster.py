@@ -26,16 +26,11 @@ from tests.cluster.fixtures import KeybuzzCluster
 from tests.cluster.seed import wait_pods_running
 from tests.lab.hosts import SERVERS_TSV_COLUMNS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 NS = "keybuzz"
 HOSTS = ("platform.keybuzz.io", "platform-api.keybuzz.io")
 SERVERS_HEADER = "\t".join(SERVERS_TSV_COLUMNS) + "\n"
 
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
 
 
 class Sites:
