@@ -20,12 +20,14 @@ from keybuzz_fix import __version__
 from keybuzz_fix.errors import ExitCode, KeybuzzFixError, UsageError
 from keybuzz_fix.inventory import Role
 from keybuzz_fix.options import (
+    DEFAULT_KNOWN_HOSTS,
     SAFETY,
     AcceptNewOpt,
     ConcurrencyOpt,
     ConfigOpt,
     ContextOpt,
     DryRunOpt,
+    EnableOpt,
     EnvOpt,
     ForceConflictsOpt,
     FromMasterOpt,
@@ -175,14 +177,13 @@ def ufw(
     source: Annotated[str | None, typer.Option("--source", help="Only allow from this CIDR (default: the private "
                                                "network, 10.0.0.0/16); 'any' opens to everyone.",
                                                show_default=False)] = None,
-    enable: Annotated[bool, typer.Option("--enable", help="Enable UFW where it is inactive (an SSH allow rule "
-                                         "is added first).")] = False,
+    enable: EnableOpt = False,
     env: EnvOpt = "prod",
     user: UserOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,
@@ -281,7 +282,7 @@ def convert(
     env: EnvOpt = "prod",
     user: UserOpt = None,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
     """Turn the app Deployments into hostNetwork DaemonSets.
@@ -351,7 +352,7 @@ def rollback(
     env: EnvOpt = "prod",
     user: UserOpt = None,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
     """Undo convert from its backup.
@@ -416,7 +417,7 @@ def ingress(
     save_kubeconfig: SaveKubeconfigOpt = None,
     user: UserOpt = None,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
 ) -> None:
     """Check ingress-nginx and apply the two Ingress routes.
@@ -485,7 +486,7 @@ def validate(
     save_kubeconfig: SaveKubeconfigOpt = None,
     user: UserOpt = None,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,
@@ -593,7 +594,7 @@ def all_steps(
     save_kubeconfig: SaveKubeconfigOpt = None,
     user: UserOpt = None,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,
@@ -642,8 +643,7 @@ def all_steps(
 def overlay(
     ctx: typer.Context,
     servers: ServersArg,
-    enable: Annotated[bool, typer.Option("--enable", help="Enable UFW where it is inactive (an SSH allow rule "
-                                         "is added first).")] = False,
+    enable: EnableOpt = False,
     checksum_offload_off: Annotated[bool, typer.Option(
         "--checksum-offload-off", help="Also turn off tx-checksum-ip-generic on flannel.1 (ethtool) and keep it "
         "off with a udev rule: the workaround for the VXLAN checksum-offload bug of kernels older than 5.7.")] = False,
@@ -652,7 +652,7 @@ def overlay(
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,
@@ -698,7 +698,7 @@ def diagnose(
     env: EnvOpt = "prod",
     user: UserOpt = None,
     identity: IdentityOpt = None,
-    known_hosts: KnownHostsOpt = Path("~/.ssh/known_hosts"),
+    known_hosts: KnownHostsOpt = DEFAULT_KNOWN_HOSTS,
     accept_new_host_keys: AcceptNewOpt = False,
     timeout: TimeoutOpt = 10.0,
     concurrency: ConcurrencyOpt = 16,

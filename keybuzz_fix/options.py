@@ -46,6 +46,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file over
                                                 show_default=False)]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the plan and change nothing.",
                                          rich_help_panel=SAFETY)]
+EnableOpt = Annotated[bool, typer.Option("--enable", help="Enable UFW where it is inactive (an SSH allow rule is "
+                                         "added first).")]
 ForceConflictsOpt = Annotated[bool, typer.Option("--force-conflicts", help="Take over fields another field manager "
                                                  "owns (server-side apply with force).", rich_help_panel=SAFETY)]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.", rich_help_panel=SAFETY)]
