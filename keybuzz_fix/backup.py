@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keybuzz_fix import state
-from keybuzz_fix.errors import InputError, UsageError
+from keybuzz_fix.errors import InputError, UsageError, read_input
 from keybuzz_fix.objects import Obj, describe, meta, parse_objects, yaml_stream
 
 
@@ -48,12 +48,7 @@ def write(objects: Sequence[Obj], *, command: str, server: str, namespace: str,
 
 def load(path: Path) -> Backup:
     """Read a backup file; a missing or malformed one is an input error naming it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(str(path), "no such backup file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(str(path), f"cannot read: {e.__class__.__name__}") from None
+    text = read_input(path, missing="no such backup file")
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.startswith("#"):

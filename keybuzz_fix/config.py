@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from keybuzz_fix.errors import ConfigError
+from keybuzz_fix.errors import ConfigError, read_input
 
 NODE_PORT_RANGE = (30000, 32767)
 T = TypeVar("T")
@@ -154,12 +154,7 @@ def _defaults() -> dict[str, Any]:
 def _read_yaml(path: Path) -> Any:
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), "no such file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(str(path), f"cannot read: {e.__class__.__name__}") from None
+    text = read_input(path, ConfigError)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from keybuzz_fix import backup, report, state
 from keybuzz_fix.changes import Change, RunResult, Verb, execute
 from keybuzz_fix.convert import Observed, Plan, observed_from_objects, plan_convert
-from keybuzz_fix.errors import ExitCode, Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused
+from keybuzz_fix.errors import ExitCode, Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
 from keybuzz_fix.fleet import confirm
 from keybuzz_fix.objects import meta, parse_objects, yaml_stream
 from keybuzz_fix.rollout import Stuck, wait_ready
@@ -207,12 +207,7 @@ def _done(result: RunResult, output: str) -> RunResult:
 def run_offline(console: Console, path: Path, cfg: Config, *, keep_port: bool = False, show_values: bool = False,
                 output: str = "text") -> ExitCode:
     """Plan from a state file (a ``kubectl get -o yaml`` List or a YAML stream); touch no cluster."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(str(path), "no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(str(path), f"cannot read: {e.__class__.__name__}") from None
+    text = read_input(path)
     objects = parse_objects(text, str(path))
     if not objects:
         raise InputError(str(path), "holds no Kubernetes object")

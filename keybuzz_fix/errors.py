@@ -7,6 +7,7 @@ top-level handler prints ``keybuzz-fix: error: <message>`` and exits with ``exit
 from __future__ import annotations
 
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -54,6 +55,16 @@ class InputError(KeybuzzFixError):
 
 class ConfigError(InputError):
     """The configuration file (or the shipped defaults) is invalid."""
+
+
+def read_input(path: Path, error: type[InputError] = InputError, *, missing: str = "no such file") -> str:
+    """Return a UTF-8 input file's text; a missing or unreadable file is ``error`` naming it, not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(str(path), missing) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(str(path), f"cannot read: {e.__class__.__name__}") from None
 
 
 class Aborted(KeybuzzFixError):
