@@ -13,10 +13,14 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix import state
+from keybuzz_fix import report, state
 from keybuzz_fix.errors import ExitCode, KeybuzzFixError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from rich.console import Console
+
     from keybuzz_fix.kube import Kube
     from keybuzz_fix.objects import Obj
 
@@ -127,6 +131,31 @@ class RunResult:
             return "nothing changed"
         done = ", ".join(f"{c.label} {c.target}" for c in self.done) or "no object changed yet"
         return f"backup {self.backup}; done: {done}"
+
+    def send(self, kube: Kube, changes: Iterable[Change], *, dry_run: bool = False, force: bool = False) -> None:
+        """Carry out, in order, each change that changes something; it counts as done once the API took it."""
+        for c in changes:
+            if c.changes:
+                execute(kube, c, command=self.command, dry_run=dry_run, force=force)
+                self.done.append(c)
+
+    def fail(self, console: Console, output: str, error: KeybuzzFixError) -> KeybuzzFixError:
+        """Record ``error`` and say what was done (the JSON summary, or the changes once a backup exists).
+
+        Returns ``error``, for the caller to raise.
+        """
+        self.exit_code, self.error = error.exit_code, str(error)
+        if output == "json":
+            report.print_json(self.to_json())
+        elif output == "text" and self.backup is not None:
+            report.change_summary(console, f"{self.command}: stopped", self.changes, self.outcome)
+        return error
+
+    def finish(self, output: str) -> RunResult:
+        """End a run that succeeded: print the JSON summary if asked; return the result."""
+        if output == "json":
+            report.print_json(self.to_json())
+        return self
 
     def to_json(self) -> dict[str, Any]:
         """Return the machine-readable summary."""

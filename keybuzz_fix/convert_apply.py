@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybuzz_fix import backup, report, state
-from keybuzz_fix.changes import Change, RunResult, Verb, execute
+from keybuzz_fix.changes import Change, RunResult, Verb
 from keybuzz_fix.convert import Observed, Plan, observed_from_objects, plan_convert
 from keybuzz_fix.errors import ExitCode, Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
 from keybuzz_fix.fleet import confirm
@@ -87,12 +87,7 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
         result.timings[name] = time.monotonic() - start
 
     def fail(e: KeybuzzFixError) -> KeybuzzFixError:
-        result.exit_code, result.error = e.exit_code, str(e)
-        if output == "json":
-            report.print_json(result.to_json())
-        elif text and result.backup is not None:
-            report.change_summary(console, f"{COMMAND}: stopped", result.changes, result.outcome)
-        return e
+        return result.fail(console, output, e)
 
     try:
         plan = plan_convert(cfg, observe(kube, cfg), keep_port=keep_port)
@@ -112,16 +107,14 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
         if not pending:
             if text:
                 console.print(f"[green]{COMMAND}: nothing to do[/]: already converted")
-            return _done(result, output)
+            return result.finish(output)
         preflight(kube, ns, permissions(pending, wait_kind="DaemonSet"))
         if dry_run:
-            for c in pending:
-                execute(kube, c, command=COMMAND, dry_run=True, force=force_conflicts)
-                result.done.append(c)
+            result.send(kube, pending, dry_run=True, force=force_conflicts)
             if text:
                 console.print(f"[yellow]dry run[/]: the API server accepted all {len(pending)} change(s) "
                               "(server-side dry run); nothing changed")
-            return _done(result, output)
+            return result.finish(output)
         confirm(console, f"Apply {len(pending)} change(s) in namespace {ns}?", yes=yes)
         result.backup = _write_backup(kube, plan, ns)
         mark("backed_up")
@@ -147,25 +140,19 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
     if text:
         report.change_summary(console, f"{COMMAND}: result", plan.changes, result.outcome)
         _timing_line(console, result)
-    return _done(result, output)
+    return result.finish(output)
 
 
 def _convert(console: Console, kube: Kube, plan: Plan, result: RunResult, *, timeout: float, force: bool,
              text: bool, mark: Callable[[str], None]) -> None:
-    for c in plan.daemonsets:
-        if c.changes:
-            execute(kube, c, command=COMMAND, force=force)
-            result.done.append(c)
+    result.send(kube, plan.daemonsets, force=force)
     mark("applied")
     names = [c.name for c in plan.daemonsets]
     if text:
         console.print(f"waiting for DaemonSet(s) {', '.join(names)} to be ready (timeout {timeout:g}s)…")
     wait_ready(kube, "DaemonSet", plan.daemonsets[0].namespace, names, timeout=timeout)
     mark("ready")
-    for c in plan.services + plan.hpas + plan.deployments:
-        if c.changes:
-            execute(kube, c, command=COMMAND, force=force)
-            result.done.append(c)
+    result.send(kube, plan.services + plan.hpas + plan.deployments, force=force)
 
 
 def _write_backup(kube: Kube, plan: Plan, namespace: str) -> Path:
@@ -196,12 +183,6 @@ def _timing_line(console: Console, result: RunResult) -> None:
     if "ready" in t and "applied" in t:
         console.print(f"DaemonSets ready {t['ready']:.2f}s after start ({t['ready'] - t['applied']:.2f}s after "
                       f"apply); done in {t.get('done', t['ready']):.2f}s")
-
-
-def _done(result: RunResult, output: str) -> RunResult:
-    if output == "json":
-        report.print_json(result.to_json())
-    return result
 
 
 def run_offline(console: Console, path: Path, cfg: Config, *, keep_port: bool = False, show_values: bool = False,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybuzz_fix import backup, report, state
-from keybuzz_fix.changes import Change, RunResult, Verb, execute
+from keybuzz_fix.changes import Change, RunResult, Verb
 from keybuzz_fix.convert_apply import permissions, preflight
-from keybuzz_fix.errors import ExitCode, Interrupted, KeybuzzFixError
+from keybuzz_fix.errors import Interrupted, KeybuzzFixError
 from keybuzz_fix.fleet import confirm
 from keybuzz_fix.objects import Obj, managed_by_us, meta, name_of, strip_server_fields
 from keybuzz_fix.rollout import Stuck, wait_ready
@@ -142,63 +142,40 @@ def run_rollback(console: Console, kube: Kube, path: Path, *, dry_run: bool = Fa
         if not pending:
             if text:
                 console.print(f"[green]{COMMAND}: nothing to do[/]: the cluster already matches {path}")
-            return _finish(console, result, output)
+            return result.finish(output)
         namespace = pending[0].namespace
         preflight(kube, namespace, permissions(pending, wait_kind="Deployment" if plan.deployments else None))
         if dry_run:
-            for c in pending:
-                execute(kube, c, command=COMMAND, dry_run=True)
-                result.done.append(c)
+            result.send(kube, pending, dry_run=True)
             if text:
                 console.print(f"[yellow]dry run[/]: the API server accepted all {len(pending)} change(s); "
                               "nothing changed")
-            return _finish(console, result, output)
+            return result.finish(output)
         confirm(console, f"Restore {len(pending)} object(s) from {path.name}?", yes=yes)
         undo = [c.before for c in pending if c.before is not None]
         result.backup = backup.write(undo, command=COMMAND, server=kube.endpoint.server, namespace=namespace)
         state.audit(COMMAND, str(result.backup), "backup", "ok", objects=len(undo), restoring=str(path))
         if text:
             console.print(f"backup of what rollback changes: {result.backup}")
-        for c in plan.creates:
-            if c.changes:
-                execute(kube, c, command=COMMAND)
-                result.done.append(c)
+        result.send(kube, plan.creates)
         if plan.deployments:
             if text:
                 console.print(f"waiting for Deployment(s) {', '.join(plan.deployments)} to be ready "
                               f"(timeout {timeout:g}s)…")
             wait_ready(kube, "Deployment", namespace, plan.deployments, timeout=timeout)
         result.timings["ready"] = time.monotonic() - start
-        for c in plan.services + plan.daemonsets:
-            if c.changes:
-                execute(kube, c, command=COMMAND)
-                result.done.append(c)
+        result.send(kube, plan.services + plan.daemonsets)
     except KeyboardInterrupt:
-        raise _fail(console, result, output, Interrupted(
+        raise result.fail(console, output, Interrupted(
             f"interrupted (Ctrl-C): {result.progress()}; re-run rollback to finish")) from None
     except KeybuzzFixError as e:
         if isinstance(e, Stuck) and text:
             report.stuck_pods(console, e.pods)
         if result.backup is not None:
             e.message += f"; {result.progress()}; the DaemonSets still serve; re-run rollback to finish"
-        raise _fail(console, result, output, e) from None
+        raise result.fail(console, output, e) from None
     result.timings["done"] = time.monotonic() - start
     if text:
         report.change_summary(console, f"{COMMAND}: result", plan.changes, result.outcome)
-    return _finish(console, result, output)
+    return result.finish(output)
 
-
-def _fail(console: Console, result: RunResult, output: str, e: KeybuzzFixError) -> KeybuzzFixError:
-    result.exit_code, result.error = e.exit_code, str(e)
-    if output == "json":
-        report.print_json(result.to_json())
-    elif result.backup is not None:
-        report.change_summary(console, f"{COMMAND}: stopped", result.changes, result.outcome)
-    return e
-
-
-def _finish(console: Console, result: RunResult, output: str) -> RunResult:
-    result.exit_code = ExitCode.OK
-    if output == "json":
-        report.print_json(result.to_json())
-    return result

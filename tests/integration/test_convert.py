@@ -409,17 +409,17 @@ def test_a_half_converted_state_converges(fresh: Lab, state_dir: Path) -> None:
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_converges(fresh: Lab, state_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from keybuzz_fix import convert_apply
+    from keybuzz_fix import changes
 
     before = originals(fresh.kube)
-    real_execute = convert_apply.execute
+    real_execute = changes.execute
 
     def interrupt_before_hpas(kube_: kube.Kube, change: Any, **kwargs: Any) -> None:
         if change.kind == "HorizontalPodAutoscaler":
             raise KeyboardInterrupt
         real_execute(kube_, change, **kwargs)
 
-    monkeypatch.setattr(convert_apply, "execute", interrupt_before_hpas)
+    monkeypatch.setattr(changes, "execute", interrupt_before_hpas)
     result = cli("convert", "--yes", kubeconfig=fresh.cluster.kubeconfig)
     assert result.exit_code == 130
     line = error_line(result)
@@ -427,7 +427,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_converges(fresh: Lab, state_dir: Path,
     assert "done: create DaemonSet keybuzz/keybuzz-api, create DaemonSet keybuzz/keybuzz-front, " \
            "patch Service keybuzz/keybuzz-api, patch Service keybuzz/keybuzz-front" in line
     assert len(fresh.kube.list("Deployment", NS)) == 2 and len(fresh.kube.list("HorizontalPodAutoscaler", NS)) == 2
-    monkeypatch.setattr(convert_apply, "execute", real_execute)
+    monkeypatch.setattr(changes, "execute", real_execute)
     result, summary = convert_json(fresh)
     assert result.exit_code == 0, result.output
     assert_converted(fresh, before)
