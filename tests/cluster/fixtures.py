@@ -17,12 +17,16 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import ControlPlane, ControlPlaneError, build_binaries
 from tests.cluster.reset import reset_cluster
 from tests.cluster.seed import DEFAULT_MASTERS, DEFAULT_WORKERS, SEEDED_NAMESPACES, Nodes, seed_keybuzz
 
-__all__ = ["KeybuzzCluster", "control_plane", "keybuzz_cluster"]
+__all__ = ["ROUTES", "KeybuzzCluster", "control_plane", "keybuzz_cluster", "no_routes"]
+
+# The Ingress routes the tool applies in namespace keybuzz (manifests/defaults.yaml).
+ROUTES = ("keybuzz-front-ingress", "keybuzz-api-ingress")
 
 
 @dataclass(frozen=True)
@@ -102,3 +106,21 @@ def keybuzz_cluster(control_plane: ControlPlane) -> Iterator[KeybuzzCluster]:
         yield KeybuzzCluster(control_plane, api, list(DEFAULT_WORKERS), list(DEFAULT_MASTERS), objects)
     finally:
         api.close()
+
+
+@pytest.fixture
+def no_routes(keybuzz_cluster: KeybuzzCluster) -> Iterator[client.NetworkingV1Api]:
+    """The networking API, with none of the tool's Ingress routes in keybuzz before and after the test."""
+    net = client.NetworkingV1Api(keybuzz_cluster.api_client)
+
+    def clear() -> None:
+        for name in ROUTES:
+            try:
+                net.delete_namespaced_ingress(name, "keybuzz")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    clear()
+    yield net
+    clear()

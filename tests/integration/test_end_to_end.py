@@ -29,7 +29,6 @@ from tests.lab.loadbalancer import LoadBalancer
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 
 
-
 @pytest.fixture(scope="module")
 def load_balancer(lab_hosts: Lab, lab_factory: Callable[..., Lab],
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:

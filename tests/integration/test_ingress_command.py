@@ -8,12 +8,10 @@ not processes; this command only reads them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from keybuzz_fix.cli import app
@@ -22,27 +20,7 @@ from tests.lab.hosts import SERVERS_TSV_COLUMNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 NS = "keybuzz"
-ROUTES = ("keybuzz-front-ingress", "keybuzz-api-ingress")
 SERVERS_HEADER = "\t".join(SERVERS_TSV_COLUMNS) + "\n"
-
-
-
-@pytest.fixture()
-def net(keybuzz_cluster: KeybuzzCluster) -> Iterator[client.NetworkingV1Api]:
-    """The networking API, with no Ingress in keybuzz before and after the test."""
-    api = client.NetworkingV1Api(keybuzz_cluster.api_client)
-    _delete_routes(api)
-    yield api
-    _delete_routes(api)
-
-
-def _delete_routes(api: client.NetworkingV1Api) -> None:
-    for name in ROUTES:
-        try:
-            api.delete_namespaced_ingress(name, NS)
-        except ApiException as e:
-            if e.status != 404:
-                raise
 
 
 def servers_tsv(path: Path, workers: int = 5, extra: tuple[str, ...] = ()) -> Path:
@@ -71,8 +49,8 @@ def managers(obj: client.V1Ingress) -> dict[str, str]:
     return {m.manager: m.operation for m in obj.metadata.managed_fields or []}
 
 
-def test_dry_run_shows_the_diff_and_changes_nothing(keybuzz_cluster: KeybuzzCluster, net: client.NetworkingV1Api,
-                                                   state_dir: Path) -> None:
+def test_dry_run_shows_the_diff_and_changes_nothing(keybuzz_cluster: KeybuzzCluster,
+                                                    no_routes: client.NetworkingV1Api, state_dir: Path) -> None:
     code, out = run(keybuzz_cluster, "--dry-run")
     assert code == 0, out
     assert out["dry_run"] is True
@@ -84,22 +62,22 @@ def test_dry_run_shows_the_diff_and_changes_nothing(keybuzz_cluster: KeybuzzClus
     assert diff.startswith("--- /dev/null")
     assert "+  - host: platform.keybuzz.io" in diff and "+            name: keybuzz-front" in diff
     assert "+    nginx.ingress.kubernetes.io/proxy-body-size: 50m" in diff
-    assert net.list_namespaced_ingress(NS).items == []
+    assert no_routes.list_namespaced_ingress(NS).items == []
     assert audit(state_dir) == []
 
 
-def test_apply_then_reapply_changes_nothing(keybuzz_cluster: KeybuzzCluster, net: client.NetworkingV1Api,
-                                           state_dir: Path, tmp_path: Path) -> None:
+def test_apply_then_reapply_changes_nothing(keybuzz_cluster: KeybuzzCluster, no_routes: client.NetworkingV1Api,
+                                            state_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ingress", "--kubeconfig", str(keybuzz_cluster.kubeconfig)])
     assert result.exit_code == 2 and "needs confirmation but stdin is not a terminal" in result.output
-    assert net.list_namespaced_ingress(NS).items == []
+    assert no_routes.list_namespaced_ingress(NS).items == []
 
     code, out = run(keybuzz_cluster, str(servers_tsv(tmp_path / "servers.tsv")), "--yes")
     assert code == 0, out
     assert all(f["ok"] for f in out["controller"]), out["controller"]
     assert sum(f["subject"].startswith("worker ") for f in out["controller"]) == 5
     assert [r["status"] for r in out["routes"]] == ["created", "created"]
-    front = net.read_namespaced_ingress("keybuzz-front-ingress", NS)
+    front = no_routes.read_namespaced_ingress("keybuzz-front-ingress", NS)
     assert front.spec.ingress_class_name == "nginx"
     rule = front.spec.rules[0]
     assert rule.host == "platform.keybuzz.io"
@@ -107,7 +85,7 @@ def test_apply_then_reapply_changes_nothing(keybuzz_cluster: KeybuzzCluster, net
         ("keybuzz-front", 80)
     assert front.metadata.annotations["nginx.ingress.kubernetes.io/proxy-next-upstream-tries"] == "5"
     assert managers(front) == {"keybuzz-fix": "Apply"}
-    api_route = net.read_namespaced_ingress("keybuzz-api-ingress", NS).spec.rules[0]
+    api_route = no_routes.read_namespaced_ingress("keybuzz-api-ingress", NS).spec.rules[0]
     assert (api_route.host, api_route.http.paths[0].backend.service.name) == ("platform-api.keybuzz.io", "keybuzz-api")
     entries = audit(state_dir)
     assert [(e["where"], e["action"], e["outcome"]) for e in entries] == [
@@ -120,12 +98,12 @@ def test_apply_then_reapply_changes_nothing(keybuzz_cluster: KeybuzzCluster, net
     assert code == 0
     assert [r["status"] for r in again["routes"]] == ["unchanged", "unchanged"]
     assert [r["diff"] for r in again["routes"]] == ["", ""]
-    assert net.read_namespaced_ingress("keybuzz-front-ingress", NS).metadata.resource_version == version
+    assert no_routes.read_namespaced_ingress("keybuzz-front-ingress", NS).metadata.resource_version == version
     assert len(audit(state_dir)) == 2
 
 
 def test_tls_and_annotations_of_another_manager_survive(keybuzz_cluster: KeybuzzCluster,
-                                                       net: client.NetworkingV1Api, tmp_path: Path) -> None:
+                                                       no_routes: client.NetworkingV1Api, tmp_path: Path) -> None:
     assert run(keybuzz_cluster, "--yes")[0] == 0
     cert_manager = {
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
@@ -133,7 +111,7 @@ def test_tls_and_annotations_of_another_manager_survive(keybuzz_cluster: Keybuzz
                      "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt-prod"}},
         "spec": {"tls": [{"hosts": ["platform.keybuzz.io"], "secretName": "platform-keybuzz-io-tls"}]},
     }
-    net.patch_namespaced_ingress("keybuzz-front-ingress", NS, cert_manager, field_manager="cert-manager",
+    no_routes.patch_namespaced_ingress("keybuzz-front-ingress", NS, cert_manager, field_manager="cert-manager",
                                  _content_type="application/apply-patch+yaml")
 
     code, out = run(keybuzz_cluster, "--yes")
@@ -151,7 +129,7 @@ def test_tls_and_annotations_of_another_manager_survive(keybuzz_cluster: Keybuzz
 
     code, out = run(keybuzz_cluster, "--config", str(config), "--yes")
     assert code == 0 and out["routes"][0]["status"] == "updated"
-    front = net.read_namespaced_ingress("keybuzz-front-ingress", NS)
+    front = no_routes.read_namespaced_ingress("keybuzz-front-ingress", NS)
     assert front.spec.tls[0].secret_name == "platform-keybuzz-io-tls"
     assert front.spec.tls[0].hosts == ["platform.keybuzz.io"]
     assert front.metadata.annotations["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
@@ -159,8 +137,8 @@ def test_tls_and_annotations_of_another_manager_survive(keybuzz_cluster: Keybuzz
     assert managers(front) == {"keybuzz-fix": "Apply", "cert-manager": "Apply"}
 
 
-def test_a_conflict_is_reported_and_force_is_opt_in(keybuzz_cluster: KeybuzzCluster, net: client.NetworkingV1Api,
-                                                   state_dir: Path) -> None:
+def test_a_conflict_is_reported_and_force_is_opt_in(keybuzz_cluster: KeybuzzCluster,
+                                                    no_routes: client.NetworkingV1Api, state_dir: Path) -> None:
     helm = {
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": "keybuzz-api-ingress", "namespace": NS},
@@ -168,7 +146,7 @@ def test_a_conflict_is_reported_and_force_is_opt_in(keybuzz_cluster: KeybuzzClus
             {"path": "/", "pathType": "Prefix",
              "backend": {"service": {"name": "keybuzz-api", "port": {"number": 8080}}}}]}}]},
     }
-    net.patch_namespaced_ingress("keybuzz-api-ingress", NS, helm, field_manager="helm",
+    no_routes.patch_namespaced_ingress("keybuzz-api-ingress", NS, helm, field_manager="helm",
                                  _content_type="application/apply-patch+yaml")
 
     code, out = run(keybuzz_cluster, "--yes")
@@ -178,13 +156,13 @@ def test_a_conflict_is_reported_and_force_is_opt_in(keybuzz_cluster: KeybuzzClus
     assert api["status"] == "conflict"
     assert "conflicts with fields owned by another manager" in api["error"] and "--force-conflicts" in api["error"]
     assert "helm" in api["error"]
-    port = net.read_namespaced_ingress("keybuzz-api-ingress", NS).spec.rules[0].http.paths[0].backend.service.port
+    port = no_routes.read_namespaced_ingress("keybuzz-api-ingress", NS).spec.rules[0].http.paths[0].backend.service.port
     assert port.number == 8080  # left as found
 
     code, out = run(keybuzz_cluster, "--yes", "--force-conflicts")
     assert code == 0, out
     assert out["routes"][1]["status"] == "updated"
-    port = net.read_namespaced_ingress("keybuzz-api-ingress", NS).spec.rules[0].http.paths[0].backend.service.port
+    port = no_routes.read_namespaced_ingress("keybuzz-api-ingress", NS).spec.rules[0].http.paths[0].backend.service.port
     assert port.number == 80
     last = audit(state_dir)[-1]
     assert (last["where"], last["outcome"], last["force_conflicts"]) == ("Ingress keybuzz/keybuzz-api-ingress", "ok",
@@ -193,7 +171,7 @@ def test_a_conflict_is_reported_and_force_is_opt_in(keybuzz_cluster: KeybuzzClus
 
 
 def test_a_broken_ingress_nginx_is_reported_never_changed(keybuzz_cluster: KeybuzzCluster,
-                                                         net: client.NetworkingV1Api, tmp_path: Path) -> None:
+                                                         no_routes: client.NetworkingV1Api, tmp_path: Path) -> None:
     apps = client.AppsV1Api(keybuzz_cluster.api_client)
     core = client.CoreV1Api(keybuzz_cluster.api_client)
     apps.patch_namespaced_daemon_set("ingress-nginx-controller", "ingress-nginx",

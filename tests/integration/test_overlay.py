@@ -40,7 +40,6 @@ overlay:
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 
 
-
 @pytest.fixture(scope="module")
 def overlay_lab(lab_hosts: Lab, keybuzz_cluster: KeybuzzCluster) -> Iterator[dict[str, Vtep]]:
     """The five lab workers with flannel.1 built from their seeded Nodes, and a private /etc each."""

@@ -21,16 +21,14 @@ from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner, Result
 
 from keybuzz_fix.cli import app
-from tests.cluster.fixtures import KeybuzzCluster
+from tests.cluster.fixtures import ROUTES, KeybuzzCluster
 from tests.lab.hosts import SERVERS_TSV_COLUMNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 NS = "keybuzz"
 GROUP = "keybuzz-fix"
-ROUTES = ("keybuzz-front-ingress", "keybuzz-api-ingress")
 RBAC = Path(__file__).resolve().parent.parent.parent / "manifests" / "rbac.yaml"
 runner = CliRunner()
-
 
 
 def _rbac_objects() -> list[dict[str, Any]]:
@@ -70,23 +68,6 @@ def shipped_rbac(keybuzz_cluster: KeybuzzCluster) -> Iterator[list[dict[str, Any
             except ApiException as e:
                 if e.status != 404:
                     raise
-
-
-@pytest.fixture
-def no_routes(keybuzz_cluster: KeybuzzCluster) -> Iterator[client.NetworkingV1Api]:
-    net = client.NetworkingV1Api(keybuzz_cluster.api_client)
-
-    def clear() -> None:
-        for name in ROUTES:
-            try:
-                net.delete_namespaced_ingress(name, NS)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-
-    clear()
-    yield net
-    clear()
 
 
 def servers_tsv(cluster: KeybuzzCluster, path: Path) -> Path:

@@ -19,7 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 HTTPS_PORT = 32720
 
 
-
 def run_ufw(lab: Lab, servers: Path, *args: str, known_hosts: Path | None = None) -> tuple[int, dict]:
     result = CliRunner().invoke(app, ["ufw", str(servers), "--identity", str(lab.identity_file),
                                       "--known-hosts", str(known_hosts or lab.known_hosts_file),

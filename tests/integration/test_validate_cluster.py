@@ -32,7 +32,6 @@ HOSTS = ("platform.keybuzz.io", "platform-api.keybuzz.io")
 SERVERS_HEADER = "\t".join(SERVERS_TSV_COLUMNS) + "\n"
 
 
-
 class Sites:
     """An HTTP server on 127.0.0.1 answering the two sites: 200, or the status set for a host."""
 
