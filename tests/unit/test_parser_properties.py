@@ -254,22 +254,23 @@ CONFIG_PATHS = _paths(DEFAULTS)[1:]
 
 
 @st.composite
-def damaged_config(draw: st.DrawFn) -> Any:
-    cfg = copy.deepcopy(DEFAULTS)
+def damaged(draw: st.DrawFn, base: Any, paths: list[tuple[Any, ...]]) -> Any:
+    """``base`` with one to three of its values (at ``paths``) replaced by arbitrary ones."""
+    data = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(CONFIG_PATHS))
-        target = cfg
+        path = draw(st.sampled_from(paths))
+        target = data
         try:
             for key in path[:-1]:
                 target = target[key]
             target[path[-1]] = draw(VALUE)
         except (KeyError, IndexError, TypeError):
             continue
-    return cfg
+    return data
 
 
 @FAST
-@given(st.one_of(damaged_config(), VALUE))
+@given(st.one_of(damaged(DEFAULTS, CONFIG_PATHS), VALUE))
 def test_config_loader_on_damaged_configs(tmp_path_factory: pytest.TempPathFactory, data: Any) -> None:
     path = tmp_path_factory.mktemp("config") / "config.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -293,23 +294,8 @@ KUBECONFIG = {
 KUBECONFIG_PATHS = _paths(KUBECONFIG)[1:]
 
 
-@st.composite
-def damaged_kubeconfig(draw: st.DrawFn) -> Any:
-    data = copy.deepcopy(KUBECONFIG)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(KUBECONFIG_PATHS))
-        target = data
-        try:
-            for key in path[:-1]:
-                target = target[key]
-            target[path[-1]] = draw(VALUE)
-        except (KeyError, IndexError, TypeError):
-            continue
-    return data
-
-
 @FAST
-@given(damaged_kubeconfig())
+@given(damaged(KUBECONFIG, KUBECONFIG_PATHS))
 def test_kubeconfig_loader_on_damaged_files(tmp_path_factory: pytest.TempPathFactory, data: Any) -> None:
     path = tmp_path_factory.mktemp("kubeconfig") / "config"
     path.write_text(yaml.safe_dump(data))
