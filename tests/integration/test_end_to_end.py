@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from keybuzz_fix.cli import app
 from tests.cluster.fixtures import KeybuzzCluster
@@ -53,14 +53,21 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def validate(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
-             *args: str) -> tuple[int, dict]:
+def invoke(command: str, cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
+           *args: str) -> Result:
+    """Run ``command`` against the lab: its cluster, hosts and load balancer (resolved, TLS-checked)."""
     result = CliRunner().invoke(app, [
-        "validate", str(servers), "--kubeconfig", str(cluster.kubeconfig), "--config", str(config),
+        command, str(servers), "--kubeconfig", str(cluster.kubeconfig), "--config", str(config),
         *lb.resolve_args(), "--ca-file", str(lb.ca_file), "--retries", "1", "--url-timeout", "4",
         "--identity", str(lab.identity_file), "--known-hosts", str(lab.known_hosts_file), "--timeout", "5",
-        "-o", "json", *args])
+        *args])
     assert "Traceback" not in result.output
+    return result
+
+
+def validate(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
+             *args: str) -> tuple[int, dict]:
+    result = invoke("validate", cluster, lab, lb, servers, config, "-o", "json", *args)
     try:
         return result.exit_code, json.loads(result.stdout)
     except ValueError:
@@ -103,12 +110,7 @@ def test_before_the_load_balancer_answers_504(keybuzz_cluster: KeybuzzCluster, l
 
 def run_all(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
             *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [
-        "all", str(servers), "--kubeconfig", str(cluster.kubeconfig), "--config", str(config),
-        *lb.resolve_args(), "--ca-file", str(lb.ca_file), "--retries", "1", "--url-timeout", "4",
-        "--identity", str(lab.identity_file), "--known-hosts", str(lab.known_hosts_file), "--timeout", "5",
-        "--ready-timeout", "60", *args])
-    assert "Traceback" not in result.output
+    result = invoke("all", cluster, lab, lb, servers, config, "--ready-timeout", "60", *args)
     return result.exit_code, result.output
 
 
