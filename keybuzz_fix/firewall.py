@@ -1,9 +1,10 @@
 """UFW rules: what we want, what a host has, and the plan between the two (pure code).
 
-The facts come from one remote probe that prints ``ufw status verbose`` and ``ufw show added``
-(the command form of every user rule, comments included); :func:`parse_probe` turns that output
-into :class:`UfwFacts`. A rule we want and a rule we parsed are the same frozen dataclass and
-compare with ``==``. :func:`plan` never removes or reorders a rule, never changes a default
+The facts come from one remote probe (:mod:`keybuzz_fix.ufw_probe`) that reads ufw's files, or
+prints ``ufw status verbose`` and ``ufw show added`` (the command form of every user rule, comments
+included) where those files are not in their usual place; either way it gives :class:`UfwFacts`.
+A rule we want and a rule we parsed are the same frozen dataclass and compare with ``==``.
+:func:`plan` never removes or reorders a rule, never changes a default
 policy, and never enables UFW without first making sure the SSH port we came in on stays open.
 """
 
@@ -21,29 +22,13 @@ ANY = "any"
 PROBE_MARK = "@@keybuzz-fix@@"
 
 
-def probe_script(*, status: bool = True) -> str:
-    """Return the facts probe: is ufw there, its status, its rules, the SSH connection as the host sees it.
-
-    One round trip. ``status=False`` leaves out ``ufw status verbose`` (each ufw run is a Python
-    start-up on the host): for a read-back after adding rules, which cannot change the status.
-    """
-    parts = [f"echo '{PROBE_MARK} ssh'; echo \"$SSH_CONNECTION\"",
-             f"if ! command -v ufw >/dev/null 2>&1; then echo '{PROBE_MARK} missing'; exit 0; fi"]
-    if status:
-        parts.append(f"echo '{PROBE_MARK} status'; LC_ALL=C ufw status verbose 2>&1")
-    parts.append(f"echo '{PROBE_MARK} added'; LC_ALL=C ufw show added 2>&1; echo '{PROBE_MARK} end'")
-    return "; ".join(parts)
-
-
-PROBE_SCRIPT = probe_script()
-
-
 @dataclass(frozen=True)
 class UfwRule:
     """One UFW rule, in the subset of UFW's grammar the tool writes and reasons about.
 
     ``port`` is a UFW port spec (``31695``, ``30000:30100``, ``80,443``) or ``None`` for all
-    ports; ``app`` is an application profile (``OpenSSH``). ``route`` marks a ``ufw route`` rule,
+    ports; ``sport`` restricts the source port the same way; ``app`` is an application profile
+    (``OpenSSH``) for the destination, ``source_app`` one for the source ports. ``route`` marks a ``ufw route`` rule,
     which filters forwarded traffic, never traffic to the host itself. The comment does not take
     part in equality: a rule that exists with another comment is still the same rule.
     """
@@ -57,6 +42,8 @@ class UfwRule:
     direction: str = "in"
     app: str | None = None
     route: bool = False
+    sport: str | None = None
+    source_app: str | None = None
     comment: str = field(default="", compare=False)
     raw: str = field(default="", compare=False)
 
@@ -67,12 +54,18 @@ class UfwRule:
             words.append(self.direction)
         if self.interface:
             words += ["on", self.interface]
-        if self.app and self.source == ANY and self.dest == ANY:
+        narrow_source = self.sport or self.source_app
+        if self.app and self.source == ANY and self.dest == ANY and not narrow_source:
             words.append(self.app)
-        elif self.source == ANY and self.dest == ANY and self.port and not self.interface:
+        elif self.source == ANY and self.dest == ANY and self.port and not self.interface and not narrow_source:
             words.append(f"{self.port}/{self.proto}" if self.proto else self.port)
         else:
-            words += ["from", self.source, "to", self.dest]
+            words += ["from", self.source]
+            if self.source_app:
+                words += ["app", self.source_app]
+            elif self.sport:
+                words += ["port", self.sport]
+            words += ["to", self.dest]
             if self.app:
                 words += ["app", self.app]
             elif self.port:
@@ -112,6 +105,8 @@ class UfwRule:
             return False
         if self.proto and self.proto != other.proto:
             return False
+        if (self.sport or self.source_app) and (self.sport, self.source_app) != (other.sport, other.source_app):
+            return False  # only some source ports: not all of the traffic
         mine, theirs = self.ports(), other.ports()
         if mine is not None and (theirs is None or not theirs <= mine):
             return False
@@ -262,11 +257,12 @@ def parse_rule_command(line: str) -> UfwRule:
     values: dict[str, str] = {"action": words[0]}
     i = 1
     simple: str | None = None
+    side = "to"  # "port" and "app" after "from" name the source's
     while i < len(words):
         w = words[i]
         nxt = words[i + 1] if i + 1 < len(words) else None
-        if w in ("in", "out"):
-            values["direction"] = w
+        if w in ("in", "out"):  # a route rule may name both: the first one is its direction
+            values.setdefault("direction", w)
             i += 1
             continue
         if w in ("log", "log-all"):
@@ -279,17 +275,15 @@ def parse_rule_command(line: str) -> UfwRule:
             i += 1
             continue
         if w == "on":
-            values["interface"] = nxt
-        elif w == "from":
-            values["source"] = nxt
-        elif w == "to":
-            values["dest"] = nxt
+            values.setdefault("interface", nxt)
+        elif w in ("from", "to"):
+            values["source" if w == "from" else "dest"], side = nxt, w
         elif w == "port":
-            values["port"] = nxt
+            values["sport" if side == "from" else "port"] = nxt
         elif w == "proto":
             values["proto"] = nxt
         elif w == "app":
-            values["app"] = nxt
+            values["sapp" if side == "from" else "app"] = nxt
         elif w == "comment":
             values["comment"] = nxt
         elif simple is None:
@@ -321,10 +315,13 @@ def parse_rule_command(line: str) -> UfwRule:
             direction=values.get("direction", "in"),
             app=values.get("app"),
             route=route,
+            sport=values.get("sport"),
+            source_app=values.get("sapp"),
             comment=values.get("comment", ""),
             raw=line,
         )
-        rule.ports()  # validates the port spec
+        rule.ports()  # validates the port specs
+        UfwRule(port=rule.sport).ports()
     except ValueError as e:
         raise ParseError(f"bad port in {line!r}") from e
     return rule
@@ -343,34 +340,6 @@ def parse_status(text: str) -> tuple[bool, str | None]:
     if active is None:
         raise ParseError(f"no 'Status:' line in ufw status output: {text.strip()[:200]!r}")
     return active, default
-
-
-def parse_probe(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
-    """Parse the output of :func:`probe_script`; ``known`` supplies the status a read-back left out."""
-    sections: dict[str, list[str]] = {}
-    current: str | None = None
-    for line in text.split("\n"):  # not splitlines(): a \r in a rule's comment is not a line break
-        if line.startswith(PROBE_MARK):
-            current = line[len(PROBE_MARK):].strip()
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-    client_ip, ssh_port = _parse_ssh_connection(" ".join(sections.get("ssh", [])))
-    if "missing" in sections:
-        return UfwFacts(installed=False, ssh_client_ip=client_ip, ssh_port=ssh_port)
-    if "added" not in sections or "end" not in sections or ("status" not in sections and known is None):
-        raise ParseError("probe output was cut short (no complete ufw status / show added)")
-    status_text = "\n".join(sections.get("status", []))
-    added_text = "\n".join(sections["added"])
-    if "ERROR" in status_text or "ERROR" in added_text:
-        raise ParseError((status_text + added_text).strip().splitlines()[-1])
-    if "status" in sections:
-        active, default = parse_status(status_text)
-    else:
-        assert known is not None
-        active, default = known.active, known.default_incoming
-    return UfwFacts(installed=True, active=active, default_incoming=default,
-                    rules=parse_show_added(added_text), ssh_client_ip=client_ip, ssh_port=ssh_port)
 
 
 def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
@@ -460,12 +429,3 @@ def _net_overlaps(a: str, b: str) -> bool:
         return False
     return x.version == y.version and x.overlaps(y)  # type: ignore[arg-type,unused-ignore]
 
-
-def _parse_ssh_connection(value: str) -> tuple[str | None, int | None]:
-    parts = value.split()
-    if len(parts) != 4:
-        return None, None
-    try:
-        return str(ipaddress.ip_address(parts[0])), int(parts[3])
-    except ValueError:
-        return None, None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from keybuzz_fix import firewall, state
+from keybuzz_fix import firewall, state, ufw_probe
 from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
 from keybuzz_fix.fanout import Outcome, raise_open_files_limit, run_all
 from keybuzz_fix.firewall import Action, ActionKind, UfwFacts, UfwRule
@@ -126,7 +126,7 @@ class FirewallRun:
         return s
 
     def _probe_script(self, *, status: bool = True) -> str:
-        return (self.extra.probe + "; " if self.extra else "") + firewall.probe_script(status=status)
+        return (self.extra.probe + "; " if self.extra else "") + ufw_probe.probe_script(status=status)
 
     def _actions(self, host: Host, facts: UfwFacts, stdout: str) -> list[Action]:
         actions = firewall.plan(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
@@ -274,7 +274,7 @@ def _status_of(result: object) -> Status:
 
 def _parse(host: Host, stdout: str, known: UfwFacts | None = None) -> UfwFacts:
     try:
-        return firewall.parse_probe(stdout, known=known)
+        return ufw_probe.parse_probe(stdout, known=known)
     except firewall.ParseError as e:
         raise HostError(host.hostname, f"cannot read ufw state: {e}") from e
 

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from keybuzz_fix import firewall
+from keybuzz_fix import firewall, ufw_probe
 from keybuzz_fix.firewall import PROBE_MARK, UfwFacts
 from keybuzz_fix.overlay import VXLAN_DEVICE, parse_features, probe_sections
 
@@ -127,7 +127,7 @@ def node_probe(peers: Sequence[str]) -> str:
         f"if [ -r {SUBNET_ENV} ]; then echo '{_M} subnet-env'; cat {SUBNET_ENV}; fi",
         f"if dmesg >/dev/null 2>&1; then echo '{_M} kernel-log'; dmesg 2>/dev/null | grep -i 'bad checksum' "
         f"| tail -n 20; fi",
-        firewall.PROBE_SCRIPT,  # last: it stops early when ufw is missing
+        ufw_probe.PROBE_SCRIPT,  # last: it stops early when ufw is missing
     ]
     return "; ".join(parts)
 
@@ -172,7 +172,7 @@ def parse_node_probe(text: str) -> NodeFacts:
               for name, lines in s.items() if name.startswith("route ")}
     ufw, ufw_error = None, None
     try:
-        ufw = firewall.parse_probe(text)
+        ufw = ufw_probe.parse_probe(text)
     except firewall.ParseError as e:
         ufw_error = str(e)
     return NodeFacts(

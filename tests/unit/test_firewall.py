@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keybuzz_fix import firewall
+from keybuzz_fix import firewall, ufw_probe
 from keybuzz_fix.errors import UsageError
 from keybuzz_fix.firewall import ANY, ActionKind, UfwFacts, UfwRule
 from keybuzz_fix.firewall_apply import apply_script, parse_apply
@@ -53,16 +53,16 @@ def test_parse_status_files():
 
 
 def test_parse_probe_full_and_missing():
-    facts = firewall.parse_probe(probe((DATA / "status-verbose-mixed.txt").read_text(),
+    facts = ufw_probe.parse_probe(probe((DATA / "status-verbose-mixed.txt").read_text(),
                                        (DATA / "show-added-mixed.txt").read_text()))
     assert facts.installed and facts.active and facts.default_incoming == "deny"
     assert facts.ssh_client_ip == "198.18.0.1" and facts.ssh_port == 22
     assert len(facts.rules) == 12
     m = firewall.PROBE_MARK
-    missing = firewall.parse_probe(f"{m} ssh\n\n{m} missing\n")
+    missing = ufw_probe.parse_probe(f"{m} ssh\n\n{m} missing\n")
     assert missing == UfwFacts(installed=False)
     with pytest.raises(firewall.ParseError, match="cut short"):
-        firewall.parse_probe(f"{m} ssh\n\n{m} status\nStatus: active\n")
+        ufw_probe.parse_probe(f"{m} ssh\n\n{m} status\nStatus: active\n")
 
 
 def test_plan_adds_missing_rules_in_order():
@@ -134,6 +134,30 @@ def test_plan_enable_keeps_existing_ssh_rule(existing):
     assert [a.kind for a in actions[1:]] == [ActionKind.ADD, ActionKind.ENABLE]
 
 
+@pytest.mark.parametrize("rule", [
+    "ufw allow from 198.18.0.0/24 app OpenSSH",  # source port 22: replies of the host's own SSH client
+    "ufw allow from 198.18.0.0/24 port 40000 to any port 22 proto tcp",  # one source port only
+])
+def test_plan_enable_source_port_rules_do_not_keep_ssh_open(rule):
+    facts = UfwFacts(installed=True, active=False, rules=(firewall.parse_rule_command(rule),),
+                     ssh_client_ip="198.18.0.1", ssh_port=22)
+    assert firewall.plan([HTTP], facts, enable=True)[0].kind is ActionKind.ADD
+
+
+def test_source_port_and_source_app_parse_apart_from_destination():
+    sport = firewall.parse_rule_command("ufw allow from 10.0.0.0/8 port 53 to any port 31695 proto udp")
+    assert (sport.sport, sport.port, sport.proto) == ("53", "31695", "udp")
+    assert firewall.parse_rule_command("ufw allow from 10.0.0.0/8 port 53").port is None
+    sapp = firewall.parse_rule_command("ufw allow from 10.1.0.0/16 app OpenSSH")
+    assert (sapp.source_app, sapp.app, sapp.ports()) == ("OpenSSH", None, None)
+    both = firewall.parse_rule_command("ufw allow from 10.2.0.0/16 app OpenSSH to any app OpenSSH")
+    assert (both.source_app, both.app) == ("OpenSSH", "OpenSSH")
+    for rule in (sport, sapp, both):
+        assert firewall.parse_rule_command(rule.command()) == rule
+    assert not UfwRule(port="31695", proto="udp", source="10.0.0.0/8", sport="53").covers(
+        UfwRule(port="31695", proto="udp", source="10.0.0.0/16"))
+
+
 def test_plan_enable_ssh_rule_for_other_network_does_not_count():
     facts = UfwFacts(installed=True, active=False, rules=(UfwRule(port="22", proto="tcp", source="10.9.0.0/16"),),
                      ssh_client_ip="198.18.0.1", ssh_port=22)
@@ -189,7 +213,7 @@ _line = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=1
 @given(st.lists(_line, max_size=12))
 def test_status_and_added_parsers_never_raise_anything_else(lines):
     text = "\n".join(lines)
-    for fn in (firewall.parse_show_added, firewall.parse_status, firewall.parse_probe):
+    for fn in (firewall.parse_show_added, firewall.parse_status, ufw_probe.parse_probe):
         try:
             fn(text)
         except firewall.ParseError:
@@ -209,13 +233,13 @@ def test_rule_parser_on_word_soup(words):
 
 
 def test_read_back_probe_without_status_keeps_the_known_status():
-    script = firewall.probe_script(status=False)
+    script = ufw_probe.probe_script(status=False)
     assert "ufw status" not in script and "ufw show added" in script
     m = firewall.PROBE_MARK
     header = "Added user rules (see 'ufw status' for running firewall):"
     out = f"{m} ssh\n\n{m} added\n{header}\n{HTTP.command()}\n{m} end\n"
     known = UfwFacts(installed=True, active=True, default_incoming="deny")
-    facts = firewall.parse_probe(out, known=known)
+    facts = ufw_probe.parse_probe(out, known=known)
     assert (facts.active, facts.default_incoming, facts.rules) == (True, "deny", (HTTP,))
     with pytest.raises(firewall.ParseError, match="cut short"):
-        firewall.parse_probe(out)  # no status and nothing known: the probe was cut short
+        ufw_probe.parse_probe(out)  # no status and nothing known: the probe was cut short

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from keybuzz_fix import config, firewall, kube, nodefacts, overlay, probe
+from keybuzz_fix import config, firewall, kube, nodefacts, overlay, probe, ufw_probe
 from keybuzz_fix.convert_apply import run_offline
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.firewall import PROBE_MARK, UfwRule
@@ -141,7 +141,7 @@ def test_show_added_parser_on_mutated_output(text: str) -> None:
                f"{PROBE_MARK} added\n{ADDED}\n{PROBE_MARK} end\n"))
 def test_ufw_probe_parser_on_mutated_output(text: str) -> None:
     try:
-        facts = firewall.parse_probe(text)
+        facts = ufw_probe.parse_probe(text)
     except firewall.ParseError:
         return
     firewall.plan([UfwRule(port="31695", proto="tcp", source="10.0.0.0/16")], facts, enable=True)
