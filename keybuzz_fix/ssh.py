@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
 _MAX_OUTPUT = 4 * 1024 * 1024
+_EOF_GRACE = 2.0  # seconds to wait for the end of the output once the command has exited
 
 
 @dataclass(frozen=True)
@@ -111,20 +112,24 @@ class Session:
             raise HostUnreachable(self.host.hostname, f"connection lost before `{shown}`: {_why(e)}") from e
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
+        exited: float | None = None  # when the exit status came: the last output may still be on its way
         try:
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                elif chan.exit_status_ready():
-                    break
+                elif chan.exit_status_ready() and (chan.eof_received or exited is not None
+                                                   and time.monotonic() - exited > _EOF_GRACE):
+                    break  # all output read (or a process left behind holds it open)
                 else:
+                    if exited is None and chan.exit_status_ready():
+                        exited = time.monotonic()
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise _partial(RemoteCommandError(self.host.hostname, shown, None,
                                                           f"no answer within {timeout:g}s (--timeout)"), out)
-                    select.select([chan], [], [], min(left, 0.5))
+                    select.select([chan], [], [], min(left, 0.5 if exited is None else 0.05))
                 if len(out) + len(err) > _MAX_OUTPUT:
                     raise _partial(RemoteCommandError(self.host.hostname, shown, None, "more than 4 MiB of output"),
                                    out)
