@@ -3,7 +3,8 @@
 Host keys are verified against a known_hosts file; an unknown key is refused unless the operator
 opted into trust-on-first-use (``--accept-new-host-keys``), in which case it is recorded. A changed
 key is always refused, with both fingerprints. Commands never prompt: non-root users go through
-``sudo -n``. One connection per host serves the probe, the changes and the read-back.
+``sudo -n``. One connection per host, and one shell on it, serve the probe, the changes and the
+read-back.
 paramiko is imported here, lazily, so that ``--help`` stays fast.
 """
 
@@ -13,6 +14,8 @@ import base64
 import hashlib
 import logging
 import os
+import re
+import secrets
 import select
 import shlex
 import socket
@@ -72,12 +75,20 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 class Session:
-    """One authenticated SSH connection to a host."""
+    """One authenticated SSH connection to a host, with one remote shell that runs every command.
+
+    Each command sent as its own SSH exec would start the user's login shell again (and with it
+    whatever its rc files do: on some hosts that costs more than the command). The session starts
+    one ``sh`` (through ``sudo -n`` for non-root users) on first use and feeds it each script as a
+    ``sh -c`` line on its standard input; a marker with a token of its own ends each command's
+    output and carries its exit status.
+    """
 
     def __init__(self, host: Host, client: paramiko.SSHClient, options: SshOptions) -> None:
         self.host = host
         self._client = client
         self._options = options
+        self._shell: paramiko.Channel | None = None
 
     @property
     def sudo(self) -> bool:
@@ -86,11 +97,7 @@ class Session:
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         """Run a shell script as root (through ``sudo -n`` when needed) and return its output."""
-        if self.sudo:  # sudo resets the environment: carry the SSH connection facts through
-            command = f'sudo -n -- env SSH_CONNECTION="$SSH_CONNECTION" sh -c {shlex.quote(script)}'
-        else:
-            command = f"sh -c {shlex.quote(script)}"
-        result = self._exec(command, _brief(script), timeout or self._options.command_timeout)
+        result = self._in_shell(script, _brief(script), timeout or self._options.command_timeout)
         if self.sudo and result.status != 0 and _sudo_refused(result.stderr):
             raise AuthError(self.host.hostname,
                             f"sudo asks {self.host.user} for a password (sudo -n refused); "
@@ -99,52 +106,82 @@ class Session:
             raise RemoteCommandError(self.host.hostname, _brief(script), result.status, result.stderr or result.stdout)
         return result
 
-    def _exec(self, command: str, shown: str, timeout: float) -> CommandResult:
+    def _start_shell(self, shown: str, timeout: float) -> paramiko.Channel:
         import paramiko
 
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.host.hostname, f"connection lost before `{shown}`")
+        # sudo resets the environment: carry the SSH connection facts through
+        command = 'sudo -n -- env SSH_CONNECTION="$SSH_CONNECTION" sh' if self.sudo else "sh"
         try:
             chan = transport.open_session(timeout=min(timeout, self._options.connect_timeout))
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise HostUnreachable(self.host.hostname, f"connection lost before `{shown}`: {_why(e)}") from e
+        return chan
+
+    def _in_shell(self, script: str, shown: str, timeout: float) -> CommandResult:
+        import paramiko
+
+        if self._shell is None or self._shell.closed:
+            self._shell = self._start_shell(shown, timeout)
+        chan = self._shell
+        token = f"@@keybuzz-fix-done-{secrets.token_hex(8)}@@".encode()
+        end_out = re.compile(b"\n" + re.escape(token) + b" ([0-9]+)\n")
+        end_err = b"\n" + token + b"\n"
+        line = (f"sh -c {shlex.quote(script)} </dev/null; printf '\\n%s %s\\n' {token.decode()} $?; "
+                f"printf '\\n%s\\n' {token.decode()} >&2\n")
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
-        exited: float | None = None  # when the exit status came: the last output may still be on its way
+        exited: float | None = None  # the shell itself ended: sudo refused, or killed
         try:
+            try:
+                chan.sendall(line.encode())
+            except OSError:
+                if not chan.exit_status_ready():
+                    raise
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
+                elif (done := end_out.search(out)) and end_err in err:
+                    return CommandResult(shown, int(done.group(1)), out[:done.start()].decode("utf-8", "replace"),
+                                         err[:err.index(end_err)].decode("utf-8", "replace"))
                 elif chan.exit_status_ready() and (chan.eof_received or exited is not None
                                                    and time.monotonic() - exited > _EOF_GRACE):
-                    break  # all output read (or a process left behind holds it open)
+                    status = chan.recv_exit_status()
+                    self._drop_shell()
+                    if status == -1:  # no exit status: the connection went, or the shell was killed
+                        raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`"), out)
+                    return CommandResult(shown, status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
                 else:
                     if exited is None and chan.exit_status_ready():
                         exited = time.monotonic()
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        self._drop_shell()  # it is still busy with this command: the next one gets a new shell
                         raise _partial(RemoteCommandError(self.host.hostname, shown, None,
                                                           f"no answer within {timeout:g}s (--timeout)"), out)
                     select.select([chan], [], [], min(left, 0.5 if exited is None else 0.05))
                 if len(out) + len(err) > _MAX_OUTPUT:
+                    self._drop_shell()
                     raise _partial(RemoteCommandError(self.host.hostname, shown, None, "more than 4 MiB of output"),
                                    out)
-            status = chan.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as e:
+            self._drop_shell()
             raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`: {_why(e)}"),
                            out) from e
-        finally:
-            chan.close()
-        if status == -1 and not transport.is_active():
-            raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`"), out)
-        return CommandResult(shown, status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def _drop_shell(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the shell and the connection."""
+        self._drop_shell()
         self._client.close()
 
 

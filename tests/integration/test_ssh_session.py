@@ -1,9 +1,10 @@
-"""One SSH session against a real sshd: a command's output is read to its end.
+"""One SSH session against a real sshd: one remote shell runs every command, each read to its end.
 
-The exit status and the last of the output travel separately: a reader that stops at the exit
-status loses whatever had not arrived yet (a probe cut short). The session reads on until the
-channel's end of file, and a process left in the background holding the output open delays the
-result by a bounded grace only.
+Every command goes to the same remote ``sh`` (one login-shell start per host, not one per
+command) and ends at a marker carrying its exit status. The output is read up to both markers,
+stdout's and stderr's: a reader that stopped at an exit status could lose the last of the output
+(the stderr of the first case below was lost that way). A background process left holding the
+output open does not delay the result, and a command that times out costs its shell only.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from keybuzz_fix import inventory
+from keybuzz_fix.errors import RemoteCommandError
 from keybuzz_fix.ssh import SshOptions, connect
 from tests.lab.hosts import Lab
 
 pytestmark = pytest.mark.integration
 
 
-def test_output_is_read_to_its_end(lab_hosts: Lab, tmp_path: Path) -> None:
+def test_one_shell_runs_every_command_to_its_end(lab_hosts: Lab, tmp_path: Path) -> None:
     host = inventory.select(inventory.load(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[0]
     options = SshOptions(known_hosts=lab_hosts.known_hosts_file, identity=lab_hosts.identity_file,
                          connect_timeout=5, command_timeout=30, ssh_config=None)
@@ -29,7 +31,19 @@ def test_output_is_read_to_its_end(lab_hosts: Lab, tmp_path: Path) -> None:
             result = session.run(f"seq 1 3000; echo 'last {i}'; echo err >&2")
             assert result.stdout.endswith(f"\n3000\nlast {i}\n") and result.stdout.count("\n") == 3001, i
             assert result.stderr == "err\n"
+        shells = {session.run("echo $PPID").stdout for _ in range(3)}
+        assert len(shells) == 1  # the same remote shell started each one
+
+        assert session.run("printf 'no newline'; exit 3", check=False).stdout == "no newline"
+        assert session.run("exit 3", check=False).status == 3
+        with pytest.raises(RemoteCommandError, match="exited 5: oops"):
+            session.run("echo oops >&2; exit 5")
+
         start = time.monotonic()
-        result = session.run("sleep 30 & echo started")
-        assert result.stdout == "started\n"
-        assert time.monotonic() - start < 10  # the grace, not the background process's 30 s
+        assert session.run("sleep 30 & echo started").stdout == "started\n"
+        assert time.monotonic() - start < 5  # not the background process's 30 s
+
+        with pytest.raises(RemoteCommandError, match="no answer within 1s"):
+            session.run("echo begun; sleep 20", timeout=1)
+        assert session.run("echo again").stdout == "again\n"  # on a new shell
+        assert session.run("echo $PPID").stdout not in shells
