@@ -97,7 +97,7 @@ class FirewallRun:
         soon as their plan is made, so a mostly converged fleet holds about ``concurrency``
         connections at a time, not one per host.
         """
-        raise_open_files_limit(2 * len(self.hosts) + 64)
+        raise_open_files_limit(3 * len(self.hosts) + 64)  # per host: its socket, and its shell's wake-up pipe
         return run_all(self.hosts, self._plan_host, concurrency=self.concurrency,
                        console=console, label="reading ufw")  # type: ignore[arg-type]
 
