@@ -4,8 +4,8 @@ The facts come from one remote probe (:mod:`keybuzz_fix.ufw_probe`) that reads u
 prints ``ufw status verbose`` and ``ufw show added`` (the command form of every user rule, comments
 included) where those files are not in their usual place; either way it gives :class:`UfwFacts`.
 A rule we want and a rule we parsed are the same frozen dataclass and compare with ``==``.
-:func:`plan` never removes or reorders a rule, never changes a default
-policy, and never enables UFW without first making sure the SSH port we came in on stays open.
+:func:`plan` never removes or reorders a rule, never changes a default policy, and never enables
+UFW without first making sure the SSH port we came in on stays open.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class UfwRule:
 
     ``port`` is a UFW port spec (``31695``, ``30000:30100``, ``80,443``) or ``None`` for all
     ports; ``sport`` restricts the source port the same way; ``app`` is an application profile
-    (``OpenSSH``) for the destination, ``source_app`` one for the source ports. ``route`` marks a ``ufw route`` rule,
-    which filters forwarded traffic, never traffic to the host itself. The comment does not take
+    (``OpenSSH``) for the destination, ``source_app`` one for the source ports. ``route`` marks a
+    ``ufw route`` rule, which filters forwarded traffic, never traffic to the host itself. The comment does not take
     part in equality: a rule that exists with another comment is still the same rule.
     """
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
 _MAX_OUTPUT = 4 * 1024 * 1024
-_EOF_GRACE = 2.0  # seconds to wait for the end of the output once the command has exited
+_EOF_GRACE = 2.0  # seconds to wait for the end of the output once the remote shell has exited
 
 
 @dataclass(frozen=True)
