@@ -29,8 +29,9 @@ class UfwRule:
     ``port`` is a UFW port spec (``31695``, ``30000:30100``, ``80,443``) or ``None`` for all
     ports; ``sport`` restricts the source port the same way; ``app`` is an application profile
     (``OpenSSH``) for the destination, ``source_app`` one for the source ports. ``route`` marks a
-    ``ufw route`` rule, which filters forwarded traffic, never traffic to the host itself. The comment does not take
-    part in equality: a rule that exists with another comment is still the same rule.
+    ``ufw route`` rule, which filters forwarded traffic, never traffic to the host itself. The
+    comment does not take part in equality: a rule that exists with another comment is still the
+    same rule.
     """
 
     action: str = "allow"  # allow, deny, reject, limit
