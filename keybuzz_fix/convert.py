@@ -227,7 +227,15 @@ def _service_entry(service: Obj, app: AppConfig) -> Obj:
 
 
 def _app_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
-    """Find the container and container port the Service sends traffic to."""
+    """Find the container and container port the Service sends traffic to; it must say its number."""
+    container, port = _target_port(pod, service, app, where)
+    if "containerPort" not in port:  # its type, when present, is checked on parsing
+        raise _Refused(f"{where}: container {container.get('name')} has a port entry without a containerPort "
+                       f"({port!r}), so where the app listens is unclear")
+    return container, port
+
+
+def _target_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
     entry = _service_entry(service, app)
     target = entry.get("targetPort", entry.get("port"))
     ports = [(c, p) for c in pod.get("containers") or [] for p in c.get("ports") or []]

@@ -203,6 +203,13 @@ def test_refuses_a_port_variable_that_disagrees_with_the_container_port():
     assert "'5000'" in refusal and "3001" in refusal
 
 
+def test_refuses_a_container_port_entry_without_its_number():
+    objs = seed_objects()
+    by_name(objs, "Deployment")["keybuzz-api"]["spec"]["template"]["spec"]["containers"][0]["ports"] = [{}]
+    (refusal,) = plan_convert(CFG, observed_from_objects(objs, CFG)).refusals
+    assert "keybuzz-api" in refusal and "without a containerPort" in refusal
+
+
 def test_port_variable_named_in_config(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("apps:\n  - {name: keybuzz-api, host_port: 8080, node_port: 30080, port_env: LISTEN}\n"
