@@ -305,26 +305,30 @@ def parse_rule_command(line: str) -> UfwRule:
             values[key] = ANY
     if values.get("proto") in ("", "any"):
         values.pop("proto")
+    return checked_ports(UfwRule(
+        action=values["action"],
+        port=values.get("port"),
+        proto=values.get("proto"),
+        source=values.get("source", ANY),
+        dest=values.get("dest", ANY),
+        interface=values.get("interface"),
+        direction=values.get("direction", "in"),
+        app=values.get("app"),
+        route=route,
+        sport=values.get("sport"),
+        source_app=values.get("sapp"),
+        comment=values.get("comment", ""),
+        raw=line,
+    ), repr(line))
+
+
+def checked_ports(rule: UfwRule, where: str) -> UfwRule:
+    """Return a parsed ``rule`` if its port specs (destination and source) are sound; else a ParseError."""
     try:
-        rule = UfwRule(
-            action=values["action"],
-            port=values.get("port"),
-            proto=values.get("proto"),
-            source=values.get("source", ANY),
-            dest=values.get("dest", ANY),
-            interface=values.get("interface"),
-            direction=values.get("direction", "in"),
-            app=values.get("app"),
-            route=route,
-            sport=values.get("sport"),
-            source_app=values.get("sapp"),
-            comment=values.get("comment", ""),
-            raw=line,
-        )
-        rule.ports()  # validates the port specs
+        rule.ports()
         UfwRule(port=rule.sport).ports()
     except ValueError as e:
-        raise ParseError(f"bad port in {line!r}") from e
+        raise ParseError(f"bad port in {where}") from e
     return rule
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from keybuzz_fix.firewall import ANY, ParseError, UfwRule
+from keybuzz_fix.firewall import ANY, ParseError, UfwRule, checked_ports
 
 RULES_FILE = "/etc/ufw/user.rules"
 RULES6_FILE = "/etc/ufw/user6.rules"
@@ -128,11 +128,7 @@ def parse_tuple(tupl: str) -> UfwRule:
         source_app=sapp,
         comment=comment,
     )
-    try:
-        rule.ports()
-        UfwRule(port=rule.sport).ports()
-    except ValueError:
-        raise ParseError(f"bad port in tuple {tupl.strip()[:120]!r}") from None
+    checked_ports(rule, f"tuple {tupl.strip()[:120]!r}")
     return replace(rule, raw=rule.command())
 
 
