@@ -86,9 +86,6 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
     def mark(name: str) -> None:
         result.timings[name] = time.monotonic() - start
 
-    def fail(e: KeybuzzFixError) -> KeybuzzFixError:
-        return result.fail(console, output, e)
-
     try:
         plan = plan_convert(cfg, observe(kube, cfg), keep_port=keep_port)
         result.changes, result.refusals, result.warnings, result.notes = (plan.changes, plan.refusals,
@@ -97,7 +94,8 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
         if plan.refusals:
             if text:
                 _show_plan(console, f"{COMMAND}: refused", plan, show_values)
-            raise fail(PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed"))
+            raise result.fail(console, output,
+                              PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed"))
         pending = plan.pending
         if output == "yaml":
             print(yaml_stream(plan.applied_objects(show_values=show_values)), end="")
@@ -122,20 +120,20 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
             console.print(f"backup: {result.backup}")
         _convert(console, kube, plan, result, timeout=timeout, force=force_conflicts, text=text, mark=mark)
     except KeyboardInterrupt:
-        raise fail(Interrupted(f"interrupted (Ctrl-C): {result.progress()}; re-run convert to finish: "
-                               "it converges")) from None
+        raise result.fail(console, output, Interrupted(
+            f"interrupted (Ctrl-C): {result.progress()}; re-run convert to finish: it converges")) from None
     except Stuck as e:
         if text:
             report.stuck_pods(console, e.pods)
         e.message += f"; {result.progress()}; nothing was deleted; re-run convert once the pods run, " \
                      f"or roll back with: keybuzz-fix rollback --backup {result.backup}"
-        raise fail(e) from None
+        raise result.fail(console, output, e) from None
     except KeybuzzFixError as e:
         if result.error is not None:  # already reported
             raise
         if result.backup is not None:
             e.message += f"; {result.progress()}; re-run convert to finish (it converges)"
-        raise fail(e) from None
+        raise result.fail(console, output, e) from None
     mark("done")
     if text:
         report.change_summary(console, f"{COMMAND}: result", plan.changes, result.outcome)
