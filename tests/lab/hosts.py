@@ -113,6 +113,7 @@ class _Procs:
         self.anchor: subprocess.Popen[bytes] | None = None
         self.sshd: subprocess.Popen[bytes] | None = None
         self.listeners: dict[int, subprocess.Popen[bytes]] = {}
+        self.daemons: dict[str, subprocess.Popen[bytes]] = {}  # other long-running processes, by name
         self.lock = threading.Lock()
 
     def nsenter(self, argv: Sequence[str]) -> list[str]:
@@ -122,7 +123,8 @@ class _Procs:
 
     def stop_all(self) -> None:
         with self.lock:
-            procs = [*self.listeners.values(), self.sshd, self.anchor]
+            procs = [*self.daemons.values(), *self.listeners.values(), self.sshd, self.anchor]
+            self.daemons.clear()
             self.listeners.clear()
             self.sshd = None
         for proc in procs:
@@ -151,9 +153,36 @@ class LabHost:
             raise LabCommandError(self.name, result)
         return result
 
-    def listen(self, port: int, vhosts: Iterable[str] | None = None, timeout: float = 10) -> None:
-        """Start an HTTP listener on 0.0.0.0:port inside this host (200 for vhosts, or for any Host)."""
-        _start_listener(self.name, self._procs, port, tuple(vhosts or ()), timeout)
+    def listen(self, port: int, vhosts: Iterable[str] | None = None, timeout: float = 10,
+               label: str | None = None) -> None:
+        """Start an HTTP listener on 0.0.0.0:port inside this host (200 for vhosts, or for any Host).
+
+        Its answers carry ``label`` (default: the host's name), so a test sees who answered.
+        """
+        _start_listener(self.name, self._procs, port, tuple(vhosts or ()), timeout, label or self.name)
+
+    def listeners(self) -> set[int]:
+        """Return the ports of the lab listeners running in this host."""
+        with self._procs.lock:
+            return set(self._procs.listeners)
+
+    def spawn(self, name: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+        """Start a long-running process inside this host (stopped with the host or `kill`), output to ``log``."""
+        with self._procs.lock:
+            if name in self._procs.daemons and self._procs.daemons[name].poll() is None:
+                raise LabError(f"{self.name}: {name} already runs")
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(self._procs.nsenter(list(argv)), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=_HOST_ENV, cwd="/", start_new_session=True)
+        with self._procs.lock:
+            self._procs.daemons[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        """Stop a process started by `spawn`; nothing if it is not running."""
+        with self._procs.lock:
+            proc = self._procs.daemons.pop(name, None)
+        _stop(proc)
 
     def stop_listener(self, port: int) -> None:
         """Stop a listener started on this port."""
@@ -243,33 +272,8 @@ class Lab:
         extra_rows: Iterable[Mapping[str, str]] = (),
         env: str = "prod",
     ) -> Path:
-        """Write a servers.tsv listing the lab hosts as K3s workers, plus masters and extra rows.
-
-        A name in ``masters`` that is a lab host becomes a master row with its lab IP; other
-        masters get unused addresses 198.18.0.2-10 (nothing answers there).
-        """
-        lab_ips = {h.name: h.ip for h in self.hosts}
-        taken = _taken_ips()
-        spare = (ip for ip in (str(SUBNET.network_address + n) for n in range(2, 11)) if ip not in taken)
-        rows: list[Mapping[str, str]] = []
-        for m in masters:
-            ip = lab_ips.get(m) or next(spare, None)
-            if ip is None:
-                raise LabError("no spare address 198.18.0.2-10 left for the master rows")
-            rows.append({"HOSTNAME": m, "IP_PRIVEE": ip, "ROLE": "k3s", "SUBROLE": "master"})
-        rows += [{"HOSTNAME": h.name, "IP_PRIVEE": h.ip, "ROLE": "k3s", "SUBROLE": "worker"}
-                 for h in self.hosts if h.name not in masters]
-        rows += list(extra_rows)
-        defaults = {"ENV": env, "USER_SSH": self.user, "NOTES": "lab"}
-        lines = ["\t".join(SERVERS_TSV_COLUMNS)]
-        for row in rows:
-            unknown = set(row) - set(SERVERS_TSV_COLUMNS)
-            if unknown:
-                raise LabError(f"unknown servers.tsv column(s) {sorted(unknown)}")
-            lines.append("\t".join(row.get(c) or defaults.get(c, "-") for c in SERVERS_TSV_COLUMNS))
-        path = Path(path)
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        """Write a servers.tsv listing the lab hosts as K3s workers, plus masters and extra rows (`servers_tsv`)."""
+        return servers_tsv(path, self.hosts, user=self.user, masters=masters, extra_rows=extra_rows, env=env)
 
     def stop_host(self, name: str) -> None:
         """Kill that host's sshd (the host looks down over SSH); its firewall and files stay."""
@@ -301,11 +305,11 @@ class Lab:
     def log_tails(self, lines: int = 40) -> dict[str, str]:
         """Return the last lines of every component log, keyed "host/file.log", for failure reports."""
         tails = {}
-        for log in sorted(self.workdir.glob("*/*.log")):
+        for log in sorted([*self.workdir.glob("*/*.log"), *self.workdir.glob("*/*/*.log")]):
             with contextlib.suppress(OSError):
                 text = log.read_text(errors="replace").splitlines()[-lines:]
                 if text:
-                    tails[f"{log.parent.name}/{log.name}"] = "\n".join(text)
+                    tails[str(log.relative_to(self.workdir))] = "\n".join(text)
         return tails
 
     def close(self) -> None:
@@ -475,6 +479,44 @@ class Lab:
                     raise LabError(f"{name}: sshd not reachable at {ip}:22 after {self.ready_timeout}s:\n"
                                    f"{_tail(log_path)}") from None
                 time.sleep(0.01)
+
+
+def servers_tsv(
+    path: Path,
+    hosts: Sequence[LabHost],
+    *,
+    user: str = "root",
+    masters: Sequence[str] = DEFAULT_MASTERS,
+    extra_rows: Iterable[Mapping[str, str]] = (),
+    env: str = "prod",
+) -> Path:
+    """Write a servers.tsv listing ``hosts`` as K3s workers, plus masters and extra rows.
+
+    A name in ``masters`` that is one of ``hosts`` becomes a master row with its lab IP; other
+    masters get unused addresses 198.18.0.2-10 (nothing answers there).
+    """
+    lab_ips = {h.name: h.ip for h in hosts}
+    taken = _taken_ips()
+    spare = (ip for ip in (str(SUBNET.network_address + n) for n in range(2, 11)) if ip not in taken)
+    rows: list[Mapping[str, str]] = []
+    for m in masters:
+        ip = lab_ips.get(m) or next(spare, None)
+        if ip is None:
+            raise LabError("no spare address 198.18.0.2-10 left for the master rows")
+        rows.append({"HOSTNAME": m, "IP_PRIVEE": ip, "ROLE": "k3s", "SUBROLE": "master"})
+    rows += [{"HOSTNAME": h.name, "IP_PRIVEE": h.ip, "ROLE": "k3s", "SUBROLE": "worker"}
+             for h in hosts if h.name not in masters]
+    rows += list(extra_rows)
+    defaults = {"ENV": env, "USER_SSH": user, "NOTES": "lab"}
+    lines = ["\t".join(SERVERS_TSV_COLUMNS)]
+    for row in rows:
+        unknown = set(row) - set(SERVERS_TSV_COLUMNS)
+        if unknown:
+            raise LabError(f"unknown servers.tsv column(s) {sorted(unknown)}")
+        lines.append("\t".join(row.get(c) or defaults.get(c, "-") for c in SERVERS_TSV_COLUMNS))
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 # -- the bridge, shared by every Lab of this process ------------------------------------------
@@ -808,14 +850,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout: float, what: str, log: P
         raise LabError(f"{what}: unexpected output {buf[:200]!r}")
 
 
-def _start_listener(name: str, procs: _Procs, port: int, vhosts: tuple[str, ...], timeout: float) -> None:
+def _start_listener(name: str, procs: _Procs, port: int, vhosts: tuple[str, ...], timeout: float,
+                    label: str) -> None:
     with procs.lock:
         if port in procs.listeners:
             raise LabError(f"{name}: a lab listener already runs on port {port}")
     log_path = procs.dir / f"http-{port}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            procs.nsenter([sys.executable, "-I", str(_STUB), str(port), name, *vhosts]),
+            procs.nsenter([sys.executable, "-I", str(_STUB), str(port), label, *vhosts]),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_HOST_ENV, cwd="/",
             start_new_session=True)
     try:
