@@ -33,12 +33,17 @@ def backups_dir() -> Path:
     return state.state_dir() / "backups"
 
 
-def write(objects: Sequence[Obj], *, command: str, server: str, namespace: str,
-          carried_from: Path | None = None) -> Path:
+def write(
+    objects: Sequence[Obj], *, command: str, server: str, namespace: str, carried_from: Path | None = None
+) -> Path:
     """Write one backup file (0600, atomic) and return its path."""
     path = backups_dir() / f"{command}-{state.timestamp()}.yaml"
-    header = [f"# keybuzz-fix {command} backup: these objects as they were before {command} changed them.",
-              f"# server: {server}", f"# namespace: {namespace}", f"# restore: keybuzz-fix rollback --backup {path}"]
+    header = [
+        f"# keybuzz-fix {command} backup: these objects as they were before {command} changed them.",
+        f"# server: {server}",
+        f"# namespace: {namespace}",
+        f"# restore: keybuzz-fix rollback --backup {path}",
+    ]
     if carried_from is not None:
         header.append(f"# also holds the originals an interrupted earlier run had changed ({carried_from.name})")
     header += [f"# object: {describe(o)}" for o in objects]
@@ -83,8 +88,9 @@ def key(obj: Obj) -> tuple[str, str, str]:
     return str(obj.get("kind")), str(m.get("namespace", "")), str(m.get("name"))
 
 
-def carried(previous: Backup | None, objects: Iterable[Obj], live_deployment_uids: Iterable[str], *,
-            server: str, namespace: str) -> list[Obj]:
+def carried(
+    previous: Backup | None, objects: Iterable[Obj], live_deployment_uids: Iterable[str], *, server: str, namespace: str
+) -> list[Obj]:
     """Return the originals an interrupted earlier run backed up and this run will not see again.
 
     An interrupted convert may have switched a Service before stopping; the next run finds it

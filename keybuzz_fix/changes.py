@@ -69,8 +69,13 @@ class Change:
 
     def to_json(self) -> dict[str, Any]:
         """Return the change for ``-o json`` (no object bodies: they may hold env values)."""
-        return {"action": self.label, "kind": self.kind, "namespace": self.namespace, "name": self.name,
-                "reason": self.reason}
+        return {
+            "action": self.label,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "reason": self.reason,
+        }
 
 
 def execute(kube: Kube, change: Change, *, command: str, dry_run: bool = False, force: bool = False) -> None:
@@ -86,8 +91,7 @@ def execute(kube: Kube, change: Change, *, command: str, dry_run: bool = False, 
             kube.create(change.body, dry_run=dry_run)
         elif change.verb is Verb.PATCH:
             assert change.body is not None
-            kube.patch(change.kind, change.name, change.namespace, change.body, patch_type="merge",
-                       dry_run=dry_run)
+            kube.patch(change.kind, change.name, change.namespace, change.body, patch_type="merge", dry_run=dry_run)
         elif change.verb is Verb.DELETE:
             kube.delete(change.kind, change.name, change.namespace, uid=change.uid, dry_run=dry_run)
     except KeybuzzFixError as e:
@@ -160,9 +164,14 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         """Return the machine-readable summary."""
         return {
-            "command": self.command, "dry_run": self.dry_run, "exit_code": int(self.exit_code), "error": self.error,
+            "command": self.command,
+            "dry_run": self.dry_run,
+            "exit_code": int(self.exit_code),
+            "error": self.error,
             "backup": str(self.backup) if self.backup else None,
             "changes": [dict(c.to_json(), outcome=self.outcome(c)) for c in self.changes],
-            "refusals": list(self.refusals), "warnings": list(self.warnings), "notes": list(self.notes),
+            "refusals": list(self.refusals),
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from keybuzz_fix.probe import HttpOptions
     from keybuzz_fix.ssh import SshOptions
 
+
 class _Group(TyperGroup):
     """The root command group: the one place where errors become one line and an exit code."""
 
@@ -109,8 +110,9 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     from rich.console import Console
 
@@ -129,8 +131,13 @@ def ssh_options(identity: Path | None, known_hosts: Path, accept_new: bool, time
     timeout = _seconds("--timeout", timeout)
     if identity is not None and not identity.expanduser().is_file():
         raise UsageError(f"--identity {identity}: no such file")
-    return SshOptions(known_hosts=known_hosts.expanduser(), identity=identity.expanduser() if identity else None,
-                      accept_new_host_keys=accept_new, connect_timeout=timeout, command_timeout=max(timeout, 30.0))
+    return SshOptions(
+        known_hosts=known_hosts.expanduser(),
+        identity=identity.expanduser() if identity else None,
+        accept_new_host_keys=accept_new,
+        connect_timeout=timeout,
+        command_timeout=max(timeout, 30.0),
+    )
 
 
 def _check_concurrency(concurrency: int) -> int:
@@ -171,12 +178,22 @@ def inventory(
 def ufw(
     ctx: typer.Context,
     servers: ServersArg,
-    ports: Annotated[str | None, typer.Option("--ports", help="Ports to open, e.g. 31695/tcp,32720/tcp "
-                                              "(default: the ingress-nginx NodePorts from the config).",
-                                              show_default=False)] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Only allow from this CIDR (default: the private "
-                                               "network, 10.0.0.0/16); 'any' opens to everyone.",
-                                               show_default=False)] = None,
+    ports: Annotated[
+        str | None,
+        typer.Option(
+            "--ports",
+            help="Ports to open, e.g. 31695/tcp,32720/tcp (default: the ingress-nginx NodePorts from the config).",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Only allow from this CIDR (default: the private network, 10.0.0.0/16); 'any' opens to everyone.",
+            show_default=False,
+        ),
+    ] = None,
     enable: EnableOpt = False,
     env: EnvOpt = "prod",
     user: UserOpt = None,
@@ -220,9 +237,18 @@ def ufw(
         triples = [(r.port, r.proto, r.comment) for r in cfg.firewall.ports]
     rules = firewall.desired_rules(triples, wanted_source)
     hosts = inv.with_user(inv.select(inv.load(servers), inv.Role.WORKER, env), user)
-    code = run_firewall(_state(ctx).console, command="ufw", hosts=hosts, desired=lambda _h: rules,
-                        ssh=ssh_options(identity, known_hosts, accept_new_host_keys, timeout), enable=enable,
-                        dry_run=dry_run, yes=yes, concurrency=_check_concurrency(concurrency), output=output)
+    code = run_firewall(
+        _state(ctx).console,
+        command="ufw",
+        hosts=hosts,
+        desired=lambda _h: rules,
+        ssh=ssh_options(identity, known_hosts, accept_new_host_keys, timeout),
+        enable=enable,
+        dry_run=dry_run,
+        yes=yes,
+        concurrency=_check_concurrency(concurrency),
+        output=output,
+    )
     raise typer.Exit(int(code))
 
 
@@ -232,14 +258,27 @@ def ufw(
 _READY_TIMEOUT = 300.0
 
 
-def _cluster_for(kubeconfig: Path | None, context: str | None, from_master: Path | None, save: Path | None,
-                 env: str, user: str | None, identity: Path | None, known_hosts: Path, accept_new: bool) -> Kube:
+def _cluster_for(
+    kubeconfig: Path | None,
+    context: str | None,
+    from_master: Path | None,
+    save: Path | None,
+    env: str,
+    user: str | None,
+    identity: Path | None,
+    known_hosts: Path,
+    accept_new: bool,
+) -> Kube:
     """Connect to the API server as the cluster options say (SSH only for --kubeconfig-from-master)."""
     from keybuzz_fix.cluster import ClusterOptions, connect_cluster
 
     ssh = ssh_options(identity, known_hosts, accept_new, 10.0) if from_master is not None else None
-    return connect_cluster(ClusterOptions(kubeconfig=kubeconfig, context=context, from_master=from_master,
-                                          save_kubeconfig=save, env=env, user=user), ssh)
+    return connect_cluster(
+        ClusterOptions(
+            kubeconfig=kubeconfig, context=context, from_master=from_master, save_kubeconfig=save, env=env, user=user
+        ),
+        ssh,
+    )
 
 
 def _ready_timeout(timeout: float) -> float:
@@ -259,21 +298,39 @@ def _seconds(option: str, value: float) -> float:
 def convert(
     ctx: typer.Context,
     config: ConfigOpt = None,
-    from_file: Annotated[Path | None, typer.Option("--from-file", metavar="STATE.yaml", help="Plan from this file "
-                                                   "(`kubectl get deploy,svc,hpa -n keybuzz -o yaml`, or a "
-                                                   "multi-document YAML) instead of a cluster; touches no cluster.",
-                                                   show_default=False)] = None,
-    keep_port: Annotated[bool, typer.Option("--keep-port", help="Use each app's own container port as its host port "
-                                            "instead of the configured one (for an app whose port cannot move).")
-                         ] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the DaemonSets to be ready.")
-                       ] = _READY_TIMEOUT,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-file",
+            metavar="STATE.yaml",
+            help="Plan from this file "
+            "(`kubectl get deploy,svc,hpa -n keybuzz -o yaml`, or a "
+            "multi-document YAML) instead of a cluster; touches no cluster.",
+            show_default=False,
+        ),
+    ] = None,
+    keep_port: Annotated[
+        bool,
+        typer.Option(
+            "--keep-port",
+            help="Use each app's own container port as its host port "
+            "instead of the configured one (for an app whose port cannot move).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the DaemonSets to be ready.")
+    ] = _READY_TIMEOUT,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     force_conflicts: ForceConflictsOpt = False,
-    show_values: Annotated[bool, typer.Option("--show-values", help="Show env values in the plan, diffs and -o "
-                                              "yaml/json (masked by default: they may hold secrets).",
-                                              rich_help_panel=SAFETY)] = False,
+    show_values: Annotated[
+        bool,
+        typer.Option(
+            "--show-values",
+            help="Show env values in the plan, diffs and -o yaml/json (masked by default: they may hold secrets).",
+            rich_help_panel=SAFETY,
+        ),
+    ] = False,
     output: PlanOutputOpt = PlanOutput.TEXT,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -315,33 +372,55 @@ def convert(
     console = _state(ctx).console
     if from_file is not None:
         if kubeconfig or kubeconfig_from_master or context:
-            raise UsageError("--from-file touches no cluster: drop --kubeconfig, --context and "
-                             "--kubeconfig-from-master")
+            raise UsageError(
+                "--from-file touches no cluster: drop --kubeconfig, --context and --kubeconfig-from-master"
+            )
         from keybuzz_fix.convert_apply import run_offline
 
-        raise typer.Exit(int(run_offline(console, from_file, cfg, keep_port=keep_port, show_values=show_values,
-                                         output=output.value)))
+        raise typer.Exit(
+            int(run_offline(console, from_file, cfg, keep_port=keep_port, show_values=show_values, output=output.value))
+        )
     if output is PlanOutput.YAML and not dry_run:
         raise UsageError("-o yaml prints the objects convert would apply: use it with --dry-run or --from-file")
     from keybuzz_fix.convert_apply import run_convert
 
     timeout = _ready_timeout(timeout)
-    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
-                        known_hosts, accept_new_host_keys)
-    result = run_convert(console, kube, cfg, dry_run=dry_run, yes=yes, timeout=timeout,
-                         force_conflicts=force_conflicts, keep_port=keep_port, show_values=show_values,
-                         output=output.value)
+    kube = _cluster_for(
+        kubeconfig,
+        context,
+        kubeconfig_from_master,
+        save_kubeconfig,
+        env,
+        user,
+        identity,
+        known_hosts,
+        accept_new_host_keys,
+    )
+    result = run_convert(
+        console,
+        kube,
+        cfg,
+        dry_run=dry_run,
+        yes=yes,
+        timeout=timeout,
+        force_conflicts=force_conflicts,
+        keep_port=keep_port,
+        show_values=show_values,
+        output=output.value,
+    )
     raise typer.Exit(int(result.exit_code))
 
 
 @app.command()
 def rollback(
     ctx: typer.Context,
-    backup_file: Annotated[Path | None, typer.Option("--backup", metavar="FILE", help="The convert backup to "
-                                                     "restore.", show_default=False)] = None,
+    backup_file: Annotated[
+        Path | None, typer.Option("--backup", metavar="FILE", help="The convert backup to restore.", show_default=False)
+    ] = None,
     latest: Annotated[bool, typer.Option("--latest", help="Restore the newest convert backup.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the Deployments to be ready.")
-                       ] = _READY_TIMEOUT,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the Deployments to be ready.")
+    ] = _READY_TIMEOUT,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     output: OutputOpt = Output.TEXT,
@@ -376,10 +455,20 @@ def rollback(
         raise UsageError("pass exactly one of --backup FILE and --latest")
     path = backup_file if backup_file is not None else backup.latest("convert")
     timeout = _ready_timeout(timeout)
-    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
-                        known_hosts, accept_new_host_keys)
-    result = run_rollback(_state(ctx).console, kube, path, dry_run=dry_run, yes=yes, timeout=timeout,
-                          output=output.value)
+    kube = _cluster_for(
+        kubeconfig,
+        context,
+        kubeconfig_from_master,
+        save_kubeconfig,
+        env,
+        user,
+        identity,
+        known_hosts,
+        accept_new_host_keys,
+    )
+    result = run_rollback(
+        _state(ctx).console, kube, path, dry_run=dry_run, yes=yes, timeout=timeout, output=output.value
+    )
     raise typer.Exit(int(result.exit_code))
 
 
@@ -397,14 +486,16 @@ class ScoreFormat(str, Enum):
     JUNIT = "junit"
 
 
-
-
 @app.command()
 def ingress(
     ctx: typer.Context,
-    servers: Annotated[Path | None, typer.Argument(help="servers.tsv: each of its workers must run a controller "
-                                                   "pod (default: the cluster's worker Nodes).",
-                                                   show_default=False)] = None,
+    servers: Annotated[
+        Path | None,
+        typer.Argument(
+            help="servers.tsv: each of its workers must run a controller pod (default: the cluster's worker Nodes).",
+            show_default=False,
+        ),
+    ] = None,
     env: EnvOpt = "prod",
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
@@ -447,10 +538,27 @@ def ingress(
 
     cfg = cfg_mod.load(config)
     workers = inv.select(inv.load(servers), Role.WORKER, env) if servers is not None else None
-    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
-                        known_hosts, accept_new_host_keys)
-    plan = run_ingress(_state(ctx).console, kube, cfg, workers, dry_run=dry_run, yes=yes,
-                       force_conflicts=force_conflicts, output=output)
+    kube = _cluster_for(
+        kubeconfig,
+        context,
+        kubeconfig_from_master,
+        save_kubeconfig,
+        env,
+        user,
+        identity,
+        known_hosts,
+        accept_new_host_keys,
+    )
+    plan = run_ingress(
+        _state(ctx).console,
+        kube,
+        cfg,
+        workers,
+        dry_run=dry_run,
+        yes=yes,
+        force_conflicts=force_conflicts,
+        output=output,
+    )
     raise typer.Exit(int(plan.exit_code))
 
 
@@ -460,26 +568,58 @@ def validate(
     servers: ServersArg,
     env: EnvOpt = "prod",
     config: ConfigOpt = None,
-    threshold: Annotated[int | None, typer.Option("--threshold", metavar="PERCENT", help="Pass at this score or "
-                                                  "above (default: validate.threshold of the config, 80).",
-                                                  show_default=False)] = None,
+    threshold: Annotated[
+        int | None,
+        typer.Option(
+            "--threshold",
+            metavar="PERCENT",
+            help="Pass at this score or above (default: validate.threshold of the config, 80).",
+            show_default=False,
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Pass only at 100 %.")] = False,
     output: Annotated[ScoreFormat, typer.Option("--output", "-o", help="Output format.")] = ScoreFormat.TEXT,
-    resolve: Annotated[list[str] | None, typer.Option("--resolve", metavar="HOST:PORT:ADDR",
-                                                      help="Connect to ADDR for HOST:PORT (as curl does), e.g. to "
-                                                      "aim at one load balancer; repeatable.", rich_help_panel=_HTTP,
-                                                      show_default=False)] = None,
-    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="Trust this PEM CA bundle for the https URLs.",
-                                                 rich_help_panel=_HTTP, show_default=False)] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates (explicit opt-in).",
-                                           rich_help_panel=_HTTP)] = False,
-    url_timeout: Annotated[float, typer.Option("--url-timeout", help="Seconds per URL attempt (and per --extended "
-                                               "probe).", rich_help_panel=_HTTP)] = 10.0,
-    retries: Annotated[int, typer.Option("--retries", help="Further attempts after a failed one (errors, 408, 429, "
-                                         "5xx).", rich_help_panel=_HTTP)] = 2,
-    extended: Annotated[bool, typer.Option("--extended", help="Add per-worker rows, not counted in the score: "
-                                           "NodePort reachable from here, host ports answering, UFW rules present "
-                                           "(over SSH).")] = False,
+    resolve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--resolve",
+            metavar="HOST:PORT:ADDR",
+            help="Connect to ADDR for HOST:PORT (as curl does), e.g. to aim at one load balancer; repeatable.",
+            rich_help_panel=_HTTP,
+            show_default=False,
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file", help="Trust this PEM CA bundle for the https URLs.", rich_help_panel=_HTTP, show_default=False
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Do not verify TLS certificates (explicit opt-in).", rich_help_panel=_HTTP),
+    ] = False,
+    url_timeout: Annotated[
+        float,
+        typer.Option(
+            "--url-timeout", help="Seconds per URL attempt (and per --extended probe).", rich_help_panel=_HTTP
+        ),
+    ] = 10.0,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries", help="Further attempts after a failed one (errors, 408, 429, 5xx).", rich_help_panel=_HTTP
+        ),
+    ] = 2,
+    extended: Annotated[
+        bool,
+        typer.Option(
+            "--extended",
+            help="Add per-worker rows, not counted in the score: "
+            "NodePort reachable from here, host ports answering, UFW rules present "
+            "(over SSH).",
+        ),
+    ] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     kubeconfig_from_master: FromMasterOpt = None,
@@ -523,21 +663,30 @@ def validate(
     workers = inv.with_user(inv.select(inv.load(servers), Role.WORKER, env), user)
     ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
     more = ExtendedOptions(ssh, _check_concurrency(concurrency)) if extended else None
-    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
-                        known_hosts, accept_new_host_keys)
+    kube = _cluster_for(
+        kubeconfig,
+        context,
+        kubeconfig_from_master,
+        save_kubeconfig,
+        env,
+        user,
+        identity,
+        known_hosts,
+        accept_new_host_keys,
+    )
     card = run_validate(kube, cfg, workers, http=http, threshold=threshold, strict=strict, extended=more)
     if output is ScoreFormat.JSON:
         report.print_json(sc.to_json(card))
     elif output is ScoreFormat.JUNIT:
         sys.stdout.write(sc.to_junit(card))
     else:
-        report.scorecard_table(_state(ctx).console, card,
-                               note="TLS not verified (--insecure)" if insecure else "")
+        report.scorecard_table(_state(ctx).console, card, note="TLS not verified (--insecure)" if insecure else "")
     raise typer.Exit(int(card.exit_code))
 
 
-def _http_options(urls: tuple[str, ...], resolve: list[str], ca_file: Path | None, insecure: bool,
-                  url_timeout: float, retries: int) -> HttpOptions:
+def _http_options(
+    urls: tuple[str, ...], resolve: list[str], ca_file: Path | None, insecure: bool, url_timeout: float, retries: int
+) -> HttpOptions:
     from keybuzz_fix import probe
 
     if not 0 < url_timeout <= 600:
@@ -554,40 +703,68 @@ def _http_options(urls: tuple[str, ...], resolve: list[str], ca_file: Path | Non
     if unused:
         shown = ", ".join(f"{h}:{p}" for h, p in sorted(targets))
         raise UsageError(f"--resolve {', '.join(unused)} matches none of the URLs checked ({shown})")
-    return probe.HttpOptions(timeout=url_timeout, retries=retries, resolve=mapping,
-                             ca_file=ca_file.expanduser() if ca_file else None, insecure=insecure)
-
+    return probe.HttpOptions(
+        timeout=url_timeout,
+        retries=retries,
+        resolve=mapping,
+        ca_file=ca_file.expanduser() if ca_file else None,
+        insecure=insecure,
+    )
 
 
 @app.command("all")
 def all_steps(
     ctx: typer.Context,
     servers: ServersArg,
-    enable: Annotated[bool, typer.Option("--enable", help="ufw: enable UFW where it is inactive (an SSH allow rule "
-                                         "is added first).")] = False,
+    enable: Annotated[
+        bool, typer.Option("--enable", help="ufw: enable UFW where it is inactive (an SSH allow rule is added first).")
+    ] = False,
     env: EnvOpt = "prod",
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     force_conflicts: ForceConflictsOpt = False,
-    keep_port: Annotated[bool, typer.Option("--keep-port", help="convert: use each app's own container port as its "
-                                            "host port.")] = False,
-    ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="convert: seconds to wait for the "
-                                                 "DaemonSets to be ready.")] = _READY_TIMEOUT,
-    threshold: Annotated[int | None, typer.Option("--threshold", metavar="PERCENT", help="validate: pass at this "
-                                                  "score or above (default 80).", show_default=False)] = None,
+    keep_port: Annotated[
+        bool, typer.Option("--keep-port", help="convert: use each app's own container port as its host port.")
+    ] = False,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", help="convert: seconds to wait for the DaemonSets to be ready.")
+    ] = _READY_TIMEOUT,
+    threshold: Annotated[
+        int | None,
+        typer.Option(
+            "--threshold",
+            metavar="PERCENT",
+            help="validate: pass at this score or above (default 80).",
+            show_default=False,
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="validate: pass only at 100 %.")] = False,
-    resolve: Annotated[list[str] | None, typer.Option("--resolve", metavar="HOST:PORT:ADDR",
-                                                      help="validate: connect to ADDR for HOST:PORT (as curl does).",
-                                                      rich_help_panel=_HTTP, show_default=False)] = None,
-    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="validate: trust this PEM CA bundle.",
-                                                 rich_help_panel=_HTTP, show_default=False)] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="validate: do not verify TLS certificates.",
-                                           rich_help_panel=_HTTP)] = False,
-    url_timeout: Annotated[float, typer.Option("--url-timeout", help="validate: seconds per URL attempt.",
-                                               rich_help_panel=_HTTP)] = 10.0,
-    retries: Annotated[int, typer.Option("--retries", help="validate: further attempts after a failed one.",
-                                         rich_help_panel=_HTTP)] = 2,
+    resolve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--resolve",
+            metavar="HOST:PORT:ADDR",
+            help="validate: connect to ADDR for HOST:PORT (as curl does).",
+            rich_help_panel=_HTTP,
+            show_default=False,
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file", help="validate: trust this PEM CA bundle.", rich_help_panel=_HTTP, show_default=False
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="validate: do not verify TLS certificates.", rich_help_panel=_HTTP)
+    ] = False,
+    url_timeout: Annotated[
+        float, typer.Option("--url-timeout", help="validate: seconds per URL attempt.", rich_help_panel=_HTTP)
+    ] = 10.0,
+    retries: Annotated[
+        int, typer.Option("--retries", help="validate: further attempts after a failed one.", rich_help_panel=_HTTP)
+    ] = 2,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     kubeconfig_from_master: FromMasterOpt = None,
@@ -627,13 +804,31 @@ def all_steps(
         raise UsageError(f"--threshold must be between 0 and 100 (percent), got {threshold}")
     hosts = inv.with_user(inv.select(inv.load(servers), Role.WORKER, env), user)
     ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
-    options = AllOptions(dry_run=dry_run, yes=yes, enable=enable, concurrency=_check_concurrency(concurrency),
-                         ready_timeout=_seconds("--ready-timeout", ready_timeout), force_conflicts=force_conflicts,
-                         keep_port=keep_port, threshold=threshold, strict=strict)
-    kube = _cluster_for(kubeconfig, context, kubeconfig_from_master, save_kubeconfig, env, user, identity,
-                        known_hosts, accept_new_host_keys)
-    raise typer.Exit(int(run_all(_state(ctx).console, hosts=hosts, cfg=cfg, ssh=ssh, kube=kube, http=http,
-                                 options=options)))
+    options = AllOptions(
+        dry_run=dry_run,
+        yes=yes,
+        enable=enable,
+        concurrency=_check_concurrency(concurrency),
+        ready_timeout=_seconds("--ready-timeout", ready_timeout),
+        force_conflicts=force_conflicts,
+        keep_port=keep_port,
+        threshold=threshold,
+        strict=strict,
+    )
+    kube = _cluster_for(
+        kubeconfig,
+        context,
+        kubeconfig_from_master,
+        save_kubeconfig,
+        env,
+        user,
+        identity,
+        known_hosts,
+        accept_new_host_keys,
+    )
+    raise typer.Exit(
+        int(run_all(_state(ctx).console, hosts=hosts, cfg=cfg, ssh=ssh, kube=kube, http=http, options=options))
+    )
 
 
 # -- diagnose / overlay --------------------------------------------------------------------------
@@ -644,9 +839,14 @@ def overlay(
     ctx: typer.Context,
     servers: ServersArg,
     enable: EnableOpt = False,
-    checksum_offload_off: Annotated[bool, typer.Option(
-        "--checksum-offload-off", help="Also turn off tx-checksum-ip-generic on flannel.1 (ethtool) and keep it "
-        "off with a udev rule: the workaround for the VXLAN checksum-offload bug of kernels older than 5.7.")] = False,
+    checksum_offload_off: Annotated[
+        bool,
+        typer.Option(
+            "--checksum-offload-off",
+            help="Also turn off tx-checksum-ip-generic on flannel.1 (ethtool) and keep it "
+            "off with a udev rule: the workaround for the VXLAN checksum-offload bug of kernels older than 5.7.",
+        ),
+    ] = False,
     env: EnvOpt = "prod",
     user: UserOpt = None,
     dry_run: DryRunOpt = False,
@@ -684,10 +884,19 @@ def overlay(
     rules = overlay_mod.overlay_rules(cfg.overlay)
     extra = HostExtra(overlay_mod.OFFLOAD_PROBE, overlay_mod.plan_offload) if checksum_offload_off else None
     hosts = inv.with_user(inv.select(inv.load(servers), inv.Role.ALL, env), user)
-    code = run_firewall(_state(ctx).console, command="overlay", hosts=hosts, desired=lambda _h: rules,
-                        ssh=ssh_options(identity, known_hosts, accept_new_host_keys, timeout), enable=enable,
-                        dry_run=dry_run, yes=yes, concurrency=_check_concurrency(concurrency), output=output,
-                        extra=extra)
+    code = run_firewall(
+        _state(ctx).console,
+        command="overlay",
+        hosts=hosts,
+        desired=lambda _h: rules,
+        ssh=ssh_options(identity, known_hosts, accept_new_host_keys, timeout),
+        enable=enable,
+        dry_run=dry_run,
+        yes=yes,
+        concurrency=_check_concurrency(concurrency),
+        output=output,
+        extra=extra,
+    )
     raise typer.Exit(int(code))
 
 
@@ -739,19 +948,38 @@ def diagnose(
     console = _state(ctx).console
     hosts = inv.with_user(inv.select(inv.load(servers), inv.Role.ALL, env), user)
     ssh = ssh_options(identity, known_hosts, accept_new_host_keys, timeout)
-    cluster = ClusterOptions(kubeconfig=kubeconfig, context=context, from_master=kubeconfig_from_master, env=env,
-                             user=user, timeout=max(timeout, 10.0))
-    found = gather(hosts, ssh, cluster, concurrency=_check_concurrency(concurrency),
-                   console=None if output is Output.JSON else console)
-    findings = diag.diagnose(found.nodes, found.cluster, overlay_mod.overlay_rules(cfg.overlay),
-                             cfg.overlay.vxlan_port)
+    cluster = ClusterOptions(
+        kubeconfig=kubeconfig,
+        context=context,
+        from_master=kubeconfig_from_master,
+        env=env,
+        user=user,
+        timeout=max(timeout, 10.0),
+    )
+    found = gather(
+        hosts,
+        ssh,
+        cluster,
+        concurrency=_check_concurrency(concurrency),
+        console=None if output is Output.JSON else console,
+    )
+    findings = diag.diagnose(found.nodes, found.cluster, overlay_mod.overlay_rules(cfg.overlay), cfg.overlay.vxlan_port)
     code = ExitCode.OK if diag.healthy(findings) and not any(n.error for n in found.nodes) else ExitCode.FAILURE
     if output is Output.JSON:
-        report.print_json(report.diagnosis_json(findings, found.nodes, found.cluster, seconds=found.seconds,
-                                                accepted=found.accepted.entries, exit_code=code))
+        report.print_json(
+            report.diagnosis_json(
+                findings,
+                found.nodes,
+                found.cluster,
+                seconds=found.seconds,
+                accepted=found.accepted.entries,
+                exit_code=code,
+            )
+        )
     else:
-        report.diagnosis(console, findings, found.nodes, found.cluster, seconds=found.seconds,
-                         accepted=found.accepted.entries)
+        report.diagnosis(
+            console, findings, found.nodes, found.cluster, seconds=found.seconds, accepted=found.accepted.entries
+        )
     raise typer.Exit(int(code))
 
 

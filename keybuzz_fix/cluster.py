@@ -40,8 +40,8 @@ def connect_cluster(options: ClusterOptions, ssh: SshOptions | None = None) -> k
     if options.kubeconfig is not None:
         raise UsageError("--kubeconfig and --kubeconfig-from-master exclude each other")
     master = inventory.with_user(
-        inventory.select(inventory.load(options.from_master), inventory.Role.MASTER, options.env)[:1],
-        options.user)[0]
+        inventory.select(inventory.load(options.from_master), inventory.Role.MASTER, options.env)[:1], options.user
+    )[0]
     with connect(master, ssh or SshOptions()) as session:
         text = session.run(f"cat {K3S_KUBECONFIG}").stdout
     source = f"{master.hostname}:{K3S_KUBECONFIG}"

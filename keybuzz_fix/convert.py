@@ -100,10 +100,16 @@ class Plan:
 
     def to_offline_json(self, *, show_values: bool = False) -> dict[str, Any]:
         """``-o json`` of ``--from-file``: what would be applied and deleted, and the warnings."""
-        deletes = [{"kind": c.kind, "namespace": c.namespace, "name": c.name}
-                   for c in self.hpas + self.deployments if c.verb is Verb.DELETE]
-        return {"apply": self.applied_objects(show_values=show_values), "delete": deletes,
-                "warnings": list(self.warnings)}
+        deletes = [
+            {"kind": c.kind, "namespace": c.namespace, "name": c.name}
+            for c in self.hpas + self.deployments
+            if c.verb is Verb.DELETE
+        ]
+        return {
+            "apply": self.applied_objects(show_values=show_values),
+            "delete": deletes,
+            "warnings": list(self.warnings),
+        }
 
 
 class _Refused(Exception):
@@ -127,8 +133,10 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
         service = observed.one(observed.services, app.name)
         try:
             if existing is not None and not managed_by_us(existing):
-                raise _Refused(f"DaemonSet {ns}/{app.name} exists and is not managed by keybuzz-fix "
-                               f"(no label {MANAGED_BY}={MANAGER}); rename or remove it first")
+                raise _Refused(
+                    f"DaemonSet {ns}/{app.name} exists and is not managed by keybuzz-fix "
+                    f"(no label {MANAGED_BY}={MANAGER}); rename or remove it first"
+                )
             if service is None:
                 raise _Refused(f"Service {ns}/{app.name} not found")
             if deployment is None and existing is None:
@@ -142,9 +150,16 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
             else:
                 assert existing is not None
                 host_port = _existing_host_port(existing, service, app, keep_port)
-                ds_changes.append(Change(Verb.NONE, "DaemonSet", ns, app.name,
-                                         "already converted (the Deployment is gone)",
-                                         after=strip_server_fields(existing)))
+                ds_changes.append(
+                    Change(
+                        Verb.NONE,
+                        "DaemonSet",
+                        ns,
+                        app.name,
+                        "already converted (the Deployment is gone)",
+                        after=strip_server_fields(existing),
+                    )
+                )
                 spec = pod_spec(existing)
             placed[app.name] = (spec, host_ports(spec))
             svc_changes.append(service_change(service, app, host_port, observed))
@@ -153,25 +168,53 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
             continue
         for hpa in observed.hpas:
             target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
-            if target.get("kind") == "Deployment" and target.get("name") == app.name and \
-                    meta(hpa).get("namespace", ns) == ns:
-                hpa_changes.append(Change(Verb.DELETE, "HorizontalPodAutoscaler", ns, name_of(hpa),
-                                          f"scales Deployment {app.name}, which the DaemonSet replaces",
-                                          before=hpa, uid=meta(hpa).get("uid")))
+            if (
+                target.get("kind") == "Deployment"
+                and target.get("name") == app.name
+                and meta(hpa).get("namespace", ns) == ns
+            ):
+                hpa_changes.append(
+                    Change(
+                        Verb.DELETE,
+                        "HorizontalPodAutoscaler",
+                        ns,
+                        name_of(hpa),
+                        f"scales Deployment {app.name}, which the DaemonSet replaces",
+                        before=hpa,
+                        uid=meta(hpa).get("uid"),
+                    )
+                )
         if deployment is not None:
-            dep_changes.append(Change(Verb.DELETE, "Deployment", ns, app.name,
-                                      f"replaced by DaemonSet {ns}/{app.name}", before=deployment,
-                                      uid=meta(deployment).get("uid")))
+            dep_changes.append(
+                Change(
+                    Verb.DELETE,
+                    "Deployment",
+                    ns,
+                    app.name,
+                    f"replaced by DaemonSet {ns}/{app.name}",
+                    before=deployment,
+                    uid=meta(deployment).get("uid"),
+                )
+            )
     refusals += collisions(cfg, placed, observed)
-    return Plan(tuple(ds_changes), tuple(svc_changes), tuple(hpa_changes), tuple(dep_changes),
-                tuple(refusals), tuple(warnings), tuple(notes), frozenset(a.port_env for a in cfg.apps))
+    return Plan(
+        tuple(ds_changes),
+        tuple(svc_changes),
+        tuple(hpa_changes),
+        tuple(dep_changes),
+        tuple(refusals),
+        tuple(warnings),
+        tuple(notes),
+        frozenset(a.port_env for a in cfg.apps),
+    )
 
 
 # -- the DaemonSet ----------------------------------------------------------------------------------
 
 
-def daemonset_for(deployment: Obj, app: AppConfig, service: Obj, *, keep_port: bool = False
-                  ) -> tuple[Obj, int, list[str]]:
+def daemonset_for(
+    deployment: Obj, app: AppConfig, service: Obj, *, keep_port: bool = False
+) -> tuple[Obj, int, list[str]]:
     """Return the DaemonSet replacing ``deployment``, its host port, and notes on what was rewritten."""
     ns = meta(deployment).get("namespace") or ""
     where = f"Deployment {ns}/{app.name}"
@@ -193,8 +236,10 @@ def daemonset_for(deployment: Obj, app: AppConfig, service: Obj, *, keep_port: b
             if p is port:
                 continue
             if p.get("hostPort") and p.get("hostPort") != p.get("containerPort"):
-                raise _Refused(f"{where}: container {c.get('name')} port {p.get('containerPort')} has hostPort "
-                               f"{p['hostPort']}; with hostNetwork both must be equal")
+                raise _Refused(
+                    f"{where}: container {c.get('name')} port {p.get('containerPort')} has hostPort "
+                    f"{p['hostPort']}; with hostNetwork both must be equal"
+                )
             if p.get("containerPort") == host_port:
                 raise _Refused(f"{where}: container {c.get('name')} already uses port {host_port}")
     port["containerPort"] = port["hostPort"] = host_port
@@ -205,13 +250,18 @@ def daemonset_for(deployment: Obj, app: AppConfig, service: Obj, *, keep_port: b
     tmeta.pop("creationTimestamp", None)
     tmeta["labels"] = {**(tmeta.get("labels") or {}), MANAGED_BY: MANAGER}
     dmeta: Obj = {"name": app.name, "namespace": ns, "labels": {**labels(deployment), MANAGED_BY: MANAGER}}
-    annotations = {k: v for k, v in (meta(deployment).get("annotations") or {}).items()
-                   if k not in SERVER_ANNOTATIONS and k != LAST_APPLIED}
+    annotations = {
+        k: v
+        for k, v in (meta(deployment).get("annotations") or {}).items()
+        if k not in SERVER_ANNOTATIONS and k != LAST_APPLIED
+    }
     if annotations:
         dmeta["annotations"] = annotations
-    ds_spec: Obj = {"selector": copy.deepcopy(spec.get("selector")), "template": template,
-                    "updateStrategy": {"type": "RollingUpdate",
-                                       "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}
+    ds_spec: Obj = {
+        "selector": copy.deepcopy(spec.get("selector")),
+        "template": template,
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+    }
     for key in ("minReadySeconds", "revisionHistoryLimit"):
         if key in spec:
             ds_spec[key] = spec[key]
@@ -222,16 +272,20 @@ def _service_entry(service: Obj, app: AppConfig) -> Obj:
     for p in (service.get("spec") or {}).get("ports") or []:
         if p.get("port") == app.service_port:
             return dict(p)
-    raise _Refused(f"Service {meta(service).get('namespace')}/{name_of(service)} has no port {app.service_port} "
-                   "(apps[].service_port)")
+    raise _Refused(
+        f"Service {meta(service).get('namespace')}/{name_of(service)} has no port {app.service_port} "
+        "(apps[].service_port)"
+    )
 
 
 def _app_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
     """Find the container and container port the Service sends traffic to; it must say its number."""
     container, port = _target_port(pod, service, app, where)
     if "containerPort" not in port:  # its type, when present, is checked on parsing
-        raise _Refused(f"{where}: container {container.get('name')} has a port entry without a containerPort "
-                       f"({port!r}), so where the app listens is unclear")
+        raise _Refused(
+            f"{where}: container {container.get('name')} has a port entry without a containerPort "
+            f"({port!r}), so where the app listens is unclear"
+        )
     return container, port
 
 
@@ -253,23 +307,28 @@ def _target_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Ob
 
 def _move_env(container: Obj, app: AppConfig, app_port: int, host_port: int, where: str) -> str:
     """Rewrite the variable telling the app where to listen, or refuse when there is none."""
-    hint = (f"--keep-port runs it on {app_port} instead, or name the variable in the config "
-            f"(apps[].port_env)")
+    hint = f"--keep-port runs it on {app_port} instead, or name the variable in the config (apps[].port_env)"
     for var in container.get("env") or []:
         if var.get("name") != app.port_env:
             continue
         if "value" not in var:
-            raise _Refused(f"{where} listens on {app_port} and its {app.port_env} comes from a reference "
-                           f"(valueFrom) the tool cannot rewrite to {host_port}; {hint}")
+            raise _Refused(
+                f"{where} listens on {app_port} and its {app.port_env} comes from a reference "
+                f"(valueFrom) the tool cannot rewrite to {host_port}; {hint}"
+            )
         if str(var["value"]).strip() == str(host_port):
             return f"{app.name}: env {app.port_env} is already {host_port}"
         if str(var["value"]).strip() != str(app_port):
-            raise _Refused(f"{where}: env {app.port_env} is {var['value']!r} but the Service targets port "
-                           f"{app_port}, so where the app listens is unclear; {hint}")
+            raise _Refused(
+                f"{where}: env {app.port_env} is {var['value']!r} but the Service targets port "
+                f"{app_port}, so where the app listens is unclear; {hint}"
+            )
         var["value"] = str(host_port)
         return f"{app.name}: env {app.port_env} {app_port} → {host_port}"
-    raise _Refused(f"{where} listens on {app_port} and nothing in its env tells it where to listen "
-                   f"(no {app.port_env} variable), so it cannot move to host port {host_port}; {hint}")
+    raise _Refused(
+        f"{where} listens on {app_port} and nothing in its env tells it where to listen "
+        f"(no {app.port_env} variable), so it cannot move to host port {host_port}; {hint}"
+    )
 
 
 def _move_probes(app: str, container: Obj, port: Obj, app_port: int, host_port: int) -> list[str]:
@@ -289,8 +348,10 @@ def _move_probes(app: str, container: Obj, port: Obj, app_port: int, host_port: 
                 action["port"] = host_port
                 notes.append(f"{app}: container {container.get('name')} {key} port {app_port} → {host_port}")
             elif action["port"] == port.get("name"):
-                notes.append(f"{app}: container {container.get('name')} {key} port {action['port']!r} now "
-                             f"resolves to {host_port}")
+                notes.append(
+                    f"{app}: container {container.get('name')} {key} port {action['port']!r} now "
+                    f"resolves to {host_port}"
+                )
     return notes
 
 
@@ -311,8 +372,16 @@ def _daemonset_change(desired: Obj, existing: Obj | None, deployment: Obj, host_
     ns, name = meta(desired)["namespace"], meta(desired)["name"]
     what = f"run {name} on every worker with hostNetwork, host port {host_port}"
     if existing is None:
-        return Change(Verb.APPLY, "DaemonSet", ns, name, what, body=desired, after=desired,
-                      compare_to=strip_server_fields(deployment))
+        return Change(
+            Verb.APPLY,
+            "DaemonSet",
+            ns,
+            name,
+            what,
+            body=desired,
+            after=desired,
+            compare_to=strip_server_fields(deployment),
+        )
     if is_subset(desired, existing):
         return Change(Verb.NONE, "DaemonSet", ns, name, "already as planned", after=desired)
     return Change(Verb.APPLY, "DaemonSet", ns, name, what, body=desired, before=existing, after=desired)
@@ -339,8 +408,10 @@ def service_change(service: Obj, app: AppConfig, host_port: int, observed: Obser
             continue
         for p in (other.get("spec") or {}).get("ports") or []:
             if p.get("nodePort") == app.node_port:
-                raise _Refused(f"nodePort {app.node_port} is already used by Service "
-                               f"{meta(other).get('namespace')}/{name_of(other)}")
+                raise _Refused(
+                    f"nodePort {app.node_port} is already used by Service "
+                    f"{meta(other).get('namespace')}/{name_of(other)}"
+                )
     ports = []
     for p in spec.get("ports") or []:
         p = dict(p)
@@ -348,15 +419,20 @@ def service_change(service: Obj, app: AppConfig, host_port: int, observed: Obser
             p["targetPort"] = host_port
             p["nodePort"] = app.node_port
         ports.append(p)
-    done = spec.get("type") == "NodePort" and entry.get("targetPort") == host_port and \
-        entry.get("nodePort") == app.node_port
+    done = (
+        spec.get("type") == "NodePort"
+        and entry.get("targetPort") == host_port
+        and entry.get("nodePort") == app.node_port
+    )
     after = strip_server_fields(service)
     after["spec"] = {**spec, "type": "NodePort", "ports": ports}
     if done:
         return Change(Verb.NONE, "Service", ns, name, f"already NodePort {app.node_port} → {host_port}", after=after)
     old_target = entry.get("targetPort", entry.get("port"))
-    reason = (f"type {spec.get('type', 'ClusterIP')} → NodePort, port {app.service_port}: targetPort {old_target} → "
-              f"{host_port}, nodePort {app.node_port}; clusterIP {spec.get('clusterIP') or '(none)'} kept")
+    reason = (
+        f"type {spec.get('type', 'ClusterIP')} → NodePort, port {app.service_port}: targetPort {old_target} → "
+        f"{host_port}, nodePort {app.node_port}; clusterIP {spec.get('clusterIP') or '(none)'} kept"
+    )
     body: Obj = {"spec": {"type": "NodePort", "ports": ports}}
     if meta(service).get("resourceVersion"):
         body["metadata"] = {"resourceVersion": meta(service)["resourceVersion"]}
@@ -372,14 +448,18 @@ def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observ
     reserved = {HostPort(p) for p in cfg.ingress.reserved_host_ports}
     apps = {a.name for a in cfg.apps}
     nodes = observed.nodes
-    others = [w for w in [*observed.daemonsets, *observed.deployments, *observed.statefulsets]
-              if not (meta(w).get("namespace") == cfg.namespace and name_of(w) in apps)]
+    others = [
+        w
+        for w in [*observed.daemonsets, *observed.deployments, *observed.statefulsets]
+        if not (meta(w).get("namespace") == cfg.namespace and name_of(w) in apps)
+    ]
     seen: dict[HostPort, str] = {}
     for app, (spec, ports) in placed.items():
         mine = set(eligible_nodes(spec, nodes)) if nodes is not None else None
         if mine is not None and not mine:
-            problems.append(f"{app}: no node can run its DaemonSet (workers only; nodeSelector, affinity and "
-                            "taints leave none)")
+            problems.append(
+                f"{app}: no node can run its DaemonSet (workers only; nodeSelector, affinity and taints leave none)"
+            )
         for p in sorted(ports & reserved):
             problems.append(f"{app}: host port {p} is reserved for ingress-nginx (ingress.reserved_host_ports)")
         for p in sorted(ports):
@@ -397,8 +477,10 @@ def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observ
             where = f" on {', '.join(shared)}" if shared else ""
             how = "hostNetwork" if wspec.get("hostNetwork") else "hostPort"
             for p in sorted(clash):
-                problems.append(f"{app}: host port {p} is already held by {w.get('kind')} "
-                                f"{meta(w).get('namespace')}/{name_of(w)} ({how}){where}")
+                problems.append(
+                    f"{app}: host port {p} is already held by {w.get('kind')} "
+                    f"{meta(w).get('namespace')}/{name_of(w)} ({how}){where}"
+                )
     return problems
 
 
@@ -424,9 +506,11 @@ def env_warnings(app: str, spec: Obj, observed: Observed) -> list[str]:
                 if m.group(0) in cluster_ips or (network is not None and ip in network):
                     hits.append(m.group(0))
             if hits:
-                found.append(f"{app}: env {var.get('name')} (container {c.get('name')}) points at "
-                             f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service: ClusterIP traffic is still "
-                             "broken under this workaround, so those calls will fail")
+                found.append(
+                    f"{app}: env {var.get('name')} (container {c.get('name')}) points at "
+                    f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service: ClusterIP traffic is still "
+                    "broken under this workaround, so those calls will fail"
+                )
     return found
 
 

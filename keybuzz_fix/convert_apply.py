@@ -37,18 +37,28 @@ DEFAULT_TIMEOUT = 300.0
 
 def observe(kube: Kube, cfg: Config) -> Observed:
     """Read what the plan needs: workloads and Services everywhere (for collisions), HPAs, nodes."""
-    return Observed(namespace=cfg.namespace, deployments=kube.list("Deployment"), daemonsets=kube.list("DaemonSet"),
-                    statefulsets=kube.list("StatefulSet"), services=kube.list("Service"),
-                    hpas=kube.list("HorizontalPodAutoscaler", cfg.namespace), nodes=kube.list("Node"),
-                    service_cidr=cfg.overlay.service_cidr)
+    return Observed(
+        namespace=cfg.namespace,
+        deployments=kube.list("Deployment"),
+        daemonsets=kube.list("DaemonSet"),
+        statefulsets=kube.list("StatefulSet"),
+        services=kube.list("Service"),
+        hpas=kube.list("HorizontalPodAutoscaler", cfg.namespace),
+        nodes=kube.list("Node"),
+        service_cidr=cfg.overlay.service_cidr,
+    )
 
 
 def permissions(changes: list[Change], *, wait_kind: str | None) -> list[tuple[str, str]]:
     """Return the (verb, kind) pairs the changes need, in a stable order."""
     needed: list[tuple[str, str]] = []
     for c in changes:
-        verbs = {Verb.APPLY: ["patch"] + (["create"] if c.before is None else []), Verb.CREATE: ["create"],
-                 Verb.PATCH: ["patch"], Verb.DELETE: ["delete"]}.get(c.verb, [])
+        verbs = {
+            Verb.APPLY: ["patch"] + (["create"] if c.before is None else []),
+            Verb.CREATE: ["create"],
+            Verb.PATCH: ["patch"],
+            Verb.DELETE: ["delete"],
+        }.get(c.verb, [])
         needed += [(v, c.kind) for v in verbs]
     if wait_kind:
         needed += [("list", wait_kind), ("watch", wait_kind)]
@@ -66,13 +76,25 @@ def preflight(kube: Kube, namespace: str, needed: list[tuple[str, str]]) -> None
             group = res.group_version.split("/")[0] if "/" in res.group_version else ""
             missing.append(f"{verb} {res.plural}{'.' + group if group else ''}")
     if missing:
-        raise Forbidden(f"forbidden: missing permission(s) in namespace {namespace}: {', '.join(missing)}; "
-                        "nothing changed; grant them (see manifests/rbac.yaml)")
+        raise Forbidden(
+            f"forbidden: missing permission(s) in namespace {namespace}: {', '.join(missing)}; "
+            "nothing changed; grant them (see manifests/rbac.yaml)"
+        )
 
 
-def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = False, yes: bool = False,
-                timeout: float = DEFAULT_TIMEOUT, force_conflicts: bool = False, keep_port: bool = False,
-                show_values: bool = False, output: str = "text") -> RunResult:
+def run_convert(
+    console: Console,
+    kube: Kube,
+    cfg: Config,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    force_conflicts: bool = False,
+    keep_port: bool = False,
+    show_values: bool = False,
+    output: str = "text",
+) -> RunResult:
     """Convert the configured Deployments into hostNetwork DaemonSets; return what was done.
 
     ``output`` is ``text``, ``json`` (a summary on stdout) or ``yaml`` (with ``dry_run``: the objects
@@ -88,14 +110,19 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
 
     try:
         plan = plan_convert(cfg, observe(kube, cfg), keep_port=keep_port)
-        result.changes, result.refusals, result.warnings, result.notes = (plan.changes, plan.refusals,
-                                                                          plan.warnings, plan.notes)
+        result.changes, result.refusals, result.warnings, result.notes = (
+            plan.changes,
+            plan.refusals,
+            plan.warnings,
+            plan.notes,
+        )
         mark("planned")
         if plan.refusals:
             if text:
                 _show_plan(console, f"{COMMAND}: refused", plan, show_values)
-            raise result.fail(console, output,
-                              PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed"))
+            raise result.fail(
+                console, output, PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed")
+            )
         pending = plan.pending
         if output == "yaml":
             print(yaml_stream(plan.applied_objects(show_values=show_values)), end="")
@@ -110,8 +137,10 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
         if dry_run:
             result.send(kube, pending, dry_run=True, force=force_conflicts)
             if text:
-                console.print(f"[yellow]dry run[/]: the API server accepted all {len(pending)} change(s) "
-                              "(server-side dry run); nothing changed")
+                console.print(
+                    f"[yellow]dry run[/]: the API server accepted all {len(pending)} change(s) "
+                    "(server-side dry run); nothing changed"
+                )
             return result.finish(output)
         confirm(console, f"Apply {len(pending)} change(s) in namespace {ns}?", yes=yes)
         result.backup = _write_backup(kube, plan, ns)
@@ -120,13 +149,18 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
             console.print(f"backup: {result.backup}")
         _convert(console, kube, plan, result, timeout=timeout, force=force_conflicts, text=text, mark=mark)
     except KeyboardInterrupt:
-        raise result.fail(console, output, Interrupted(
-            f"interrupted (Ctrl-C): {result.progress()}; re-run convert to finish: it converges")) from None
+        raise result.fail(
+            console,
+            output,
+            Interrupted(f"interrupted (Ctrl-C): {result.progress()}; re-run convert to finish: it converges"),
+        ) from None
     except Stuck as e:
         if text:
             report.stuck_pods(console, e.pods)
-        e.message += f"; {result.progress()}; nothing was deleted; re-run convert once the pods run, " \
-                     f"or roll back with: keybuzz-fix rollback --backup {result.backup}"
+        e.message += (
+            f"; {result.progress()}; nothing was deleted; re-run convert once the pods run, "
+            f"or roll back with: keybuzz-fix rollback --backup {result.backup}"
+        )
         raise result.fail(console, output, e) from None
     except KeybuzzFixError as e:
         if result.error is not None:  # already reported
@@ -141,8 +175,17 @@ def run_convert(console: Console, kube: Kube, cfg: Config, *, dry_run: bool = Fa
     return result.finish(output)
 
 
-def _convert(console: Console, kube: Kube, plan: Plan, result: RunResult, *, timeout: float, force: bool,
-             text: bool, mark: Callable[[str], None]) -> None:
+def _convert(
+    console: Console,
+    kube: Kube,
+    plan: Plan,
+    result: RunResult,
+    *,
+    timeout: float,
+    force: bool,
+    text: bool,
+    mark: Callable[[str], None],
+) -> None:
     result.send(kube, plan.daemonsets, force=force)
     mark("applied")
     names = [c.name for c in plan.daemonsets]
@@ -165,26 +208,48 @@ def _write_backup(kube: Kube, plan: Plan, namespace: str) -> Path:
             previous = None
     live = [str(meta(c.before).get("uid")) for c in plan.deployments if c.before is not None]
     extra = backup.carried(previous, objects, live, server=server, namespace=namespace)
-    path = backup.write(objects + extra, command=COMMAND, server=server, namespace=namespace,
-                        carried_from=previous.path if extra and previous else None)
+    path = backup.write(
+        objects + extra,
+        command=COMMAND,
+        server=server,
+        namespace=namespace,
+        carried_from=previous.path if extra and previous else None,
+    )
     state.audit(COMMAND, str(path), "backup", "ok", objects=len(objects) + len(extra))
     return path
 
 
 def _show_plan(console: Console, title: str, plan: Plan, show_values: bool) -> None:
-    report.change_plan(console, title, plan.changes, refusals=plan.refusals, warnings=plan.warnings,
-                       notes=plan.notes, show_values=show_values, shown_env=plan.shown_env)
+    report.change_plan(
+        console,
+        title,
+        plan.changes,
+        refusals=plan.refusals,
+        warnings=plan.warnings,
+        notes=plan.notes,
+        show_values=show_values,
+        shown_env=plan.shown_env,
+    )
 
 
 def _timing_line(console: Console, result: RunResult) -> None:
     t = result.timings
     if "ready" in t and "applied" in t:
-        console.print(f"DaemonSets ready {t['ready']:.2f}s after start ({t['ready'] - t['applied']:.2f}s after "
-                      f"apply); done in {t.get('done', t['ready']):.2f}s")
+        console.print(
+            f"DaemonSets ready {t['ready']:.2f}s after start ({t['ready'] - t['applied']:.2f}s after "
+            f"apply); done in {t.get('done', t['ready']):.2f}s"
+        )
 
 
-def run_offline(console: Console, path: Path, cfg: Config, *, keep_port: bool = False, show_values: bool = False,
-                output: str = "text") -> ExitCode:
+def run_offline(
+    console: Console,
+    path: Path,
+    cfg: Config,
+    *,
+    keep_port: bool = False,
+    show_values: bool = False,
+    output: str = "text",
+) -> ExitCode:
     """Plan from a state file (a ``kubectl get -o yaml`` List or a YAML stream); touch no cluster."""
     text = read_input(path)
     objects = parse_objects(text, str(path))

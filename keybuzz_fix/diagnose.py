@@ -94,7 +94,8 @@ class ClusterView:
     def node_for(self, host: Host) -> ApiNode | None:
         """Return the Node of an inventory host: same name, else same InternalIP."""
         return next((n for n in self.nodes if n.name == host.hostname), None) or next(
-            (n for n in self.nodes if n.internal_ip == host.private_ip), None)
+            (n for n in self.nodes if n.internal_ip == host.private_ip), None
+        )
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,16 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         """Return the finding as ``diagnose -o json`` prints it."""
-        return {"check": self.check.value, "title": self.title, "status": self.status.value,
-                "summary": self.summary, "hosts": list(self.hosts),
-                "evidence": {h: list(lines) for h, lines in self.evidence.items()},
-                "not_checked": dict(self.not_checked), "fix": self.fix}
+        return {
+            "check": self.check.value,
+            "title": self.title,
+            "status": self.status.value,
+            "summary": self.summary,
+            "hosts": list(self.hosts),
+            "evidence": {h: list(lines) for h, lines in self.evidence.items()},
+            "not_checked": dict(self.not_checked),
+            "fix": self.fix,
+        }
 
 
 @dataclass
@@ -151,8 +158,9 @@ class _Verdicts:
         if hosts:
             status = Status.CONFIRMED if confirmed & set(hosts) else Status.SUSPECTED
             sure = sorted(confirmed & set(hosts))
-            summary = f"on {len(hosts)} node(s)" + (f"; live probe fails on {', '.join(sure)}" if sure else
-                                                     "; the live probe does not fail there")
+            summary = f"on {len(hosts)} node(s)" + (
+                f"; live probe fails on {', '.join(sure)}" if sure else "; the live probe does not fail there"
+            )
         elif self.skipped:
             status, summary = Status.NOT_CHECKED, f"not checked on {len(self.skipped)} node(s)"
             fix = ""
@@ -165,19 +173,22 @@ class _Verdicts:
 # -- the checks -----------------------------------------------------------------------------------
 
 
-def diagnose(nodes: Sequence[NodeView], cluster: ClusterView, rules: Sequence[UfwRule],
-             vxlan_port: int) -> list[Finding]:
+def diagnose(
+    nodes: Sequence[NodeView], cluster: ClusterView, rules: Sequence[UfwRule], vxlan_port: int
+) -> list[Finding]:
     """Run the five checks and return the findings, ranked."""
     failing = failing_hosts(nodes)
     dns_failed = {n.host.hostname for n in nodes if n.probe and n.probe.dns and n.probe.dns.ok is False}
     big_failed = {h for n in nodes if n.probe for h in _big_failures(n)}
-    return rank([
-        check_ufw(nodes, rules, failing),
-        check_interface(nodes, cluster, failing),
-        check_mtu(nodes, failing | big_failed),
-        check_offload(nodes, vxlan_port, dns_failed),
-        check_overlay(nodes, cluster),
-    ])
+    return rank(
+        [
+            check_ufw(nodes, rules, failing),
+            check_interface(nodes, cluster, failing),
+            check_mtu(nodes, failing | big_failed),
+            check_offload(nodes, vxlan_port, dns_failed),
+            check_overlay(nodes, cluster),
+        ]
+    )
 
 
 def rank(findings: Sequence[Finding]) -> list[Finding]:
@@ -188,7 +199,8 @@ def rank(findings: Sequence[Finding]) -> list[Finding]:
 def healthy(findings: Sequence[Finding]) -> bool:
     """Whether no problem was found and the live probe passed."""
     return not any(f.problem for f in findings) and all(
-        f.status is Status.OK for f in findings if f.check is Check.OVERLAY)
+        f.status is Status.OK for f in findings if f.check is Check.OVERLAY
+    )
 
 
 def check_ufw(nodes: Sequence[NodeView], rules: Sequence[UfwRule], failing: set[str]) -> Finding:
@@ -215,8 +227,12 @@ def check_ufw(nodes: Sequence[NodeView], rules: Sequence[UfwRule], failing: set[
                 v.problem[name] = (head, *missing, *blocked)
             else:
                 v.fine[name] = (head, "every overlay rule is present")
-    return v.finding(Check.UFW, failing, "keybuzz-fix overlay servers.tsv (adds the allow rules; removes nothing)",
-                     "ufw lets VXLAN and the pod and service networks in")
+    return v.finding(
+        Check.UFW,
+        failing,
+        "keybuzz-fix overlay servers.tsv (adds the allow rules; removes nothing)",
+        "ufw lets VXLAN and the pod and service networks in",
+    )
 
 
 def check_interface(nodes: Sequence[NodeView], cluster: ClusterView, failing: set[str]) -> Finding:
@@ -229,8 +245,10 @@ def check_interface(nodes: Sequence[NodeView], cluster: ClusterView, failing: se
         api = cluster.node_for(host) if cluster.error is None else None
         if api is not None:
             checked = True
-            lines.append(f"node {api.name}: {PUBLIC_IP}={api.public_ip or '(none)'}, "
-                         f"backend-type={api.backend_type or '(none)'}, IP_PRIVEE={host.private_ip}")
+            lines.append(
+                f"node {api.name}: {PUBLIC_IP}={api.public_ip or '(none)'}, "
+                f"backend-type={api.backend_type or '(none)'}, IP_PRIVEE={host.private_ip}"
+            )
             if api.public_ip and api.public_ip != host.private_ip:
                 bad = True
                 lines.append(f"Flannel announces {api.public_ip}, not the private address {host.private_ip}")
@@ -258,12 +276,17 @@ def check_interface(nodes: Sequence[NodeView], cluster: ClusterView, failing: se
         elif checked:
             v.fine[name] = tuple(lines)
         else:
-            why = n.error or cluster.error or (f"no Node named {name} or with InternalIP {host.private_ip}, "
-                                               f"and no {VXLAN_DEVICE} on the node")
+            why = (
+                n.error
+                or cluster.error
+                or (f"no Node named {name} or with InternalIP {host.private_ip}, and no {VXLAN_DEVICE} on the node")
+            )
             v.skipped[name] = why
-    fix = ("Give every K3s server and agent `flannel-iface: <private interface>` and `node-ip: <IP_PRIVEE>` "
-           "in /etc/rancher/k3s/config.yaml (the same options on all servers), then restart k3s / k3s-agent: "
-           + "; ".join(fixes))
+    fix = (
+        "Give every K3s server and agent `flannel-iface: <private interface>` and `node-ip: <IP_PRIVEE>` "
+        "in /etc/rancher/k3s/config.yaml (the same options on all servers), then restart k3s / k3s-agent: "
+        + "; ".join(fixes)
+    )
     return v.finding(Check.INTERFACE, failing, fix, "Flannel uses the private address on every node")
 
 
@@ -278,8 +301,9 @@ def check_mtu(nodes: Sequence[NodeView], failing: set[str]) -> Finding:
             continue
         iface = facts.iface_of(n.host.private_ip) or next((r.dev for r in facts.routes.values() if r), None)
         if "ip" not in facts.tools or iface is None or iface not in facts.links:
-            v.skipped[name] = "ip is not installed" if "ip" not in facts.tools else \
-                f"no interface holds {n.host.private_ip}"
+            v.skipped[name] = (
+                "ip is not installed" if "ip" not in facts.tools else f"no interface holds {n.host.private_ip}"
+            )
             continue
         limit = facts.links[iface] - VXLAN_OVERHEAD
         env_mtu = _to_int((facts.subnet_env or {}).get("FLANNEL_MTU"))
@@ -297,9 +321,11 @@ def check_mtu(nodes: Sequence[NodeView], failing: set[str]) -> Finding:
             limits.append(f"{name}: ≤ {limit}")
         else:
             v.fine[name] = tuple(lines)
-    fix = ("Run Flannel on the private interface (`flannel-iface`, see the wrong-interface finding): Flannel "
-           "derives FLANNEL_MTU from that interface's MTU minus 50; restart k3s so /run/flannel/subnet.env is "
-           "rewritten, then recreate the pods (they keep the MTU they started with): " + "; ".join(limits))
+    fix = (
+        "Run Flannel on the private interface (`flannel-iface`, see the wrong-interface finding): Flannel "
+        "derives FLANNEL_MTU from that interface's MTU minus 50; restart k3s so /run/flannel/subnet.env is "
+        "rewritten, then recreate the pods (they keep the MTU they started with): " + "; ".join(limits)
+    )
     return v.finding(Check.MTU, failing, fix, "FLANNEL_MTU fits under the private interface's MTU")
 
 
@@ -317,8 +343,7 @@ def check_offload(nodes: Sequence[NodeView], vxlan_port: int, dns_failed: set[st
         note = [] if facts.kernel_log is not None else ["kernel log not readable (dmesg)"]
         if logged:
             confirmed.add(name)
-            v.problem[name] = (f"kernel log: {len(logged)} bad checksum line(s) for port {vxlan_port}",
-                               *logged[-3:])
+            v.problem[name] = (f"kernel log: {len(logged)} bad checksum line(s) for port {vxlan_port}", *logged[-3:])
         elif kernel is None:
             v.skipped[name] = f"unknown kernel version {facts.kernel!r}"
         elif kernel >= OFFLOAD_FIXED_IN:
@@ -328,12 +353,17 @@ def check_offload(nodes: Sequence[NodeView], vxlan_port: int, dns_failed: set[st
         elif facts.offload is None:
             v.skipped[name] = f"kernel {facts.kernel} is older than 5.7 and ethtool is not installed"
         elif facts.offload.get(OFFLOAD_FEATURE, (False, False))[0]:
-            v.problem[name] = (f"kernel {facts.kernel} is older than 5.7", f"{OFFLOAD_FEATURE}: on ({VXLAN_DEVICE})",
-                               *note)
+            v.problem[name] = (
+                f"kernel {facts.kernel} is older than 5.7",
+                f"{OFFLOAD_FEATURE}: on ({VXLAN_DEVICE})",
+                *note,
+            )
         else:
             v.fine[name] = (f"kernel {facts.kernel}, {OFFLOAD_FEATURE}: off", *note)
-    fix = ("Upgrade the kernel (5.7 or later) or K3s; or run `keybuzz-fix overlay servers.tsv --checksum-offload-off` "
-           f"(`ethtool -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off`, kept by a udev rule)")
+    fix = (
+        "Upgrade the kernel (5.7 or later) or K3s; or run `keybuzz-fix overlay servers.tsv --checksum-offload-off` "
+        f"(`ethtool -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off`, kept by a udev rule)"
+    )
     return v.finding(Check.OFFLOAD, confirmed, fix, "no checksum-offload bug on any node")
 
 
@@ -368,16 +398,28 @@ def check_overlay(nodes: Sequence[NodeView], cluster: ClusterView) -> Finding:
         else:
             ok = [f"{sum(1 for t in n.targets if grid[name].get(t) == 'ok')}/{len(n.targets)} peers answer"]
             if dns is not None:
-                ok.append(f"DNS through {cluster.dns_ip}: {dns.detail}" if dns.ok else
-                          f"DNS through {cluster.dns_ip}: not checked ({dns.detail})")
+                ok.append(
+                    f"DNS through {cluster.dns_ip}: {dns.detail}"
+                    if dns.ok
+                    else f"DNS through {cluster.dns_ip}: not checked ({dns.detail})"
+                )
             v.fine[name] = tuple(ok)
     dns_note = f"; DNS not checked: {cluster.dns_note}" if cluster.dns_note else ""
-    fix = ("Fix the causes above; if none applies, look for a cloud firewall or security group "
-           "that drops UDP 8472 between the nodes")
+    fix = (
+        "Fix the causes above; if none applies, look for a cloud firewall or security group "
+        "that drops UDP 8472 between the nodes"
+    )
     finding = v.finding(Check.OVERLAY, set(v.problem), fix, f"overlay healthy: {paths}/{paths} paths answer{dns_note}")
     if finding.problem:
-        finding = Finding(finding.check, Status.CONFIRMED, f"{failed}/{paths} paths fail{dns_note}", finding.fix,
-                          finding.hosts, finding.evidence, finding.not_checked)
+        finding = Finding(
+            finding.check,
+            Status.CONFIRMED,
+            f"{failed}/{paths} paths fail{dns_note}",
+            finding.fix,
+            finding.hosts,
+            finding.evidence,
+            finding.not_checked,
+        )
     return finding
 
 
@@ -413,8 +455,11 @@ def failing_hosts(nodes: Sequence[NodeView]) -> set[str]:
 
 def _big_failures(n: NodeView) -> set[str]:
     assert n.probe is not None
-    return {n.host.hostname, *(t for t, r in n.probe.big.items() if not r.ok)} if any(
-        not r.ok for r in n.probe.big.values()) else set()
+    return (
+        {n.host.hostname, *(t for t, r in n.probe.big.items() if not r.ok)}
+        if any(not r.ok for r in n.probe.big.values())
+        else set()
+    )
 
 
 def api_nodes(objects: Sequence[Mapping[str, Any]]) -> tuple[ApiNode, ...]:
@@ -424,9 +469,15 @@ def api_nodes(objects: Sequence[Mapping[str, Any]]) -> tuple[ApiNode, ...]:
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         annotations = meta.get("annotations") or {}
         internal = internal_ip(dict(obj))
-        out.append(ApiNode(name=str(meta.get("name", "")), internal_ip=internal,
-                           public_ip=annotations.get(PUBLIC_IP), backend_type=annotations.get(BACKEND_TYPE),
-                           pod_cidr=spec.get("podCIDR")))
+        out.append(
+            ApiNode(
+                name=str(meta.get("name", "")),
+                internal_ip=internal,
+                public_ip=annotations.get(PUBLIC_IP),
+                backend_type=annotations.get(BACKEND_TYPE),
+                pod_cidr=spec.get("podCIDR"),
+            )
+        )
     return tuple(out)
 
 

@@ -39,8 +39,9 @@ class Gathered:
     accepted: AcceptedKeys = field(default_factory=AcceptedKeys)
 
 
-def gather(hosts: Sequence[Host], ssh: SshOptions, cluster: ClusterOptions, *, concurrency: int,
-           console: Console | None = None) -> Gathered:
+def gather(
+    hosts: Sequence[Host], ssh: SshOptions, cluster: ClusterOptions, *, concurrency: int, console: Console | None = None
+) -> Gathered:
     """Probe every node and read the API; failures are per node (or per API), never fatal."""
     start = time.monotonic()
     accepted = AcceptedKeys()
@@ -73,8 +74,10 @@ def gather(hosts: Sequence[Host], ssh: SshOptions, cluster: ClusterOptions, *, c
             return names, nodefacts.parse_overlay_probe(out, names)
 
         reachable = [o.host for o in first if o.ok]
-        second = {o.host.hostname: o for o in run_all(reachable, ping, concurrency=concurrency, console=console,
-                                                      label="probing the overlay")}
+        second = {
+            o.host.hostname: o
+            for o in run_all(reachable, ping, concurrency=concurrency, console=console, label="probing the overlay")
+        }
     finally:
         for s in sessions.values():
             s.close()
@@ -125,4 +128,3 @@ def _why(error: KeybuzzFixError | None) -> str:
     if error is None:
         return "not probed"
     return str(getattr(error, "problem", error))
-

@@ -38,8 +38,14 @@ class Outcome(Generic[T]):
         return self.error is None
 
 
-def run_all(hosts: Sequence[Host], work: Callable[[Host], T], *, concurrency: int,
-            console: Console | None = None, label: str = "working") -> list[Outcome[T]]:
+def run_all(
+    hosts: Sequence[Host],
+    work: Callable[[Host], T],
+    *,
+    concurrency: int,
+    console: Console | None = None,
+    label: str = "working",
+) -> list[Outcome[T]]:
     """Run ``work`` on every host in parallel; return one outcome per host, in input order.
 
     Only the tool's own errors are contained per host; anything else is a bug and propagates.
@@ -110,15 +116,19 @@ def raise_open_files_limit(needed: int) -> int:
 
 def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Outcome[T]]) -> str:
     """Say, after Ctrl-C, which hosts finished, which failed and which were never started."""
+
     def names(which: list[str]) -> str:
         return ", ".join(which) or "none"
 
     finished = [o.host.hostname for _, o in sorted(outcomes.items()) if o.ok]
-    failed = [f"{o.host.hostname} ({getattr(o.error, 'problem', o.error)})" for _, o in sorted(outcomes.items())
-              if not o.ok]
+    failed = [
+        f"{o.host.hostname} ({getattr(o.error, 'problem', o.error)})" for _, o in sorted(outcomes.items()) if not o.ok
+    ]
     untouched = [h.hostname for i, h in enumerate(hosts) if i not in outcomes]
-    return (f"interrupted: finished on {names(finished)}; failed on {names(failed)}; not started on "
-            f"{names(untouched)}; re-run to converge (the audit log lists every change made)")
+    return (
+        f"interrupted: finished on {names(finished)}; failed on {names(failed)}; not started on "
+        f"{names(untouched)}; re-run to converge (the audit log lists every change made)"
+    )
 
 
 def _progress(console: Console | None, label: str, total: int):  # type: ignore[no-untyped-def]
@@ -126,7 +136,13 @@ def _progress(console: Console | None, label: str, total: int):  # type: ignore[
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 console=console, transient=True)
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
     p.add_task(label, total=total)
     return p

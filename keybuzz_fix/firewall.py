@@ -172,8 +172,9 @@ class ParseError(ValueError):
 
 def desired_rules(ports: Iterable[tuple[int, str, str]], source: str) -> list[UfwRule]:
     """Return the rules for ``(port, proto, comment)`` triples, restricted to ``source``."""
-    return [UfwRule(action="allow", port=str(p), proto=proto, source=source, comment=comment)
-            for p, proto, comment in ports]
+    return [
+        UfwRule(action="allow", port=str(p), proto=proto, source=source, comment=comment) for p, proto, comment in ports
+    ]
 
 
 def parse_ports(spec: str) -> list[tuple[int, str]]:
@@ -220,8 +221,9 @@ def parse_show_added(text: str) -> tuple[UfwRule, ...]:
     pending = ""
     for raw in text.split("\n"):
         line = f"{pending}\n{raw}" if pending else raw
-        if not pending and (not line.strip() or line.strip().startswith(("Added user rules", "WARN: "))
-                            or line.strip() == "(None)"):
+        if not pending and (
+            not line.strip() or line.strip().startswith(("Added user rules", "WARN: ")) or line.strip() == "(None)"
+        ):
             continue  # ufw warns on stderr (the probe merges it) about the owner and mode of its own files
         if _open_quote(line):
             pending = line
@@ -305,21 +307,24 @@ def parse_rule_command(line: str) -> UfwRule:
             values[key] = ANY
     if values.get("proto") in ("", "any"):
         values.pop("proto")
-    return checked_ports(UfwRule(
-        action=values["action"],
-        port=values.get("port"),
-        proto=values.get("proto"),
-        source=values.get("source", ANY),
-        dest=values.get("dest", ANY),
-        interface=values.get("interface"),
-        direction=values.get("direction", "in"),
-        app=values.get("app"),
-        route=route,
-        sport=values.get("sport"),
-        source_app=values.get("sapp"),
-        comment=values.get("comment", ""),
-        raw=line,
-    ), repr(line))
+    return checked_ports(
+        UfwRule(
+            action=values["action"],
+            port=values.get("port"),
+            proto=values.get("proto"),
+            source=values.get("source", ANY),
+            dest=values.get("dest", ANY),
+            interface=values.get("interface"),
+            direction=values.get("direction", "in"),
+            app=values.get("app"),
+            route=route,
+            sport=values.get("sport"),
+            source_app=values.get("sapp"),
+            comment=values.get("comment", ""),
+            raw=line,
+        ),
+        repr(line),
+    )
 
 
 def checked_ports(rule: UfwRule, where: str) -> UfwRule:
@@ -347,8 +352,7 @@ def parse_status(text: str) -> tuple[bool, str | None]:
     return active, default
 
 
-def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
-         ssh_port: int = 22) -> list[Action]:
+def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False, ssh_port: int = 22) -> list[Action]:
     """Return what to do on one host so that every ``desired`` rule lets traffic in.
 
     Existing rules are never removed or reordered. A deny/reject rule that matches all the traffic
@@ -369,33 +373,49 @@ def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False,
         denies = [r for r in existing if r.action in ("deny", "reject") and _overlaps(r, want)]
         shadow = next((r for r in denies if r.covers(want)), None)
         if shadow is not None:
-            actions.append(Action(ActionKind.BLOCKED, f"an earlier rule would drop this traffic first: "
-                                  f"{shadow.raw or shadow.command()} (not changed: remove or reorder it by hand)",
-                                  want))
+            actions.append(
+                Action(
+                    ActionKind.BLOCKED,
+                    f"an earlier rule would drop this traffic first: "
+                    f"{shadow.raw or shadow.command()} (not changed: remove or reorder it by hand)",
+                    want,
+                )
+            )
             continue
         broader = next((r for r in existing if r.action in ("allow", "limit") and r.covers(want)), None)
         if broader is not None:
             actions.append(Action(ActionKind.NOOP, f"already allowed by {broader.raw or broader.command()}", want))
             continue
-        but = f" (except what earlier rules drop first: {'; '.join(r.raw or r.command() for r in denies)})" \
-            if denies else ""
+        but = (
+            f" (except what earlier rules drop first: {'; '.join(r.raw or r.command() for r in denies)})"
+            if denies
+            else ""
+        )
         actions.append(Action(ActionKind.ADD, f"open {want.describe()}{but}", want))
         existing.append(want)
     if not facts.active:
         if not enable:
-            actions.append(Action(ActionKind.BLOCKED, "ufw is inactive: rules are not enforced; "
-                                  "re-run with --enable to activate it (SSH is allowed first)"))
+            actions.append(
+                Action(
+                    ActionKind.BLOCKED,
+                    "ufw is inactive: rules are not enforced; "
+                    "re-run with --enable to activate it (SSH is allowed first)",
+                )
+            )
             return actions
         port = facts.ssh_port or ssh_port
-        ssh_rule = UfwRule(action="allow", port=str(port), proto="tcp",
-                           comment="keybuzz-fix: keep SSH reachable")
+        ssh_rule = UfwRule(action="allow", port=str(port), proto="tcp", comment="keybuzz-fix: keep SSH reachable")
         client = UfwRule(action="allow", port=str(port), proto="tcp", source=facts.ssh_client_ip or ANY)
         keeper = next((r for r in existing if r.action in ("allow", "limit") and r.covers(client)), None)
         if keeper is None:
             actions.insert(0, Action(ActionKind.ADD, f"keep SSH reachable before enabling (port {port})", ssh_rule))
         else:
-            actions.insert(0, Action(ActionKind.NOOP, f"SSH port {port} already allowed by "
-                                     f"{keeper.raw or keeper.command()}", ssh_rule))
+            actions.insert(
+                0,
+                Action(
+                    ActionKind.NOOP, f"SSH port {port} already allowed by {keeper.raw or keeper.command()}", ssh_rule
+                ),
+            )
         actions.append(Action(ActionKind.ENABLE, "enable ufw (default policies unchanged)"))
     return actions
 
@@ -433,4 +453,3 @@ def _net_overlaps(a: str, b: str) -> bool:
     except ValueError:
         return False
     return x.version == y.version and x.overlaps(y)  # type: ignore[arg-type,unused-ignore]
-

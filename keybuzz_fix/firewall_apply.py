@@ -98,14 +98,18 @@ class FirewallRun:
         connections at a time, not one per host.
         """
         raise_open_files_limit(3 * len(self.hosts) + 64)  # per host: its socket, and its shell's wake-up pipe
-        return run_all(self.hosts, self._plan_host, concurrency=self.concurrency,
-                       console=console, label="reading ufw")  # type: ignore[arg-type]
+        return run_all(self.hosts, self._plan_host, concurrency=self.concurrency, console=console, label="reading ufw")  # type: ignore[arg-type]
 
     def apply(self, plans: Sequence[HostPlan], console: object | None = None) -> list[Outcome[HostResult]]:
         """Apply each host's changes and read the result back."""
         by_name = {p.host.hostname: p for p in plans}
-        return run_all([p.host for p in plans], lambda h: self._apply_host(by_name[h.hostname]),
-                       concurrency=self.concurrency, console=console, label="applying")  # type: ignore[arg-type]
+        return run_all(
+            [p.host for p in plans],
+            lambda h: self._apply_host(by_name[h.hostname]),
+            concurrency=self.concurrency,
+            console=console,  # type: ignore[arg-type]
+            label="applying",
+        )
 
     def close(self) -> None:
         """Close every session."""
@@ -173,22 +177,19 @@ class FirewallRun:
         again = self._actions(host, after, result.stdout)
         left = [a for a in again if a.changes]
         if left:
-            raise HostError(host.hostname, "read-back after apply still lacks: "
-                            + "; ".join(a.reason for a in left))
+            raise HostError(host.hostname, "read-back after apply still lacks: " + "; ".join(a.reason for a in left))
         blocked = [a for a in again if a.kind is ActionKind.BLOCKED]
         status = Status.BLOCKED if blocked else Status.CHANGED
         return HostResult(host, status, plan.actions, tuple(ran), _blocked_message(blocked))
-
 
     def _cut_short(self, host: Host, commands: Sequence[str], error: HostError) -> HostError:
         """Audit what ran before the connection dropped or the time ran out; say it in the host's error."""
         ran = parse_apply(error.partial, commands)[0]
         for cmd in ran:
             state.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
-        rest = list(commands[len(ran):])
+        rest = list(commands[len(ran) :])
         if rest:  # it was running: ufw may or may not have finished it
-            state.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip,
-                        error=error.problem)
+            state.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip, error=error.problem)
         what = "connection lost" if isinstance(error, HostUnreachable) else "no answer in time (--timeout)"
         done = f"{len(ran)} of {len(commands)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
         unknown = f"; unknown whether this one finished: {rest[0]}" if rest else ""
@@ -208,8 +209,9 @@ def apply_script(commands: Sequence[str]) -> str:
     for i, cmd in enumerate(commands):
         lines.append(
             f"if [ $kbf_failed = 0 ]; then kbf_out=$(LC_ALL=C {cmd} 2>&1); kbf_rc=$?; "
-            f"echo \"{APPLY_MARK} {i} $kbf_rc\"; printf '%s\\n' \"$kbf_out\"; "
-            f"[ $kbf_rc = 0 ] || kbf_failed=1; fi")
+            f'echo "{APPLY_MARK} {i} $kbf_rc"; printf \'%s\\n\' "$kbf_out"; '
+            f"[ $kbf_rc = 0 ] || kbf_failed=1; fi"
+        )
     return "; ".join(lines)
 
 

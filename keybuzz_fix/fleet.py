@@ -27,20 +27,34 @@ def confirm(console: Console, question: str, *, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise UsageError(f"{question} — needs confirmation but stdin is not a terminal; "
-                         "pass --yes to proceed, or --dry-run to only see the plan")
+        raise UsageError(
+            f"{question} — needs confirmation but stdin is not a terminal; "
+            "pass --yes to proceed, or --dry-run to only see the plan"
+        )
     import typer
 
     if not typer.confirm(question, default=False):
         raise Aborted("nothing changed (answered no)")
 
 
-def run_firewall(console: Console, *, command: str, hosts: Sequence[Host],
-                 desired: Callable[[Host], list[UfwRule]], ssh: SshOptions, enable: bool, dry_run: bool,
-                 yes: bool, concurrency: int, output: Output, extra: HostExtra | None = None) -> ExitCode:
+def run_firewall(
+    console: Console,
+    *,
+    command: str,
+    hosts: Sequence[Host],
+    desired: Callable[[Host], list[UfwRule]],
+    ssh: SshOptions,
+    enable: bool,
+    dry_run: bool,
+    yes: bool,
+    concurrency: int,
+    output: Output,
+    extra: HostExtra | None = None,
+) -> ExitCode:
     """Run a firewall change across ``hosts`` and report; return the exit code."""
-    run = FirewallRun(hosts=hosts, desired=desired, ssh=ssh, command=command, enable=enable,
-                      concurrency=concurrency, extra=extra)
+    run = FirewallRun(
+        hosts=hosts, desired=desired, ssh=ssh, command=command, enable=enable, concurrency=concurrency, extra=extra
+    )
     quiet = output is Output.JSON
     try:
         planned = run.plan(None if quiet else console)
@@ -48,8 +62,15 @@ def run_firewall(console: Console, *, command: str, hosts: Sequence[Host],
         changing = [p for p in plans if p.changes]
         if dry_run or not changing:
             code = _code(planned, plans)
-            _finish(console, output, planned, dry_run=dry_run, run=run, code=code,
-                    title=f"{command}: plan (dry run, nothing changed)" if dry_run else f"{command}: nothing to do")
+            _finish(
+                console,
+                output,
+                planned,
+                dry_run=dry_run,
+                run=run,
+                code=code,
+                title=f"{command}: plan (dry run, nothing changed)" if dry_run else f"{command}: nothing to do",
+            )
             return code
         if not quiet:
             report.firewall_plans(console, planned)
@@ -59,8 +80,9 @@ def run_firewall(console: Console, *, command: str, hosts: Sequence[Host],
         outcomes = [o for o in planned if not o.ok] + list(applied)
         order = {h.hostname: i for i, h in enumerate(hosts)}
         outcomes.sort(key=lambda o: order[o.host.hostname])
-        failed = any(not o.ok or (isinstance(o.result, HostResult) and o.result.status is Status.BLOCKED)
-                     for o in outcomes)
+        failed = any(
+            not o.ok or (isinstance(o.result, HostResult) and o.result.status is Status.BLOCKED) for o in outcomes
+        )
         code = ExitCode.FAILURE if failed else ExitCode.OK
         _finish(console, output, outcomes, dry_run=False, run=run, code=code, title=f"{command}: result")
         return code
@@ -74,11 +96,25 @@ def _code(planned: Sequence[object], plans: Sequence[HostPlan]) -> ExitCode:
     return ExitCode.OK
 
 
-def _finish(console: Console, output: Output, outcomes: Sequence[object], *, dry_run: bool, run: FirewallRun,
-            code: ExitCode, title: str) -> None:
+def _finish(
+    console: Console,
+    output: Output,
+    outcomes: Sequence[object],
+    *,
+    dry_run: bool,
+    run: FirewallRun,
+    code: ExitCode,
+    title: str,
+) -> None:
     if output is Output.JSON:
-        report.print_json(report.firewall_json(outcomes, dry_run=dry_run,  # type: ignore[arg-type]
-                                               accepted=run.accepted.entries, exit_code=code))
+        report.print_json(
+            report.firewall_json(
+                outcomes,  # type: ignore[arg-type]
+                dry_run=dry_run,
+                accepted=run.accepted.entries,
+                exit_code=code,
+            )
+        )
         return
     if dry_run:
         report.firewall_plans(console, outcomes)  # type: ignore[arg-type]

@@ -36,17 +36,29 @@ class Finding:
 # -- the controller --------------------------------------------------------------------------
 
 
-def check_controller(cfg: IngressConfig, *, daemonset: Obj | None, deployment: Obj | None,
-                     pods: Sequence[Obj], service: Obj | None,
-                     workers: Mapping[str, str | None]) -> list[Finding]:
+def check_controller(
+    cfg: IngressConfig,
+    *,
+    daemonset: Obj | None,
+    deployment: Obj | None,
+    pods: Sequence[Obj],
+    service: Obj | None,
+    workers: Mapping[str, str | None],
+) -> list[Finding]:
     """Return one finding per fact about the controller; ``workers`` maps each worker to its Node."""
     where = f"{cfg.namespace}/{cfg.controller}"
     out: list[Finding] = []
     ds_subject = f"DaemonSet {where}"
     if daemonset is None:
         if deployment is not None:
-            out.append(Finding(ds_subject, False, f"not found: {where} runs as a Deployment "
-                               f"({deployment.get('spec', {}).get('replicas', 1)} replicas), not a DaemonSet"))
+            out.append(
+                Finding(
+                    ds_subject,
+                    False,
+                    f"not found: {where} runs as a Deployment "
+                    f"({deployment.get('spec', {}).get('replicas', 1)} replicas), not a DaemonSet",
+                )
+            )
         else:
             out.append(Finding(ds_subject, False, f"not found in namespace {cfg.namespace}"))
     else:
@@ -54,8 +66,13 @@ def check_controller(cfg: IngressConfig, *, daemonset: Obj | None, deployment: O
         if wl.host_network(daemonset):
             out.append(Finding(ds_subject, True, "hostNetwork: true"))
         else:
-            out.append(Finding(ds_subject, False, "hostNetwork is off in the pod template: the controller does "
-                               "not listen on the workers' own ports"))
+            out.append(
+                Finding(
+                    ds_subject,
+                    False,
+                    "hostNetwork is off in the pod template: the controller does not listen on the workers' own ports",
+                )
+            )
         out += _pods_on_workers(cfg, pods, workers)
     out += check_service(cfg, service)
     return out
@@ -87,8 +104,9 @@ def _pods_on_workers(cfg: IngressConfig, pods: Sequence[Obj], workers: Mapping[s
 def service_port(service: Obj, name: str, number: int) -> Obj | None:
     """Return the Service port named ``name``, or else the one whose port is ``number``."""
     ports = service.get("spec", {}).get("ports") or []
-    return next((p for p in ports if p.get("name") == name), None) or \
-        next((p for p in ports if p.get("port") == number), None)
+    return next((p for p in ports if p.get("name") == name), None) or next(
+        (p for p in ports if p.get("port") == number), None
+    )
 
 
 def check_service(cfg: IngressConfig, service: Obj | None) -> list[Finding]:
@@ -98,16 +116,26 @@ def check_service(cfg: IngressConfig, service: Obj | None) -> list[Finding]:
         return [Finding(subject, False, f"not found in namespace {cfg.namespace}")]
     kind = service.get("spec", {}).get("type", "ClusterIP")
     if kind not in ("NodePort", "LoadBalancer"):
-        return [Finding(subject, False, f"type {kind}: no NodePorts (expected NodePort with "
-                        f"{cfg.http_node_port}/{cfg.https_node_port})")]
+        return [
+            Finding(
+                subject,
+                False,
+                f"type {kind}: no NodePorts (expected NodePort with {cfg.http_node_port}/{cfg.https_node_port})",
+            )
+        ]
     out = [Finding(subject, True, f"type {kind}")]
     for label, number, wanted in (("http", 80, cfg.http_node_port), ("https", 443, cfg.https_node_port)):
         port = service_port(service, label, number)
         if port is None:
             out.append(Finding(subject, False, f"no {label} port (name {label!r} or port {number})"))
         elif port.get("nodePort") != wanted:
-            out.append(Finding(subject, False, f"{label} port {port.get('port')} has nodePort "
-                               f"{port.get('nodePort', 'none')}, expected {wanted}"))
+            out.append(
+                Finding(
+                    subject,
+                    False,
+                    f"{label} port {port.get('port')} has nodePort {port.get('nodePort', 'none')}, expected {wanted}",
+                )
+            )
         else:
             out.append(Finding(subject, True, f"{label} port {port.get('port')} → nodePort {wanted}"))
     return out
@@ -128,8 +156,9 @@ def build_ingress(cfg: Config, route: Route) -> Obj:
         "metadata": meta,
         "spec": {
             "ingressClassName": cfg.ingress.class_name,
-            "rules": [{"host": route.host,
-                       "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}],
+            "rules": [
+                {"host": route.host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
+            ],
         },
     }
 
@@ -143,8 +172,10 @@ def render_manifest(objs: Sequence[Obj]) -> str:
     """Render objects as a multi-document YAML file (what ``manifests/ingress.yaml`` holds)."""
     import yaml
 
-    head = ("# The Ingress routes keybuzz-fix applies, rendered from manifests/defaults.yaml.\n"
-            "# kubectl apply --server-side --field-manager keybuzz-fix -f manifests/ingress.yaml\n")
+    head = (
+        "# The Ingress routes keybuzz-fix applies, rendered from manifests/defaults.yaml.\n"
+        "# kubectl apply --server-side --field-manager keybuzz-fix -f manifests/ingress.yaml\n"
+    )
     return head + "---\n".join(yaml.safe_dump(o, sort_keys=False) for o in objs)
 
 
@@ -171,8 +202,7 @@ def comparable(obj: Obj | None) -> Obj | None:
     if obj is None:
         return None
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in _SERVER_FIELDS}
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": meta,
-            "spec": obj.get("spec", {})}
+    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": meta, "spec": obj.get("spec", {})}
 
 
 def diff(before: Obj | None, after: Obj | None, name: str) -> str:
@@ -184,8 +214,11 @@ def diff(before: Obj | None, after: Obj | None, name: str) -> str:
         return ""
     old = yaml.safe_dump(a, sort_keys=True).splitlines() if a is not None else []
     new = yaml.safe_dump(b, sort_keys=True).splitlines() if b is not None else []
-    return "\n".join(difflib.unified_diff(old, new, f"{name} (live)" if a is not None else "/dev/null",
-                                          f"{name} (after apply)", lineterm="", n=3))
+    return "\n".join(
+        difflib.unified_diff(
+            old, new, f"{name} (live)" if a is not None else "/dev/null", f"{name} (after apply)", lineterm="", n=3
+        )
+    )
 
 
 class RouteStatus(str, Enum):

@@ -72,16 +72,19 @@ class IngressPlan:
         return ExitCode.OK
 
 
-def plan_ingress(kube: Kube, cfg: Config, workers: Sequence[Host] | None = None, *,
-                 force_conflicts: bool = False) -> IngressPlan:
+def plan_ingress(
+    kube: Kube, cfg: Config, workers: Sequence[Host] | None = None, *, force_conflicts: bool = False
+) -> IngressPlan:
     """Check the controller and dry-run every route; change nothing.
 
     ``workers`` are the servers.tsv workers that must each run a controller pod; ``None`` takes
     the cluster's worker Nodes (no control-plane role).
     """
-    return IngressPlan(tuple(observe_controller(kube, cfg, workers)),
-                       tuple(_plan_route(kube, obj, force_conflicts) for obj in ingress.build_ingresses(cfg)),
-                       force_conflicts)
+    return IngressPlan(
+        tuple(observe_controller(kube, cfg, workers)),
+        tuple(_plan_route(kube, obj, force_conflicts) for obj in ingress.build_ingresses(cfg)),
+        force_conflicts,
+    )
 
 
 def observe_controller(kube: Kube, cfg: Config, workers: Sequence[Host] | None) -> list[Finding]:
@@ -95,8 +98,14 @@ def observe_controller(kube: Kube, cfg: Config, workers: Sequence[Host] | None) 
         on_nodes: dict[str, str | None] = {name_of(n): name_of(n) for n in nodes if wl.is_worker_node(n)}
     else:
         on_nodes = wl.worker_nodes(workers, nodes)
-    return ingress.check_controller(ic, daemonset=daemonset, deployment=deployment, pods=pods,
-                                    service=kube.get("Service", ic.service, ic.namespace), workers=on_nodes)
+    return ingress.check_controller(
+        ic,
+        daemonset=daemonset,
+        deployment=deployment,
+        pods=pods,
+        service=kube.get("Service", ic.service, ic.namespace),
+        workers=on_nodes,
+    )
 
 
 def _plan_route(kube: Kube, desired: Obj, force: bool) -> RoutePlan:
@@ -128,19 +137,33 @@ def apply_ingress(kube: Kube, plan: IngressPlan, *, command: str = "ingress") ->
             after = kube.apply(r.desired, force=plan.force_conflicts)
         except ClusterError as e:
             status = RouteStatus.CONFLICT if isinstance(e, Conflict) else RouteStatus.FAILED
-            state.audit(command, where, r.status.value, "failed", before=ingress.describe_route(r.live),
-                        error=str(e))
+            state.audit(command, where, r.status.value, "failed", before=ingress.describe_route(r.live), error=str(e))
             routes.append(replace(r, status=status, error=str(e)))
             continue
-        state.audit(command, where, r.status.value, "ok", before=ingress.describe_route(r.live),
-                    after=ingress.describe_route(after), force_conflicts=plan.force_conflicts)
+        state.audit(
+            command,
+            where,
+            r.status.value,
+            "ok",
+            before=ingress.describe_route(r.live),
+            after=ingress.describe_route(after),
+            force_conflicts=plan.force_conflicts,
+        )
         routes.append(replace(r, status=done))
     return replace(plan, routes=tuple(routes))
 
 
-def run_ingress(console: Console, kube: Kube, cfg: Config, workers: Sequence[Host] | None = None, *,
-                dry_run: bool = False, yes: bool = False, force_conflicts: bool = False,
-                output: Output = Output.TEXT) -> IngressPlan:
+def run_ingress(
+    console: Console,
+    kube: Kube,
+    cfg: Config,
+    workers: Sequence[Host] | None = None,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    force_conflicts: bool = False,
+    output: Output = Output.TEXT,
+) -> IngressPlan:
     """Check, plan, show, ask once, apply and report; return the outcome (``.exit_code``)."""
     from keybuzz_fix import report
     from keybuzz_fix.fleet import confirm

@@ -128,8 +128,11 @@ def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
         if len(fields) != len(header):
             hint = " (are the columns separated by tabs?)" if len(fields) == 1 else ""
             raise InputError(
-                path, f"expected {len(header)} tab-separated fields as in the header (line {header_line}), "
-                f"found {len(fields)}{hint}", number)
+                path,
+                f"expected {len(header)} tab-separated fields as in the header (line {header_line}), "
+                f"found {len(fields)}{hint}",
+                number,
+            )
         row = dict(zip(header, fields, strict=True))
         host = _host(row, path, number)
         for key, seen, what in (
@@ -140,7 +143,8 @@ def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
                 continue
             if key in seen:
                 raise InputError(
-                    path, f"duplicate {what} {key[1]!r} in ENV {host.env!r} (first on line {seen[key]})", number)
+                    path, f"duplicate {what} {key[1]!r} in ENV {host.env!r} (first on line {seen[key]})", number
+                )
             seen[key] = number
         hosts.append(host)
     if header is None:
@@ -156,8 +160,9 @@ def select(inventory: Inventory, role: Role = Role.WORKER, env: str = "prod") ->
         envs = ", ".join(inventory.envs()) or "none"
         what = "K3s node" if role is Role.ALL else f"K3s {role.value}"
         raise InputError(
-            inventory.path, f"no {what} found (ROLE=k3s, SUBROLE={role.value}) for ENV {env!r}; "
-            f"ENV values in the file: {envs}")
+            inventory.path,
+            f"no {what} found (ROLE=k3s, SUBROLE={role.value}) for ENV {env!r}; ENV values in the file: {envs}",
+        )
     for h in wanted:
         if not h.private_ip:
             raise InputError(inventory.path, f"{h.hostname}: IP_PRIVEE is empty, cannot reach it over SSH", h.line)

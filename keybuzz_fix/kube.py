@@ -94,8 +94,9 @@ class Kube:
     # -- reads ------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
         """Return one object, or ``None`` when it does not exist."""
-        return self._request("GET", RESOURCES[kind].path(namespace, name), what=("get", kind, namespace, name),
-                             missing_ok=True)
+        return self._request(
+            "GET", RESOURCES[kind].path(namespace, name), what=("get", kind, namespace, name), missing_ok=True
+        )
 
     def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[Obj]:
         """Return every object of ``kind`` (in ``namespace``), each with its kind set."""
@@ -108,27 +109,44 @@ class Kube:
             item.setdefault("apiVersion", RESOURCES[kind].group_version)
         return items
 
-    def list_with_version(self, kind: str, namespace: str | None = None,
-                          selector: str | None = None) -> tuple[builtins.list[Obj], str]:
+    def list_with_version(
+        self, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> tuple[builtins.list[Obj], str]:
         """Return the objects and the list's resourceVersion, to start a watch from."""
         query = {"labelSelector": selector} if selector else None
         body = self._request("GET", RESOURCES[kind].path(namespace), query=query, what=("list", kind, namespace, None))
         assert body is not None
         return body.get("items") or [], str(body.get("metadata", {}).get("resourceVersion", ""))
 
-    def watch(self, kind: str, namespace: str | None, *, resource_version: str, selector: str | None = None,
-              timeout: float = 60.0) -> Iterator[tuple[str, Obj]]:
+    def watch(
+        self,
+        kind: str,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        selector: str | None = None,
+        timeout: float = 60.0,
+    ) -> Iterator[tuple[str, Obj]]:
         """Yield ``(event type, object)`` until the server ends the watch (after ``timeout`` seconds)."""
         import urllib3
 
-        query: dict[str, str] = {"watch": "1", "resourceVersion": resource_version,
-                                 "timeoutSeconds": str(max(1, int(timeout))), "allowWatchBookmarks": "true"}
+        query: dict[str, str] = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(max(1, int(timeout))),
+            "allowWatchBookmarks": "true",
+        }
         if selector:
             query["labelSelector"] = selector
         url = self.endpoint.server + RESOURCES[kind].path(namespace) + "?" + urlencode(query)
         try:
-            resp = self._http.request("GET", url, headers=self._headers(), preload_content=False,
-                                      timeout=urllib3.Timeout(connect=self.timeout, read=timeout + 10))
+            resp = self._http.request(
+                "GET",
+                url,
+                headers=self._headers(),
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=self.timeout, read=timeout + 10),
+            )
         except urllib3.exceptions.HTTPError as e:
             raise self._unreachable(e) from e
         try:
@@ -154,22 +172,44 @@ class Kube:
         query = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
         if dry_run:
             query["dryRun"] = "All"
-        body = self._request("PATCH", RESOURCES[kind].path(meta.get("namespace"), meta["name"]), query=query,
-                             body=obj, content_type="application/apply-patch+yaml",
-                             what=("apply", kind, meta.get("namespace"), meta["name"]))
+        body = self._request(
+            "PATCH",
+            RESOURCES[kind].path(meta.get("namespace"), meta["name"]),
+            query=query,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            what=("apply", kind, meta.get("namespace"), meta["name"]),
+        )
         assert body is not None
         return body
 
-    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj | builtins.list[Any], *,
-              patch_type: str = "strategic", dry_run: bool = False) -> Obj:
+    def patch(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Obj | builtins.list[Any],
+        *,
+        patch_type: str = "strategic",
+        dry_run: bool = False,
+    ) -> Obj:
         """Patch an object in place (strategic, merge or json patch)."""
-        content_type = {"strategic": "application/strategic-merge-patch+json",
-                        "merge": "application/merge-patch+json", "json": "application/json-patch+json"}[patch_type]
+        content_type = {
+            "strategic": "application/strategic-merge-patch+json",
+            "merge": "application/merge-patch+json",
+            "json": "application/json-patch+json",
+        }[patch_type]
         query = {"fieldManager": FIELD_MANAGER}
         if dry_run:
             query["dryRun"] = "All"
-        body = self._request("PATCH", RESOURCES[kind].path(namespace, name), query=query, body=patch,
-                             content_type=content_type, what=("patch", kind, namespace, name))
+        body = self._request(
+            "PATCH",
+            RESOURCES[kind].path(namespace, name),
+            query=query,
+            body=patch,
+            content_type=content_type,
+            what=("patch", kind, namespace, name),
+        )
         assert body is not None
         return body
 
@@ -179,13 +219,26 @@ class Kube:
         query = {"fieldManager": FIELD_MANAGER}
         if dry_run:
             query["dryRun"] = "All"
-        body = self._request("POST", RESOURCES[kind].path(meta.get("namespace")), query=query, body=obj,
-                             what=("create", kind, meta.get("namespace"), meta["name"]))
+        body = self._request(
+            "POST",
+            RESOURCES[kind].path(meta.get("namespace")),
+            query=query,
+            body=obj,
+            what=("create", kind, meta.get("namespace"), meta["name"]),
+        )
         assert body is not None
         return body
 
-    def delete(self, kind: str, name: str, namespace: str | None, *, dry_run: bool = False,
-               uid: str | None = None, propagation: str = "Background") -> bool:
+    def delete(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        *,
+        dry_run: bool = False,
+        uid: str | None = None,
+        propagation: str = "Background",
+    ) -> bool:
         """Delete an object; return False when it was already gone.
 
         ``uid`` is a precondition: the delete only happens if the object is still the one we
@@ -196,8 +249,13 @@ class Kube:
             options["preconditions"] = {"uid": uid}
         if dry_run:
             options["dryRun"] = ["All"]
-        body = self._request("DELETE", RESOURCES[kind].path(namespace, name), body=options,
-                             what=("delete", kind, namespace, name), missing_ok=True)
+        body = self._request(
+            "DELETE",
+            RESOURCES[kind].path(namespace, name),
+            body=options,
+            what=("delete", kind, namespace, name),
+            missing_ok=True,
+        )
         return body is not None
 
     # -- identity ---------------------------------------------------------------------------
@@ -210,10 +268,17 @@ class Kube:
             attrs["namespace"] = namespace
         if name:
             attrs["name"] = name
-        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": attrs}}
-        body = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review,
-                             what=("create", "SelfSubjectAccessReview", None, None))
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs},
+        }
+        body = self._request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            body=review,
+            what=("create", "SelfSubjectAccessReview", None, None),
+        )
         assert body is not None
         return bool(body.get("status", {}).get("allowed"))
 
@@ -232,16 +297,30 @@ class Kube:
             headers["Authorization"] = f"Bearer {self.endpoint.token}"
         return headers
 
-    def _request(self, method: str, path: str, *, what: tuple[str, str, str | None, str | None],
-                 query: dict[str, str] | None = None, body: Any = None, content_type: str = "application/json",
-                 missing_ok: bool = False) -> Obj | None:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: tuple[str, str, str | None, str | None],
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        missing_ok: bool = False,
+    ) -> Obj | None:
         import urllib3
 
         url = self.endpoint.server + path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
         try:
-            resp = self._http.request(method, url, body=data, headers=self._headers(content_type if data else None),
-                                      timeout=urllib3.Timeout(total=self.timeout), retries=False)
+            resp = self._http.request(
+                method,
+                url,
+                body=data,
+                headers=self._headers(content_type if data else None),
+                timeout=urllib3.Timeout(total=self.timeout),
+                retries=False,
+            )
         except urllib3.exceptions.HTTPError as e:
             raise self._unreachable(e) from e
         if resp.status == 404 and missing_ok:
@@ -258,10 +337,14 @@ class Kube:
         reason = getattr(e, "reason", None) or e
         text = str(reason)
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-            return ClusterError(f"TLS verification of the Kubernetes API at {self.endpoint.server} failed "
-                                f"({self.endpoint.source}): {text.split('certificate verify failed:')[-1].strip(' )')}")
-        return ClusterError(f"cannot reach the Kubernetes API at {self.endpoint.server} ({self.endpoint.source}): "
-                            f"{_short(self._scrub(text))}")
+            return ClusterError(
+                f"TLS verification of the Kubernetes API at {self.endpoint.server} failed "
+                f"({self.endpoint.source}): {text.split('certificate verify failed:')[-1].strip(' )')}"
+            )
+        return ClusterError(
+            f"cannot reach the Kubernetes API at {self.endpoint.server} ({self.endpoint.source}): "
+            f"{_short(self._scrub(text))}"
+        )
 
     def _scrub(self, text: str) -> str:
         """Hide the credentials in text a server sent back (a proxy or a broken server may echo them)."""
@@ -277,8 +360,10 @@ class Kube:
         target = f"{kind} {name}" if name else kind
         where = f" in namespace {namespace}" if namespace else ""
         if status == 401:
-            raise ClusterError(f"the Kubernetes API at {self.endpoint.server} rejected the credentials "
-                               f"({self.endpoint.source}): {message or 'Unauthorized'}")
+            raise ClusterError(
+                f"the Kubernetes API at {self.endpoint.server} rejected the credentials "
+                f"({self.endpoint.source}): {message or 'Unauthorized'}"
+            )
         if status == 403 and " cannot " not in message:  # admission (quota, pod security), not RBAC
             raise ClusterError(f"cannot {verb} {target}{where}: refused by the API server: {message}")
         if status == 403:
@@ -288,12 +373,16 @@ class Kube:
             denied = _DENIED.search(message)  # what RBAC checked: an apply that creates needs "create"
             if denied:
                 verb_name, plural, group = denied.group(1), denied.group(2), denied.group(3) or ""
-            raise Forbidden(f"forbidden: cannot {verb_name} {plural}{where} (needed to {verb} {target}); "
-                            f"grant it (see manifests/rbac.yaml): {message}",
-                            permission=f"{verb_name} {plural}{'.' + group if group else ''}{where}")
+            raise Forbidden(
+                f"forbidden: cannot {verb_name} {plural}{where} (needed to {verb} {target}); "
+                f"grant it (see manifests/rbac.yaml): {message}",
+                permission=f"{verb_name} {plural}{'.' + group if group else ''}{where}",
+            )
         if status == 409 and verb == "apply":
-            raise Conflict(f"apply of {target}{where} conflicts with fields owned by another manager: {message}; "
-                           "re-run with --force-conflicts to take them over")
+            raise Conflict(
+                f"apply of {target}{where} conflicts with fields owned by another manager: {message}; "
+                "re-run with --force-conflicts to take them over"
+            )
         if status == 409:
             raise Conflict(f"cannot {verb} {target}{where}: {message}")
         raise ClusterError(f"cannot {verb} {target}{where}: {status} {message}")
@@ -314,15 +403,20 @@ def load(kubeconfig: Path | None = None, context: str | None = None, timeout: fl
         paths = [Path(p).expanduser() for p in env.split(os.pathsep) if p] or [Path("~/.kube/config").expanduser()]
         paths = [p for p in paths if p.is_file()]
         if not paths:
-            raise KubeconfigError("no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, or use "
-                                  "--kubeconfig-from-master to read it from the first K3s master over SSH")
+            raise KubeconfigError(
+                "no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, or use "
+                "--kubeconfig-from-master to read it from the first K3s master over SSH"
+            )
     source = str(paths[0])
     secrets = _kubeconfig_secrets(paths)
     cfg = client.Configuration()
     try:
         config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.pathsep.join(map(str, paths)), context=context,
-                                client_configuration=cfg, persist_config=False)
+            config_file=os.pathsep.join(map(str, paths)),
+            context=context,
+            client_configuration=cfg,
+            persist_config=False,
+        )
     except ConfigException as e:
         raise KubeconfigError(f"{source}: {_short(_redact(str(e), secrets))}") from None
     except yaml.YAMLError as e:
@@ -330,18 +424,25 @@ def load(kubeconfig: Path | None = None, context: str | None = None, timeout: fl
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise KubeconfigError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or 'invalid'}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # the client's reading of odd shapes
-        raise KubeconfigError(f"{source}: not a usable kubeconfig ({e.__class__.__name__}: "
-                              f"{_short(_redact(str(e), secrets))})") from None
+        raise KubeconfigError(
+            f"{source}: not a usable kubeconfig ({e.__class__.__name__}: {_short(_redact(str(e), secrets))})"
+        ) from None
     token = None
     for key in ("BearerToken", "authorization"):
         value = (cfg.api_key or {}).get(key)
         if value:
             token = value.removeprefix("Bearer ").strip()
             break
-    endpoint = Endpoint(server=_server_url(cfg.host, source), ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
-                        key_file=cfg.key_file, token=token, verify=bool(cfg.verify_ssl),
-                        tls_server_name=getattr(cfg, "tls_server_name", None),
-                        source=f"kubeconfig {source}" + (f", context {context}" if context else ""))
+    endpoint = Endpoint(
+        server=_server_url(cfg.host, source),
+        ca_file=cfg.ssl_ca_cert,
+        cert_file=cfg.cert_file,
+        key_file=cfg.key_file,
+        token=token,
+        verify=bool(cfg.verify_ssl),
+        tls_server_name=getattr(cfg, "tls_server_name", None),
+        source=f"kubeconfig {source}" + (f", context {context}" if context else ""),
+    )
     return Kube(endpoint, timeout)
 
 
@@ -368,8 +469,17 @@ def from_k3s_yaml(text: str, server_ip: str, source: str, timeout: float = 30.0)
     if "client-certificate-data" in user and "client-key-data" in user:
         cert_file = _memfile("cert", base64.b64decode(user["client-certificate-data"]))
         key_file = _memfile("key", base64.b64decode(user["client-key-data"]))
-    return Kube(Endpoint(server=f"https://{host}:6443", ca_data=ca, cert_file=cert_file, key_file=key_file,
-                         token=token, source=source), timeout)
+    return Kube(
+        Endpoint(
+            server=f"https://{host}:6443",
+            ca_data=ca,
+            cert_file=cert_file,
+            key_file=key_file,
+            token=token,
+            source=source,
+        ),
+        timeout,
+    )
 
 
 def k3s_yaml_for(text: str, server_ip: str) -> str:
@@ -401,8 +511,10 @@ def _server_url(url: str, source: str) -> str:
 
     authority = url.split("://", 1)[-1].split("/", 1)[0]
     if "@" in authority:
-        raise KubeconfigError(f"{source}: the server URL carries credentials (user:password@); put them in "
-                              "the kubeconfig's user entry instead")
+        raise KubeconfigError(
+            f"{source}: the server URL carries credentials (user:password@); put them in "
+            "the kubeconfig's user entry instead"
+        )
     try:
         parts = urlsplit(url)
         ok = parts.scheme in ("https", "http") and bool(parts.hostname) and (parts.port or 1) > 0
@@ -421,8 +533,9 @@ def _pool(endpoint: Endpoint) -> urllib3.PoolManager:
         try:
             ctx = ssl.create_default_context(cafile=endpoint.ca_file, cadata=endpoint.ca_data)
         except (ssl.SSLError, OSError, ValueError) as e:
-            raise KubeconfigError(f"{endpoint.source}: cannot load the certificate authority: "
-                                  f"{_short(str(e))}") from None
+            raise KubeconfigError(
+                f"{endpoint.source}: cannot load the certificate authority: {_short(str(e))}"
+            ) from None
     if not endpoint.verify:  # only when the kubeconfig itself says insecure-skip-tls-verify
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -132,8 +132,7 @@ def node_probe(peers: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
-def overlay_probe(targets: Sequence[tuple[str, str]], big_size: int | None,
-                  dns_server: str | None) -> str:
+def overlay_probe(targets: Sequence[tuple[str, str]], big_size: int | None, dns_server: str | None) -> str:
     """Return the second probe: ping each ``(name, flannel.1 address)`` at once, and ask CoreDNS."""
     addrs = [_address(a) for _, a in targets]
     dns = _address(dns_server) if dns_server else None
@@ -142,22 +141,26 @@ def overlay_probe(targets: Sequence[tuple[str, str]], big_size: int | None,
         jobs.append(f'ping -n -q -c 3 -i 0.2 -W 1 {a} > "$d/p{i}" 2>&1 &')
         if big_size:
             jobs.append(f'ping -n -q -c 2 -i 0.2 -W 1 -M do -s {int(big_size)} {a} > "$d/b{i}" 2>&1 &')
-    pings = (f"if command -v ping >/dev/null 2>&1; then {' '.join(jobs)} :; else echo '{_M} no-ping'; fi; "
-             if jobs else "")
+    pings = (
+        f"if command -v ping >/dev/null 2>&1; then {' '.join(jobs)} :; else echo '{_M} no-ping'; fi; " if jobs else ""
+    )
     lookup = ""
     if dns:
         name = shlex.quote(DNS_NAME)
-        lookup = (f"if command -v dig >/dev/null 2>&1; then (echo dig; dig +time=2 +tries=1 +short @{dns} {name} A "
-                  f"2>&1; echo \"rc=$?\") > \"$d/dns\" 2>&1 & elif command -v nslookup >/dev/null 2>&1; then "
-                  f"(echo nslookup; nslookup -timeout=2 {name} {dns} 2>&1; echo \"rc=$?\") > \"$d/dns\" 2>&1 & "
-                  f"else echo none > \"$d/dns\"; fi; ")
-    show = "".join(f"echo '{_M} ping {i}'; cat \"$d/p{i}\" 2>/dev/null; "
-                   + (f"echo '{_M} big {i}'; cat \"$d/b{i}\" 2>/dev/null; " if big_size else "")
-                   for i in range(len(addrs)))
+        lookup = (
+            f"if command -v dig >/dev/null 2>&1; then (echo dig; dig +time=2 +tries=1 +short @{dns} {name} A "
+            f'2>&1; echo "rc=$?") > "$d/dns" 2>&1 & elif command -v nslookup >/dev/null 2>&1; then '
+            f'(echo nslookup; nslookup -timeout=2 {name} {dns} 2>&1; echo "rc=$?") > "$d/dns" 2>&1 & '
+            f'else echo none > "$d/dns"; fi; '
+        )
+    show = "".join(
+        f"echo '{_M} ping {i}'; cat \"$d/p{i}\" 2>/dev/null; "
+        + (f"echo '{_M} big {i}'; cat \"$d/b{i}\" 2>/dev/null; " if big_size else "")
+        for i in range(len(addrs))
+    )
     if dns:
         show += f"echo '{_M} dns'; cat \"$d/dns\"; "
-    return (f"export LC_ALL=C; d=$(mktemp -d) || exit 1; {pings}{lookup}wait; {show}"
-            f"rm -rf \"$d\"; echo '{_M} end'")
+    return f"export LC_ALL=C; d=$(mktemp -d) || exit 1; {pings}{lookup}wait; {show}rm -rf \"$d\"; echo '{_M} end'"
 
 
 # -- parsers ------------------------------------------------------------------------------------
@@ -168,8 +171,11 @@ def parse_node_probe(text: str) -> NodeFacts:
     s = probe_sections(text)
     kernel = next((line.strip() for line in s.get("kernel", []) if line.strip()), None)
     tools = frozenset(line.strip() for line in s.get("tools", []) if line.strip() in TOOLS)
-    routes = {name.split(" ", 1)[1]: parse_route_get("\n".join(lines))
-              for name, lines in s.items() if name.startswith("route ")}
+    routes = {
+        name.split(" ", 1)[1]: parse_route_get("\n".join(lines))
+        for name, lines in s.items()
+        if name.startswith("route ")
+    }
     ufw, ufw_error = None, None
     try:
         ufw = ufw_probe.parse_probe(text)
@@ -262,8 +268,14 @@ def bad_checksum_lines(lines: Sequence[str], port: int) -> list[str]:
 def parse_ping(text: str) -> PingResult:
     """Parse the summary of ``ping -q`` (iputils or busybox)."""
     m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", text)
-    detail = next((line.strip() for line in text.splitlines()
-                   if line.strip() and not line.startswith(("PING", "---", "rtt", "round-trip"))), "")
+    detail = next(
+        (
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.startswith(("PING", "---", "rtt", "round-trip"))
+        ),
+        "",
+    )
     if m is None:
         return PingResult(0, 0, detail or "no ping summary")
     return PingResult(int(m.group(1)), int(m.group(2)), detail)
@@ -289,8 +301,14 @@ def parse_dns(text: str) -> DnsResult:
                 answers.append(line.split()[-1])
     if answers and rc == "0":
         return DnsResult(True, f"{tool}: {DNS_NAME} -> {', '.join(answers)}")
-    why = next((line for line in body if "timed out" in line or "refused" in line or "NXDOMAIN" in line
-                or "can't find" in line), body[-1] if body else f"exit {rc}")
+    why = next(
+        (
+            line
+            for line in body
+            if "timed out" in line or "refused" in line or "NXDOMAIN" in line or "can't find" in line
+        ),
+        body[-1] if body else f"exit {rc}",
+    )
     return DnsResult(False, f"{tool}: {why}")
 
 

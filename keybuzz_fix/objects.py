@@ -19,8 +19,16 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "keybuzz-fix"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # Metadata the API server writes; an object restored or re-applied must not carry it.
-SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink",
-                   "deletionTimestamp", "deletionGracePeriodSeconds")
+SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
 SERVER_ANNOTATIONS = ("deployment.kubernetes.io/revision", "deprecated.daemonset.template.generation")
 _POD_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
@@ -131,7 +139,7 @@ def project(have: Any, like: Any) -> Any:
     if isinstance(like, dict) and isinstance(have, dict):
         return {k: project(have[k], v) for k, v in like.items() if k in have}
     if isinstance(like, list) and isinstance(have, list):
-        return [project(h, w) for h, w in zip(have, like, strict=False)] + have[len(like):]
+        return [project(h, w) for h, w in zip(have, like, strict=False)] + have[len(like) :]
     return have
 
 
@@ -140,8 +148,9 @@ def dump_yaml(obj: Any, *, sort_keys: bool = False) -> str:
     import yaml
 
     dumper = type("NoAliasDumper", (yaml.SafeDumper,), {"ignore_aliases": lambda _self, _data: True})
-    return str(yaml.dump(obj, Dumper=dumper, sort_keys=sort_keys, default_flow_style=False, allow_unicode=True,
-                         width=1000))
+    return str(
+        yaml.dump(obj, Dumper=dumper, sort_keys=sort_keys, default_flow_style=False, allow_unicode=True, width=1000)
+    )
 
 
 def yaml_stream(objs: Sequence[Obj]) -> str:
@@ -151,11 +160,13 @@ def yaml_stream(objs: Sequence[Obj]) -> str:
 
 def diff(before: Any, after: Any, label: str) -> list[str]:
     """Return a unified diff of two objects as sorted YAML (empty when equal)."""
+
     def lines(obj: Any) -> list[str]:
         return [] if obj is None else dump_yaml(obj, sort_keys=True).splitlines()
 
-    return list(difflib.unified_diff(lines(before), lines(after), f"{label} (now)", f"{label} (planned)",
-                                     n=2, lineterm=""))
+    return list(
+        difflib.unified_diff(lines(before), lines(after), f"{label} (now)", f"{label} (planned)", n=2, lineterm="")
+    )
 
 
 def parse_objects(text: str, source: str) -> list[Obj]:
@@ -173,14 +184,19 @@ def parse_objects(text: str, source: str) -> list[Obj]:
         if doc is None:
             continue
         if not isinstance(doc, dict):
-            raise InputError(source, f"document {index}: expected a Kubernetes object or a List, "
-                             f"found {type(doc).__name__}")
+            raise InputError(
+                source, f"document {index}: expected a Kubernetes object or a List, found {type(doc).__name__}"
+            )
         items = doc.get("items") if str(doc.get("kind", "")).endswith("List") else [doc]
         if not isinstance(items, list):
             raise InputError(source, f"document {index}: a {doc.get('kind')} without a list of items")
         for item in items:
-            if not isinstance(item, dict) or not item.get("kind") or not isinstance(item.get("metadata"), dict) \
-                    or not item["metadata"].get("name"):
+            if (
+                not isinstance(item, dict)
+                or not item.get("kind")
+                or not isinstance(item.get("metadata"), dict)
+                or not item["metadata"].get("name")
+            ):
                 raise InputError(source, f"document {index}: an item without kind or metadata.name")
             problem = shape_problem(item)
             if problem:
@@ -197,33 +213,61 @@ def parse_objects(text: str, source: str) -> list[Obj]:
 
 _STRINGS = "string map"
 _PORT = (int, str)  # a number, or the name of a container port
-_META: Obj = {"name": str, "namespace": str, "uid": str, "resourceVersion": str, "labels": _STRINGS,
-              "annotations": _STRINGS}
+_META: Obj = {
+    "name": str,
+    "namespace": str,
+    "uid": str,
+    "resourceVersion": str,
+    "labels": _STRINGS,
+    "annotations": _STRINGS,
+}
 _HANDLER: Obj = {"httpGet": {"port": _PORT}, "tcpSocket": {"port": _PORT}, "grpc": {"port": int}}
 _CONTAINER: Obj = {
-    "name": str, "env": [{"name": str, "value": (str, int, float, bool), "valueFrom": dict}], "envFrom": [dict],
+    "name": str,
+    "env": [{"name": str, "value": (str, int, float, bool), "valueFrom": dict}],
+    "envFrom": [dict],
     "ports": [{"containerPort": int, "hostPort": int, "name": str, "protocol": str}],
-    "livenessProbe": _HANDLER, "readinessProbe": _HANDLER, "startupProbe": _HANDLER,
+    "livenessProbe": _HANDLER,
+    "readinessProbe": _HANDLER,
+    "startupProbe": _HANDLER,
     "lifecycle": {"postStart": _HANDLER, "preStop": _HANDLER},
 }
 _TERM: Obj = {"matchExpressions": [{"key": str, "operator": str, "values": list}], "matchFields": [dict]}
 _POD: Obj = {
-    "containers": [_CONTAINER], "initContainers": [_CONTAINER], "ephemeralContainers": [_CONTAINER],
-    "hostNetwork": bool, "nodeSelector": _STRINGS, "nodeName": str,
+    "containers": [_CONTAINER],
+    "initContainers": [_CONTAINER],
+    "ephemeralContainers": [_CONTAINER],
+    "hostNetwork": bool,
+    "nodeSelector": _STRINGS,
+    "nodeName": str,
     "tolerations": [{"key": str, "operator": str, "value": str, "effect": str}],
     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_TERM]}}},
 }
-_WORKLOAD: Obj = {"metadata": _META, "spec": {"selector": {"matchLabels": _STRINGS}, "replicas": int,
-                                              "template": {"metadata": _META, "spec": _POD}}}
+_WORKLOAD: Obj = {
+    "metadata": _META,
+    "spec": {"selector": {"matchLabels": _STRINGS}, "replicas": int, "template": {"metadata": _META, "spec": _POD}},
+}
 _SHAPES: dict[str, Obj] = {
-    "Deployment": _WORKLOAD, "DaemonSet": _WORKLOAD, "StatefulSet": _WORKLOAD, "ReplicaSet": _WORKLOAD,
+    "Deployment": _WORKLOAD,
+    "DaemonSet": _WORKLOAD,
+    "StatefulSet": _WORKLOAD,
+    "ReplicaSet": _WORKLOAD,
     "Pod": {"metadata": _META, "spec": _POD},
-    "Service": {"metadata": _META, "spec": {
-        "type": str, "clusterIP": str, "selector": _STRINGS,
-        "ports": [{"port": int, "targetPort": _PORT, "nodePort": int, "name": str, "protocol": str}]}},
+    "Service": {
+        "metadata": _META,
+        "spec": {
+            "type": str,
+            "clusterIP": str,
+            "selector": _STRINGS,
+            "ports": [{"port": int, "targetPort": _PORT, "nodePort": int, "name": str, "protocol": str}],
+        },
+    },
     "HorizontalPodAutoscaler": {"metadata": _META, "spec": {"scaleTargetRef": {"kind": str, "name": str}}},
-    "Node": {"metadata": _META, "spec": {"podCIDR": str, "taints": [{"key": str, "value": str, "effect": str}]},
-             "status": {"addresses": [{"type": str, "address": str}]}},
+    "Node": {
+        "metadata": _META,
+        "spec": {"podCIDR": str, "taints": [{"key": str, "value": str, "effect": str}]},
+        "status": {"addresses": [{"type": str, "address": str}]},
+    },
 }
 
 

@@ -40,11 +40,18 @@ def overlay_rules(cfg: OverlayConfig) -> list[UfwRule]:
     """Return the UFW rules Flannel's VXLAN needs: 8472/udp from the nodes, all from pods and Services."""
     for key, value in (("source", cfg.source), ("pod_cidr", cfg.pod_cidr), ("service_cidr", cfg.service_cidr)):
         if value == ANY:
-            raise UsageError(f"overlay.{key} is 'any': that would let anyone reach the pod network (VXLAN "
-                             "packets are not authenticated); set it to a network in CIDR form")
+            raise UsageError(
+                f"overlay.{key} is 'any': that would let anyone reach the pod network (VXLAN "
+                "packets are not authenticated); set it to a network in CIDR form"
+            )
     return [
-        UfwRule(action="allow", port=str(cfg.vxlan_port), proto="udp", source=cfg.source,
-                comment="keybuzz-fix: flannel VXLAN"),
+        UfwRule(
+            action="allow",
+            port=str(cfg.vxlan_port),
+            proto="udp",
+            source=cfg.source,
+            comment="keybuzz-fix: flannel VXLAN",
+        ),
         UfwRule(action="allow", source=cfg.pod_cidr, comment="keybuzz-fix: pod network"),
         UfwRule(action="allow", source=cfg.service_cidr, comment="keybuzz-fix: service network"),
     ]
@@ -52,17 +59,18 @@ def overlay_rules(cfg: OverlayConfig) -> list[UfwRule]:
 
 def udev_rule(ethtool: str) -> str:
     """Return the udev rule that turns the offload off each time ``flannel.1`` appears."""
-    return (f"# keybuzz-fix: Flannel VXLAN checksum-offload workaround ({OFFLOAD_FEATURE} off on {VXLAN_DEVICE})\n"
-            f'ACTION=="add", SUBSYSTEM=="net", KERNEL=="{VXLAN_DEVICE}", '
-            f'RUN+="{ethtool} -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off"\n')
+    return (
+        f"# keybuzz-fix: Flannel VXLAN checksum-offload workaround ({OFFLOAD_FEATURE} off on {VXLAN_DEVICE})\n"
+        f'ACTION=="add", SUBSYSTEM=="net", KERNEL=="{VXLAN_DEVICE}", '
+        f'RUN+="{ethtool} -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off"\n'
+    )
 
 
 def write_rule_command(content: str) -> str:
     """Return the command that writes the udev rule atomically (temporary file, then rename)."""
     tmp = f"{UDEV_DIR}/.{UDEV_RULE.rsplit('/', 1)[1]}.tmp"  # udev reads only *.rules
     lines = " ".join(shlex.quote(line) for line in content.splitlines())
-    return (f"mkdir -p {UDEV_DIR} && printf '%s\\n' {lines} > {tmp} && chmod 644 {tmp} && "
-            f"mv -f {tmp} {UDEV_RULE}")
+    return f"mkdir -p {UDEV_DIR} && printf '%s\\n' {lines} > {tmp} && chmod 644 {tmp} && mv -f {tmp} {UDEV_RULE}"
 
 
 def probe_sections(stdout: str) -> dict[str, list[str]]:
@@ -71,7 +79,7 @@ def probe_sections(stdout: str) -> dict[str, list[str]]:
     current: list[str] | None = None
     for line in stdout.splitlines():
         if line.startswith(PROBE_MARK):
-            current = sections[line[len(PROBE_MARK):].strip()] = []
+            current = sections[line[len(PROBE_MARK) :].strip()] = []
         elif current is not None:
             current.append(line)
     return sections
@@ -96,8 +104,11 @@ def plan_offload(stdout: str) -> list[Action]:
         return [Action(ActionKind.BLOCKED, "checksum offload: probe output was cut short; nothing changed")]
     found = [line.strip() for line in sections.get("offload-ethtool", []) if line.strip()]
     if not found:
-        return [Action(ActionKind.BLOCKED, "checksum offload not changed: ethtool is not installed "
-                       "(apt-get install ethtool)")]
+        return [
+            Action(
+                ActionKind.BLOCKED, "checksum offload not changed: ethtool is not installed (apt-get install ethtool)"
+            )
+        ]
     ethtool = found[0]
     if not _PATH.match(ethtool):
         return [Action(ActionKind.BLOCKED, f"checksum offload not changed: odd ethtool path {ethtool[:80]!r}")]
@@ -105,24 +116,37 @@ def plan_offload(stdout: str) -> list[Action]:
     features = parse_features("\n".join(sections.get("offload-features", [])))
     state = features.get(OFFLOAD_FEATURE)
     if not features:
-        actions.append(Action(ActionKind.NOOP, f"{VXLAN_DEVICE} does not exist (yet): the udev rule turns "
-                              f"{OFFLOAD_FEATURE} off when Flannel creates it"))
+        actions.append(
+            Action(
+                ActionKind.NOOP,
+                f"{VXLAN_DEVICE} does not exist (yet): the udev rule turns "
+                f"{OFFLOAD_FEATURE} off when Flannel creates it",
+            )
+        )
     elif state is None:
         actions.append(Action(ActionKind.NOOP, f"{VXLAN_DEVICE} has no {OFFLOAD_FEATURE} feature"))
     elif not state[0]:
         actions.append(Action(ActionKind.NOOP, f"{OFFLOAD_FEATURE} already off on {VXLAN_DEVICE}"))
     elif state[1]:
-        actions.append(Action(ActionKind.BLOCKED, f"{OFFLOAD_FEATURE} is on and [fixed] on {VXLAN_DEVICE}: "
-                              "the driver does not let it change"))
+        actions.append(
+            Action(
+                ActionKind.BLOCKED,
+                f"{OFFLOAD_FEATURE} is on and [fixed] on {VXLAN_DEVICE}: the driver does not let it change",
+            )
+        )
     else:
-        actions.append(Action(ActionKind.CHANGE, f"turn {OFFLOAD_FEATURE} off on {VXLAN_DEVICE}",
-                              script=ETHTOOL_OFF))
+        actions.append(Action(ActionKind.CHANGE, f"turn {OFFLOAD_FEATURE} off on {VXLAN_DEVICE}", script=ETHTOOL_OFF))
     want = udev_rule(ethtool)
     have = "\n".join(sections["offload-rule"]) + "\n" if "offload-rule" in sections else None
     if have == want:
         actions.append(Action(ActionKind.NOOP, f"udev rule already in place: {UDEV_RULE}"))
     else:
         verb = "write" if have is None else "rewrite"
-        actions.append(Action(ActionKind.CHANGE, f"{verb} {UDEV_RULE} so the setting survives reboots and "
-                              "K3s restarts", script=write_rule_command(want)))
+        actions.append(
+            Action(
+                ActionKind.CHANGE,
+                f"{verb} {UDEV_RULE} so the setting survives reboots and K3s restarts",
+                script=write_rule_command(want),
+            )
+        )
     return actions

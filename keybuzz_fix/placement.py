@@ -52,8 +52,9 @@ def fits(spec: Obj, node: Obj) -> bool:
     selector = spec.get("nodeSelector") or {}
     if any(node_labels.get(k) != v for k, v in selector.items()):
         return False
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = required.get("nodeSelectorTerms") or []
     if terms and not any(_term_matches(t, node_labels, name_of(node)) for t in terms):
         return False
@@ -78,8 +79,9 @@ def _term_matches(term: Obj, node_labels: dict[str, str], node_name: str) -> boo
     fields = term.get("matchFields") or []
     if not expressions and not fields:
         return False  # an empty term matches nothing
-    return all(_expression(e, node_labels) for e in expressions) and \
-        all(_expression(f, {"metadata.name": node_name}) for f in fields)
+    return all(_expression(e, node_labels) for e in expressions) and all(
+        _expression(f, {"metadata.name": node_name}) for f in fields
+    )
 
 
 def _expression(expr: Obj, values: dict[str, str]) -> bool:

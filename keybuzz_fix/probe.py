@@ -132,8 +132,9 @@ def http_get(url: str, options: HttpOptions, ctx: ssl.SSLContext | None = None) 
         time.sleep(options.retry_delay)
 
 
-def _attempt(scheme: str, host: str, port: int, path: str, connect_to: str, ctx: ssl.SSLContext | None,
-             timeout: float) -> tuple[int | None, str, str | None, bool]:
+def _attempt(
+    scheme: str, host: str, port: int, path: str, connect_to: str, ctx: ssl.SSLContext | None, timeout: float
+) -> tuple[int | None, str, str | None, bool]:
     """Return (status, reason or error, Location, worth retrying) for one request."""
     deadline = time.monotonic() + timeout
     sock: socket.socket | None = None

@@ -96,8 +96,16 @@ class Progress:
         self.console.print(table)
 
 
-def run_all(console: Console, *, hosts: Sequence[Host], cfg: Config, ssh: SshOptions, kube: Kube,
-            http: HttpOptions, options: AllOptions) -> ExitCode:
+def run_all(
+    console: Console,
+    *,
+    hosts: Sequence[Host],
+    cfg: Config,
+    ssh: SshOptions,
+    kube: Kube,
+    http: HttpOptions,
+    options: AllOptions,
+) -> ExitCode:
     """Plan every step, ask once, run the steps in order; return the exit code."""
     from keybuzz_fix.convert_apply import run_convert
     from keybuzz_fix.ingress_apply import apply_ingress, plan_ingress
@@ -105,12 +113,28 @@ def run_all(console: Console, *, hosts: Sequence[Host], cfg: Config, ssh: SshOpt
 
     progress = Progress(console)
     rules = firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
-    fw = FirewallRun(hosts=hosts, desired=lambda _h: rules, ssh=ssh, command="all", enable=options.enable,
-                     concurrency=options.concurrency)
+    fw = FirewallRun(
+        hosts=hosts,
+        desired=lambda _h: rules,
+        ssh=ssh,
+        command="all",
+        enable=options.enable,
+        concurrency=options.concurrency,
+    )
 
     def convert(dry_run: bool) -> RunResult:
-        return _converted(run_convert(console, kube, cfg, dry_run=dry_run, yes=True, timeout=options.ready_timeout,
-                                      force_conflicts=options.force_conflicts, keep_port=options.keep_port))
+        return _converted(
+            run_convert(
+                console,
+                kube,
+                cfg,
+                dry_run=dry_run,
+                yes=True,
+                timeout=options.ready_timeout,
+                force_conflicts=options.force_conflicts,
+                keep_port=options.keep_port,
+            )
+        )
 
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
@@ -119,14 +143,21 @@ def run_all(console: Console, *, hosts: Sequence[Host], cfg: Config, ssh: SshOpt
         console.rule("[bold]2/4 convert[/]: plan")
         progress.step("convert", lambda: convert(True), _convert_done)
         console.rule("[bold]3/4 ingress[/]: plan")
-        ingress_plan = progress.step("ingress", lambda: _plan_ingress(
-            console, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts)), _ingress_planned)
+        ingress_plan = progress.step(
+            "ingress",
+            lambda: _plan_ingress(console, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts)),
+            _ingress_planned,
+        )
         if options.dry_run:
             progress.summary("all: plan (dry run, nothing changed)")
             return ExitCode.OK
         changing = [p for p in fw_plans if p.changes]
-        confirm(console, f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "
-                f"{len(ingress_plan.changes)} Ingress route(s), then validate?", yes=options.yes)
+        confirm(
+            console,
+            f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "
+            f"{len(ingress_plan.changes)} Ingress route(s), then validate?",
+            yes=options.yes,
+        )
         progress.rows.clear()
 
         # -- the steps, in order -----------------------------------------------------------------
@@ -135,12 +166,22 @@ def run_all(console: Console, *, hosts: Sequence[Host], cfg: Config, ssh: SshOpt
         console.rule("[bold]2/4 convert[/]")
         progress.step("convert", lambda: convert(False), _convert_done)
         console.rule("[bold]3/4 ingress[/]")
-        progress.step("ingress", lambda: _apply_ingress(console, apply_ingress(
-            kube, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts), command="all")),
-                      _ingress_applied)
+        progress.step(
+            "ingress",
+            lambda: _apply_ingress(
+                console,
+                apply_ingress(
+                    kube, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts), command="all"
+                ),
+            ),
+            _ingress_applied,
+        )
         console.rule("[bold]4/4 validate[/]")
-        card = progress.step("validate", lambda: run_validate(
-            kube, cfg, hosts, http=http, threshold=options.threshold, strict=options.strict), _scored)
+        card = progress.step(
+            "validate",
+            lambda: run_validate(kube, cfg, hosts, http=http, threshold=options.threshold, strict=options.strict),
+            _scored,
+        )
         report.scorecard_table(console, card)
     except KeybuzzFixError:
         progress.summary("all: stopped")
@@ -149,8 +190,10 @@ def run_all(console: Console, *, hosts: Sequence[Host], cfg: Config, ssh: SshOpt
         fw.close()
     progress.summary("all: done")
     if not card.ok:
-        raise StepFailed(f"validate: score {card.score:.0f} % is below the threshold {card.required} % "
-                         "after every step ran: see the scorecard")
+        raise StepFailed(
+            f"validate: score {card.score:.0f} % is below the threshold {card.required} % "
+            "after every step ran: see the scorecard"
+        )
     return ExitCode.OK if card.perfect else ExitCode.PARTIAL
 
 
@@ -199,16 +242,14 @@ def _plan_firewall(console: Console, fw: FirewallRun) -> list[HostPlan]:
     if failed or blocked:
         report.firewall_summary(console, planned, "ufw: cannot go on")
         names = [o.host.hostname for o in failed] + [p.host.hostname for p in blocked]
-        raise StepFailed(f"ufw: {len(names)} worker(s) cannot be changed safely ({', '.join(names)}); "
-                         "nothing changed")
+        raise StepFailed(f"ufw: {len(names)} worker(s) cannot be changed safely ({', '.join(names)}); nothing changed")
     return [o.result for o in planned if o.result is not None]
 
 
 def _apply_firewall(console: Console, fw: FirewallRun, plans: Sequence[HostPlan]) -> list[HostResult]:
     applied = fw.apply(plans, console)
     report.firewall_summary(console, applied, "ufw: result")
-    bad = [o.host.hostname for o in applied
-           if not o.ok or (o.result is not None and o.result.status is Status.BLOCKED)]
+    bad = [o.host.hostname for o in applied if not o.ok or (o.result is not None and o.result.status is Status.BLOCKED)]
     if bad:
         raise StepFailed(f"ufw failed on {', '.join(bad)}")
     return [o.result for o in applied if o.result is not None]

@@ -51,21 +51,36 @@ def inventory_table(console: Console, hosts: Sequence[Host], title: str) -> None
     console.print(table)
 
 
-def diagnosis(console: Console, findings: Sequence[Finding], nodes: Sequence[NodeView], cluster: ClusterView,
-              *, seconds: float, accepted: Sequence[tuple[str, str]]) -> None:
+def diagnosis(
+    console: Console,
+    findings: Sequence[Finding],
+    nodes: Sequence[NodeView],
+    cluster: ClusterView,
+    *,
+    seconds: float,
+    accepted: Sequence[tuple[str, str]],
+) -> None:
     """Print the probe matrix and the ranked findings with their evidence and fixes."""
     from rich.markup import escape
     from rich.table import Table
 
     from keybuzz_fix.diagnose import Status, healthy, matrix
 
-    styles = {Status.CONFIRMED: "bold red", Status.SUSPECTED: "bold yellow", Status.NOT_CHECKED: "yellow",
-              Status.OK: "green"}
-    cells = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "mtu": "[bold yellow]MTU[/]", "n/a": "[dim]n/a[/]",
-             "self": "[dim]·[/]"}
+    styles = {
+        Status.CONFIRMED: "bold red",
+        Status.SUSPECTED: "bold yellow",
+        Status.NOT_CHECKED: "yellow",
+        Status.OK: "green",
+    }
+    cells = {
+        "ok": "[green]ok[/]",
+        "fail": "[bold red]FAIL[/]",
+        "mtu": "[bold yellow]MTU[/]",
+        "n/a": "[dim]n/a[/]",
+        "self": "[dim]·[/]",
+    }
     grid = matrix(nodes)
-    table = Table(title=f"ping {len(grid)} × {len(grid)} node(s) over flannel.1 (row → column)",
-                  title_justify="left")
+    table = Table(title=f"ping {len(grid)} × {len(grid)} node(s) over flannel.1 (row → column)", title_justify="left")
     table.add_column("FROM \\ TO")
     for name in grid:
         table.add_column(name, justify="center")
@@ -78,8 +93,9 @@ def diagnosis(console: Console, findings: Sequence[Finding], nodes: Sequence[Nod
         if n.error:
             console.print(f"[bold red]{escape(n.host.hostname)}[/] ({n.host.private_ip}): {escape(n.error)}")
     for i, f in enumerate(findings, start=1):
-        console.print(f"\n[bold]{i}. {escape(f.title)}[/] — [{styles[f.status]}]{f.status.value}[/]: "
-                      f"{escape(f.summary)}")
+        console.print(
+            f"\n[bold]{i}. {escape(f.title)}[/] — [{styles[f.status]}]{f.status.value}[/]: {escape(f.summary)}"
+        )
         if f.problem:
             for host, lines in f.evidence.items():
                 console.print(f"   [bold]{escape(host)}[/]")
@@ -94,32 +110,55 @@ def diagnosis(console: Console, findings: Sequence[Finding], nodes: Sequence[Nod
     console.print(f"\n{verdict} ({sum(f.problem for f in findings)} problem finding(s)) in {seconds:.1f} s")
 
 
-def diagnosis_json(findings: Sequence[Finding], nodes: Sequence[NodeView], cluster: ClusterView, *,
-                   seconds: float, accepted: Sequence[tuple[str, str]], exit_code: ExitCode) -> dict[str, Any]:
+def diagnosis_json(
+    findings: Sequence[Finding],
+    nodes: Sequence[NodeView],
+    cluster: ClusterView,
+    *,
+    seconds: float,
+    accepted: Sequence[tuple[str, str]],
+    exit_code: ExitCode,
+) -> dict[str, Any]:
     """Return the machine-readable diagnosis."""
     from keybuzz_fix.diagnose import healthy, matrix
 
     hosts = []
     for n in nodes:
-        entry: dict[str, Any] = {"hostname": n.host.hostname, "address": n.host.private_ip,
-                                 "status": "failed" if n.error and n.facts is None else "probed"}
+        entry: dict[str, Any] = {
+            "hostname": n.host.hostname,
+            "address": n.host.private_ip,
+            "status": "failed" if n.error and n.facts is None else "probed",
+        }
         if n.error:
             entry["error"] = n.error
         if n.facts is not None:
             entry.update(kernel=n.facts.kernel, tools=sorted(n.facts.tools), flannel_address=n.facts.flannel_addr)
         hosts.append(entry)
-    return {"healthy": healthy(findings), "exit_code": int(exit_code), "seconds": round(seconds, 3),
-            "findings": [dict(rank=i, **f.to_json()) for i, f in enumerate(findings, start=1)],
-            "matrix": matrix(nodes), "hosts": hosts,
-            "cluster": {"read": cluster.error is None, "error": cluster.error, "dns_ip": cluster.dns_ip,
-                        "nodes": len(cluster.nodes)},
-            "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted]}
+    return {
+        "healthy": healthy(findings),
+        "exit_code": int(exit_code),
+        "seconds": round(seconds, 3),
+        "findings": [dict(rank=i, **f.to_json()) for i, f in enumerate(findings, start=1)],
+        "matrix": matrix(nodes),
+        "hosts": hosts,
+        "cluster": {
+            "read": cluster.error is None,
+            "error": cluster.error,
+            "dns_ip": cluster.dns_ip,
+            "nodes": len(cluster.nodes),
+        },
+        "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted],
+    }
 
 
 def action_json(action: Action) -> dict[str, Any]:
     """Return one firewall action as JSON."""
-    return {"kind": action.kind.value, "rule": action.rule.describe() if action.rule else None,
-            "command": action.command, "reason": action.reason}
+    return {
+        "kind": action.kind.value,
+        "rule": action.rule.describe() if action.rule else None,
+        "command": action.command,
+        "reason": action.reason,
+    }
 
 
 def firewall_plans(console: Console, outcomes: Sequence[Outcome[HostPlan]]) -> None:
@@ -143,8 +182,9 @@ def firewall_plans(console: Console, outcomes: Sequence[Outcome[HostPlan]]) -> N
                 console.print(f"  [green]=[/] {escape(a.reason)}")
 
 
-def firewall_summary(console: Console, outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[HostPlan]],
-                     title: str) -> None:
+def firewall_summary(
+    console: Console, outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[HostPlan]], title: str
+) -> None:
     """Print the per-host summary table."""
     from rich.markup import escape
     from rich.table import Table
@@ -159,38 +199,60 @@ def firewall_summary(console: Console, outcomes: Sequence[Outcome[HostResult]] |
             status, detail = "failed", str(getattr(o.error, "problem", o.error))
         elif isinstance(o.result, HostResult):
             status = o.result.status.value
-            detail = o.result.message or (f"{len(o.result.applied)} change(s) applied" if o.result.applied
-                                          else "all rules already present")
+            detail = o.result.message or (
+                f"{len(o.result.applied)} change(s) applied" if o.result.applied else "all rules already present"
+            )
         else:
             assert isinstance(o.result, HostPlan)
             status = plan_status(o.result).value
             detail = "; ".join(a.reason for a in o.result.blocked) or (
-                f"{len(o.result.changes)} change(s) planned" if o.result.changes else "all rules already present")
+                f"{len(o.result.changes)} change(s) planned" if o.result.changes else "all rules already present"
+            )
         table.add_row(o.host.hostname, o.host.private_ip, f"[{STATUS_STYLE[status]}]{status}[/]", escape(detail))
     console.print(table)
 
 
-def firewall_json(outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[HostPlan]], *, dry_run: bool,
-                  accepted: Sequence[tuple[str, str]], exit_code: ExitCode) -> dict[str, Any]:
+def firewall_json(
+    outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[HostPlan]],
+    *,
+    dry_run: bool,
+    accepted: Sequence[tuple[str, str]],
+    exit_code: ExitCode,
+) -> dict[str, Any]:
     """Return the machine-readable summary of a firewall run."""
     from keybuzz_fix.firewall_apply import HostPlan, HostResult, overview, plan_status
 
     hosts = []
     for o in outcomes:
-        entry: dict[str, Any] = {"hostname": o.host.hostname, "address": o.host.private_ip,
-                                 "seconds": round(o.seconds, 3)}
+        entry: dict[str, Any] = {
+            "hostname": o.host.hostname,
+            "address": o.host.private_ip,
+            "seconds": round(o.seconds, 3),
+        }
         if not o.ok:
             entry.update(status="failed", error=str(o.error), error_type=type(o.error).__name__)
         elif isinstance(o.result, HostResult):
-            entry.update(status=o.result.status.value, applied=list(o.result.applied),
-                         actions=[action_json(a) for a in o.result.actions], message=o.result.message)
+            entry.update(
+                status=o.result.status.value,
+                applied=list(o.result.applied),
+                actions=[action_json(a) for a in o.result.actions],
+                message=o.result.message,
+            )
         else:
             assert isinstance(o.result, HostPlan)
-            entry.update(status=plan_status(o.result).value, actions=[action_json(a) for a in o.result.actions],
-                         ufw_active=o.result.facts.active)
+            entry.update(
+                status=plan_status(o.result).value,
+                actions=[action_json(a) for a in o.result.actions],
+                ufw_active=o.result.facts.active,
+            )
         hosts.append(entry)
-    return {"dry_run": dry_run, "exit_code": int(exit_code), "summary": overview(outcomes), "hosts": hosts,
-            "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted]}
+    return {
+        "dry_run": dry_run,
+        "exit_code": int(exit_code),
+        "summary": overview(outcomes),
+        "hosts": hosts,
+        "accepted_host_keys": [{"host": h, "key": k} for h, k in accepted],
+    }
 
 
 # -- ingress / validate ----------------------------------------------------------------------------
@@ -204,11 +266,16 @@ def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
     for f in plan.findings:
         mark = "[green]✓[/]" if f.ok else "[bold red]✗[/]"
         console.print(f"  {mark} {escape(f.subject)}: {escape(f.detail)}")
-    console.print("[bold]Ingress routes[/] (server-side apply, field manager keybuzz-fix"
-                  + (", --force-conflicts" if plan.force_conflicts else "") + "):")
+    console.print(
+        "[bold]Ingress routes[/] (server-side apply, field manager keybuzz-fix"
+        + (", --force-conflicts" if plan.force_conflicts else "")
+        + "):"
+    )
     for r in plan.routes:
-        console.print(f"  {r.name}: [{_ROUTE_STYLE[r.status.value]}]{r.status.value}[/]"
-                      + (f" — {escape(r.error)}" if r.error else ""))
+        console.print(
+            f"  {r.name}: [{_ROUTE_STYLE[r.status.value]}]{r.status.value}[/]"
+            + (f" — {escape(r.error)}" if r.error else "")
+        )
         for line in r.diff.splitlines():
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
             console.print(f"    [{style}]{escape(line)}[/]", soft_wrap=True)
@@ -228,14 +295,24 @@ def ingress_summary(console: Console, plan: IngressPlan, *, dry_run: bool) -> No
 
 def ingress_json(plan: IngressPlan, *, dry_run: bool) -> dict[str, Any]:
     """Return the machine-readable outcome of the ingress step."""
-    return {"dry_run": dry_run, "exit_code": int(plan.exit_code), "force_conflicts": plan.force_conflicts,
-            "controller": [{"subject": f.subject, "ok": f.ok, "detail": f.detail} for f in plan.findings],
-            "routes": [{"name": r.name, "status": r.status.value, "diff": r.diff, "error": r.error}
-                       for r in plan.routes]}
+    return {
+        "dry_run": dry_run,
+        "exit_code": int(plan.exit_code),
+        "force_conflicts": plan.force_conflicts,
+        "controller": [{"subject": f.subject, "ok": f.ok, "detail": f.detail} for f in plan.findings],
+        "routes": [{"name": r.name, "status": r.status.value, "diff": r.diff, "error": r.error} for r in plan.routes],
+    }
 
 
-_ROUTE_STYLE = {"unchanged": "green", "create": "yellow", "update": "yellow", "created": "bold green",
-                "updated": "bold green", "conflict": "bold red", "failed": "bold red"}
+_ROUTE_STYLE = {
+    "unchanged": "green",
+    "create": "yellow",
+    "update": "yellow",
+    "created": "bold green",
+    "updated": "bold green",
+    "conflict": "bold red",
+    "failed": "bold red",
+}
 
 
 def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> None:
@@ -244,12 +321,22 @@ def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> Non
     from rich.table import Table
 
     table = Table(title=f"keybuzz-fix scorecard — N = {card.workers} workers", title_justify="left")
-    for col, kwargs in (("#", {"justify": "right"}), ("CHECK", {"ratio": 2}), ("RESULT", {}),
-                        ("EVIDENCE", {"ratio": 3}), ("TIME", {"justify": "right"})):
+    for col, kwargs in (
+        ("#", {"justify": "right"}),
+        ("CHECK", {"ratio": 2}),
+        ("RESULT", {}),
+        ("EVIDENCE", {"ratio": 3}),
+        ("TIME", {"justify": "right"}),
+    ):
         table.add_column(col, overflow="fold", **kwargs)
     for c in card.checks:
-        table.add_row(str(c.number), escape(c.name), f"[{STATUS_STYLE[c.status]}]{c.status.upper()}[/]",
-                      escape(c.detail), f"{c.seconds:.1f}s")
+        table.add_row(
+            str(c.number),
+            escape(c.name),
+            f"[{STATUS_STYLE[c.status]}]{c.status.upper()}[/]",
+            escape(c.detail),
+            f"{c.seconds:.1f}s",
+        )
     console.print(table)
     if card.extended:
         ext = Table(title="Per worker (--extended, not counted in the score)", title_justify="left")
@@ -260,8 +347,10 @@ def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> Non
         console.print(ext)
     verdict = "[bold green]PASS[/]" if card.ok else "[bold red]FAIL[/]"
     need = "100 % (--strict)" if card.strict else f"{card.threshold} %"
-    console.print(f"Score: {card.passed}/{card.total} = {card.score:.1f} % (pass at ≥ {need}) {verdict}"
-                  f" in {card.seconds:.1f} s" + (f" — {escape(note)}" if note else ""))
+    console.print(
+        f"Score: {card.passed}/{card.total} = {card.score:.1f} % (pass at ≥ {need}) {verdict}"
+        f" in {card.seconds:.1f} s" + (f" — {escape(note)}" if note else "")
+    )
 
 
 # -- convert / rollback ----------------------------------------------------------------------------
@@ -272,14 +361,30 @@ if TYPE_CHECKING:
     from keybuzz_fix.changes import Change
     from keybuzz_fix.rollout import StuckPod
 
-_CHANGE_STYLE = {"create": "yellow", "update": "yellow", "patch": "yellow", "delete": "bold yellow",
-                 "unchanged": "green", "done": "bold green", "validated": "green", "planned": "yellow",
-                 "not done": "bold red"}
+_CHANGE_STYLE = {
+    "create": "yellow",
+    "update": "yellow",
+    "patch": "yellow",
+    "delete": "bold yellow",
+    "unchanged": "green",
+    "done": "bold green",
+    "validated": "green",
+    "planned": "yellow",
+    "not done": "bold red",
+}
 
 
-def change_plan(console: Console, title: str, changes: Sequence[Change], *, refusals: Sequence[str] = (),
-                warnings: Sequence[str] = (), notes: Sequence[str] = (), show_values: bool = False,
-                shown_env: Collection[str] = ()) -> None:
+def change_plan(
+    console: Console,
+    title: str,
+    changes: Sequence[Change],
+    *,
+    refusals: Sequence[str] = (),
+    warnings: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    show_values: bool = False,
+    shown_env: Collection[str] = (),
+) -> None:
     """Print a plan of object changes: each action with its reason and diff, env values masked unless asked."""
     from rich.markup import escape
 
@@ -299,8 +404,15 @@ def change_plan(console: Console, title: str, changes: Sequence[Change], *, refu
         elif c.before is not None:
             left = project(strip_server_fields(c.before), c.after)
         for line in diff(shown(left), shown(c.after), c.target):
-            style = "green" if line.startswith("+") else "red" if line.startswith("-") else \
-                "cyan" if line.startswith("@@") else "dim"
+            style = (
+                "green"
+                if line.startswith("+")
+                else "red"
+                if line.startswith("-")
+                else "cyan"
+                if line.startswith("@@")
+                else "dim"
+            )
             console.print(f"      [{style}]{escape(line)}[/]", soft_wrap=True)
     for n in notes:
         console.print(f"  [cyan]rewritten[/] {escape(n)}")

@@ -88,8 +88,17 @@ def plan_rollback(saved: Sequence[Obj], live: Sequence[Obj]) -> RollbackPlan:
         if not managed_by_us(ds):
             warnings.append(f"DaemonSet {ns}/{name} is not managed by keybuzz-fix: left alone")
             continue
-        daemonsets.append(Change(Verb.DELETE, "DaemonSet", ns, name, f"Deployment {name} runs the app again",
-                                 before=ds, uid=meta(ds).get("uid")))
+        daemonsets.append(
+            Change(
+                Verb.DELETE,
+                "DaemonSet",
+                ns,
+                name,
+                f"Deployment {name} runs the app again",
+                before=ds,
+                uid=meta(ds).get("uid"),
+            )
+        )
     return RollbackPlan(tuple(creates), tuple(services), tuple(daemonsets), tuple(warnings))
 
 
@@ -100,16 +109,28 @@ def _service_restore(saved: Obj, current: Obj | None) -> Change:
         body = strip_server_fields(saved)
         return Change(Verb.CREATE, "Service", ns, name, "restore from the backup", body=body, after=body)
     have = current.get("spec") or {}
-    restored = {"type": want.get("type", "ClusterIP"), "ports": want.get("ports") or [],
-                "externalTrafficPolicy": want.get("externalTrafficPolicy")}
+    restored = {
+        "type": want.get("type", "ClusterIP"),
+        "ports": want.get("ports") or [],
+        "externalTrafficPolicy": want.get("externalTrafficPolicy"),
+    }
     if all(have.get(k) == v for k, v in restored.items()):
         return Change(Verb.NONE, "Service", ns, name, "already as in the backup")
     after = strip_server_fields(current)
     after["spec"] = {k: v for k, v in {**have, **restored}.items() if v is not None}
-    reason = (f"type {have.get('type')} → {restored['type']}, ports as in the backup; "
-              f"clusterIP {have.get('clusterIP')} kept")
-    return Change(Verb.PATCH, "Service", ns, name, reason, before=current, after=after,
-                  body={"metadata": {"resourceVersion": meta(current).get("resourceVersion")}, "spec": restored})
+    reason = (
+        f"type {have.get('type')} → {restored['type']}, ports as in the backup; clusterIP {have.get('clusterIP')} kept"
+    )
+    return Change(
+        Verb.PATCH,
+        "Service",
+        ns,
+        name,
+        reason,
+        before=current,
+        after=after,
+        body={"metadata": {"resourceVersion": meta(current).get("resourceVersion")}, "spec": restored},
+    )
 
 
 def observe(kube: Kube, saved: Sequence[Obj]) -> list[Obj]:
@@ -122,23 +143,34 @@ def observe(kube: Kube, saved: Sequence[Obj]) -> list[Obj]:
     return live
 
 
-def run_rollback(console: Console, kube: Kube, path: Path, *, dry_run: bool = False, yes: bool = False,
-                 timeout: float = 300.0, output: str = "text") -> RunResult:
+def run_rollback(
+    console: Console,
+    kube: Kube,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    timeout: float = 300.0,
+    output: str = "text",
+) -> RunResult:
     """Restore the objects of backup ``path``; return what was done."""
     text = output == "text"
     result = RunResult(COMMAND, dry_run)
     start = time.monotonic()
     saved = backup.load(path)
     if saved.server and saved.server != kube.endpoint.server and text:
-        console.print(f"[yellow]note[/]: {path} was taken from {saved.server}; now connected to "
-                      f"{kube.endpoint.server}")
+        console.print(f"[yellow]note[/]: {path} was taken from {saved.server}; now connected to {kube.endpoint.server}")
     try:
         plan = plan_rollback(saved.objects, observe(kube, saved.objects))
         result.changes, result.warnings = plan.changes, plan.warnings
         pending = plan.pending
         if text:
-            report.change_plan(console, f"{COMMAND}: plan from {path}" + (" (dry run)" if dry_run else ""),
-                               plan.changes, warnings=plan.warnings)
+            report.change_plan(
+                console,
+                f"{COMMAND}: plan from {path}" + (" (dry run)" if dry_run else ""),
+                plan.changes,
+                warnings=plan.warnings,
+            )
         if not pending:
             if text:
                 console.print(f"[green]{COMMAND}: nothing to do[/]: the cluster already matches {path}")
@@ -148,8 +180,9 @@ def run_rollback(console: Console, kube: Kube, path: Path, *, dry_run: bool = Fa
         if dry_run:
             result.send(kube, pending, dry_run=True)
             if text:
-                console.print(f"[yellow]dry run[/]: the API server accepted all {len(pending)} change(s); "
-                              "nothing changed")
+                console.print(
+                    f"[yellow]dry run[/]: the API server accepted all {len(pending)} change(s); nothing changed"
+                )
             return result.finish(output)
         confirm(console, f"Restore {len(pending)} object(s) from {path.name}?", yes=yes)
         undo = [c.before for c in pending if c.before is not None]
@@ -160,14 +193,16 @@ def run_rollback(console: Console, kube: Kube, path: Path, *, dry_run: bool = Fa
         result.send(kube, plan.creates)
         if plan.deployments:
             if text:
-                console.print(f"waiting for Deployment(s) {', '.join(plan.deployments)} to be ready "
-                              f"(timeout {timeout:g}s)…")
+                console.print(
+                    f"waiting for Deployment(s) {', '.join(plan.deployments)} to be ready (timeout {timeout:g}s)…"
+                )
             wait_ready(kube, "Deployment", namespace, plan.deployments, timeout=timeout)
         result.timings["ready"] = time.monotonic() - start
         result.send(kube, plan.services + plan.daemonsets)
     except KeyboardInterrupt:
-        raise result.fail(console, output, Interrupted(
-            f"interrupted (Ctrl-C): {result.progress()}; re-run rollback to finish")) from None
+        raise result.fail(
+            console, output, Interrupted(f"interrupted (Ctrl-C): {result.progress()}; re-run rollback to finish")
+        ) from None
     except KeybuzzFixError as e:
         if isinstance(e, Stuck) and text:
             report.stuck_pods(console, e.pods)
@@ -178,4 +213,3 @@ def run_rollback(console: Console, kube: Kube, path: Path, *, dry_run: bool = Fa
     if text:
         report.change_summary(console, f"{COMMAND}: result", plan.changes, result.outcome)
     return result.finish(output)
-

@@ -52,12 +52,14 @@ def daemonset_ready(ds: Obj | None) -> bool:
         return False
     status = ds.get("status") or {}
     desired = int(status.get("desiredNumberScheduled") or 0)
-    return (int(status.get("observedGeneration") or 0) >= int(meta(ds).get("generation") or 0)
-            and desired > 0
-            and int(status.get("updatedNumberScheduled") or 0) == desired
-            and int(status.get("numberReady") or 0) == desired
-            and int(status.get("numberAvailable") or 0) == desired
-            and not status.get("numberUnavailable"))
+    return (
+        int(status.get("observedGeneration") or 0) >= int(meta(ds).get("generation") or 0)
+        and desired > 0
+        and int(status.get("updatedNumberScheduled") or 0) == desired
+        and int(status.get("numberReady") or 0) == desired
+        and int(status.get("numberAvailable") or 0) == desired
+        and not status.get("numberUnavailable")
+    )
 
 
 def deployment_ready(dep: Obj | None) -> bool:
@@ -66,10 +68,12 @@ def deployment_ready(dep: Obj | None) -> bool:
         return False
     status = dep.get("status") or {}
     want = int((dep.get("spec") or {}).get("replicas", 1))
-    return (int(status.get("observedGeneration") or 0) >= int(meta(dep).get("generation") or 0)
-            and int(status.get("updatedReplicas") or 0) == want
-            and int(status.get("availableReplicas") or 0) == want
-            and int(status.get("replicas") or 0) == want)
+    return (
+        int(status.get("observedGeneration") or 0) >= int(meta(dep).get("generation") or 0)
+        and int(status.get("updatedReplicas") or 0) == want
+        and int(status.get("availableReplicas") or 0) == want
+        and int(status.get("replicas") or 0) == want
+    )
 
 
 READY: dict[str, Callable[[Obj | None], bool]] = {"DaemonSet": daemonset_ready, "Deployment": deployment_ready}
@@ -85,8 +89,15 @@ def progress(kind: str, obj: Obj | None) -> str:
     return f"{status.get('readyReplicas') or 0}/{(obj.get('spec') or {}).get('replicas', 1)} replicas ready"
 
 
-def wait_ready(kube: Kube, kind: str, namespace: str, names: Collection[str], *, timeout: float,
-               on_event: Callable[[Obj], None] | None = None) -> dict[str, Obj]:
+def wait_ready(
+    kube: Kube,
+    kind: str,
+    namespace: str,
+    names: Collection[str],
+    *,
+    timeout: float,
+    on_event: Callable[[Obj], None] | None = None,
+) -> dict[str, Obj]:
     """Watch until every named workload is ready; raise :class:`Stuck` after ``timeout`` seconds."""
     ready = READY[kind]
     wanted = set(names)
@@ -151,15 +162,20 @@ def _stuck_pods(kube: Kube, kind: str, namespace: str, obj: Obj, events: list[Ob
             continue
         if is_ready(pod):
             continue
-        found.append(StuckPod(name_of(pod), str((pod.get("spec") or {}).get("nodeName") or ""),
-                              str((pod.get("status") or {}).get("phase") or "Unknown"), _why(pod),
-                              _events_of(events, str(meta(pod).get("uid")))))
+        found.append(
+            StuckPod(
+                name_of(pod),
+                str((pod.get("spec") or {}).get("nodeName") or ""),
+                str((pod.get("status") or {}).get("phase") or "Unknown"),
+                _why(pod),
+                _events_of(events, str(meta(pod).get("uid"))),
+            )
+        )
     if not found:
         own = _events_of(events, str(uid))
         if own:
             found.append(StuckPod(f"({kind} {name_of(obj)})", "", "no pods", "", own))
     return found
-
 
 
 def _why(pod: Obj) -> str:

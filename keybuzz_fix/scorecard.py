@@ -129,8 +129,12 @@ def check_pods(cfg: Config, daemonsets: Mapping[str, Obj], pods: Sequence[Obj], 
         text = f"{app.name}: {len(good)}/{workers} Running and Ready"
         bad = [p for p in mine if p not in good]
         if bad:
-            text += " (" + ", ".join(f"{name_of(p)} {_pod_state(p)}" for p in bad[:3]) + \
-                (f", {len(bad) - 3} more" if len(bad) > 3 else "") + ")"
+            text += (
+                " ("
+                + ", ".join(f"{name_of(p)} {_pod_state(p)}" for p in bad[:3])
+                + (f", {len(bad) - 3} more" if len(bad) > 3 else "")
+                + ")"
+            )
         if len(good) < workers:
             ok = False
         parts.append(text)
@@ -155,8 +159,9 @@ def check_host_network(cfg: Config, daemonsets: Mapping[str, Obj], deployments: 
     return Check(3, check_name(3, cfg, workers=0), ok, "; ".join(parts))
 
 
-def check_ingress_controller(cfg: Config, daemonset: Obj | None, deployment: Obj | None,
-                             pods: Sequence[Obj], workers: int) -> Check:
+def check_ingress_controller(
+    cfg: Config, daemonset: Obj | None, deployment: Obj | None, pods: Sequence[Obj], workers: int
+) -> Check:
     """Check 4: ingress-nginx runs as a hostNetwork DaemonSet with at least N Running pods."""
     ic = cfg.ingress
     name = check_name(4, cfg, workers)
@@ -270,10 +275,11 @@ def to_json(card: Scorecard) -> dict[str, Any]:
         "exit_code": int(card.exit_code),
         "workers": card.workers,
         "seconds": round(card.seconds, 3),
-        "checks": [{"number": c.number, "name": c.name, "status": c.status, "detail": c.detail,
-                    "seconds": round(c.seconds, 3)} for c in card.checks],
-        "extended": [{"host": r.host, "check": r.check, "status": r.status, "detail": r.detail}
-                     for r in card.extended],
+        "checks": [
+            {"number": c.number, "name": c.name, "status": c.status, "detail": c.detail, "seconds": round(c.seconds, 3)}
+            for c in card.checks
+        ],
+        "extended": [{"host": r.host, "check": r.check, "status": r.status, "detail": r.detail} for r in card.extended],
     }
 
 
@@ -284,24 +290,47 @@ def to_junit(card: Scorecard) -> str:
     """
     import xml.etree.ElementTree as ET
 
-    root = ET.Element("testsuites", name="keybuzz-fix validate", tests=str(card.total + len(card.extended)),
-                      failures=str(card.total - card.passed + sum(not r.passed for r in card.extended)),
-                      time=f"{card.seconds:.3f}")
-    suite = ET.SubElement(root, "testsuite", name="scorecard", tests=str(card.total),
-                          failures=str(card.total - card.passed), errors="0", skipped="0",
-                          time=f"{card.seconds:.3f}")
+    root = ET.Element(
+        "testsuites",
+        name="keybuzz-fix validate",
+        tests=str(card.total + len(card.extended)),
+        failures=str(card.total - card.passed + sum(not r.passed for r in card.extended)),
+        time=f"{card.seconds:.3f}",
+    )
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name="scorecard",
+        tests=str(card.total),
+        failures=str(card.total - card.passed),
+        errors="0",
+        skipped="0",
+        time=f"{card.seconds:.3f}",
+    )
     props = ET.SubElement(suite, "properties")
-    for key, value in (("score", f"{card.score:.1f}"), ("threshold", str(card.threshold)),
-                       ("required", str(card.required)), ("workers", str(card.workers)),
-                       ("result", "pass" if card.ok else "fail")):
+    for key, value in (
+        ("score", f"{card.score:.1f}"),
+        ("threshold", str(card.threshold)),
+        ("required", str(card.required)),
+        ("workers", str(card.workers)),
+        ("result", "pass" if card.ok else "fail"),
+    ):
         ET.SubElement(props, "property", name=key, value=value)
     for c in card.checks:
-        case = ET.SubElement(suite, "testcase", classname="keybuzz-fix.scorecard", name=f"{c.number}. {c.name}",
-                             time=f"{c.seconds:.3f}")
+        case = ET.SubElement(
+            suite, "testcase", classname="keybuzz-fix.scorecard", name=f"{c.number}. {c.name}", time=f"{c.seconds:.3f}"
+        )
         _junit_outcome(case, c.passed, c.detail)
     if card.extended:
-        ext = ET.SubElement(root, "testsuite", name="extended (not scored)", tests=str(len(card.extended)),
-                            failures=str(sum(not r.passed for r in card.extended)), errors="0", skipped="0")
+        ext = ET.SubElement(
+            root,
+            "testsuite",
+            name="extended (not scored)",
+            tests=str(len(card.extended)),
+            failures=str(sum(not r.passed for r in card.extended)),
+            errors="0",
+            skipped="0",
+        )
         for r in card.extended:
             case = ET.SubElement(ext, "testcase", classname=f"keybuzz-fix.extended.{r.host}", name=r.check)
             _junit_outcome(case, r.passed, r.detail)

@@ -99,9 +99,11 @@ class Session:
         """Run a shell script as root (through ``sudo -n`` when needed) and return its output."""
         result = self._in_shell(script, _brief(script), timeout or self._options.command_timeout)
         if self.sudo and result.status != 0 and _sudo_refused(result.stderr):
-            raise AuthError(self.host.hostname,
-                            f"sudo asks {self.host.user} for a password (sudo -n refused); "
-                            "allow passwordless sudo for this user or connect as root")
+            raise AuthError(
+                self.host.hostname,
+                f"sudo asks {self.host.user} for a password (sudo -n refused); "
+                "allow passwordless sudo for this user or connect as root",
+            )
         if check and result.status != 0:
             raise RemoteCommandError(self.host.hostname, _brief(script), result.status, result.stderr or result.stdout)
         return result
@@ -130,8 +132,10 @@ class Session:
         token = f"@@keybuzz-fix-done-{secrets.token_hex(8)}@@".encode()
         end_out = re.compile(b"\n" + re.escape(token) + b" ([0-9]+)\n")
         end_err = b"\n" + token + b"\n"
-        line = (f"sh -c {shlex.quote(script)} </dev/null; printf '\\n%s %s\\n' {token.decode()} $?; "
-                f"printf '\\n%s\\n' {token.decode()} >&2\n")
+        line = (
+            f"sh -c {shlex.quote(script)} </dev/null; printf '\\n%s %s\\n' {token.decode()} $?; "
+            f"printf '\\n%s\\n' {token.decode()} >&2\n"
+        )
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         exited: float | None = None  # the shell itself ended: sudo refused, or killed
@@ -147,10 +151,15 @@ class Session:
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                 elif (done := end_out.search(out)) and end_err in err:
-                    return CommandResult(shown, int(done.group(1)), out[:done.start()].decode("utf-8", "replace"),
-                                         err[:err.index(end_err)].decode("utf-8", "replace"))
-                elif chan.exit_status_ready() and (chan.eof_received or exited is not None
-                                                   and time.monotonic() - exited > _EOF_GRACE):
+                    return CommandResult(
+                        shown,
+                        int(done.group(1)),
+                        out[: done.start()].decode("utf-8", "replace"),
+                        err[: err.index(end_err)].decode("utf-8", "replace"),
+                    )
+                elif chan.exit_status_ready() and (
+                    chan.eof_received or exited is not None and time.monotonic() - exited > _EOF_GRACE
+                ):
                     status = chan.recv_exit_status()
                     self._drop_shell()
                     if status == -1:  # no exit status: the connection went, or the shell was killed
@@ -162,17 +171,23 @@ class Session:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         self._drop_shell()  # it is still busy with this command: the next one gets a new shell
-                        raise _partial(RemoteCommandError(self.host.hostname, shown, None,
-                                                          f"no answer within {timeout:g}s (--timeout)"), out)
+                        raise _partial(
+                            RemoteCommandError(
+                                self.host.hostname, shown, None, f"no answer within {timeout:g}s (--timeout)"
+                            ),
+                            out,
+                        )
                     select.select([chan], [], [], min(left, 0.5 if exited is None else 0.05))
                 if len(out) + len(err) > _MAX_OUTPUT:
                     self._drop_shell()
-                    raise _partial(RemoteCommandError(self.host.hostname, shown, None, "more than 4 MiB of output"),
-                                   out)
+                    raise _partial(
+                        RemoteCommandError(self.host.hostname, shown, None, "more than 4 MiB of output"), out
+                    )
         except (paramiko.SSHException, OSError, EOFError) as e:
             self._drop_shell()
-            raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`: {_why(e)}"),
-                           out) from e
+            raise _partial(
+                HostUnreachable(self.host.hostname, f"connection lost during `{shown}`: {_why(e)}"), out
+            ) from e
 
     def _drop_shell(self) -> None:
         if self._shell is not None:
@@ -212,11 +227,17 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
         except (OSError, paramiko.SSHException, UnicodeDecodeError) as e:
             raise HostKeyError(name, f"cannot read known_hosts {known}: {_why(e)}") from e
     elif not options.accept_new_host_keys:
-        raise HostKeyError(name, f"known_hosts file {known} does not exist; add the host keys "
-                           "(ssh-keyscan, checked out of band) or pass --accept-new-host-keys")
+        raise HostKeyError(
+            name,
+            f"known_hosts file {known} does not exist; add the host keys "
+            "(ssh-keyscan, checked out of band) or pass --accept-new-host-keys",
+        )
     client.set_missing_host_key_policy(_policy(name, known, options.accept_new_host_keys, accepted))
-    key_files = [str(options.identity)] if options.identity else [
-        os.path.expanduser(p) for p in settings.get("identityfile", [])]
+    key_files = (
+        [str(options.identity)]
+        if options.identity
+        else [os.path.expanduser(p) for p in settings.get("identityfile", [])]
+    )
     sock: Any = None
     if "proxycommand" in settings:
         sock = paramiko.ProxyCommand(settings["proxycommand"])
@@ -236,9 +257,12 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
         )
     except paramiko.BadHostKeyException as e:
         client.close()
-        raise HostKeyError(name, f"host key CHANGED for {host.private_ip}: known_hosts ({known}) has "
-                           f"{fingerprint(e.expected_key)}, the host offers {fingerprint(e.key)}; "
-                           "refusing to connect (verify the host, then fix known_hosts)") from e
+        raise HostKeyError(
+            name,
+            f"host key CHANGED for {host.private_ip}: known_hosts ({known}) has "
+            f"{fingerprint(e.expected_key)}, the host offers {fingerprint(e.key)}; "
+            "refusing to connect (verify the host, then fix known_hosts)",
+        ) from e
     except HostKeyError:
         client.close()
         raise
@@ -300,9 +324,12 @@ def _policy(name: str, known: Path, accept: bool, accepted: AcceptedKeys | None)
     class Policy(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
             if not accept:
-                raise HostKeyError(name, f"host key for {hostname} is not in {known} "
-                                   f"(offered {key.get_name()} {fingerprint(key)}); verify it and add it, "
-                                   "or pass --accept-new-host-keys to trust it on first use")
+                raise HostKeyError(
+                    name,
+                    f"host key for {hostname} is not in {known} "
+                    f"(offered {key.get_name()} {fingerprint(key)}); verify it and add it, "
+                    "or pass --accept-new-host-keys to trust it on first use",
+                )
             _record_host_key(known, hostname, key)
             if accepted is not None:
                 with _KNOWN_HOSTS_LOCK:
@@ -346,8 +373,12 @@ def _brief(script: str) -> str:
 
 
 def _sudo_refused(stderr: str) -> bool:
-    return "a password is required" in stderr or "a terminal is required" in stderr or (
-        "sudo:" in stderr and "not allowed" in stderr) or "is not in the sudoers file" in stderr
+    return (
+        "a password is required" in stderr
+        or "a terminal is required" in stderr
+        or ("sudo:" in stderr and "not allowed" in stderr)
+        or "is not in the sudoers file" in stderr
+    )
 
 
 def _why(e: BaseException) -> str:

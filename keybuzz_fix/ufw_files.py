@@ -153,4 +153,3 @@ def _ifaces(token: str) -> tuple[str, str | None]:
     if "!" in rest:  # a route rule with both interfaces: the incoming one names it here
         rest = rest.split("!")[0]
     return direction, rest
-

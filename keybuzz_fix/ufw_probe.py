@@ -25,20 +25,27 @@ def probe_script(*, status: bool = True) -> str:
     """
     m = PROBE_MARK
     chains = " ".join(ufw_files.CHAINS)
-    files = (f"if [ -r {ufw_files.RULES_FILE} ] && [ -r {ufw_files.DEFAULTS_FILE} ]; then "
-             f"echo '{m} defaults'; sed 's/^/|/' {ufw_files.DEFAULTS_FILE}; "
-             f"echo '{m} kernel-ipv6'; if [ -e /proc/sys/net/ipv6 ]; then echo yes; else echo no; fi; "
-             f"echo '{m} chains'; for c in {chains}; do "
-             f"{IPTABLES} -w 5 -n -L ufw-user-$c >/dev/null 2>&1; echo \"$c $?\"; done; "
-             f"echo '{m} rules'; sed 's/^/|/' {ufw_files.RULES_FILE}; "
-             f"if [ -r {ufw_files.RULES6_FILE} ]; then echo '{m} rules6'; sed 's/^/|/' {ufw_files.RULES6_FILE}; fi; "
-             "else ")
-    asked = (f"echo '{m} status'; LC_ALL=C ufw status verbose 2>&1; " if status else "") \
-        + f"echo '{m} added'; LC_ALL=C ufw show added 2>&1; fi"
-    return "; ".join([f"echo '{m} ssh'; echo \"$SSH_CONNECTION\"",
-                      f"if ! command -v ufw >/dev/null 2>&1; then echo '{m} missing'; exit 0; fi",
-                      files + asked,
-                      f"echo '{m} end'"])
+    files = (
+        f"if [ -r {ufw_files.RULES_FILE} ] && [ -r {ufw_files.DEFAULTS_FILE} ]; then "
+        f"echo '{m} defaults'; sed 's/^/|/' {ufw_files.DEFAULTS_FILE}; "
+        f"echo '{m} kernel-ipv6'; if [ -e /proc/sys/net/ipv6 ]; then echo yes; else echo no; fi; "
+        f"echo '{m} chains'; for c in {chains}; do "
+        f'{IPTABLES} -w 5 -n -L ufw-user-$c >/dev/null 2>&1; echo "$c $?"; done; '
+        f"echo '{m} rules'; sed 's/^/|/' {ufw_files.RULES_FILE}; "
+        f"if [ -r {ufw_files.RULES6_FILE} ]; then echo '{m} rules6'; sed 's/^/|/' {ufw_files.RULES6_FILE}; fi; "
+        "else "
+    )
+    asked = (
+        f"echo '{m} status'; LC_ALL=C ufw status verbose 2>&1; " if status else ""
+    ) + f"echo '{m} added'; LC_ALL=C ufw show added 2>&1; fi"
+    return "; ".join(
+        [
+            f"echo '{m} ssh'; echo \"$SSH_CONNECTION\"",
+            f"if ! command -v ufw >/dev/null 2>&1; then echo '{m} missing'; exit 0; fi",
+            files + asked,
+            f"echo '{m} end'",
+        ]
+    )
 
 
 PROBE_SCRIPT = probe_script()
@@ -50,7 +57,7 @@ def parse_probe(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
     current: str | None = None
     for line in text.split("\n"):  # not splitlines(): a \r in a rule's comment is not a line break
         if line.startswith(PROBE_MARK):
-            current = line[len(PROBE_MARK):].strip()
+            current = line[len(PROBE_MARK) :].strip()
             sections[current] = []
         elif current is not None:
             sections[current].append(line)
@@ -70,8 +77,14 @@ def parse_probe(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
     else:
         assert known is not None
         active, default = known.active, known.default_incoming
-    return UfwFacts(installed=True, active=active, default_incoming=default,
-                    rules=parse_show_added(added_text), ssh_client_ip=client_ip, ssh_port=ssh_port)
+    return UfwFacts(
+        installed=True,
+        active=active,
+        default_incoming=default,
+        rules=parse_show_added(added_text),
+        ssh_client_ip=client_ip,
+        ssh_port=ssh_port,
+    )
 
 
 def _from_files(sections: dict[str, list[str]], client_ip: str | None, ssh_port: int | None) -> UfwFacts:
@@ -86,9 +99,14 @@ def _from_files(sections: dict[str, list[str]], client_ip: str | None, ssh_port:
             raise ParseError(f"{ufw_files.RULES6_FILE} is not readable, and IPV6=yes in {ufw_files.DEFAULTS_FILE}")
         rules6 = ufw_files.parse_user_rules(_file(sections["rules6"]), ufw_files.RULES6_FILE)
     active = ufw_files.chains_active(sections["chains"])
-    return UfwFacts(installed=True, active=active,  # an inactive ufw enforces no policy: none, as ufw status says
-                    default_incoming=ufw_files.default_incoming(defaults) if active else None,
-                    rules=ufw_files.merge(rules, rules6), ssh_client_ip=client_ip, ssh_port=ssh_port)
+    return UfwFacts(
+        installed=True,
+        active=active,  # an inactive ufw enforces no policy: none, as ufw status says
+        default_incoming=ufw_files.default_incoming(defaults) if active else None,
+        rules=ufw_files.merge(rules, rules6),
+        ssh_client_ip=client_ip,
+        ssh_port=ssh_port,
+    )
 
 
 def _file(lines: list[str]) -> str:

@@ -71,9 +71,16 @@ class _Facts:
         return values, last, error
 
 
-def run_validate(kube: Kube, cfg: Config, workers: Sequence[Host], *, http: HttpOptions | None = None,
-                 threshold: int | None = None, strict: bool = False,
-                 extended: ExtendedOptions | None = None) -> Scorecard:
+def run_validate(
+    kube: Kube,
+    cfg: Config,
+    workers: Sequence[Host],
+    *,
+    http: HttpOptions | None = None,
+    threshold: int | None = None,
+    strict: bool = False,
+    extended: ExtendedOptions | None = None,
+) -> Scorecard:
     """Run the seven checks (and the ``extended`` rows) concurrently; return the scorecard.
 
     N, the pods each DaemonSet needs, is ``len(workers)``; ``threshold`` defaults to the
@@ -103,8 +110,11 @@ def run_validate(kube: Kube, cfg: Config, workers: Sequence[Host], *, http: Http
         (1, ("daemonsets", "deployments"), lambda f: sc.check_daemonsets(cfg, f["daemonsets"], f["deployments"])),
         (2, ("daemonsets", "pods"), lambda f: sc.check_pods(cfg, f["daemonsets"], f["pods"], n)),
         (3, ("daemonsets", "deployments"), lambda f: sc.check_host_network(cfg, f["daemonsets"], f["deployments"])),
-        (4, ("ingress_ds", "ingress_deploy", "ingress_pods"),
-         lambda f: sc.check_ingress_controller(cfg, f["ingress_ds"], f["ingress_deploy"], f["ingress_pods"], n)),
+        (
+            4,
+            ("ingress_ds", "ingress_deploy", "ingress_pods"),
+            lambda f: sc.check_ingress_controller(cfg, f["ingress_ds"], f["ingress_deploy"], f["ingress_pods"], n),
+        ),
         (5, ("services",), lambda f: sc.check_services(cfg, f["services"])),
         (6, ("ingresses",), lambda f: sc.check_ingresses(cfg, f["ingresses"])),
         (7, tuple(url_keys), lambda f: sc.check_urls(cfg, [f[k] for k in url_keys])),
@@ -130,14 +140,23 @@ def run_validate(kube: Kube, cfg: Config, workers: Sequence[Host], *, http: Http
     finally:
         pool.shutdown(wait=True)
     if denied:  # a score over facts the identity may not read would blame the cluster for missing rights
-        raise Forbidden(f"forbidden: validate cannot read what it scores: missing permission(s) "
-                        f"{', '.join(sorted(denied))}; nothing was scored; grant them (see manifests/rbac.yaml)")
-    return Scorecard(tuple(results), threshold if threshold is not None else cfg.validate.threshold, strict, n,
-                     extended_rows, time.monotonic() - start)
+        raise Forbidden(
+            f"forbidden: validate cannot read what it scores: missing permission(s) "
+            f"{', '.join(sorted(denied))}; nothing was scored; grant them (see manifests/rbac.yaml)"
+        )
+    return Scorecard(
+        tuple(results),
+        threshold if threshold is not None else cfg.validate.threshold,
+        strict,
+        n,
+        extended_rows,
+        time.monotonic() - start,
+    )
 
 
-def _extended(cfg: Config, workers: Sequence[Host], http: HttpOptions,
-              options: ExtendedOptions) -> list[Callable[[], list[Row]]]:
+def _extended(
+    cfg: Config, workers: Sequence[Host], http: HttpOptions, options: ExtendedOptions
+) -> list[Callable[[], list[Row]]]:
     """Return one task per worker probe (NodePort, host ports) and one for every worker's UFW rules."""
     tasks: list[Callable[[], list[Row]]] = []
     port = cfg.ingress.http_node_port
@@ -168,8 +187,9 @@ def _ufw_rows(cfg: Config, workers: Sequence[Host], options: ExtendedOptions) ->
     from keybuzz_fix.firewall_apply import FirewallRun
 
     rules = firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
-    run = FirewallRun(hosts=workers, desired=lambda _h: rules, ssh=options.ssh, command="validate",
-                      concurrency=options.concurrency)
+    run = FirewallRun(
+        hosts=workers, desired=lambda _h: rules, ssh=options.ssh, command="validate", concurrency=options.concurrency
+    )
     try:
         outcomes = run.plan(None)
     finally:
@@ -193,4 +213,3 @@ def ufw_row(plan: HostPlan, name: str, wanted: int) -> Row:
         return Row(plan.host.hostname, name, True, f"{wanted}/{wanted} rules present")
     parts = ([f"missing: {', '.join(missing)}"] if missing else []) + blocked
     return Row(plan.host.hostname, name, False, "; ".join(parts))
-

@@ -34,14 +34,17 @@ def is_ready(pod: Obj) -> bool:
     """Whether a pod's Ready condition is True and it is not being deleted."""
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions") or []
+    )
 
 
 def owned_by(pod: Obj, kind: str, name: str) -> bool:
     """Whether ``kind``/``name`` is the pod's controller."""
-    return any(r.get("kind") == kind and r.get("name") == name and r.get("controller", True)
-               for r in pod.get("metadata", {}).get("ownerReferences") or [])
+    return any(
+        r.get("kind") == kind and r.get("name") == name and r.get("controller", True)
+        for r in pod.get("metadata", {}).get("ownerReferences") or []
+    )
 
 
 def pods_of(pods: Iterable[Obj], kind: str, name: str) -> list[Obj]:
@@ -84,7 +87,8 @@ def worker_nodes(workers: Sequence[Host], nodes: Sequence[Obj]) -> dict[str, str
 def is_worker_node(node: Obj) -> bool:
     """Whether a Node is a worker (no control-plane/master role label)."""
     return not is_control_plane(node) and "node-role.kubernetes.io/master" not in (
-        node.get("metadata", {}).get("labels") or {})
+        node.get("metadata", {}).get("labels") or {}
+    )
 
 
 def plural(n: int, word: str) -> str:

@@ -33,19 +33,25 @@ from tests.lab.hosts import (
 pytestmark = pytest.mark.integration
 
 
-def connect(lab: Lab, host: LabHost, user: str | None = None,
-            known_hosts: Path | None = None) -> paramiko.SSHClient:
+def connect(lab: Lab, host: LabHost, user: str | None = None, known_hosts: Path | None = None) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.load_host_keys(str(known_hosts or lab.known_hosts_file))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(host.ip, port=host.ssh_port, username=user or lab.user,
-                   key_filename=str(lab.identity_file), look_for_keys=False, allow_agent=False,
-                   timeout=5, banner_timeout=5, auth_timeout=5)
+    client.connect(
+        host.ip,
+        port=host.ssh_port,
+        username=user or lab.user,
+        key_filename=str(lab.identity_file),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=5,
+        banner_timeout=5,
+        auth_timeout=5,
+    )
     return client
 
 
-def ssh_run(lab: Lab, host: LabHost, cmd: str, user: str | None = None,
-            stdin: str = "") -> tuple[int, str, str]:
+def ssh_run(lab: Lab, host: LabHost, cmd: str, user: str | None = None, stdin: str = "") -> tuple[int, str, str]:
     with connect(lab, host, user) as client:
         chan_in, out, err = client.exec_command(cmd, timeout=20)
         if stdin:
@@ -71,8 +77,12 @@ def root_iptables() -> str:
     return "\n".join(line for line in out.splitlines() if not line.startswith("#"))
 
 
-ROOT_SYSCTLS = ("net/ipv4/conf/all/accept_redirects", "net/ipv4/conf/all/log_martians",
-                "net/ipv4/icmp_echo_ignore_broadcasts", "net/ipv6/conf/all/accept_redirects")
+ROOT_SYSCTLS = (
+    "net/ipv4/conf/all/accept_redirects",
+    "net/ipv4/conf/all/log_martians",
+    "net/ipv4/icmp_echo_ignore_broadcasts",
+    "net/ipv6/conf/all/accept_redirects",
+)
 
 
 def root_sysctls() -> dict[str, str]:
@@ -81,8 +91,12 @@ def root_sysctls() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def special_lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:  # noqa: F811 - pytest fixture
-    specs = [HostSpec("no-ufw", ufw_installed=False), HostSpec("ufw-off", ufw_active=False),
-             HostSpec("sudo-host", sudo_users=True), HostSpec("quiet", http_listener=False)]
+    specs = [
+        HostSpec("no-ufw", ufw_installed=False),
+        HostSpec("ufw-off", ufw_active=False),
+        HostSpec("sudo-host", sudo_users=True),
+        HostSpec("quiet", http_listener=False),
+    ]
     with lab_factory(specs) as lab:
         yield lab
 
@@ -155,12 +169,15 @@ def test_extra_listener_and_no_default_listener(special_lab: Lab) -> None:
 def test_sudo_users(special_lab: Lab) -> None:
     host = special_lab.host("sudo-host")
     assert ssh_run(special_lab, host, "id -un; sudo -n id -u", user=SUDO_NOPASSWD_USER)[:2] == (
-        0, f"{SUDO_NOPASSWD_USER}\n0\n")
+        0,
+        f"{SUDO_NOPASSWD_USER}\n0\n",
+    )
     status, _, err = ssh_run(special_lab, host, "sudo -n true", user=SUDO_PASSWORD_USER)
     assert status == 1
     assert "password is required" in err
-    status, out, _ = ssh_run(special_lab, host, "sudo -S -p '' id -u", user=SUDO_PASSWORD_USER,
-                             stdin=SUDO_PASSWORD + "\n")
+    status, out, _ = ssh_run(
+        special_lab, host, "sudo -S -p '' id -u", user=SUDO_PASSWORD_USER, stdin=SUDO_PASSWORD + "\n"
+    )
     assert (status, out) == (0, "0\n")
     assert ssh_run(special_lab, host, "id -u")[:2] == (0, "0\n")
     # The users exist only inside that host.
@@ -200,8 +217,7 @@ def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) 
     path = lab_hosts.servers_tsv(tmp_path / "servers.tsv", extra_rows=NON_K3S_ROWS)
     inv = inventory.load(path)
     workers = inventory.select(inv, inventory.Role.WORKER)
-    assert [(h.hostname, h.private_ip, h.user) for h in workers] == [
-        (h.name, h.ip, "root") for h in lab_hosts.hosts]
+    assert [(h.hostname, h.private_ip, h.user) for h in workers] == [(h.name, h.ip, "root") for h in lab_hosts.hosts]
     masters = inventory.select(inv, inventory.Role.MASTER)
     assert [h.hostname for h in masters] == ["k8s-master-01", "k8s-master-02", "k8s-master-03"]
     assert not {h.private_ip for h in masters} & {h.ip for h in lab_hosts.hosts}
@@ -211,9 +227,13 @@ def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) 
 def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:  # noqa: F811 - pytest fixture
     lab = lab_factory(["gone-01", "gone-02"])
     netns = {h.netns for h in lab.hosts}
-    pids = [int(p) for h in lab.hosts
-            for p in subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True,
-                                    check=True).stdout.split()]
+    pids = [
+        int(p)
+        for h in lab.hosts
+        for p in subprocess.run(
+            ["ip", "netns", "pids", h.netns], capture_output=True, text=True, check=True
+        ).stdout.split()
+    ]
     assert pids
     workdir = lab.workdir
     lab.close()

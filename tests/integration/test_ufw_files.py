@@ -65,8 +65,10 @@ def assert_same(host: LabHost) -> None:
 
 def set_default(host: LabHost, key: str, value: str) -> None:
     """Edit the host's own /etc/default/ufw in place (it is a bind mount: no rename over it)."""
-    host.run(f"sed 's/^{key}=.*/{key}={value}/' /etc/default/ufw > /tmp/ufw-default && "
-             "cat /tmp/ufw-default > /etc/default/ufw")
+    host.run(
+        f"sed 's/^{key}=.*/{key}={value}/' /etc/default/ufw > /tmp/ufw-default && "
+        "cat /tmp/ufw-default > /etc/default/ufw"
+    )
 
 
 def test_files_give_what_ufw_says(lab_factory: Callable[..., Lab]) -> None:

@@ -40,19 +40,27 @@ class Case:
 
 
 def _table(path: Path) -> list[list[str]]:
-    return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.split("\t")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def cli_cases(tmp: Path) -> list[Case]:
-    places = {"data": str(DATA), "cli": str(CLI), "example": str(ROOT / "servers.tsv.example"),
-              "state": str(GOOD_STATE), "kubeconfig": str(CLI / "kubeconfig-unreachable.yaml"),
-              "missing": str(tmp / "does-not-exist"), "tmp": str(tmp / "{case}")}
+    places = {
+        "data": str(DATA),
+        "cli": str(CLI),
+        "example": str(ROOT / "servers.tsv.example"),
+        "state": str(GOOD_STATE),
+        "kubeconfig": str(CLI / "kubeconfig-unreachable.yaml"),
+        "missing": str(tmp / "does-not-exist"),
+        "tmp": str(tmp / "{case}"),
+    }
     cases = []
     for name, code, fragment, args in _table(CLI / "CASES"):
         fill = {k: v.replace("{case}", name) for k, v in places.items()}
-        cases.append(Case(f"cli/{name}", int(code), fragment.format(**fill),
-                          tuple(shlex.split(args.format(**fill)))))
+        cases.append(Case(f"cli/{name}", int(code), fragment.format(**fill), tuple(shlex.split(args.format(**fill)))))
     return cases
 
 
@@ -67,9 +75,16 @@ def servers_cases() -> list[Case]:
 
 def config_cases() -> list[Case]:
     folder = DATA / "config"
-    return [Case(f"config/{name}", 2, fragment, ("convert", "--from-file", str(GOOD_STATE), "--config",
-                                                  str(folder / name)), names=str(folder / name))
-            for name, fragment in _table(folder / "EXPECTED")]
+    return [
+        Case(
+            f"config/{name}",
+            2,
+            fragment,
+            ("convert", "--from-file", str(GOOD_STATE), "--config", str(folder / name)),
+            names=str(folder / name),
+        )
+        for name, fragment in _table(folder / "EXPECTED")
+    ]
 
 
 def state_cases() -> list[Case]:
@@ -77,8 +92,15 @@ def state_cases() -> list[Case]:
     for error in sorted((DATA / "convert").glob("*/error.txt")):
         code, *needles = error.read_text(encoding="utf-8").splitlines()
         state = error.parent / "state.yaml"
-        cases.append(Case(f"state/{error.parent.name}", int(code), needles[0],
-                          ("convert", "--from-file", str(state)), names=str(state)))
+        cases.append(
+            Case(
+                f"state/{error.parent.name}",
+                int(code),
+                needles[0],
+                ("convert", "--from-file", str(state)),
+                names=str(state),
+            )
+        )
     return cases
 
 
@@ -86,10 +108,21 @@ def run(case: Case, tmp: Path) -> subprocess.CompletedProcess[str]:
     home = tmp / case.name.replace("/", "_")
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "KEYBUZZ_FIX_", "XDG_"))}
-    env.update(HOME=str(home), KEYBUZZ_FIX_STATE_DIR=str(tmp / case.name.split("/", 1)[1] / "state"),
-               PYTHONWARNINGS="default", COLUMNS="120")
-    return subprocess.run([sys.executable, "-m", "keybuzz_fix", *case.args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    env.update(
+        HOME=str(home),
+        KEYBUZZ_FIX_STATE_DIR=str(tmp / case.name.split("/", 1)[1] / "state"),
+        PYTHONWARNINGS="default",
+        COLUMNS="120",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "keybuzz_fix", *case.args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
 
 
 def problems(case: Case, result: subprocess.CompletedProcess[str]) -> list[str]:

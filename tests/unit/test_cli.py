@@ -21,17 +21,20 @@ def test_help_lists_commands_with_summaries():
 
 
 def test_help_does_not_import_paramiko_or_kubernetes():
-    code = ("import sys; from keybuzz_fix.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'kubernetes', 'yaml'))\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys; from keybuzz_fix.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'kubernetes', 'yaml'))\n"
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert "HEAVY []" in out
 
 
 def test_python_dash_m_and_version():
-    out = subprocess.run([sys.executable, "-m", "keybuzz_fix", "--version"], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "keybuzz_fix", "--version"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert out.stdout.startswith("keybuzz-fix ")
 
 
@@ -61,15 +64,18 @@ def test_debug_shows_the_exception(tmp_path):
     assert type(result.exception).__name__ == "InputError"
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["ufw", str(EXAMPLE), "--ports", "abc"], "--ports: 'abc' is not a port number"),
-    (["ufw", str(EXAMPLE), "--ports", "22/tcp"], "22 is SSH"),
-    (["ufw", str(EXAMPLE), "--source", "10.0.0.300/16"], "--source"),
-    (["ufw", str(EXAMPLE), "--timeout", "-1"], "--timeout must be more than 0"),
-    (["ufw", str(EXAMPLE), "--concurrency", "0"], "--concurrency must be between 1 and 512"),
-    (["ufw", str(EXAMPLE), "--user", "root;id"], "--user 'root;id' is not a plain user name"),
-    (["inventory", str(EXAMPLE), "--role", "boss"], "--role"),
-])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["ufw", str(EXAMPLE), "--ports", "abc"], "--ports: 'abc' is not a port number"),
+        (["ufw", str(EXAMPLE), "--ports", "22/tcp"], "22 is SSH"),
+        (["ufw", str(EXAMPLE), "--source", "10.0.0.300/16"], "--source"),
+        (["ufw", str(EXAMPLE), "--timeout", "-1"], "--timeout must be more than 0"),
+        (["ufw", str(EXAMPLE), "--concurrency", "0"], "--concurrency must be between 1 and 512"),
+        (["ufw", str(EXAMPLE), "--user", "root;id"], "--user 'root;id' is not a plain user name"),
+        (["inventory", str(EXAMPLE), "--role", "boss"], "--role"),
+    ],
+)
 def test_bad_cli_values_are_usage_errors(args, fragment):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output

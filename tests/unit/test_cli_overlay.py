@@ -22,14 +22,17 @@ def test_help_lists_overlay_and_diagnose():
     assert diagnose.exit_code == 0 and "--kubeconfig-from-master" in diagnose.output
 
 
-@pytest.mark.parametrize(("command", "extra", "fragment"), [
-    ("overlay", ["--timeout", "-1"], "--timeout must be more than 0"),
-    ("overlay", ["--concurrency", "0"], "--concurrency must be between"),
-    ("overlay", ["--user", "$(touch /tmp/pwned)"], "is not a plain user name"),
-    ("diagnose", ["--timeout", "0"], "--timeout must be more than 0"),
-    ("diagnose", ["--kubeconfig", "k", "--kubeconfig-from-master", "s"], "exclude each other"),
-    ("diagnose", ["--env", "nowhere"], "no K3s node found"),
-])
+@pytest.mark.parametrize(
+    ("command", "extra", "fragment"),
+    [
+        ("overlay", ["--timeout", "-1"], "--timeout must be more than 0"),
+        ("overlay", ["--concurrency", "0"], "--concurrency must be between"),
+        ("overlay", ["--user", "$(touch /tmp/pwned)"], "is not a plain user name"),
+        ("diagnose", ["--timeout", "0"], "--timeout must be more than 0"),
+        ("diagnose", ["--kubeconfig", "k", "--kubeconfig-from-master", "s"], "exclude each other"),
+        ("diagnose", ["--env", "nowhere"], "no K3s node found"),
+    ],
+)
 def test_bad_values_are_usage_errors(command, extra, fragment, tmp_path, monkeypatch):
     monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
     result = runner.invoke(app, [command, str(EXAMPLE), "--known-hosts", str(tmp_path / "kh"), *extra])

@@ -21,11 +21,15 @@ def test_defaults_are_the_keybuzz_cluster():
     cfg = config.load()
     assert cfg.namespace == "keybuzz"
     assert [(a.name, a.host_port, a.node_port) for a in cfg.apps] == [
-        ("keybuzz-api", 8080, 30080), ("keybuzz-front", 3000, 30000)]
+        ("keybuzz-api", 8080, 30080),
+        ("keybuzz-front", 3000, 30000),
+    ]
     assert [(p.port, p.proto) for p in cfg.firewall.ports] == [(31695, "tcp"), (32720, "tcp")]
     assert cfg.firewall.source == "10.0.0.0/16"
     assert {r.host: r.service for r in cfg.ingress.routes} == {
-        "platform.keybuzz.io": "keybuzz-front", "platform-api.keybuzz.io": "keybuzz-api"}
+        "platform.keybuzz.io": "keybuzz-front",
+        "platform-api.keybuzz.io": "keybuzz-api",
+    }
     annotations = cfg.ingress.annotations
     assert annotations["nginx.ingress.kubernetes.io/proxy-next-upstream"] == "error timeout http_502 http_503"
     assert cfg.validate.threshold == 80

@@ -47,8 +47,12 @@ def lab_facts(i: int, *, rules: bool = True) -> nodefacts.NodeFacts:
 
 
 def cluster(n: int = 3, **public: str) -> ClusterView:
-    nodes = tuple(ApiNode(f"k8s-worker-0{i}", f"198.18.0.1{i}", public.get(f"w{i}", f"198.18.0.1{i}"), "vxlan",
-                          f"198.19.{i + 2}.0/24") for i in range(1, n + 1))
+    nodes = tuple(
+        ApiNode(
+            f"k8s-worker-0{i}", f"198.18.0.1{i}", public.get(f"w{i}", f"198.18.0.1{i}"), "vxlan", f"198.19.{i + 2}.0/24"
+        )
+        for i in range(1, n + 1)
+    )
     return ClusterView(nodes)
 
 
@@ -102,8 +106,10 @@ def test_a_node_with_flannel_on_the_public_interface():
     facts = nodefacts.parse_node_probe((DATA / "node-probe-hetzner-wrong-iface.txt").read_text())
     probe = OverlayProbe({"k8s-master-02": LOST}, {})
     node = NodeView(hetzner, facts, probe, targets=("k8s-master-02",))
-    other = NodeView(Host("k8s-master-02", "10.0.0.3", None, "root", "prod", "k3s", "master"),
-                     error="cannot connect to 10.0.0.3:22: timed out")
+    other = NodeView(
+        Host("k8s-master-02", "10.0.0.3", None, "root", "prod", "k3s", "master"),
+        error="cannot connect to 10.0.0.3:22: timed out",
+    )
     api = ClusterView((ApiNode("k8s-master-01", "10.0.0.2", "203.0.113.10", "vxlan", "10.42.0.0/24"),))
     rules = overlay_rules(OverlayConfig("10.0.0.0/16", 8472, "10.42.0.0/16", "10.43.0.0/16"))
     found = by_check(diagnose([node, other], api, rules, 8472))
@@ -117,8 +123,11 @@ def test_a_node_with_flannel_on_the_public_interface():
 
     mtu = found[Check.MTU]
     assert mtu.status is Status.CONFIRMED
-    assert mtu.evidence["k8s-master-01"] == ("enp7s0 MTU 1450 (so at most 1400 inside VXLAN)",
-                                             "FLANNEL_MTU=1450 in /run/flannel/subnet.env", "flannel.1 MTU 1450")
+    assert mtu.evidence["k8s-master-01"] == (
+        "enp7s0 MTU 1450 (so at most 1400 inside VXLAN)",
+        "FLANNEL_MTU=1450 in /run/flannel/subnet.env",
+        "flannel.1 MTU 1450",
+    )
     assert "k8s-master-01: ≤ 1400" in mtu.fix
 
     offload = found[Check.OFFLOAD]
@@ -152,12 +161,15 @@ def test_old_kernel_with_offload_on_is_suspected_and_dns_failure_confirms_it():
     found = by_check(diagnose(nodes, replace(cluster(), dns_ip="198.19.128.10"), LAB_RULES, 8472))
     offload = found[Check.OFFLOAD]
     assert offload.status is Status.CONFIRMED and offload.hosts == ("k8s-worker-01",)
-    assert offload.evidence["k8s-worker-01"][:2] == ("kernel 5.4.0-150-generic is older than 5.7",
-                                                     "tx-checksum-ip-generic: on (flannel.1)")
+    assert offload.evidence["k8s-worker-01"][:2] == (
+        "kernel 5.4.0-150-generic is older than 5.7",
+        "tx-checksum-ip-generic: on (flannel.1)",
+    )
     assert "--checksum-offload-off" in offload.fix
     assert found[Check.OVERLAY].status is Status.CONFIRMED
-    assert "DNS through 198.19.128.10: dig: ;; connection timed out" in found[Check.OVERLAY].evidence[
-        "k8s-worker-01"][0]
+    assert (
+        "DNS through 198.19.128.10: dig: ;; connection timed out" in found[Check.OVERLAY].evidence["k8s-worker-01"][0]
+    )
 
     nodes = views()
     nodes[0] = replace(nodes[0], facts=replace(nodes[0].facts, kernel="5.4.0-150-generic"))  # type: ignore[arg-type]
@@ -186,8 +198,12 @@ def test_matrix_and_failing_hosts():
     nodes[2] = replace(nodes[2], probe=replace(probe, pings={"k8s-worker-01": LOST, "k8s-worker-02": OK}))
     nodes.append(NodeView(host(4), error="cannot connect"))
     grid = matrix(nodes)
-    assert grid["k8s-worker-03"] == {"k8s-worker-01": "fail", "k8s-worker-02": "ok", "k8s-worker-03": "self",
-                                     "k8s-worker-04": "n/a"}
+    assert grid["k8s-worker-03"] == {
+        "k8s-worker-01": "fail",
+        "k8s-worker-02": "ok",
+        "k8s-worker-03": "self",
+        "k8s-worker-04": "n/a",
+    }
     assert grid["k8s-worker-04"]["k8s-worker-01"] == "n/a"
     assert failing_hosts(nodes) == {"k8s-worker-01", "k8s-worker-03"}
 
@@ -196,20 +212,46 @@ def test_rank_orders_by_status_then_check():
     def f(check: Check, status: Status) -> Finding:
         return Finding(check, status, "", "")
 
-    ranked = rank([f(Check.OVERLAY, Status.OK), f(Check.MTU, Status.SUSPECTED), f(Check.OFFLOAD, Status.NOT_CHECKED),
-                   f(Check.OVERLAY, Status.CONFIRMED), f(Check.UFW, Status.CONFIRMED), f(Check.INTERFACE, Status.OK)])
+    ranked = rank(
+        [
+            f(Check.OVERLAY, Status.OK),
+            f(Check.MTU, Status.SUSPECTED),
+            f(Check.OFFLOAD, Status.NOT_CHECKED),
+            f(Check.OVERLAY, Status.CONFIRMED),
+            f(Check.UFW, Status.CONFIRMED),
+            f(Check.INTERFACE, Status.OK),
+        ]
+    )
     assert [(x.check, x.status) for x in ranked] == [
-        (Check.UFW, Status.CONFIRMED), (Check.OVERLAY, Status.CONFIRMED), (Check.MTU, Status.SUSPECTED),
-        (Check.OFFLOAD, Status.NOT_CHECKED), (Check.INTERFACE, Status.OK), (Check.OVERLAY, Status.OK)]
+        (Check.UFW, Status.CONFIRMED),
+        (Check.OVERLAY, Status.CONFIRMED),
+        (Check.MTU, Status.SUSPECTED),
+        (Check.OFFLOAD, Status.NOT_CHECKED),
+        (Check.INTERFACE, Status.OK),
+        (Check.OVERLAY, Status.OK),
+    ]
 
 
 def test_api_nodes_and_matching():
-    objs = [{"metadata": {"name": "k8s-worker-01", "annotations": {
-        "flannel.alpha.coreos.com/public-ip": "198.18.0.11", "flannel.alpha.coreos.com/backend-type": "vxlan"}},
-        "spec": {"podCIDR": "198.19.3.0/24"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.11"},
-                                 {"type": "Hostname", "address": "k8s-worker-01"}]}},
-        {"metadata": {"name": "renamed"}, "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.12"}]}}]
+    objs = [
+        {
+            "metadata": {
+                "name": "k8s-worker-01",
+                "annotations": {
+                    "flannel.alpha.coreos.com/public-ip": "198.18.0.11",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                },
+            },
+            "spec": {"podCIDR": "198.19.3.0/24"},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "198.18.0.11"},
+                    {"type": "Hostname", "address": "k8s-worker-01"},
+                ]
+            },
+        },
+        {"metadata": {"name": "renamed"}, "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.12"}]}},
+    ]
     nodes = api_nodes(objs)
     assert nodes[0] == ApiNode("k8s-worker-01", "198.18.0.11", "198.18.0.11", "vxlan", "198.19.3.0/24")
     assert nodes[0].vtep_address == "198.19.3.0" and nodes[1].vtep_address is None
@@ -223,5 +265,13 @@ def test_api_nodes_and_matching():
 def test_finding_json_round_trip(status):
     f = Finding(Check.UFW, status, "s", "fix", ("a",), {"a": ("x",)}, {"b": "why"})
     data = f.to_json()
-    assert data == {"check": "ufw-vxlan", "title": "UFW drops VXLAN", "status": status.value, "summary": "s",
-                    "hosts": ["a"], "evidence": {"a": ["x"]}, "not_checked": {"b": "why"}, "fix": "fix"}
+    assert data == {
+        "check": "ufw-vxlan",
+        "title": "UFW drops VXLAN",
+        "status": status.value,
+        "summary": "s",
+        "hosts": ["a"],
+        "evidence": {"a": ["x"]},
+        "not_checked": {"b": "why"},
+        "fix": "fix",
+    }

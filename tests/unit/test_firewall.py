@@ -40,8 +40,9 @@ def test_rendered_commands_parse_back_to_the_same_rule():
 
 
 def test_command_quotes_comment_and_restricts_source():
-    assert HTTP.command() == ("ufw allow from 10.0.0.0/16 to any port 31695 proto tcp "
-                              "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'")
+    assert HTTP.command() == (
+        "ufw allow from 10.0.0.0/16 to any port 31695 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP NodePort'"
+    )
     assert UfwRule(port="31695", proto="tcp").command() == "ufw allow 31695/tcp"
 
 
@@ -53,8 +54,9 @@ def test_parse_status_files():
 
 
 def test_parse_probe_full_and_missing():
-    facts = ufw_probe.parse_probe(probe((DATA / "status-verbose-mixed.txt").read_text(),
-                                       (DATA / "show-added-mixed.txt").read_text()))
+    facts = ufw_probe.parse_probe(
+        probe((DATA / "status-verbose-mixed.txt").read_text(), (DATA / "show-added-mixed.txt").read_text())
+    )
     assert facts.installed and facts.active and facts.default_incoming == "deny"
     assert facts.ssh_client_ip == "198.18.0.1" and facts.ssh_port == 22
     assert len(facts.rules) == 12
@@ -121,12 +123,15 @@ def test_plan_enable_adds_ssh_rule_first_when_missing():
     assert actions[-1].command == "ufw --force enable"
 
 
-@pytest.mark.parametrize("existing", [
-    UfwRule(port="22", proto="tcp"),
-    UfwRule(action="limit", app="OpenSSH"),
-    UfwRule(port="22", proto="tcp", source="198.18.0.0/24"),
-    UfwRule(source="198.18.0.0/16"),
-])
+@pytest.mark.parametrize(
+    "existing",
+    [
+        UfwRule(port="22", proto="tcp"),
+        UfwRule(action="limit", app="OpenSSH"),
+        UfwRule(port="22", proto="tcp", source="198.18.0.0/24"),
+        UfwRule(source="198.18.0.0/16"),
+    ],
+)
 def test_plan_enable_keeps_existing_ssh_rule(existing):
     facts = UfwFacts(installed=True, active=False, rules=(existing,), ssh_client_ip="198.18.0.1", ssh_port=22)
     actions = firewall.plan([HTTP], facts, enable=True)
@@ -134,13 +139,21 @@ def test_plan_enable_keeps_existing_ssh_rule(existing):
     assert [a.kind for a in actions[1:]] == [ActionKind.ADD, ActionKind.ENABLE]
 
 
-@pytest.mark.parametrize("rule", [
-    "ufw allow from 198.18.0.0/24 app OpenSSH",  # source port 22: replies of the host's own SSH client
-    "ufw allow from 198.18.0.0/24 port 40000 to any port 22 proto tcp",  # one source port only
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "ufw allow from 198.18.0.0/24 app OpenSSH",  # source port 22: replies of the host's own SSH client
+        "ufw allow from 198.18.0.0/24 port 40000 to any port 22 proto tcp",  # one source port only
+    ],
+)
 def test_plan_enable_source_port_rules_do_not_keep_ssh_open(rule):
-    facts = UfwFacts(installed=True, active=False, rules=(firewall.parse_rule_command(rule),),
-                     ssh_client_ip="198.18.0.1", ssh_port=22)
+    facts = UfwFacts(
+        installed=True,
+        active=False,
+        rules=(firewall.parse_rule_command(rule),),
+        ssh_client_ip="198.18.0.1",
+        ssh_port=22,
+    )
     assert firewall.plan([HTTP], facts, enable=True)[0].kind is ActionKind.ADD
 
 
@@ -155,20 +168,29 @@ def test_source_port_and_source_app_parse_apart_from_destination():
     for rule in (sport, sapp, both):
         assert firewall.parse_rule_command(rule.command()) == rule
     assert not UfwRule(port="31695", proto="udp", source="10.0.0.0/8", sport="53").covers(
-        UfwRule(port="31695", proto="udp", source="10.0.0.0/16"))
+        UfwRule(port="31695", proto="udp", source="10.0.0.0/16")
+    )
 
 
 def test_plan_enable_ssh_rule_for_other_network_does_not_count():
-    facts = UfwFacts(installed=True, active=False, rules=(UfwRule(port="22", proto="tcp", source="10.9.0.0/16"),),
-                     ssh_client_ip="198.18.0.1", ssh_port=22)
+    facts = UfwFacts(
+        installed=True,
+        active=False,
+        rules=(UfwRule(port="22", proto="tcp", source="10.9.0.0/16"),),
+        ssh_client_ip="198.18.0.1",
+        ssh_port=22,
+    )
     assert firewall.plan([HTTP], facts, enable=True)[0].kind is ActionKind.ADD
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("31695/tcp,32720/tcp", [(31695, "tcp"), (32720, "tcp")]),
-    ("8472/udp", [(8472, "udp")]),
-    ("31695", [(31695, "tcp")]),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("31695/tcp,32720/tcp", [(31695, "tcp"), (32720, "tcp")]),
+        ("8472/udp", [(8472, "udp")]),
+        ("31695", [(31695, "tcp")]),
+    ],
+)
 def test_parse_ports(spec, expected):
     assert firewall.parse_ports(spec) == expected
 
@@ -179,8 +201,9 @@ def test_parse_ports_rejects(spec):
         firewall.parse_ports(spec)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("10.0.0.0/16", "10.0.0.0/16"), ("any", ANY),
-                                                 ("198.18.0.5", "198.18.0.5")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("10.0.0.0/16", "10.0.0.0/16"), ("any", ANY), ("198.18.0.5", "198.18.0.5")]
+)
 def test_parse_source(value, expected):
     assert firewall.parse_source(value) == expected
 
@@ -221,9 +244,35 @@ def test_status_and_added_parsers_never_raise_anything_else(lines):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["ufw", "allow", "deny", "from", "to", "any", "port", "proto", "tcp", "10.0.0.0/8",
-                                 "22", "1:2", "in", "on", "eth0", "comment", "'x y'", "app", "OpenSSH", "route"]),
-                max_size=10))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "ufw",
+                "allow",
+                "deny",
+                "from",
+                "to",
+                "any",
+                "port",
+                "proto",
+                "tcp",
+                "10.0.0.0/8",
+                "22",
+                "1:2",
+                "in",
+                "on",
+                "eth0",
+                "comment",
+                "'x y'",
+                "app",
+                "OpenSSH",
+                "route",
+            ]
+        ),
+        max_size=10,
+    )
+)
 def test_rule_parser_on_word_soup(words):
     try:
         rule = firewall.parse_rule_command(" ".join(words))

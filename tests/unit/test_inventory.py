@@ -68,7 +68,12 @@ def test_variants_parse_like_the_original(name):
         o = original.get(h.hostname)
         if h.env == "prod" and o is not None:
             assert (h.private_ip, h.public_ip, h.user, h.role, h.subrole) == (
-                o.private_ip, o.public_ip, o.user, o.role, o.subrole)
+                o.private_ip,
+                o.public_ip,
+                o.user,
+                o.role,
+                o.subrole,
+            )
 
 
 def test_example_file_has_three_masters_and_five_workers():
@@ -77,8 +82,14 @@ def test_example_file_has_three_masters_and_five_workers():
     workers = inventory.select(inv, Role.WORKER)
     assert len(workers) == 5
     assert workers[0].to_json() == {
-        "hostname": "k8s-worker-01", "private_ip": "10.0.0.110", "public_ip": "203.0.113.13",
-        "user": "root", "role": "k3s", "subrole": "worker", "env": "prod"}
+        "hostname": "k8s-worker-01",
+        "private_ip": "10.0.0.110",
+        "public_ip": "203.0.113.13",
+        "user": "root",
+        "role": "k3s",
+        "subrole": "worker",
+        "env": "prod",
+    }
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -96,8 +107,7 @@ def test_user_override_is_checked():
 
 
 def test_ipv6_private_address_is_normalised():
-    text = ("ENV\tHOSTNAME\tIP_PRIVEE\tUSER_SSH\tROLE\tSUBROLE\n"
-            "prod\tw1\t2001:DB8:0:0::10\troot\tk3s\tworker\n")
+    text = "ENV\tHOSTNAME\tIP_PRIVEE\tUSER_SSH\tROLE\tSUBROLE\nprod\tw1\t2001:DB8:0:0::10\troot\tk3s\tworker\n"
     (h,) = inventory.select(inventory.parse(text))
     assert h.private_ip == "2001:db8::10"
 

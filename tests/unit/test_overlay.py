@@ -18,8 +18,9 @@ OFF = (DATA / "diagnose" / "ethtool-k-flannel-off.txt").read_text()
 RULE = overlay.udev_rule("/usr/sbin/ethtool")
 
 
-def offload_output(ethtool: str | None = "/usr/sbin/ethtool", features: str | None = ON,
-                   rule: str | None = None) -> str:
+def offload_output(
+    ethtool: str | None = "/usr/sbin/ethtool", features: str | None = ON, rule: str | None = None
+) -> str:
     m = PROBE_MARK
     out = f"{m} offload-ethtool\n" + (f"{ethtool}\n" if ethtool else "")
     if ethtool and features is not None:
@@ -37,7 +38,8 @@ def test_overlay_rules_from_the_defaults():
     assert [r.command() for r in rules] == [
         "ufw allow from 10.0.0.0/16 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
         "ufw allow from 10.42.0.0/16 to any comment 'keybuzz-fix: pod network'",
-        "ufw allow from 10.43.0.0/16 to any comment 'keybuzz-fix: service network'"]
+        "ufw allow from 10.43.0.0/16 to any comment 'keybuzz-fix: service network'",
+    ]
     for rule in rules:  # what `ufw show added` prints back parses to the same rule
         assert firewall.parse_rule_command(rule.command()) == rule
     assert firewall.parse_rule_command("ufw allow from 10.42.0.0/16 comment 'keybuzz-fix: pod network'") == rules[1]
@@ -58,18 +60,24 @@ def test_offload_plan_is_idempotent():
 
 
 def test_offload_plan_rewrites_a_changed_rule_and_persists_without_the_device():
-    actions = overlay.plan_offload(offload_output(
-        features="netlink error: no device matches name (offset 24)\nnetlink error: No such device\n",
-        rule="# an older rule\n"))
+    actions = overlay.plan_offload(
+        offload_output(
+            features="netlink error: no device matches name (offset 24)\nnetlink error: No such device\n",
+            rule="# an older rule\n",
+        )
+    )
     assert kinds(actions) == ["noop", "change"]
     assert "does not exist (yet)" in actions[0].reason and actions[1].reason.startswith("rewrite ")
 
 
-@pytest.mark.parametrize(("output", "fragment"), [
-    (offload_output(ethtool=None), "ethtool is not installed"),
-    (offload_output(ethtool="/usr/sbin/eth tool;id"), "odd ethtool path"),
-    (offload_output()[:-len(f"{PROBE_MARK} offload-end\n")], "cut short"),
-])
+@pytest.mark.parametrize(
+    ("output", "fragment"),
+    [
+        (offload_output(ethtool=None), "ethtool is not installed"),
+        (offload_output(ethtool="/usr/sbin/eth tool;id"), "odd ethtool path"),
+        (offload_output()[: -len(f"{PROBE_MARK} offload-end\n")], "cut short"),
+    ],
+)
 def test_offload_plan_blocks_without_a_usable_ethtool(output, fragment):
     (action,) = overlay.plan_offload(output)
     assert action.kind is ActionKind.BLOCKED and fragment in action.reason and not action.changes
@@ -104,8 +112,10 @@ class FakeSession:
     def probe(self) -> str:
         added = "\n".join(["Added user rules (see 'ufw status' for running firewall):", *self.ufw_added])
         status = "Status: active\nDefault: deny (incoming), allow (outgoing), disabled (routed)\n"
-        return (f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{PROBE_MARK} status\n{status}"
-                f"{PROBE_MARK} added\n{added}\n{PROBE_MARK} end\n")
+        return (
+            f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{PROBE_MARK} status\n{status}"
+            f"{PROBE_MARK} added\n{added}\n{PROBE_MARK} end\n"
+        )
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         self.scripts.append(script)
@@ -133,8 +143,13 @@ def test_firewall_run_carries_the_offload_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(firewall_apply, "open_session", lambda *a, **k: session)
     host = Host("k8s-worker-01", "198.18.0.11", None, "root", "prod", "k3s", "worker")
     rules = overlay.overlay_rules(OverlayConfig("198.18.0.0/24", 8472, "198.19.0.0/17", "198.19.128.0/20"))
-    run = FirewallRun(hosts=[host], desired=lambda _h: rules, ssh=SshOptions(), command="overlay",
-                      extra=HostExtra(overlay.OFFLOAD_PROBE, overlay.plan_offload))
+    run = FirewallRun(
+        hosts=[host],
+        desired=lambda _h: rules,
+        ssh=SshOptions(),
+        command="overlay",
+        extra=HostExtra(overlay.OFFLOAD_PROBE, overlay.plan_offload),
+    )
     (planned,) = run.plan()
     assert planned.result is not None
     assert session.scripts[0].startswith(overlay.OFFLOAD_PROBE)

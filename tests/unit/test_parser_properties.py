@@ -40,11 +40,58 @@ FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCh
 
 # Words that break naive parsers: non-ASCII digits (str.isdigit() is True, int() refuses some),
 # quotes, shell metacharacters, the probe's own section marks, huge and negative numbers.
-ODD = st.sampled_from(["²", "٣", "１２", "-1", "0", "99999999999999999999", "nan", "'", '"', "`id`", "$(id)", ";",
-                       "\\", "\t", "", " ", "#", ":", "/", "%", "mtu", "id", "dev", "local", "dstport", "via",
-                       "src", "Status:", "Default:", "(v6)", PROBE_MARK, f"{PROBE_MARK} end", APPLY_MARK,
-                       f"{APPLY_MARK} 0", f"{APPLY_MARK} x y z", "ALLOW", "IN", "Anywhere", "on", "off", "[fixed]",
-                       "comment", "fe80::1%eth0", "10.0.0.300", "::", "rc=0", "Name:", "Address:"])
+ODD = st.sampled_from(
+    [
+        "²",
+        "٣",
+        "１２",
+        "-1",
+        "0",
+        "99999999999999999999",
+        "nan",
+        "'",
+        '"',
+        "`id`",
+        "$(id)",
+        ";",
+        "\\",
+        "\t",
+        "",
+        " ",
+        "#",
+        ":",
+        "/",
+        "%",
+        "mtu",
+        "id",
+        "dev",
+        "local",
+        "dstport",
+        "via",
+        "src",
+        "Status:",
+        "Default:",
+        "(v6)",
+        PROBE_MARK,
+        f"{PROBE_MARK} end",
+        APPLY_MARK,
+        f"{APPLY_MARK} 0",
+        f"{APPLY_MARK} x y z",
+        "ALLOW",
+        "IN",
+        "Anywhere",
+        "on",
+        "off",
+        "[fixed]",
+        "comment",
+        "fe80::1%eth0",
+        "10.0.0.300",
+        "::",
+        "rc=0",
+        "Name:",
+        "Address:",
+    ]
+)
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
 WORD = st.one_of(ODD, TEXT)
 
@@ -79,14 +126,23 @@ def mutated(draw: st.DrawFn, sample: str) -> str:
 
 def _status(draw: st.DrawFn) -> tuple[str, bool]:
     active = draw(st.booleans())
-    comment = "\n".join(draw(st.lists(st.one_of(ODD, st.sampled_from(["Status: active", "Status: inactive",
-                                                                      "Default: allow (incoming)"]), TEXT),
-                                       max_size=4)))
+    comment = "\n".join(
+        draw(
+            st.lists(
+                st.one_of(
+                    ODD, st.sampled_from(["Status: active", "Status: inactive", "Default: allow (incoming)"]), TEXT
+                ),
+                max_size=4,
+            )
+        )
+    )
     rule = f"31695/tcp                  ALLOW IN    10.0.0.0/16                # {comment}"
-    text = (f"Status: {'active' if active else 'inactive'}\nLogging: on (low)\n"
-            f"Default: {draw(st.sampled_from(['deny', 'allow', 'reject']))} (incoming), allow (outgoing), "
-            f"disabled (routed)\nNew profiles: skip\n\nTo                         Action      From\n"
-            f"--                         ------      ----\n{rule}\n")
+    text = (
+        f"Status: {'active' if active else 'inactive'}\nLogging: on (low)\n"
+        f"Default: {draw(st.sampled_from(['deny', 'allow', 'reject']))} (incoming), allow (outgoing), "
+        f"disabled (routed)\nNew profiles: skip\n\nTo                         Action      From\n"
+        f"--                         ------      ----\n{rule}\n"
+    )
     return text, active
 
 
@@ -137,8 +193,12 @@ def test_show_added_parser_on_mutated_output(text: str) -> None:
 
 
 @FAST
-@given(mutated(f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{PROBE_MARK} status\n{STATUS}\n"
-               f"{PROBE_MARK} added\n{ADDED}\n{PROBE_MARK} end\n"))
+@given(
+    mutated(
+        f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{PROBE_MARK} status\n{STATUS}\n"
+        f"{PROBE_MARK} added\n{ADDED}\n{PROBE_MARK} end\n"
+    )
+)
 def test_ufw_probe_parser_on_mutated_output(text: str) -> None:
     try:
         facts = ufw_probe.parse_probe(text)
@@ -147,8 +207,10 @@ def test_ufw_probe_parser_on_mutated_output(text: str) -> None:
     firewall.plan([UfwRule(port="31695", proto="tcp", source="10.0.0.0/16")], facts, enable=True)
 
 
-TRANSCRIPT = (f"{APPLY_MARK} 0 0\nRule added\nRule added (v6)\n{APPLY_MARK} 1 1\nERROR: Bad port\n"
-              f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n")
+TRANSCRIPT = (
+    f"{APPLY_MARK} 0 0\nRule added\nRule added (v6)\n{APPLY_MARK} 1 1\nERROR: Bad port\n"
+    f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n"
+)
 
 
 @FAST
@@ -158,7 +220,7 @@ def test_apply_transcript_parser_on_mutated_output(text: str) -> None:
     ran, failure = parse_apply(text, commands)
     assert set(ran) <= set(commands)
     assert failure is None or failure[0] in commands
-    assert ran == commands[:len(ran)]  # only ever a prefix: the script stops at the first failure
+    assert ran == commands[: len(ran)]  # only ever a prefix: the script stops at the first failure
 
 
 # -- node probes ---------------------------------------------------------------------------------
@@ -199,11 +261,11 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 BASE = yaml.safe_load(STATE)
 PATHS = _paths(BASE)[1:]
-VALUE = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2, 70000), st.floats(allow_nan=True),
-                               TEXT, ODD),
-                     lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                             st.dictionaries(st.one_of(TEXT, ODD), inner, max_size=3)),
-                     max_leaves=6)
+VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2, 70000), st.floats(allow_nan=True), TEXT, ODD),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.one_of(TEXT, ODD), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -279,14 +341,17 @@ def test_config_loader_on_damaged_configs(tmp_path_factory: pytest.TempPathFacto
     except KeybuzzFixError:
         return
     for rule in cfg.firewall.ports:  # what reaches a remote shell is one printable, quotable line
-        command = UfwRule(port=str(rule.port), proto=rule.proto, source=cfg.firewall.source,
-                          comment=rule.comment).command()
+        command = UfwRule(
+            port=str(rule.port), proto=rule.proto, source=cfg.firewall.source, comment=rule.comment
+        ).command()
         assert "\n" not in command
         assert firewall.parse_show_added(command) == (firewall.parse_rule_command(command),)
 
 
 KUBECONFIG = {
-    "apiVersion": "v1", "kind": "Config", "current-context": "x",
+    "apiVersion": "v1",
+    "kind": "Config",
+    "current-context": "x",
     "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
     "users": [{"name": "u", "user": {"token": "property-token"}}],
     "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
