@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.timing import CommandFailed, Sample, measure
-from keybuzz_fix import config, firewall
+from keybuzz_fix import config
+from keybuzz_fix.hosts.ufw import rules as firewall
 from tests.lab.hosts import HostSpec, Lab
 
 TOOLS = ("keybuzz-fix", "ssh loop", "ansible")

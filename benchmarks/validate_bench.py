@@ -24,11 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from keybuzz_fix import config, kube, probe
-from keybuzz_fix import validate as val
-from keybuzz_fix import workloads as wl
+from keybuzz_fix import config
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.cluster import client as kube
+from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.flows import validate as val
+from keybuzz_fix.hosts.ssh import SshOptions
 from keybuzz_fix.inventory import Role, load, select
-from keybuzz_fix.ssh import SshOptions
 from tests.cluster.controlplane import ControlPlane, build_binaries
 from tests.cluster.seed import seed_keybuzz
 from tests.lab.hosts import INGRESS_PORT, SUBNET, HostSpec, Lab

@@ -3,7 +3,7 @@
 Each check is a pure function of facts (API objects, HTTP answers) that returns pass or fail
 with its evidence: counts, values, the error. The score is passed / total; it passes at the
 threshold (80 % by default, 100 % with ``--strict``). ``--extended`` rows (per worker) are shown
-but never counted. The facts are gathered concurrently by :mod:`keybuzz_fix.validate`.
+but never counted. The facts are gathered concurrently by :mod:`keybuzz_fix.flows.validate`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keybuzz_fix import ingress
-from keybuzz_fix import workloads as wl
+from keybuzz_fix.checks.http import HttpAnswer
+from keybuzz_fix.cluster import ingress
+from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.cluster.objects import name_of
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import ExitCode
-from keybuzz_fix.objects import name_of
-from keybuzz_fix.probe import HttpAnswer
 
 Obj = dict[str, Any]
 

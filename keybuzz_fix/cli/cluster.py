@@ -17,9 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from keybuzz_fix import __version__
-from keybuzz_fix.errors import ExitCode, KeybuzzFixError, UsageError
-from keybuzz_fix.inventory import Role
-from keybuzz_fix.options import (
+from keybuzz_fix.cli.options import (
     DEFAULT_KNOWN_HOSTS,
     SAFETY,
     AcceptNewOpt,
@@ -45,13 +43,15 @@ from keybuzz_fix.options import (
     UserOpt,
     YesOpt,
 )
+from keybuzz_fix.errors import ExitCode, KeybuzzFixError, UsageError
+from keybuzz_fix.inventory import Role
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from keybuzz_fix.kube import Kube
-    from keybuzz_fix.probe import HttpOptions
-    from keybuzz_fix.ssh import SshOptions
+    from keybuzz_fix.checks.http import HttpOptions
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.hosts.ssh import SshOptions
 
 
 class _Group(TyperGroup):
@@ -126,7 +126,7 @@ def _state(ctx: typer.Context) -> AppState:
 
 def ssh_options(identity: Path | None, known_hosts: Path, accept_new: bool, timeout: float) -> SshOptions:
     """Build and check the SSH options of a command."""
-    from keybuzz_fix.ssh import SshOptions
+    from keybuzz_fix.hosts.ssh import SshOptions
 
     timeout = _seconds("--timeout", timeout)
     if identity is not None and not identity.expanduser().is_file():
@@ -165,7 +165,7 @@ def inventory(
         keybuzz-fix inventory servers.tsv --role all -o json
     """
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix import report
+    from keybuzz_fix.report import hosts as report
 
     hosts = inv.select(inv.load(servers), role, env)
     if output is Output.JSON:
@@ -225,9 +225,9 @@ def ufw(
         keybuzz-fix ufw servers.tsv --ports 31695/tcp --source 10.0.0.0/16 --identity ~/.ssh/id_ed25519
     """
     from keybuzz_fix import config as cfg_mod
-    from keybuzz_fix import firewall
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix.fleet import run_firewall
+    from keybuzz_fix.flows.firewall import run_firewall
+    from keybuzz_fix.hosts.ufw import rules as firewall
 
     cfg = cfg_mod.load(config)
     wanted_source = firewall.parse_source(source) if source is not None else cfg.firewall.source
@@ -270,7 +270,7 @@ def _cluster_for(
     accept_new: bool,
 ) -> Kube:
     """Connect to the API server as the cluster options say (SSH only for --kubeconfig-from-master)."""
-    from keybuzz_fix.cluster import ClusterOptions, connect_cluster
+    from keybuzz_fix.cluster.connect import ClusterOptions, connect_cluster
 
     ssh = ssh_options(identity, known_hosts, accept_new, 10.0) if from_master is not None else None
     return connect_cluster(
@@ -375,14 +375,14 @@ def convert(
             raise UsageError(
                 "--from-file touches no cluster: drop --kubeconfig, --context and --kubeconfig-from-master"
             )
-        from keybuzz_fix.convert_apply import run_offline
+        from keybuzz_fix.flows.convert import run_offline
 
         raise typer.Exit(
             int(run_offline(console, from_file, cfg, keep_port=keep_port, show_values=show_values, output=output.value))
         )
     if output is PlanOutput.YAML and not dry_run:
         raise UsageError("-o yaml prints the objects convert would apply: use it with --dry-run or --from-file")
-    from keybuzz_fix.convert_apply import run_convert
+    from keybuzz_fix.flows.convert import run_convert
 
     timeout = _ready_timeout(timeout)
     kube = _cluster_for(
@@ -448,8 +448,8 @@ def rollback(
         keybuzz-fix rollback --latest --dry-run
         keybuzz-fix rollback --backup ~/.local/state/keybuzz-fix/backups/convert-20250101T120000.000000Z.yaml --yes
     """
-    from keybuzz_fix import backup
-    from keybuzz_fix.rollback import run_rollback
+    from keybuzz_fix.cluster import backup
+    from keybuzz_fix.cluster.rollback import run_rollback
 
     if (backup_file is None) == (not latest):
         raise UsageError("pass exactly one of --backup FILE and --latest")
@@ -534,7 +534,7 @@ def ingress(
     """
     from keybuzz_fix import config as cfg_mod
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix.ingress_apply import run_ingress
+    from keybuzz_fix.flows.ingress import run_ingress
 
     cfg = cfg_mod.load(config)
     workers = inv.select(inv.load(servers), Role.WORKER, env) if servers is not None else None
@@ -652,9 +652,9 @@ def validate(
     """
     from keybuzz_fix import config as cfg_mod
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix import report
-    from keybuzz_fix import scorecard as sc
-    from keybuzz_fix.validate import ExtendedOptions, run_validate
+    from keybuzz_fix.checks import scorecard as sc
+    from keybuzz_fix.flows.validate import ExtendedOptions, run_validate
+    from keybuzz_fix.report import hosts as report
 
     cfg = cfg_mod.load(config)
     http = _http_options(cfg.validate.urls, resolve or [], ca_file, insecure, url_timeout, retries)
@@ -687,7 +687,7 @@ def validate(
 def _http_options(
     urls: tuple[str, ...], resolve: list[str], ca_file: Path | None, insecure: bool, url_timeout: float, retries: int
 ) -> HttpOptions:
-    from keybuzz_fix import probe
+    from keybuzz_fix.checks import http as probe
 
     if not 0 < url_timeout <= 600:
         raise UsageError(f"--url-timeout must be more than 0 and at most 600 seconds, got {url_timeout:g}")
@@ -796,7 +796,7 @@ def all_steps(
     """
     from keybuzz_fix import config as cfg_mod
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix.remediate import AllOptions, run_all
+    from keybuzz_fix.flows.all import AllOptions, run_all
 
     cfg = cfg_mod.load(config)
     http = _http_options(cfg.validate.urls, resolve or [], ca_file, insecure, url_timeout, retries)
@@ -876,9 +876,9 @@ def overlay(
     """
     from keybuzz_fix import config as cfg_mod
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix import overlay as overlay_mod
-    from keybuzz_fix.firewall_apply import HostExtra
-    from keybuzz_fix.fleet import run_firewall
+    from keybuzz_fix.flows.firewall import run_firewall
+    from keybuzz_fix.hosts.flannel import plan as overlay_mod
+    from keybuzz_fix.hosts.ufw.apply import HostExtra
 
     cfg = cfg_mod.load(config)
     rules = overlay_mod.overlay_rules(cfg.overlay)
@@ -935,12 +935,12 @@ def diagnose(
         keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
     """
     from keybuzz_fix import config as cfg_mod
-    from keybuzz_fix import diagnose as diag
     from keybuzz_fix import inventory as inv
-    from keybuzz_fix import overlay as overlay_mod
-    from keybuzz_fix import report
-    from keybuzz_fix.cluster import ClusterOptions
-    from keybuzz_fix.diagnose_run import gather
+    from keybuzz_fix.checks import diagnose as diag
+    from keybuzz_fix.cluster.connect import ClusterOptions
+    from keybuzz_fix.flows.diagnose import gather
+    from keybuzz_fix.hosts.flannel import plan as overlay_mod
+    from keybuzz_fix.report import hosts as report
 
     if kubeconfig is not None and kubeconfig_from_master is not None:
         raise UsageError("--kubeconfig and --kubeconfig-from-master exclude each other")

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from keybuzz_fix import state
+from keybuzz_fix import storage as state
+from keybuzz_fix.cluster.objects import Obj, describe, meta, parse_objects, yaml_stream
 from keybuzz_fix.errors import InputError, UsageError, read_input
-from keybuzz_fix.objects import Obj, describe, meta, parse_objects, yaml_stream
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,17 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix import report, state
+from keybuzz_fix import storage as state
 from keybuzz_fix.errors import ExitCode, KeybuzzFixError
+from keybuzz_fix.report import hosts as report
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from rich.console import Console
 
-    from keybuzz_fix.kube import Kube
-    from keybuzz_fix.objects import Obj
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.cluster.objects import Obj
 
 
 class Verb(str, Enum):

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from keybuzz_fix import inventory, kube, state
+from keybuzz_fix import inventory
+from keybuzz_fix import storage as state
+from keybuzz_fix.cluster import client as kube
 from keybuzz_fix.errors import KubeconfigError, UsageError
-from keybuzz_fix.ssh import SshOptions, connect
+from keybuzz_fix.hosts.ssh import SshOptions, connect
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 

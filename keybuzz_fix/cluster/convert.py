@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keybuzz_fix.changes import Change, Verb
-from keybuzz_fix.config import AppConfig, Config
-from keybuzz_fix.objects import (
+from keybuzz_fix.cluster.changes import Change, Verb
+from keybuzz_fix.cluster.objects import (
     LAST_APPLIED,
     MANAGED_BY,
     MANAGER,
@@ -36,7 +35,8 @@ from keybuzz_fix.objects import (
     pod_spec,
     strip_server_fields,
 )
-from keybuzz_fix.placement import CONTROL_PLANE_LABEL, HostPort, eligible_nodes, host_ports
+from keybuzz_fix.cluster.scheduling import CONTROL_PLANE_LABEL, HostPort, eligible_nodes, host_ports
+from keybuzz_fix.config import AppConfig, Config
 
 PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 _HANDLERS = ("httpGet", "tcpSocket", "grpc")

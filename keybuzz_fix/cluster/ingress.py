@@ -3,7 +3,7 @@
 The controller is only checked, never changed: a DaemonSet with hostNetwork on, a Running pod on
 every worker, and a Service exposing the HTTP and HTTPS NodePorts the load balancers target. The
 routes are built from the configuration (``manifests/defaults.yaml``) and applied server-side by
-:mod:`keybuzz_fix.ingress_apply`; ``manifests/ingress.yaml`` is the same objects rendered for
+:mod:`keybuzz_fix.flows.ingress`; ``manifests/ingress.yaml`` is the same objects rendered for
 operators who prefer ``kubectl apply --server-side``.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from keybuzz_fix import workloads as wl
+from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.cluster.objects import name_of
 from keybuzz_fix.config import Config, IngressConfig, Route
-from keybuzz_fix.objects import name_of
 
 Obj = dict[str, Any]
 # Metadata the API server owns: never part of a diff.

@@ -15,18 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from keybuzz_fix import backup, report, state
-from keybuzz_fix.changes import Change, RunResult, Verb
-from keybuzz_fix.convert_apply import permissions, preflight
+from keybuzz_fix import storage as state
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster.changes import Change, RunResult, Verb
+from keybuzz_fix.cluster.objects import Obj, managed_by_us, meta, name_of, strip_server_fields
+from keybuzz_fix.cluster.rollout import Stuck, wait_ready
 from keybuzz_fix.errors import Interrupted, KeybuzzFixError
-from keybuzz_fix.fleet import confirm
-from keybuzz_fix.objects import Obj, managed_by_us, meta, name_of, strip_server_fields
-from keybuzz_fix.rollout import Stuck, wait_ready
+from keybuzz_fix.flows.convert import permissions, preflight
+from keybuzz_fix.flows.firewall import confirm
+from keybuzz_fix.report import hosts as report
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from keybuzz_fix.kube import Kube
+    from keybuzz_fix.cluster.client import Kube
 
 COMMAND = "rollback"
 _RESTORED = ("Deployment", "HorizontalPodAutoscaler")

@@ -14,12 +14,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from keybuzz_fix.cluster.objects import Obj, meta, name_of, selector_string
+from keybuzz_fix.cluster.workloads import is_ready
 from keybuzz_fix.errors import Forbidden, NotReady
-from keybuzz_fix.objects import Obj, meta, name_of, selector_string
-from keybuzz_fix.workloads import is_ready
 
 if TYPE_CHECKING:
-    from keybuzz_fix.kube import Kube
+    from keybuzz_fix.cluster.client import Kube
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keybuzz_fix.objects import Obj, containers, labels, name_of
+from keybuzz_fix.cluster.objects import Obj, containers, labels, name_of
 
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 _LIFECYCLE_TAINT_PREFIX = "node.kubernetes.io/"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from keybuzz_fix.cluster.objects import Obj, name_of
+from keybuzz_fix.cluster.scheduling import is_control_plane
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.objects import Obj, name_of
-from keybuzz_fix.placement import is_control_plane
 
 
 def by_name(objs: Iterable[Obj]) -> dict[str, Obj]:

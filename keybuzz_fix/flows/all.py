@@ -13,22 +13,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from keybuzz_fix import firewall, report
 from keybuzz_fix.errors import ExitCode, KeybuzzFixError
-from keybuzz_fix.firewall_apply import FirewallRun, HostPlan, HostResult, Status
-from keybuzz_fix.fleet import confirm
+from keybuzz_fix.flows.firewall import confirm
+from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.apply import FirewallRun, HostPlan, HostResult, Status
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.ssh import SshOptions
+from keybuzz_fix.report import hosts as report
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from keybuzz_fix.changes import RunResult
+    from keybuzz_fix.checks.http import HttpOptions
+    from keybuzz_fix.checks.scorecard import Scorecard
+    from keybuzz_fix.cluster.changes import RunResult
+    from keybuzz_fix.cluster.client import Kube
     from keybuzz_fix.config import Config
-    from keybuzz_fix.ingress_apply import IngressPlan
-    from keybuzz_fix.kube import Kube
-    from keybuzz_fix.probe import HttpOptions
-    from keybuzz_fix.scorecard import Scorecard
+    from keybuzz_fix.flows.ingress import IngressPlan
 
 STEPS = ("ufw", "convert", "ingress", "validate")
 T = TypeVar("T")
@@ -107,9 +108,9 @@ def run_all(
     options: AllOptions,
 ) -> ExitCode:
     """Plan every step, ask once, run the steps in order; return the exit code."""
-    from keybuzz_fix.convert_apply import run_convert
-    from keybuzz_fix.ingress_apply import apply_ingress, plan_ingress
-    from keybuzz_fix.validate import run_validate
+    from keybuzz_fix.flows.convert import run_convert
+    from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
+    from keybuzz_fix.flows.validate import run_validate
 
     progress = Progress(console)
     rules = firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
@@ -224,7 +225,7 @@ def _ingress_planned(plan: IngressPlan) -> tuple[str, str]:
 
 
 def _ingress_applied(plan: IngressPlan) -> tuple[str, str]:
-    from keybuzz_fix.ingress import RouteStatus
+    from keybuzz_fix.cluster.ingress import RouteStatus
 
     written = [r for r in plan.routes if r.status in (RouteStatus.CREATED, RouteStatus.UPDATED)]
     return ("changed", f"{len(written)} route(s) applied") if written else ("unchanged", "routes as wanted")

@@ -1,6 +1,6 @@
 """The imperative shell of ``convert``: observe, plan, back up, apply, wait, switch, delete, report.
 
-1. Read everything (through :mod:`keybuzz_fix.kube`) and compute the plan (pure). Refusals stop
+1. Read everything (through :mod:`keybuzz_fix.cluster.client`) and compute the plan (pure). Refusals stop
    here; ``--dry-run`` prints the plan and sends every write as a server-side dry run.
 2. Check the permissions every write needs, ask once, write the backup (no backup, no change).
 3. Server-side apply the DaemonSets and wait, by watching, until every scheduled pod is ready.
@@ -17,19 +17,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from keybuzz_fix import backup, report, state
-from keybuzz_fix.changes import Change, RunResult, Verb
-from keybuzz_fix.convert import Observed, Plan, observed_from_objects, plan_convert
+from keybuzz_fix import storage as state
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster.changes import Change, RunResult, Verb
+from keybuzz_fix.cluster.convert import Observed, Plan, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.objects import meta, parse_objects, yaml_stream
+from keybuzz_fix.cluster.rollout import Stuck, wait_ready
 from keybuzz_fix.errors import ExitCode, Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
-from keybuzz_fix.fleet import confirm
-from keybuzz_fix.objects import meta, parse_objects, yaml_stream
-from keybuzz_fix.rollout import Stuck, wait_ready
+from keybuzz_fix.flows.firewall import confirm
+from keybuzz_fix.report import hosts as report
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from keybuzz_fix.cluster.client import Kube
     from keybuzz_fix.config import Config
-    from keybuzz_fix.kube import Kube
 
 COMMAND = "convert"
 DEFAULT_TIMEOUT = 300.0
@@ -67,7 +69,7 @@ def permissions(changes: list[Change], *, wait_kind: str | None) -> list[tuple[s
 
 def preflight(kube: Kube, namespace: str, needed: list[tuple[str, str]]) -> None:
     """Ask the API whether every needed permission is granted; name all those missing at once."""
-    from keybuzz_fix.kube import RESOURCES
+    from keybuzz_fix.cluster.client import RESOURCES
 
     missing = []
     for verb, kind in needed:

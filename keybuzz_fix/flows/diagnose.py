@@ -1,6 +1,6 @@
 """Gather what ``diagnose`` needs, read-only: two SSH round trips per node (in parallel) and the API.
 
-Round one reads each node's facts (:func:`keybuzz_fix.nodefacts.node_probe`) while the API is read
+Round one reads each node's facts (:func:`keybuzz_fix.hosts.flannel.facts.node_probe`) while the API is read
 in the background (Nodes' Flannel annotations, the CoreDNS ClusterIP). Round two pings, from every
 node, every other node's ``flannel.1`` address — as the node itself reports it, else as its podCIDR
 says. One SSH session per node serves both rounds. Nothing is changed anywhere.
@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from keybuzz_fix import nodefacts
-from keybuzz_fix.cluster import ClusterOptions, connect_cluster
-from keybuzz_fix.diagnose import ClusterView, NodeView, api_nodes
+from keybuzz_fix.checks.diagnose import ClusterView, NodeView, api_nodes
+from keybuzz_fix.cluster.connect import ClusterOptions, connect_cluster
 from keybuzz_fix.errors import ClusterError, HostError, KeybuzzFixError
-from keybuzz_fix.fanout import Outcome, run_all
+from keybuzz_fix.hosts.flannel import facts as nodefacts
+from keybuzz_fix.hosts.flannel.facts import NodeFacts, OverlayProbe
+from keybuzz_fix.hosts.parallel import Outcome, run_all
+from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.nodefacts import NodeFacts, OverlayProbe
-from keybuzz_fix.ssh import AcceptedKeys, Session, SshOptions, open_session
 
 if TYPE_CHECKING:
     from rich.console import Console

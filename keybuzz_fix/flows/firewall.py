@@ -10,13 +10,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from keybuzz_fix import report
+from keybuzz_fix.cli.options import Output
 from keybuzz_fix.errors import Aborted, ExitCode, UsageError
-from keybuzz_fix.firewall import UfwRule
-from keybuzz_fix.firewall_apply import FirewallRun, HostExtra, HostPlan, HostResult, Status
+from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.hosts.ufw.apply import FirewallRun, HostExtra, HostPlan, HostResult, Status
+from keybuzz_fix.hosts.ufw.rules import UfwRule
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.options import Output
-from keybuzz_fix.ssh import SshOptions
+from keybuzz_fix.report import hosts as report
 
 if TYPE_CHECKING:
     from rich.console import Console

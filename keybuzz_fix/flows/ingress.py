@@ -12,19 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix import ingress, state
-from keybuzz_fix import workloads as wl
+from keybuzz_fix import storage as state
+from keybuzz_fix.cli.options import Output
+from keybuzz_fix.cluster import ingress
+from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.cluster.ingress import Finding, RouteStatus
+from keybuzz_fix.cluster.objects import name_of
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import ClusterError, Conflict, ExitCode
-from keybuzz_fix.ingress import Finding, RouteStatus
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.objects import name_of
-from keybuzz_fix.options import Output
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from keybuzz_fix.kube import Kube
+    from keybuzz_fix.cluster.client import Kube
 
 Obj = dict[str, Any]
 
@@ -165,8 +166,8 @@ def run_ingress(
     output: Output = Output.TEXT,
 ) -> IngressPlan:
     """Check, plan, show, ask once, apply and report; return the outcome (``.exit_code``)."""
-    from keybuzz_fix import report
-    from keybuzz_fix.fleet import confirm
+    from keybuzz_fix.flows.firewall import confirm
+    from keybuzz_fix.report import hosts as report
 
     plan = plan_ingress(kube, cfg, workers, force_conflicts=force_conflicts)
     quiet = output is Output.JSON

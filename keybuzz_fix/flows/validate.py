@@ -15,20 +15,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix import firewall, probe
-from keybuzz_fix import scorecard as sc
-from keybuzz_fix import workloads as wl
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.checks import scorecard as sc
+from keybuzz_fix.checks.http import HttpOptions
+from keybuzz_fix.checks.scorecard import Check, Row, Scorecard
+from keybuzz_fix.cluster import workloads as wl
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Forbidden, Interrupted, KeybuzzFixError
-from keybuzz_fix.firewall import ActionKind
+from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.rules import ActionKind
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.probe import HttpOptions
-from keybuzz_fix.scorecard import Check, Row, Scorecard
-from keybuzz_fix.ssh import SshOptions
 
 if TYPE_CHECKING:
-    from keybuzz_fix.firewall_apply import HostPlan
-    from keybuzz_fix.kube import Kube
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.hosts.ufw.apply import HostPlan
 
 _MAX_THREADS = 64
 
@@ -184,7 +185,7 @@ def _host_port_row(worker: Host, app: str, port: int, http: HttpOptions) -> Row:
 
 
 def _ufw_rows(cfg: Config, workers: Sequence[Host], options: ExtendedOptions) -> list[Row]:
-    from keybuzz_fix.firewall_apply import FirewallRun
+    from keybuzz_fix.hosts.ufw.apply import FirewallRun
 
     rules = firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
     run = FirewallRun(

@@ -16,12 +16,12 @@ from keybuzz_fix.inventory import Host
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from keybuzz_fix.diagnose import ClusterView, Finding, NodeView
-    from keybuzz_fix.fanout import Outcome
-    from keybuzz_fix.firewall import Action
-    from keybuzz_fix.firewall_apply import HostPlan, HostResult
-    from keybuzz_fix.ingress_apply import IngressPlan
-    from keybuzz_fix.scorecard import Scorecard
+    from keybuzz_fix.checks.diagnose import ClusterView, Finding, NodeView
+    from keybuzz_fix.checks.scorecard import Scorecard
+    from keybuzz_fix.flows.ingress import IngressPlan
+    from keybuzz_fix.hosts.parallel import Outcome
+    from keybuzz_fix.hosts.ufw.apply import HostPlan, HostResult
+    from keybuzz_fix.hosts.ufw.rules import Action
 
 STATUS_STYLE = {
     "unchanged": "green",
@@ -64,7 +64,7 @@ def diagnosis(
     from rich.markup import escape
     from rich.table import Table
 
-    from keybuzz_fix.diagnose import Status, healthy, matrix
+    from keybuzz_fix.checks.diagnose import Status, healthy, matrix
 
     styles = {
         Status.CONFIRMED: "bold red",
@@ -120,7 +120,7 @@ def diagnosis_json(
     exit_code: ExitCode,
 ) -> dict[str, Any]:
     """Return the machine-readable diagnosis."""
-    from keybuzz_fix.diagnose import healthy, matrix
+    from keybuzz_fix.checks.diagnose import healthy, matrix
 
     hosts = []
     for n in nodes:
@@ -189,7 +189,7 @@ def firewall_summary(
     from rich.markup import escape
     from rich.table import Table
 
-    from keybuzz_fix.firewall_apply import HostPlan, HostResult, plan_status
+    from keybuzz_fix.hosts.ufw.apply import HostPlan, HostResult, plan_status
 
     table = Table(title=title, title_justify="left")
     for col in ("HOST", "ADDRESS", "OUTCOME", "DETAIL"):
@@ -220,7 +220,7 @@ def firewall_json(
     exit_code: ExitCode,
 ) -> dict[str, Any]:
     """Return the machine-readable summary of a firewall run."""
-    from keybuzz_fix.firewall_apply import HostPlan, HostResult, overview, plan_status
+    from keybuzz_fix.hosts.ufw.apply import HostPlan, HostResult, overview, plan_status
 
     hosts = []
     for o in outcomes:
@@ -358,8 +358,8 @@ def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> Non
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
-    from keybuzz_fix.changes import Change
-    from keybuzz_fix.rollout import StuckPod
+    from keybuzz_fix.cluster.changes import Change
+    from keybuzz_fix.cluster.rollout import StuckPod
 
 _CHANGE_STYLE = {
     "create": "yellow",
@@ -388,7 +388,7 @@ def change_plan(
     """Print a plan of object changes: each action with its reason and diff, env values masked unless asked."""
     from rich.markup import escape
 
-    from keybuzz_fix.objects import diff, mask_values, project, strip_server_fields
+    from keybuzz_fix.cluster.objects import diff, mask_values, project, strip_server_fields
 
     def shown(obj: Any) -> Any:
         return obj if obj is None or show_values else mask_values(obj, shown_env)

@@ -24,9 +24,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner, Result
 
-from keybuzz_fix import backup, kube
 from keybuzz_fix.cli import app
-from keybuzz_fix.objects import strip_server_fields
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster import client as kube
+from keybuzz_fix.cluster.objects import strip_server_fields
 from tests.cluster.reset import reset_cluster
 from tests.cluster.seed import SEEDED_NAMESPACES, seed_keybuzz, wait_for
 
@@ -461,9 +462,9 @@ def test_rollback_restores_the_originals(lab: Lab, converted: dict[str, Any], mo
 def test_a_half_converted_state_converges(fresh: Lab, state_dir: Path) -> None:
     """DaemonSets applied and one Service switched by an earlier run; the Deployments still there."""
     from keybuzz_fix import config
-    from keybuzz_fix.changes import execute
-    from keybuzz_fix.convert import plan_convert
-    from keybuzz_fix.convert_apply import observe
+    from keybuzz_fix.cluster.changes import execute
+    from keybuzz_fix.cluster.convert import plan_convert
+    from keybuzz_fix.flows.convert import observe
 
     before = originals(fresh.kube)
     cfg = config.load()
@@ -487,7 +488,7 @@ def test_a_half_converted_state_converges(fresh: Lab, state_dir: Path) -> None:
 def test_ctrl_c_stops_cleanly_and_a_rerun_converges(
     fresh: Lab, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from keybuzz_fix import changes
+    from keybuzz_fix.cluster import changes
 
     before = originals(fresh.kube)
     real_execute = changes.execute
@@ -557,9 +558,9 @@ def test_apiserver_stopped_right_after_the_daemonsets_then_a_rerun_converges(
 
 def test_a_conflicting_field_manager_is_reported_and_force_conflicts_takes_over(fresh: Lab, state_dir: Path) -> None:
     from keybuzz_fix import config
-    from keybuzz_fix.changes import execute
-    from keybuzz_fix.convert import plan_convert
-    from keybuzz_fix.convert_apply import observe
+    from keybuzz_fix.cluster.changes import execute
+    from keybuzz_fix.cluster.convert import plan_convert
+    from keybuzz_fix.flows.convert import observe
 
     cfg = config.load()
     plan = plan_convert(cfg, observe(fresh.kube, cfg))

@@ -237,9 +237,10 @@ def _ssh_sessions(lab: Lab, name: str, expected: int) -> int:
 def test_only_hosts_with_changes_keep_their_connection(
     lab_factory: Callable[..., Lab], tmp_path: Path, state_dir: Path
 ) -> None:
-    from keybuzz_fix import firewall, inventory
-    from keybuzz_fix.firewall_apply import FirewallRun, Status
-    from keybuzz_fix.ssh import SshOptions
+    from keybuzz_fix import inventory
+    from keybuzz_fix.hosts.ssh import SshOptions
+    from keybuzz_fix.hosts.ufw import rules as firewall
+    from keybuzz_fix.hosts.ufw.apply import FirewallRun, Status
 
     with lab_factory(["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"]) as lab:
         servers = lab.servers_tsv(tmp_path / "servers.tsv")

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from keybuzz_fix import ufw_probe
-from keybuzz_fix.firewall import PROBE_MARK, UfwFacts, parse_show_added, parse_status
+from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, UfwFacts, parse_show_added, parse_status
 from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = pytest.mark.integration

@@ -24,11 +24,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from keybuzz_fix import config, firewall, kube, nodefacts, overlay, probe, ufw_probe
-from keybuzz_fix.convert_apply import run_offline
+from keybuzz_fix import config
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.cluster import client as kube
 from keybuzz_fix.errors import KeybuzzFixError
-from keybuzz_fix.firewall import PROBE_MARK, UfwRule
-from keybuzz_fix.firewall_apply import APPLY_MARK, parse_apply
+from keybuzz_fix.flows.convert import run_offline
+from keybuzz_fix.hosts.flannel import facts as nodefacts
+from keybuzz_fix.hosts.flannel import plan as overlay
+from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, parse_apply
+from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, UfwRule
 
 DATA = Path(__file__).parent.parent / "data"
 DIAGNOSE = DATA / "diagnose"
@@ -298,7 +304,7 @@ def test_offline_convert_on_damaged_states(tmp_path_factory: pytest.TempPathFact
 @FAST
 @given(st.one_of(damaged_state(), mutated(STATE)))
 def test_backup_reader_on_damaged_files(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
-    from keybuzz_fix import backup
+    from keybuzz_fix.cluster import backup
 
     path = tmp_path_factory.mktemp("backup") / "convert-20250101T000000.000000Z.yaml"
     path.write_text("# keybuzz-fix convert backup\n# server: https://127.0.0.1:1\n" + text)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from keybuzz_fix import config
-from keybuzz_fix.changes import Verb
-from keybuzz_fix.convert import Observed, daemonset_for, observed_from_objects, plan_convert
-from keybuzz_fix.objects import MANAGED_BY, is_subset, parse_objects
+from keybuzz_fix.cluster.changes import Verb
+from keybuzz_fix.cluster.convert import Observed, daemonset_for, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.objects import MANAGED_BY, is_subset, parse_objects
 
 DATA = Path(__file__).parent.parent / "data"
 CFG = config.load()

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keybuzz_fix import backup, state
-from keybuzz_fix.changes import Change, Verb, execute
+from keybuzz_fix import storage as state
 from keybuzz_fix.cli import app
-from keybuzz_fix.convert_apply import permissions
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster.changes import Change, Verb, execute
+from keybuzz_fix.cluster.objects import MASK, diff, mask_values, parse_objects, project, strip_server_fields
+from keybuzz_fix.cluster.rollback import plan_rollback
+from keybuzz_fix.cluster.rollout import Stuck, daemonset_ready, deployment_ready, wait_ready
+from keybuzz_fix.cluster.scheduling import HostPort, fits, host_ports
 from keybuzz_fix.errors import ClusterError, InputError, UsageError
-from keybuzz_fix.objects import MASK, diff, mask_values, parse_objects, project, strip_server_fields
-from keybuzz_fix.placement import HostPort, fits, host_ports
-from keybuzz_fix.rollback import plan_rollback
-from keybuzz_fix.rollout import Stuck, daemonset_ready, deployment_ready, wait_ready
+from keybuzz_fix.flows.convert import permissions
 
 DATA = Path(__file__).parent.parent / "data" / "convert"
 runner = CliRunner()

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix import nodefacts
-from keybuzz_fix.config import OverlayConfig
-from keybuzz_fix.diagnose import (
+from keybuzz_fix.checks.diagnose import (
     ApiNode,
     Check,
     ClusterView,
@@ -21,9 +19,11 @@ from keybuzz_fix.diagnose import (
     matrix,
     rank,
 )
+from keybuzz_fix.config import OverlayConfig
+from keybuzz_fix.hosts.flannel import facts as nodefacts
+from keybuzz_fix.hosts.flannel.facts import DnsResult, OverlayProbe, PingResult
+from keybuzz_fix.hosts.flannel.plan import overlay_rules
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.nodefacts import DnsResult, OverlayProbe, PingResult
-from keybuzz_fix.overlay import overlay_rules
 
 DATA = Path(__file__).parent.parent / "data" / "diagnose"
 LAB_RULES = overlay_rules(OverlayConfig("198.18.0.0/24", 8472, "198.19.0.0/17", "198.19.128.0/20"))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 CHILD = (
-    "import resource, sys; from keybuzz_fix.fanout import raise_open_files_limit as r; "
+    "import resource, sys; from keybuzz_fix.hosts.parallel import raise_open_files_limit as r; "
     "got = r(int(sys.argv[1])); print(got, resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
 )
 

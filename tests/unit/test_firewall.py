@@ -5,10 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keybuzz_fix import firewall, ufw_probe
 from keybuzz_fix.errors import UsageError
-from keybuzz_fix.firewall import ANY, ActionKind, UfwFacts, UfwRule
-from keybuzz_fix.firewall_apply import apply_script, parse_apply
+from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.apply import apply_script, parse_apply
+from keybuzz_fix.hosts.ufw.rules import ANY, ActionKind, UfwFacts, UfwRule
 
 DATA = Path(__file__).parent.parent / "data" / "ufw"
 HTTP = UfwRule(port="31695", proto="tcp", source="10.0.0.0/16", comment="keybuzz-fix: ingress-nginx HTTP NodePort")

@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keybuzz_fix import config, ingress
-from keybuzz_fix import workloads as wl
-from keybuzz_fix.ingress import RouteStatus
-from keybuzz_fix.ingress_apply import IngressPlan, RoutePlan
+from keybuzz_fix import config
+from keybuzz_fix.cluster import ingress
+from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.cluster.ingress import RouteStatus
+from keybuzz_fix.flows.ingress import IngressPlan, RoutePlan
 from keybuzz_fix.inventory import Host
 
 ROOT = Path(__file__).parent.parent.parent

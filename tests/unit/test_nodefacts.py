@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix import nodefacts
-from keybuzz_fix.nodefacts import RouteGet
-from keybuzz_fix.overlay import parse_features
+from keybuzz_fix.hosts.flannel import facts as nodefacts
+from keybuzz_fix.hosts.flannel.facts import RouteGet
+from keybuzz_fix.hosts.flannel.plan import parse_features
 
 DATA = Path(__file__).parent.parent / "data" / "diagnose"
 

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix import firewall, firewall_apply, overlay
 from keybuzz_fix.config import OverlayConfig, load
-from keybuzz_fix.firewall import PROBE_MARK, ActionKind, UfwFacts
-from keybuzz_fix.firewall_apply import APPLY_MARK, FirewallRun, HostExtra, Status
+from keybuzz_fix.hosts.flannel import plan as overlay
+from keybuzz_fix.hosts.ssh import CommandResult, SshOptions
+from keybuzz_fix.hosts.ufw import apply as firewall_apply
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, FirewallRun, HostExtra, Status
+from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, ActionKind, UfwFacts
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.ssh import CommandResult, SshOptions
 
 DATA = Path(__file__).parent.parent / "data"
 ON = (DATA / "diagnose" / "ethtool-k-flannel-on.txt").read_text()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix import probe
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.checks.http import HttpOptions
 from keybuzz_fix.errors import UsageError
-from keybuzz_fix.probe import HttpOptions
 from tests.lab.testca import make_test_ca
 
 NAMES = ["platform.keybuzz.io", "platform-api.keybuzz.io"]

@@ -7,11 +7,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from keybuzz_fix import config, ingress
-from keybuzz_fix import scorecard as sc
+from keybuzz_fix import config
+from keybuzz_fix.checks import scorecard as sc
+from keybuzz_fix.checks.http import HttpAnswer
+from keybuzz_fix.checks.scorecard import Check, Row, Scorecard
 from keybuzz_fix.cli import app
-from keybuzz_fix.probe import HttpAnswer
-from keybuzz_fix.scorecard import Check, Row, Scorecard
+from keybuzz_fix.cluster import ingress
 
 ROOT = Path(__file__).parent.parent.parent
 SEED = ROOT / "tests" / "data" / "cluster"

@@ -6,8 +6,10 @@ test ``tests/integration/test_ufw_files.py`` holds the whole reader equal to ``u
 
 import pytest
 
-from keybuzz_fix import firewall, ufw_files, ufw_probe
-from keybuzz_fix.firewall import PROBE_MARK, ParseError, UfwRule
+from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.ufw import files as ufw_files
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, ParseError, UfwRule
 
 CASES = [
     ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "ufw allow 22/tcp"),

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from keybuzz_fix import firewall
-from keybuzz_fix.firewall import ActionKind, UfwRule
-from keybuzz_fix.inventory import Host
-from keybuzz_fix.nodefacts import (
+from keybuzz_fix.cluster.workloads import internal_ip
+from keybuzz_fix.hosts.flannel.facts import (
     NodeFacts,
     OverlayProbe,
     bad_checksum_lines,
     parse_kernel_version,
 )
-from keybuzz_fix.overlay import OFFLOAD_FEATURE, VXLAN_DEVICE
-from keybuzz_fix.workloads import internal_ip
+from keybuzz_fix.hosts.flannel.plan import OFFLOAD_FEATURE, VXLAN_DEVICE
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.rules import ActionKind, UfwRule
+from keybuzz_fix.inventory import Host
 
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 BACKEND_TYPE = "flannel.alpha.coreos.com/backend-type"

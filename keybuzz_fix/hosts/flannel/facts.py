@@ -3,7 +3,7 @@
 ``diagnose`` makes two round trips per node. The first (:func:`node_probe`) prints, in marked
 sections, the kernel version, which tools exist, links and addresses, ``ip route get`` to each
 peer, ``ip -d link show flannel.1``, ``ethtool -k flannel.1``, ``/run/flannel/subnet.env``, the
-kernel log's "bad checksum" lines and the UFW probe of :mod:`keybuzz_fix.firewall`. The second
+kernel log's "bad checksum" lines and the UFW probe of :mod:`keybuzz_fix.hosts.ufw.rules`. The second
 (:func:`overlay_probe`) pings every other node's ``flannel.1`` address (small and full-size,
 don't-fragment, all at once) and asks CoreDNS through its ClusterIP. A missing tool leaves its
 fact ``None`` — "not checked" — never a pass.
@@ -17,9 +17,10 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from keybuzz_fix import firewall, ufw_probe
-from keybuzz_fix.firewall import PROBE_MARK, UfwFacts
-from keybuzz_fix.overlay import VXLAN_DEVICE, parse_features, probe_sections
+from keybuzz_fix.hosts.flannel.plan import VXLAN_DEVICE, parse_features, probe_sections
+from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, UfwFacts
 
 SUBNET_ENV = "/run/flannel/subnet.env"
 DNS_NAME = "kubernetes.default.svc.cluster.local"

@@ -7,7 +7,7 @@ from the service network. K3s documents one allow rule for each (see :func:`over
 ``--checksum-offload-off`` adds a change outside UFW: ``ethtool -K flannel.1
 tx-checksum-ip-generic off`` now, and a udev rule that does it again whenever Flannel recreates
 ``flannel.1`` (after a reboot or a K3s restart). Its probe and plan plug into the UFW run as a
-:class:`~keybuzz_fix.firewall_apply.HostExtra`.
+:class:`~keybuzz_fix.hosts.ufw.apply.HostExtra`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shlex
 
 from keybuzz_fix.config import OverlayConfig
 from keybuzz_fix.errors import UsageError
-from keybuzz_fix.firewall import ANY, PROBE_MARK, Action, ActionKind, UfwRule
+from keybuzz_fix.hosts.ufw.rules import ANY, PROBE_MARK, Action, ActionKind, UfwRule
 
 VXLAN_DEVICE = "flannel.1"
 OFFLOAD_FEATURE = "tx-checksum-ip-generic"

@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from keybuzz_fix import firewall, state, ufw_probe
+from keybuzz_fix import storage as state
 from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
-from keybuzz_fix.fanout import Outcome, raise_open_files_limit, run_all
-from keybuzz_fix.firewall import Action, ActionKind, UfwFacts, UfwRule
+from keybuzz_fix.hosts.parallel import Outcome, raise_open_files_limit, run_all
+from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
+from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.rules import Action, ActionKind, UfwFacts, UfwRule
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.ssh import AcceptedKeys, Session, SshOptions, open_session
 
 APPLY_MARK = "@@keybuzz-fix-apply@@"
 _APPLY_LINE = re.compile(rf"^{re.escape(APPLY_MARK)} ([0-9]+) ([0-9]+)$")

@@ -1,7 +1,7 @@
 """The UFW facts probe: one remote script, and the pure parser of what it prints.
 
 The probe reads what ``ufw status verbose`` and ``ufw show added`` read (see
-:mod:`keybuzz_fix.ufw_files`) without starting ufw: a no-op run starts no Python on the host, and
+:mod:`keybuzz_fix.hosts.ufw.files`) without starting ufw: a no-op run starts no Python on the host, and
 a run that adds rules starts one per ``ufw allow``. Where ufw's files are not in their usual place
 it falls back to asking ufw itself, with the same result.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from keybuzz_fix import ufw_files
-from keybuzz_fix.firewall import PROBE_MARK, ParseError, UfwFacts, parse_show_added, parse_status
+from keybuzz_fix.hosts.ufw import files as ufw_files
+from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, ParseError, UfwFacts, parse_show_added, parse_status
 
 IPTABLES = "/usr/sbin/iptables"  # the one ufw runs (ufw.common.iptables_dir)
 

@@ -6,7 +6,7 @@ only read three files and the kernel's chains: the rules from ``/etc/ufw/user.ru
 ``user6.rules`` (one ``### tuple ###`` line per rule), the default policies from
 ``/etc/default/ufw``, and "active" from whether the ``ufw-user-*`` chains are loaded. This module
 reads the same sources the same way ufw 0.36 does, so a probe costs a few ``cat`` and three
-``iptables -L``. The parsed rules are the :class:`~keybuzz_fix.firewall.UfwRule` values
+``iptables -L``. The parsed rules are the :class:`~keybuzz_fix.hosts.ufw.rules.UfwRule` values
 ``ufw show added`` gives; a lab test holds the two readers equal on real ufw.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from keybuzz_fix.firewall import ANY, ParseError, UfwRule, checked_ports
+from keybuzz_fix.hosts.ufw.rules import ANY, ParseError, UfwRule, checked_ports
 
 RULES_FILE = "/etc/ufw/user.rules"
 RULES6_FILE = "/etc/ufw/user6.rules"

@@ -1,6 +1,6 @@
 """UFW rules: what we want, what a host has, and the plan between the two (pure code).
 
-The facts come from one remote probe (:mod:`keybuzz_fix.ufw_probe`) that reads ufw's files, or
+The facts come from one remote probe (:mod:`keybuzz_fix.hosts.ufw.facts`) that reads ufw's files, or
 prints ``ufw status verbose`` and ``ufw show added`` (the command form of every user rule, comments
 included) where those files are not in their usual place; either way it gives :class:`UfwFacts`.
 A rule we want and a rule we parsed are the same frozen dataclass and compare with ``==``.

@@ -1,0 +1,1 @@
+"""The imperative shells, one per command: observe, plan, show, confirm, apply, report."""
