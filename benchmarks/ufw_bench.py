@@ -23,17 +23,17 @@ from typing import Any
 
 from benchmarks.timing import CommandFailed, Sample, measure
 from keybuzz_fix import config
-from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.ufw.plan import firewall_rules
+from keybuzz_fix.hosts.ufw.rules import UfwRule
 from tests.lab.hosts import HostSpec, Lab
 
 TOOLS = ("keybuzz-fix", "ssh loop", "ansible")
 MODES = ("cold", "no-op")
 
 
-def wanted_rules() -> list[firewall.UfwRule]:
+def wanted_rules() -> list[UfwRule]:
     """Return the rules `keybuzz-fix ufw` adds with the shipped defaults."""
-    cfg = config.load(None)
-    return firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
+    return firewall_rules(config.load_config().firewall)
 
 
 def keybuzz_fix_argv() -> list[str]:
@@ -49,7 +49,7 @@ class UfwBench:
     lab: Lab
     workdir: Path
     bench_python: Path | None
-    rules: list[firewall.UfwRule] = field(default_factory=wanted_rules)
+    rules: list[UfwRule] = field(default_factory=wanted_rules)
     kbf_host_seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
 
     @property

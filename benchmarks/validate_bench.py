@@ -27,10 +27,11 @@ from typing import Any
 from keybuzz_fix import config
 from keybuzz_fix.checks import http as probe
 from keybuzz_fix.cluster import client as kube
-from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.cluster.connect import from_kubeconfig
+from keybuzz_fix.cluster.objects import by_name
 from keybuzz_fix.flows import validate as val
 from keybuzz_fix.hosts.ssh import SshOptions
-from keybuzz_fix.inventory import Role, load, select
+from keybuzz_fix.inventory import Role, read_inventory, select
 from tests.cluster.controlplane import ControlPlane, build_binaries
 from tests.cluster.seed import seed_keybuzz
 from tests.lab.hosts import INGRESS_PORT, SUBNET, HostSpec, Lab
@@ -60,8 +61,8 @@ def alone(k: kube.Kube, cfg: config.Config, http: probe.HttpOptions) -> dict[int
             lambda: k.get("Deployment", ic.controller, ic.namespace),
             lambda: k.list("Pod", ic.namespace),
         ),
-        5: lambda: wl.by_name(k.list("Service", ns)),
-        6: lambda: wl.by_name(k.list("Ingress", ns)),
+        5: lambda: by_name(k.list("Service", ns)),
+        6: lambda: by_name(k.list("Ingress", ns)),
         7: both(*[lambda u=u: probe.http_get(u, http, ctx) for u in cfg.validate.urls]),
     }
 
@@ -82,7 +83,7 @@ def one_state(
         for _ in range(runs):
             k = connect()
             start = time.monotonic()
-            card = val.run_validate(k, cfg, workers, http=http, extended=ext if extended else None)
+            card = val.score_cluster(k, cfg, workers, http=http, extended=ext if extended else None)
             total = time.monotonic() - start
             singles = {}
             for number in range(1, 8):
@@ -91,7 +92,7 @@ def one_state(
                 fetch()
                 singles[number] = time.monotonic() - t
             if extended:  # the per-worker rows, alone
-                for i, task in enumerate(val._extended(cfg, workers, http, ext)):
+                for i, task in enumerate(val.extended_tasks(cfg, workers, http, ext)):
                     t = time.monotonic()
                     task()
                     singles[100 + i] = time.monotonic() - t
@@ -141,11 +142,11 @@ def main() -> None:
             cfg_path.write_text(
                 f"firewall:\n  source: {SUBNET}\n  ports:\n    - {{port: {INGRESS_PORT}, proto: tcp}}\n"
             )
-            cfg = config.load(cfg_path)
-            workers = select(load(servers), Role.WORKER)
+            cfg = config.load_config(cfg_path)
+            workers = select(read_inventory(servers), Role.WORKER)
 
             def connect() -> kube.Kube:
-                return kube.load(cp.kubeconfig)
+                return from_kubeconfig(cp.kubeconfig)
 
             resolve = probe.parse_resolve([a for a in lb.resolve_args() if a != "--resolve"])
             http = probe.HttpOptions(timeout=4, retries=1, resolve=resolve, ca_file=lb.ca_file)

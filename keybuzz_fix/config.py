@@ -8,7 +8,6 @@ command runs, and errors name the file and the key.
 
 from __future__ import annotations
 
-import ipaddress
 import types
 import typing
 import unicodedata
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from keybuzz_fix.errors import ConfigError, read_input
+from keybuzz_fix.inventory import plain_network
 
 NODE_PORT_RANGE = (30000, 32767)
-T = TypeVar("T")
+DataclassT = TypeVar("DataclassT")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def manifests_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "manifests"
 
 
-def load(path: Path | str | None = None) -> Config:
+def load_config(path: Path | str | None = None) -> Config:
     """Return the defaults, with ``path`` (a ``--config`` file) merged over them."""
     data = _defaults()
     source = "manifests/defaults.yaml"
@@ -186,7 +186,7 @@ def _kind(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
-def _build(cls: type[T], data: Any, source: str, where: str) -> T:
+def _build(cls: type[DataclassT], data: Any, source: str, where: str) -> DataclassT:
     """Build dataclass ``cls`` from plain data, checking keys and types."""
     if not isinstance(data, dict):
         raise ConfigError(source, f"{where or 'top level'}: expected a mapping, found {_kind(data)}")
@@ -245,9 +245,7 @@ def _check(cfg: Config, source: str) -> None:
         if v == "any":
             return
         try:
-            if "%" in v:  # an IPv6 zone ("fe80::%eth0") is free text, and no UFW source
-                raise ValueError(v)
-            ipaddress.ip_network(v, strict=True)
+            plain_network(v, strict=True)
         except ValueError:
             raise ConfigError(source, f"{key}: {v!r} is not a network in CIDR form (e.g. 10.0.0.0/16)") from None
 

@@ -1,1 +1,1 @@
-"""Pure judgements over gathered facts: the scorecard and the diagnosis, and the HTTP checks they score."""
+"""Pure judgements over gathered facts (the scorecard, the diagnosis, ingress-nginx as found); the URL checks."""

@@ -1,6 +1,6 @@
-"""HTTP(S) and TCP probes for the scorecard: the public URLs and the workers' ports.
+"""HTTP(S) and TCP checks for the scorecard: the public URLs and the workers' ports; their options.
 
-Standard library only (``http.client``, ``ssl``, ``socket``). Every probe is bounded by its
+Standard library only (``http.client``, ``ssl``, ``socket``). Every check is bounded by its
 timeout and retries, never raises for a network outcome, and says what happened: the status
 (a 504 is shown as 504) or the error. ``--resolve HOST:PORT:ADDR`` works as in curl: the
 connection goes to ADDR while the Host header and TLS server name stay HOST, so a load balancer
@@ -66,7 +66,7 @@ class HttpAnswer:
 
 
 def parse_resolve(values: Sequence[str]) -> dict[tuple[str, int], str]:
-    """Parse curl-style ``HOST:PORT:ADDR`` values (ADDR an IP address, IPv6 in brackets or not)."""
+    """Parse curl-style ``--resolve HOST:PORT:ADDR`` values (ADDR an IP address, IPv6 in brackets or not)."""
     out: dict[tuple[str, int], str] = {}
     for value in values:
         host, sep1, rest = value.partition(":")
@@ -87,7 +87,7 @@ def parse_resolve(values: Sequence[str]) -> dict[tuple[str, int], str]:
     return out
 
 
-def target(url: str) -> tuple[str, str, int, str]:
+def split_url(url: str) -> tuple[str, str, int, str]:
     """Return (scheme, host, port, path) of an http(s) URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -98,6 +98,28 @@ def target(url: str) -> tuple[str, str, int, str]:
         raise UsageError(f"{url!r}: invalid port") from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.scheme, parts.hostname.lower(), port, path
+
+
+def checked_http_options(
+    timeout: float, retries: int, resolve: Sequence[str], ca_file: Path | None, insecure: bool, urls: Sequence[str]
+) -> HttpOptions:
+    """Check the URL options (``--url-timeout``, ``--retries``, ``--resolve``, ``--ca-file``, ``--insecure``)."""
+    if not 0 < timeout <= 600:
+        raise UsageError(f"--url-timeout must be more than 0 and at most 600 seconds, got {timeout:g}")
+    if not 0 <= retries <= 10:
+        raise UsageError(f"--retries must be between 0 and 10, got {retries}")
+    if insecure and ca_file is not None:
+        raise UsageError("--insecure and --ca-file exclude each other")
+    if ca_file is not None and not ca_file.expanduser().is_file():
+        raise UsageError(f"--ca-file {ca_file}: no such file")
+    mapping = parse_resolve(resolve)
+    targets = {split_url(u)[1:3] for u in urls}
+    unused = [f"{h}:{p}" for h, p in mapping if (h, p) not in targets]
+    if unused:
+        shown = ", ".join(f"{h}:{p}" for h, p in sorted(targets))
+        raise UsageError(f"--resolve {', '.join(unused)} matches none of the URLs checked ({shown})")
+    ca = ca_file.expanduser() if ca_file else None
+    return HttpOptions(timeout=timeout, retries=retries, resolve=mapping, ca_file=ca, insecure=insecure)
 
 
 def tls_context(options: HttpOptions) -> ssl.SSLContext:
@@ -117,7 +139,7 @@ def tls_context(options: HttpOptions) -> ssl.SSLContext:
 
 def http_get(url: str, options: HttpOptions, ctx: ssl.SSLContext | None = None) -> HttpAnswer:
     """GET ``url`` with retries; return its status or the error, never raise for a network outcome."""
-    scheme, host, port, path = target(url)
+    scheme, host, port, path = split_url(url)
     addr = options.resolve.get((host, port))
     shown = f"{addr}:{port}" if addr and ":" not in addr else f"[{addr}]:{port}" if addr else f"{host}:{port}"
     if scheme == "https" and ctx is None:

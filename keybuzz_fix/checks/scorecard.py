@@ -10,20 +10,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-from keybuzz_fix.checks.http import HttpAnswer
-from keybuzz_fix.cluster import ingress
-from keybuzz_fix.cluster import workloads as wl
-from keybuzz_fix.cluster.objects import name_of
+from keybuzz_fix.cluster import scheduling
+from keybuzz_fix.cluster.ingress import route_backends
+from keybuzz_fix.cluster.objects import Obj, name_of, spec_of
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hosts.ufw.plan import ActionKind, HostOutcome
 
-Obj = dict[str, Any]
+
+class UrlAnswer(Protocol):
+    """What check 7 needs of a URL's answer (:class:`keybuzz_fix.checks.http.HttpAnswer`)."""
+
+    @property
+    def url(self) -> str:
+        """The URL asked."""
+        ...
+
+    @property
+    def ok(self) -> bool:
+        """Whether it answered HTTP 200."""
+        ...
+
+    def describe(self) -> str:
+        """Return the evidence line."""
+        ...
 
 
 @dataclass(frozen=True)
-class Check:
+class ScoredCheck:
     """One scored check: pass or fail, with the evidence."""
 
     number: int
@@ -57,7 +72,7 @@ class Row:
 class Scorecard:
     """Every check, the score and what it takes to pass."""
 
-    checks: tuple[Check, ...]
+    checks: tuple[ScoredCheck, ...]
     threshold: int = 80
     strict: bool = False
     workers: int = 0
@@ -95,16 +110,16 @@ class Scorecard:
         return self.total > 0 and self.passed == self.total
 
     @property
-    def exit_code(self) -> ExitCode:
-        """Return 0 at or above what is required, 1 below."""
-        return ExitCode.OK if self.ok else ExitCode.FAILURE
+    def failed(self) -> bool:
+        """Whether the score is below what is required."""
+        return not self.ok
 
 
 # -- the seven checks ----------------------------------------------------------------------------
 
 
-def check_daemonsets(cfg: Config, daemonsets: Mapping[str, Obj], deployments: Mapping[str, Obj]) -> Check:
-    """Check 1: a DaemonSet exists for every app."""
+def check_daemonsets(cfg: Config, daemonsets: Mapping[str, Obj], deployments: Mapping[str, Obj]) -> ScoredCheck:
+    """ScoredCheck 1: a DaemonSet exists for every app."""
     parts, ok = [], True
     for app in cfg.apps:
         if app.name in daemonsets:
@@ -113,19 +128,19 @@ def check_daemonsets(cfg: Config, daemonsets: Mapping[str, Obj], deployments: Ma
             ok = False
             still = " (still a Deployment)" if app.name in deployments else ""
             parts.append(f"{app.name}: no DaemonSet{still}")
-    return Check(1, check_name(1, cfg, 0), ok, "; ".join(parts))
+    return ScoredCheck(1, check_name(1, cfg, 0), ok, "; ".join(parts))
 
 
-def check_pods(cfg: Config, daemonsets: Mapping[str, Obj], pods: Sequence[Obj], workers: int) -> Check:
-    """Check 2: each app's DaemonSet has at least N Running and Ready pods (N = workers)."""
+def check_pods(cfg: Config, daemonsets: Mapping[str, Obj], pods: Sequence[Obj], workers: int) -> ScoredCheck:
+    """ScoredCheck 2: each app's DaemonSet has at least N Running and Ready pods (N = workers)."""
     parts, ok = [], True
     for app in cfg.apps:
         if app.name not in daemonsets:
             ok = False
             parts.append(f"{app.name}: 0/{workers} (no DaemonSet)")
             continue
-        mine = wl.pods_of(pods, "DaemonSet", app.name)
-        good = [p for p in mine if wl.is_running(p) and wl.is_ready(p)]
+        mine = scheduling.pods_of(pods, "DaemonSet", app.name)
+        good = [p for p in mine if scheduling.is_running(p) and scheduling.is_ready(p)]
         text = f"{app.name}: {len(good)}/{workers} Running and Ready"
         bad = [p for p in mine if p not in good]
         if bad:
@@ -138,44 +153,44 @@ def check_pods(cfg: Config, daemonsets: Mapping[str, Obj], pods: Sequence[Obj], 
         if len(good) < workers:
             ok = False
         parts.append(text)
-    return Check(2, check_name(2, cfg, workers), ok, "; ".join(parts))
+    return ScoredCheck(2, check_name(2, cfg, workers), ok, "; ".join(parts))
 
 
-def check_host_network(cfg: Config, daemonsets: Mapping[str, Obj], deployments: Mapping[str, Obj]) -> Check:
-    """Check 3: every app's DaemonSet pod template has hostNetwork on."""
+def check_host_network(cfg: Config, daemonsets: Mapping[str, Obj], deployments: Mapping[str, Obj]) -> ScoredCheck:
+    """ScoredCheck 3: every app's DaemonSet pod template has hostNetwork on."""
     parts, ok = [], True
     for app in cfg.apps:
         ds = daemonsets.get(app.name)
         if ds is None:
             ok = False
             dep = deployments.get(app.name)
-            extra = f"; the Deployment has hostNetwork {_on(wl.host_network(dep))}" if dep is not None else ""
+            extra = f"; the Deployment has hostNetwork {_on(scheduling.host_network(dep))}" if dep is not None else ""
             parts.append(f"{app.name}: no DaemonSet{extra}")
-        elif wl.host_network(ds):
+        elif scheduling.host_network(ds):
             parts.append(f"{app.name}: hostNetwork on")
         else:
             ok = False
             parts.append(f"{app.name}: hostNetwork off")
-    return Check(3, check_name(3, cfg, workers=0), ok, "; ".join(parts))
+    return ScoredCheck(3, check_name(3, cfg, workers=0), ok, "; ".join(parts))
 
 
 def check_ingress_controller(
     cfg: Config, daemonset: Obj | None, deployment: Obj | None, pods: Sequence[Obj], workers: int
-) -> Check:
-    """Check 4: ingress-nginx runs as a hostNetwork DaemonSet with at least N Running pods."""
+) -> ScoredCheck:
+    """ScoredCheck 4: ingress-nginx runs as a hostNetwork DaemonSet with at least N Running pods."""
     ic = cfg.ingress
     name = check_name(4, cfg, workers)
     if daemonset is None:
         what = "a Deployment, not a DaemonSet" if deployment is not None else "not found"
-        return Check(4, name, False, f"{ic.namespace}/{ic.controller}: {what}")
-    running = [p for p in wl.pods_of(pods, "DaemonSet", ic.controller) if wl.is_running(p)]
-    hn = wl.host_network(daemonset)
+        return ScoredCheck(4, name, False, f"{ic.namespace}/{ic.controller}: {what}")
+    running = [p for p in scheduling.pods_of(pods, "DaemonSet", ic.controller) if scheduling.is_running(p)]
+    hn = scheduling.host_network(daemonset)
     ok = hn and len(running) >= workers
-    return Check(4, name, ok, f"DaemonSet found; hostNetwork {_on(hn)}; {len(running)}/{workers} pods Running")
+    return ScoredCheck(4, name, ok, f"DaemonSet found; hostNetwork {_on(hn)}; {len(running)}/{workers} pods Running")
 
 
-def check_services(cfg: Config, services: Mapping[str, Obj]) -> Check:
-    """Check 5: every app's Service is NodePort on its configured node port."""
+def check_services(cfg: Config, services: Mapping[str, Obj]) -> ScoredCheck:
+    """ScoredCheck 5: every app's Service is NodePort on its configured node port."""
     parts, ok = [], True
     for app in cfg.apps:
         svc = services.get(app.name)
@@ -183,8 +198,8 @@ def check_services(cfg: Config, services: Mapping[str, Obj]) -> Check:
             ok = False
             parts.append(f"{app.name}: no Service")
             continue
-        kind = svc.get("spec", {}).get("type", "ClusterIP")
-        port = next((p for p in svc.get("spec", {}).get("ports") or [] if p.get("port") == app.service_port), None)
+        kind = spec_of(svc).get("type", "ClusterIP")
+        port = next((p for p in spec_of(svc).get("ports") or [] if p.get("port") == app.service_port), None)
         node_port = port.get("nodePort") if port else None
         if kind == "NodePort" and node_port == app.node_port:
             parts.append(f"{app.name}: NodePort {app.service_port}→{node_port}")
@@ -194,11 +209,11 @@ def check_services(cfg: Config, services: Mapping[str, Obj]) -> Check:
             if port is None:
                 found += f", no port {app.service_port}"
             parts.append(f"{app.name}: {found} (expected NodePort {app.node_port})")
-    return Check(5, check_name(5, cfg, 0), ok, "; ".join(parts))
+    return ScoredCheck(5, check_name(5, cfg, 0), ok, "; ".join(parts))
 
 
-def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> Check:
-    """Check 6: every route's Ingress exists and sends its host to the app's Service."""
+def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> ScoredCheck:
+    """ScoredCheck 6: every route's Ingress exists and sends its host to the app's Service."""
     parts, ok = [], True
     for route in cfg.ingress.routes:
         ing = ingresses.get(route.name)
@@ -206,7 +221,7 @@ def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> Check:
             ok = False
             parts.append(f"{route.name}: not found")
             continue
-        backends = ingress.route_backends(ing)
+        backends = route_backends(ing)
         wanted = (route.host, route.service, route.port)
         if wanted in backends:
             parts.append(f"{route.name}: {route.host} → {route.service}:{route.port}")
@@ -214,14 +229,14 @@ def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> Check:
             ok = False
             found = ", ".join(f"{h} → {s}:{p}" for h, s, p in backends) or "no rules"
             parts.append(f"{route.name}: {found} (expected {route.host} → {route.service}:{route.port})")
-    return Check(6, check_name(6, cfg, 0), ok, "; ".join(parts))
+    return ScoredCheck(6, check_name(6, cfg, 0), ok, "; ".join(parts))
 
 
-def check_urls(cfg: Config, answers: Sequence[HttpAnswer]) -> Check:
-    """Check 7: every URL answers HTTP 200."""
+def check_urls(cfg: Config, answers: Sequence[UrlAnswer]) -> ScoredCheck:
+    """ScoredCheck 7: every URL answers HTTP 200."""
     ok = bool(answers) and all(a.ok for a in answers)
     detail = "; ".join(f"{a.url}: {a.describe()}" for a in answers) or "no URLs configured"
-    return Check(7, check_name(7, cfg, 0), ok, detail)
+    return ScoredCheck(7, check_name(7, cfg, 0), ok, detail)
 
 
 def check_name(number: int, cfg: Config, workers: int) -> str:
@@ -240,9 +255,9 @@ def check_name(number: int, cfg: Config, workers: int) -> str:
     return names[number]
 
 
-def unreadable(number: int, cfg: Config, workers: int, error: str) -> Check:
+def unreadable(number: int, cfg: Config, workers: int, error: str) -> ScoredCheck:
     """Return a failed check whose facts could not be read, the error as its evidence."""
-    return Check(number, check_name(number, cfg, workers), False, error)
+    return ScoredCheck(number, check_name(number, cfg, workers), False, error)
 
 
 def _names(cfg: Config) -> str:
@@ -255,94 +270,15 @@ def _on(value: bool) -> str:
 
 
 def _pod_state(pod: Obj) -> str:
-    p = wl.phase(pod)
+    p = scheduling.phase(pod)
     return p if p != "Running" else "not Ready"
 
 
-# -- machine-readable output ---------------------------------------------------------------------
-
-
-def to_json(card: Scorecard) -> dict[str, Any]:
-    """Return the scorecard as JSON data (``-o json``)."""
-    return {
-        "score": round(card.score, 1),
-        "passed": card.passed,
-        "total": card.total,
-        "threshold": card.threshold,
-        "strict": card.strict,
-        "required": card.required,
-        "ok": card.ok,
-        "exit_code": int(card.exit_code),
-        "workers": card.workers,
-        "seconds": round(card.seconds, 3),
-        "checks": [
-            {"number": c.number, "name": c.name, "status": c.status, "detail": c.detail, "seconds": round(c.seconds, 3)}
-            for c in card.checks
-        ],
-        "extended": [{"host": r.host, "check": r.check, "status": r.status, "detail": r.detail} for r in card.extended],
-    }
-
-
-def to_junit(card: Scorecard) -> str:
-    """Return the scorecard as JUnit XML (``-o junit``): one testcase per check.
-
-    ``--extended`` rows go in a second test suite, so a CI view shows them apart from the score.
-    """
-    import xml.etree.ElementTree as ET
-
-    root = ET.Element(
-        "testsuites",
-        name="keybuzz-fix validate",
-        tests=str(card.total + len(card.extended)),
-        failures=str(card.total - card.passed + sum(not r.passed for r in card.extended)),
-        time=f"{card.seconds:.3f}",
-    )
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        name="scorecard",
-        tests=str(card.total),
-        failures=str(card.total - card.passed),
-        errors="0",
-        skipped="0",
-        time=f"{card.seconds:.3f}",
-    )
-    props = ET.SubElement(suite, "properties")
-    for key, value in (
-        ("score", f"{card.score:.1f}"),
-        ("threshold", str(card.threshold)),
-        ("required", str(card.required)),
-        ("workers", str(card.workers)),
-        ("result", "pass" if card.ok else "fail"),
-    ):
-        ET.SubElement(props, "property", name=key, value=value)
-    for c in card.checks:
-        case = ET.SubElement(
-            suite, "testcase", classname="keybuzz-fix.scorecard", name=f"{c.number}. {c.name}", time=f"{c.seconds:.3f}"
-        )
-        _junit_outcome(case, c.passed, c.detail)
-    if card.extended:
-        ext = ET.SubElement(
-            root,
-            "testsuite",
-            name="extended (not scored)",
-            tests=str(len(card.extended)),
-            failures=str(sum(not r.passed for r in card.extended)),
-            errors="0",
-            skipped="0",
-        )
-        for r in card.extended:
-            case = ET.SubElement(ext, "testcase", classname=f"keybuzz-fix.extended.{r.host}", name=r.check)
-            _junit_outcome(case, r.passed, r.detail)
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _junit_outcome(case: Any, passed: bool, detail: str) -> None:
-    import xml.etree.ElementTree as ET
-
-    if not passed:
-        fail = ET.SubElement(case, "failure", message=detail, type="fail")
-        fail.text = detail
-    out = ET.SubElement(case, "system-out")
-    out.text = detail
+def ufw_row(outcome: HostOutcome, name: str, wanted: int) -> Row:
+    """Return the ``--extended`` row of one worker's UFW plan: pass when nothing is missing or blocked."""
+    missing = [a.rule.describe() for a in outcome.actions if a.kind is ActionKind.ADD and a.rule is not None]
+    blocked = [a.reason for a in outcome.actions if a.kind is ActionKind.BLOCKED]
+    if not missing and not blocked:
+        return Row(outcome.host.hostname, name, True, f"{wanted}/{wanted} rules present")
+    parts = ([f"missing: {', '.join(missing)}"] if missing else []) + blocked
+    return Row(outcome.host.hostname, name, False, "; ".join(parts))

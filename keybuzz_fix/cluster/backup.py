@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from keybuzz_fix import storage as state
-from keybuzz_fix.cluster.objects import Obj, describe, meta, parse_objects, yaml_stream
+from keybuzz_fix import storage
+from keybuzz_fix.cluster.objects import Obj, describe_object, meta_of, parse_objects, yaml_stream
 from keybuzz_fix.errors import InputError, UsageError, read_input
 
 
@@ -30,14 +30,20 @@ class Backup:
 
 def backups_dir() -> Path:
     """Return the folder holding the backups (inside the state folder)."""
-    return state.state_dir() / "backups"
+    return storage.state_dir() / "backups"
 
 
 def write(
-    objects: Sequence[Obj], *, command: str, server: str, namespace: str, carried_from: Path | None = None
+    objects: Sequence[Obj],
+    *,
+    command: str,
+    server: str,
+    namespace: str,
+    carried_from: Path | None = None,
+    **details: str,
 ) -> Path:
-    """Write one backup file (0600, atomic) and return its path."""
-    path = backups_dir() / f"{command}-{state.timestamp()}.yaml"
+    """Write one backup file (0600, atomic), record it in the audit log with ``details``, and return its path."""
+    path = backups_dir() / f"{command}-{storage.timestamp()}.yaml"
     header = [
         f"# keybuzz-fix {command} backup: these objects as they were before {command} changed them.",
         f"# server: {server}",
@@ -46,12 +52,13 @@ def write(
     ]
     if carried_from is not None:
         header.append(f"# also holds the originals an interrupted earlier run had changed ({carried_from.name})")
-    header += [f"# object: {describe(o)}" for o in objects]
-    state.write_private(path, "\n".join(header) + "\n" + yaml_stream(list(objects)))
+    header += [f"# object: {describe_object(o)}" for o in objects]
+    storage.write_private(path, "\n".join(header) + "\n" + yaml_stream(list(objects)))
+    storage.audit(command, str(path), "backup", "ok", objects=len(objects), **details)
     return path
 
 
-def load(path: Path) -> Backup:
+def read_backup(path: Path) -> Backup:
     """Read a backup file; a missing or malformed one is an input error naming it."""
     text = read_input(path, missing="no such backup file")
     fields: dict[str, str] = {}
@@ -74,7 +81,7 @@ def history(command: str = "convert") -> list[Path]:
     return sorted(folder.glob(f"{command}-*.yaml"), reverse=True) if folder.is_dir() else []
 
 
-def latest(command: str = "convert") -> Path:
+def latest_backup(command: str = "convert") -> Path:
     """Return the newest backup of ``command``, or say there is none."""
     found = history(command)
     if not found:
@@ -84,7 +91,7 @@ def latest(command: str = "convert") -> Path:
 
 def key(obj: Obj) -> tuple[str, str, str]:
     """Identify an object by kind, namespace and name."""
-    m = meta(obj)
+    m = meta_of(obj)
     return str(obj.get("kind")), str(m.get("namespace", "")), str(m.get("name"))
 
 
@@ -100,7 +107,7 @@ def carried(
     """
     if previous is None or previous.server != server or previous.namespace != namespace:
         return []
-    uids = {meta(o).get("uid") for o in previous.objects if o.get("kind") == "Deployment"}
+    uids = {meta_of(o).get("uid") for o in previous.objects if o.get("kind") == "Deployment"}
     if not uids & set(live_deployment_uids):
         return []
     have = {key(o) for o in objects}

@@ -4,9 +4,10 @@ For each configured app: a DaemonSet carrying the Deployment's pod template over
 for what hostNetwork needs (``hostNetwork``, ``dnsPolicy``, the app's port moved to the host port
 with its env variable and probes, workers-only placement, a surge-free rolling update), its
 Service switched to NodePort in place, every HPA aimed at the Deployment, then the Deployment,
-deleted. A plan can also refuse (port collision, a port that cannot move, missing objects) or
-warn (env values that still go through ClusterIP). Planning against the state after a run, or
-after a half-finished run, yields the rest of the work: nothing, once converted.
+deleted (the DaemonSet itself is :mod:`keybuzz_fix.cluster.daemonset`'s). A plan can also refuse
+(port collision, a port that cannot move, missing objects) or warn (env values that still go
+through ClusterIP). Planning against the state after a run, or after a half-finished run, yields
+the rest of the work: nothing, once converted.
 """
 
 from __future__ import annotations
@@ -16,30 +17,26 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from keybuzz_fix.cluster.changes import Change, Verb
+from keybuzz_fix.cluster.daemonset import Unconvertible, daemonset_for, listening_port, service_entry
 from keybuzz_fix.cluster.objects import (
-    LAST_APPLIED,
     MANAGED_BY,
     MANAGER,
-    SERVER_ANNOTATIONS,
     Obj,
     containers,
     is_subset,
-    labels,
     managed_by_us,
     mask_values,
-    meta,
+    meta_of,
     name_of,
     pod_spec,
+    spec_of,
     strip_server_fields,
 )
-from keybuzz_fix.cluster.scheduling import CONTROL_PLANE_LABEL, HostPort, eligible_nodes, host_ports
+from keybuzz_fix.cluster.scheduling import HostPort, eligible_nodes, host_ports
 from keybuzz_fix.config import AppConfig, Config
 
-PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
-_HANDLERS = ("httpGet", "tcpSocket", "grpc")
 _SVC_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.svc(?:\.cluster\.local)?(?![A-Za-z0-9-])")
 _IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])")
 
@@ -60,13 +57,13 @@ class Observed:
     def one(self, objs: Sequence[Obj], name: str) -> Obj | None:
         """Return the object called ``name`` in the app namespace."""
         for o in objs:
-            if name_of(o) == name and meta(o).get("namespace", self.namespace) == self.namespace:
+            if name_of(o) == name and meta_of(o).get("namespace", self.namespace) == self.namespace:
                 return o
         return None
 
 
 @dataclass(frozen=True)
-class Plan:
+class ConvertPlan:
     """Everything convert would do, in order, with what it refuses and warns about."""
 
     daemonsets: tuple[Change, ...]
@@ -84,6 +81,11 @@ class Plan:
         return self.daemonsets + self.services + self.hpas + self.deployments
 
     @property
+    def failed(self) -> bool:
+        """Whether the plan refuses to convert an app."""
+        return bool(self.refusals)
+
+    @property
     def pending(self) -> list[Change]:
         """The changes that modify the cluster."""
         return [c for c in self.changes if c.changes]
@@ -98,25 +100,8 @@ class Plan:
         objs = [c.after for c in self.daemonsets + self.services if c.after is not None]
         return objs if show_values else [mask_values(o, self.shown_env) for o in objs]
 
-    def to_offline_json(self, *, show_values: bool = False) -> dict[str, Any]:
-        """``-o json`` of ``--from-file``: what would be applied and deleted, and the warnings."""
-        deletes = [
-            {"kind": c.kind, "namespace": c.namespace, "name": c.name}
-            for c in self.hpas + self.deployments
-            if c.verb is Verb.DELETE
-        ]
-        return {
-            "apply": self.applied_objects(show_values=show_values),
-            "delete": deletes,
-            "warnings": list(self.warnings),
-        }
 
-
-class _Refused(Exception):
-    """One app cannot be converted; the message says why."""
-
-
-def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) -> Plan:
+def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) -> ConvertPlan:
     """Return the plan that brings ``observed`` to the converted state."""
     ns = cfg.namespace
     ds_changes: list[Change] = []
@@ -133,14 +118,14 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
         service = observed.one(observed.services, app.name)
         try:
             if existing is not None and not managed_by_us(existing):
-                raise _Refused(
+                raise Unconvertible(
                     f"DaemonSet {ns}/{app.name} exists and is not managed by keybuzz-fix "
                     f"(no label {MANAGED_BY}={MANAGER}); rename or remove it first"
                 )
             if service is None:
-                raise _Refused(f"Service {ns}/{app.name} not found")
+                raise Unconvertible(f"Service {ns}/{app.name} not found")
             if deployment is None and existing is None:
-                raise _Refused(f"neither Deployment nor DaemonSet {ns}/{app.name} found")
+                raise Unconvertible(f"neither Deployment nor DaemonSet {ns}/{app.name} found")
             if deployment is not None:
                 desired, host_port, app_notes = daemonset_for(deployment, app, service, keep_port=keep_port)
                 notes += app_notes
@@ -163,15 +148,15 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
                 spec = pod_spec(existing)
             placed[app.name] = (spec, host_ports(spec))
             svc_changes.append(service_change(service, app, host_port, observed))
-        except _Refused as e:
+        except Unconvertible as e:
             refusals.append(f"{app.name}: {e}")
             continue
         for hpa in observed.hpas:
-            target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            target = spec_of(hpa).get("scaleTargetRef") or {}
             if (
                 target.get("kind") == "Deployment"
                 and target.get("name") == app.name
-                and meta(hpa).get("namespace", ns) == ns
+                and meta_of(hpa).get("namespace", ns) == ns
             ):
                 hpa_changes.append(
                     Change(
@@ -181,7 +166,7 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
                         name_of(hpa),
                         f"scales Deployment {app.name}, which the DaemonSet replaces",
                         before=hpa,
-                        uid=meta(hpa).get("uid"),
+                        uid=meta_of(hpa).get("uid"),
                     )
                 )
         if deployment is not None:
@@ -193,11 +178,11 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
                     app.name,
                     f"replaced by DaemonSet {ns}/{app.name}",
                     before=deployment,
-                    uid=meta(deployment).get("uid"),
+                    uid=meta_of(deployment).get("uid"),
                 )
             )
     refusals += collisions(cfg, placed, observed)
-    return Plan(
+    return ConvertPlan(
         tuple(ds_changes),
         tuple(svc_changes),
         tuple(hpa_changes),
@@ -209,167 +194,8 @@ def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) ->
     )
 
 
-# -- the DaemonSet ----------------------------------------------------------------------------------
-
-
-def daemonset_for(
-    deployment: Obj, app: AppConfig, service: Obj, *, keep_port: bool = False
-) -> tuple[Obj, int, list[str]]:
-    """Return the DaemonSet replacing ``deployment``, its host port, and notes on what was rewritten."""
-    ns = meta(deployment).get("namespace") or ""
-    where = f"Deployment {ns}/{app.name}"
-    spec = deployment.get("spec") or {}
-    template = copy.deepcopy(spec.get("template") or {})
-    pod = template.setdefault("spec", {})
-    if not pod.get("containers"):
-        raise _Refused(f"{where} has no containers")
-    container, port = _app_port(pod, service, app, where)
-    app_port = int(port["containerPort"])
-    host_port = app_port if keep_port else app.host_port
-    notes: list[str] = []
-    if app_port != host_port:
-        notes.append(_move_env(container, app, app_port, host_port, where))
-        notes += _move_probes(app.name, container, port, app_port, host_port)
-        notes.append(f"{app.name}: container port {port.get('name') or app_port} {app_port} → {host_port}")
-    for c in pod.get("containers") or []:
-        for p in c.get("ports") or []:
-            if p is port:
-                continue
-            if p.get("hostPort") and p.get("hostPort") != p.get("containerPort"):
-                raise _Refused(
-                    f"{where}: container {c.get('name')} port {p.get('containerPort')} has hostPort "
-                    f"{p['hostPort']}; with hostNetwork both must be equal"
-                )
-            if p.get("containerPort") == host_port:
-                raise _Refused(f"{where}: container {c.get('name')} already uses port {host_port}")
-    port["containerPort"] = port["hostPort"] = host_port
-    pod["hostNetwork"] = True
-    pod["dnsPolicy"] = "ClusterFirstWithHostNet"
-    _workers_only(pod)
-    tmeta = template.setdefault("metadata", {})
-    tmeta.pop("creationTimestamp", None)
-    tmeta["labels"] = {**(tmeta.get("labels") or {}), MANAGED_BY: MANAGER}
-    dmeta: Obj = {"name": app.name, "namespace": ns, "labels": {**labels(deployment), MANAGED_BY: MANAGER}}
-    annotations = {
-        k: v
-        for k, v in (meta(deployment).get("annotations") or {}).items()
-        if k not in SERVER_ANNOTATIONS and k != LAST_APPLIED
-    }
-    if annotations:
-        dmeta["annotations"] = annotations
-    ds_spec: Obj = {
-        "selector": copy.deepcopy(spec.get("selector")),
-        "template": template,
-        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-    }
-    for key in ("minReadySeconds", "revisionHistoryLimit"):
-        if key in spec:
-            ds_spec[key] = spec[key]
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": dmeta, "spec": ds_spec}, host_port, notes
-
-
-def _service_entry(service: Obj, app: AppConfig) -> Obj:
-    for p in (service.get("spec") or {}).get("ports") or []:
-        if p.get("port") == app.service_port:
-            return dict(p)
-    raise _Refused(
-        f"Service {meta(service).get('namespace')}/{name_of(service)} has no port {app.service_port} "
-        "(apps[].service_port)"
-    )
-
-
-def _app_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
-    """Find the container and container port the Service sends traffic to; it must say its number."""
-    container, port = _target_port(pod, service, app, where)
-    if "containerPort" not in port:  # its type, when present, is checked on parsing
-        raise _Refused(
-            f"{where}: container {container.get('name')} has a port entry without a containerPort "
-            f"({port!r}), so where the app listens is unclear"
-        )
-    return container, port
-
-
-def _target_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
-    entry = _service_entry(service, app)
-    target = entry.get("targetPort", entry.get("port"))
-    ports = [(c, p) for c in pod.get("containers") or [] for p in c.get("ports") or []]
-    for c, p in ports:
-        if (isinstance(target, str) and p.get("name") == target) or p.get("containerPort") == target:
-            return c, p
-    # A Service already switched by an interrupted run targets the host port: go by the port name.
-    for c, p in ports:
-        if entry.get("name") and p.get("name") == entry.get("name"):
-            return c, p
-    if len(ports) == 1:
-        return ports[0]
-    raise _Refused(f"cannot tell which container port of {where} the Service's targetPort {target!r} means")
-
-
-def _move_env(container: Obj, app: AppConfig, app_port: int, host_port: int, where: str) -> str:
-    """Rewrite the variable telling the app where to listen, or refuse when there is none."""
-    hint = f"--keep-port runs it on {app_port} instead, or name the variable in the config (apps[].port_env)"
-    for var in container.get("env") or []:
-        if var.get("name") != app.port_env:
-            continue
-        if "value" not in var:
-            raise _Refused(
-                f"{where} listens on {app_port} and its {app.port_env} comes from a reference "
-                f"(valueFrom) the tool cannot rewrite to {host_port}; {hint}"
-            )
-        if str(var["value"]).strip() == str(host_port):
-            return f"{app.name}: env {app.port_env} is already {host_port}"
-        if str(var["value"]).strip() != str(app_port):
-            raise _Refused(
-                f"{where}: env {app.port_env} is {var['value']!r} but the Service targets port "
-                f"{app_port}, so where the app listens is unclear; {hint}"
-            )
-        var["value"] = str(host_port)
-        return f"{app.name}: env {app.port_env} {app_port} → {host_port}"
-    raise _Refused(
-        f"{where} listens on {app_port} and nothing in its env tells it where to listen "
-        f"(no {app.port_env} variable), so it cannot move to host port {host_port}; {hint}"
-    )
-
-
-def _move_probes(app: str, container: Obj, port: Obj, app_port: int, host_port: int) -> list[str]:
-    """Point numeric probe and lifecycle ports at the host port; named ones follow the port itself."""
-    notes = []
-    handlers = [(key, container.get(key)) for key in PROBES]
-    for hook in ("postStart", "preStop"):
-        handlers.append((f"lifecycle.{hook}", (container.get("lifecycle") or {}).get(hook)))
-    for key, probe in handlers:
-        if not isinstance(probe, dict):
-            continue
-        for handler in _HANDLERS:
-            action = probe.get(handler)
-            if not isinstance(action, dict) or "port" not in action:
-                continue
-            if action["port"] == app_port:
-                action["port"] = host_port
-                notes.append(f"{app}: container {container.get('name')} {key} port {app_port} → {host_port}")
-            elif action["port"] == port.get("name"):
-                notes.append(
-                    f"{app}: container {container.get('name')} {key} port {action['port']!r} now "
-                    f"resolves to {host_port}"
-                )
-    return notes
-
-
-def _workers_only(pod: Obj) -> None:
-    """Require nodes without the control-plane role label, in every node selector term."""
-    expression = {"key": CONTROL_PLANE_LABEL, "operator": "DoesNotExist"}
-    affinity = pod.setdefault("affinity", {}).setdefault("nodeAffinity", {})
-    required = affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-    terms = required.get("nodeSelectorTerms") or [{}]
-    for term in terms:
-        expressions = term.setdefault("matchExpressions", [])
-        if expression not in expressions:
-            expressions.append(dict(expression))
-    required["nodeSelectorTerms"] = terms
-
-
 def _daemonset_change(desired: Obj, existing: Obj | None, deployment: Obj, host_port: int) -> Change:
-    ns, name = meta(desired)["namespace"], meta(desired)["name"]
+    ns, name = meta_of(desired)["namespace"], meta_of(desired)["name"]
     what = f"run {name} on every worker with hostNetwork, host port {host_port}"
     if existing is None:
         return Change(
@@ -391,26 +217,25 @@ def _existing_host_port(ds: Obj, service: Obj, app: AppConfig, keep_port: bool) 
     """The host port of an already converted app (the Deployment is gone)."""
     if not keep_port:
         return app.host_port
-    _container, port = _app_port(pod_spec(ds), service, app, f"DaemonSet {meta(ds).get('namespace')}/{app.name}")
+    _container, port = listening_port(
+        pod_spec(ds), service, app, f"DaemonSet {meta_of(ds).get('namespace')}/{app.name}"
+    )
     return int(port["containerPort"])
-
-
-# -- the Service --------------------------------------------------------------------------------------
 
 
 def service_change(service: Obj, app: AppConfig, host_port: int, observed: Observed) -> Change:
     """Switch the Service to NodePort in place (its clusterIP is kept), port → host port."""
-    ns, name = meta(service).get("namespace") or observed.namespace, name_of(service)
-    spec = service.get("spec") or {}
-    entry = _service_entry(service, app)
+    ns, name = meta_of(service).get("namespace") or observed.namespace, name_of(service)
+    spec = spec_of(service)
+    entry = service_entry(service, app)
     for other in observed.services:
-        if other is service or (name_of(other) == name and meta(other).get("namespace") == ns):
+        if other is service or (name_of(other) == name and meta_of(other).get("namespace") == ns):
             continue
-        for p in (other.get("spec") or {}).get("ports") or []:
+        for p in spec_of(other).get("ports") or []:
             if p.get("nodePort") == app.node_port:
-                raise _Refused(
+                raise Unconvertible(
                     f"nodePort {app.node_port} is already used by Service "
-                    f"{meta(other).get('namespace')}/{name_of(other)}"
+                    f"{meta_of(other).get('namespace')}/{name_of(other)}"
                 )
     ports = []
     for p in spec.get("ports") or []:
@@ -434,12 +259,9 @@ def service_change(service: Obj, app: AppConfig, host_port: int, observed: Obser
         f"{host_port}, nodePort {app.node_port}; clusterIP {spec.get('clusterIP') or '(none)'} kept"
     )
     body: Obj = {"spec": {"type": "NodePort", "ports": ports}}
-    if meta(service).get("resourceVersion"):
-        body["metadata"] = {"resourceVersion": meta(service)["resourceVersion"]}
+    if meta_of(service).get("resourceVersion"):
+        body["metadata"] = {"resourceVersion": meta_of(service)["resourceVersion"]}
     return Change(Verb.PATCH, "Service", ns, name, reason, body=body, before=service, after=after)
-
-
-# -- checks -------------------------------------------------------------------------------------------
 
 
 def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observed: Observed) -> list[str]:
@@ -451,7 +273,7 @@ def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observ
     others = [
         w
         for w in [*observed.daemonsets, *observed.deployments, *observed.statefulsets]
-        if not (meta(w).get("namespace") == cfg.namespace and name_of(w) in apps)
+        if not (meta_of(w).get("namespace") == cfg.namespace and name_of(w) in apps)
     ]
     seen: dict[HostPort, str] = {}
     for app, (spec, ports) in placed.items():
@@ -479,14 +301,14 @@ def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observ
             for p in sorted(clash):
                 problems.append(
                     f"{app}: host port {p} is already held by {w.get('kind')} "
-                    f"{meta(w).get('namespace')}/{name_of(w)} ({how}){where}"
+                    f"{meta_of(w).get('namespace')}/{name_of(w)} ({how}){where}"
                 )
     return problems
 
 
 def env_warnings(app: str, spec: Obj, observed: Observed) -> list[str]:
     """Name each env variable whose value points at a ClusterIP Service (``*.svc`` or a ClusterIP)."""
-    cluster_ips = {str((s.get("spec") or {}).get("clusterIP")) for s in observed.services}
+    cluster_ips = {str(spec_of(s).get("clusterIP")) for s in observed.services}
     try:
         network = ipaddress.ip_network(observed.service_cidr) if observed.service_cidr else None
     except ValueError:
@@ -528,7 +350,7 @@ def observed_from_objects(objs: Sequence[Obj], cfg: Config) -> Observed:
         daemonsets=by_kind.get("DaemonSet", []),
         statefulsets=by_kind.get("StatefulSet", []),
         services=by_kind.get("Service", []),
-        hpas=[h for h in by_kind.get("HorizontalPodAutoscaler", []) if meta(h)["namespace"] == cfg.namespace],
+        hpas=[h for h in by_kind.get("HorizontalPodAutoscaler", []) if meta_of(h)["namespace"] == cfg.namespace],
         nodes=by_kind.get("Node") or None,
         service_cidr=cfg.overlay.service_cidr,
     )

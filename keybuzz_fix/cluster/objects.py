@@ -33,43 +33,62 @@ SERVER_ANNOTATIONS = ("deployment.kubernetes.io/revision", "deprecated.daemonset
 _POD_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 
-def meta(obj: Obj) -> Obj:
+def meta_of(obj: Obj) -> Obj:
     """Return an object's metadata (empty when absent)."""
-    value = obj.get("metadata")
+    return _part(obj, "metadata")
+
+
+def spec_of(obj: Obj) -> Obj:
+    """Return an object's spec (empty when absent)."""
+    return _part(obj, "spec")
+
+
+def status_of(obj: Obj) -> Obj:
+    """Return an object's status (empty when absent)."""
+    return _part(obj, "status")
+
+
+def _part(obj: Obj, key: str) -> Obj:
+    value = obj.get(key)
     return value if isinstance(value, dict) else {}
 
 
 def name_of(obj: Obj) -> str:
     """Return an object's name."""
-    return str(meta(obj).get("name", "?"))
+    return str(meta_of(obj).get("name", "?"))
 
 
-def describe(obj: Obj) -> str:
+def describe_object(obj: Obj) -> str:
     """Return ``Kind namespace/name``, the way plans and errors name an object."""
-    ns = meta(obj).get("namespace")
+    ns = meta_of(obj).get("namespace")
     return f"{obj.get('kind', '?')} {f'{ns}/' if ns else ''}{name_of(obj)}"
 
 
-def labels(obj: Obj) -> dict[str, str]:
+def labels_of(obj: Obj) -> dict[str, str]:
     """Return an object's labels."""
-    return dict(meta(obj).get("labels") or {})
+    return dict(meta_of(obj).get("labels") or {})
 
 
 def managed_by_us(obj: Obj) -> bool:
     """Whether the object carries ``app.kubernetes.io/managed-by: keybuzz-fix``."""
-    return labels(obj).get(MANAGED_BY) == MANAGER
+    return labels_of(obj).get(MANAGED_BY) == MANAGER
 
 
 def pod_spec(workload: Obj) -> Obj:
     """Return the pod spec of a workload's template (or of a Pod)."""
     if workload.get("kind") == "Pod":
-        return dict(workload.get("spec") or {})
-    return dict(((workload.get("spec") or {}).get("template") or {}).get("spec") or {})
+        return dict(spec_of(workload))
+    return dict((spec_of(workload).get("template") or {}).get("spec") or {})
 
 
 def containers(spec: Obj) -> list[Obj]:
     """Return every container of a pod spec (init, app and ephemeral)."""
     return [c for key in _POD_CONTAINER_LISTS for c in spec.get(key) or []]
+
+
+def by_name(objs: Iterable[Obj]) -> dict[str, Obj]:
+    """Index objects by name."""
+    return {name_of(o): o for o in objs}
 
 
 def selector_string(match_labels: dict[str, str]) -> str:
@@ -89,7 +108,7 @@ def strip_server_fields(obj: Obj) -> Obj:
         annotations.pop(key, None)
     if "annotations" in m and not annotations:
         del m["annotations"]
-    template_meta = ((out.get("spec") or {}).get("template") or {}).get("metadata")
+    template_meta = (spec_of(out).get("template") or {}).get("metadata")
     if isinstance(template_meta, dict) and template_meta.get("creationTimestamp") is None:
         template_meta.pop("creationTimestamp", None)
     return out
@@ -108,7 +127,7 @@ def mask_values(obj: Obj, keep: Iterable[str] = ()) -> Obj:
             for var in c.get("env") or []:
                 if "value" in var and var.get("name") not in kept:
                     var["value"] = MASK
-    for m in (meta(out), meta((out.get("spec") or {}).get("template") or {})):
+    for m in (meta_of(out), meta_of(spec_of(out).get("template") or {})):
         annotations = m.get("annotations") or {}
         if LAST_APPLIED in annotations:
             annotations[LAST_APPLIED] = MASK
@@ -158,15 +177,13 @@ def yaml_stream(objs: Sequence[Obj]) -> str:
     return "".join(f"---\n{dump_yaml(o)}" for o in objs)
 
 
-def diff(before: Any, after: Any, label: str) -> list[str]:
-    """Return a unified diff of two objects as sorted YAML (empty when equal)."""
+def yaml_diff(before: Any, after: Any, *, old: str, new: str, context: int) -> list[str]:
+    """Return a unified diff of two objects as sorted YAML, its sides named ``old`` and ``new`` (empty when equal)."""
 
     def lines(obj: Any) -> list[str]:
         return [] if obj is None else dump_yaml(obj, sort_keys=True).splitlines()
 
-    return list(
-        difflib.unified_diff(lines(before), lines(after), f"{label} (now)", f"{label} (planned)", n=2, lineterm="")
-    )
+    return list(difflib.unified_diff(lines(before), lines(after), old, new, n=context, lineterm=""))
 
 
 def parse_objects(text: str, source: str) -> list[Obj]:
@@ -200,7 +217,7 @@ def parse_objects(text: str, source: str) -> list[Obj]:
                 raise InputError(source, f"document {index}: an item without kind or metadata.name")
             problem = shape_problem(item)
             if problem:
-                raise InputError(source, f"document {index}: {describe(item)}: {problem}")
+                raise InputError(source, f"document {index}: {describe_object(item)}: {problem}")
             out.append(item)
     return out
 

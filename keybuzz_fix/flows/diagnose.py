@@ -1,9 +1,11 @@
-"""Gather what ``diagnose`` needs, read-only: two SSH round trips per node (in parallel) and the API.
+"""The imperative shell of ``diagnose``, read-only: gather the facts, run the checks, show the findings.
 
-Round one reads each node's facts (:func:`keybuzz_fix.hosts.flannel.facts.node_probe`) while the API is read
-in the background (Nodes' Flannel annotations, the CoreDNS ClusterIP). Round two pings, from every
-node, every other node's ``flannel.1`` address — as the node itself reports it, else as its podCIDR
-says. One SSH session per node serves both rounds. Nothing is changed anywhere.
+Two SSH round trips per node (in parallel) and the API. Round one reads each node's facts
+(:func:`keybuzz_fix.hosts.flannel.facts.node_probe`) while the API is read in the background
+(Nodes' Flannel annotations, the CoreDNS ClusterIP). Round two pings, from every node, every other
+node's ``flannel.1`` address — as the node itself reports it, else as its podCIDR says. One SSH
+session per node serves both rounds. Nothing is changed anywhere; the checks are
+:mod:`keybuzz_fix.checks.diagnose`'s.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from keybuzz_fix.checks.diagnose import ClusterView, NodeView, api_nodes
+from keybuzz_fix.checks.diagnose import ClusterView, Diagnosis, NodeView, api_nodes, find_causes
 from keybuzz_fix.cluster.connect import ClusterOptions, connect_cluster
+from keybuzz_fix.cluster.objects import spec_of
+from keybuzz_fix.config import Config
 from keybuzz_fix.errors import ClusterError, HostError, KeybuzzFixError
-from keybuzz_fix.hosts.flannel import facts as nodefacts
-from keybuzz_fix.hosts.flannel.facts import NodeFacts, OverlayProbe
-from keybuzz_fix.hosts.parallel import Outcome, run_all
+from keybuzz_fix.flows import Connections
+from keybuzz_fix.hosts.flannel.facts import NodeFacts, PeerPings, node_probe, parse_node_facts, parse_pings, ping_probe
+from keybuzz_fix.hosts.flannel.plan import overlay_rules
+from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host
 from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
 from keybuzz_fix.inventory import Host
+from keybuzz_fix.report.diagnosis import show_diagnosis
+from keybuzz_fix.report.output import Output, progress_bar
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,8 +46,24 @@ class Gathered:
     accepted: AcceptedKeys = field(default_factory=AcceptedKeys)
 
 
+def run_diagnose(console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, output: Output) -> Diagnosis:
+    """Gather every node's facts and the API's, run the checks, show the ranked findings; return them."""
+    assert reach.cluster is not None
+    progress = None if output is Output.JSON else progress_bar(console)
+    found = gather(hosts, reach.ssh, reach.cluster, concurrency=reach.concurrency, progress=progress)
+    findings = find_causes(found.nodes, found.cluster, overlay_rules(cfg.overlay), cfg.overlay.vxlan_port)
+    result = Diagnosis(tuple(findings), tuple(found.nodes), found.cluster, found.seconds, tuple(found.accepted.entries))
+    show_diagnosis(console, result, output)
+    return result
+
+
 def gather(
-    hosts: Sequence[Host], ssh: SshOptions, cluster: ClusterOptions, *, concurrency: int, console: Console | None = None
+    hosts: Sequence[Host],
+    ssh: SshOptions,
+    cluster: ClusterOptions,
+    *,
+    concurrency: int,
+    progress: Progress | None = None,
 ) -> Gathered:
     """Probe every node and read the API; failures are per node (or per API), never fatal."""
     start = time.monotonic()
@@ -54,29 +77,31 @@ def gather(
 
     def facts(host: Host) -> NodeFacts:
         peers = [h.private_ip for h in hosts if h.hostname != host.hostname]
-        return nodefacts.parse_node_probe(session(host).run(nodefacts.node_probe(peers)).stdout)
+        return parse_node_facts(session(host).run(node_probe(peers)).stdout)
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="api") as pool:
             api = pool.submit(read_cluster, cluster, ssh)
-            first = run_all(hosts, facts, concurrency=concurrency, console=console, label="reading nodes")
+            first = on_each_host(hosts, facts, concurrency=concurrency, progress=progress, label="reading nodes")
             view = api.result()
         targets = vtep_addresses(first, view)
 
-        def ping(host: Host) -> tuple[tuple[str, ...], OverlayProbe]:
+        def ping(host: Host) -> tuple[tuple[str, ...], PeerPings]:
             mine = [(name, addr) for name, addr in targets.items() if name != host.hostname]
             own = next(o.result for o in first if o.host.hostname == host.hostname)
             assert own is not None
             mtu = own.flannel.mtu if own.flannel else None
-            script = nodefacts.overlay_probe(mine, mtu - 28 if mtu and mtu > 68 else None, view.dns_ip)
+            script = ping_probe(mine, mtu - 28 if mtu and mtu > 68 else None, view.dns_ip)
             out = session(host).run(script).stdout
             names = tuple(name for name, _ in mine)
-            return names, nodefacts.parse_overlay_probe(out, names)
+            return names, parse_pings(out, names)
 
         reachable = [o.host for o in first if o.ok]
         second = {
             o.host.hostname: o
-            for o in run_all(reachable, ping, concurrency=concurrency, console=console, label="probing the overlay")
+            for o in on_each_host(
+                reachable, ping, concurrency=concurrency, progress=progress, label="probing the overlay"
+            )
         }
     finally:
         for s in sessions.values():
@@ -84,14 +109,14 @@ def gather(
     nodes = []
     for o in first:
         if not o.ok:
-            nodes.append(NodeView(o.host, error=_why(o.error)))
+            nodes.append(NodeView(o.host, error=_problem(o.error)))
             continue
         p = second.get(o.host.hostname)
         if p is None or not p.ok or p.result is None:
-            nodes.append(NodeView(o.host, o.result, error=_why(p.error) if p else None))
+            nodes.append(NodeView(o.host, o.result, error=_problem(p.error) if p else None))
         else:
-            names, probe = p.result
-            nodes.append(NodeView(o.host, o.result, probe, targets=names))
+            names, pings = p.result
+            nodes.append(NodeView(o.host, o.result, pings, targets=names))
     return Gathered(nodes, view, time.monotonic() - start, accepted)
 
 
@@ -105,13 +130,13 @@ def read_cluster(options: ClusterOptions, ssh: SshOptions) -> ClusterView:
         if not isinstance(e, ClusterError | HostError):
             raise
         return ClusterView(error=str(e), dns_note="the API could not be read")
-    ip = (svc or {}).get("spec", {}).get("clusterIP") if svc else None
+    ip = spec_of(svc).get("clusterIP") if svc else None
     if not ip or ip == "None":
         return ClusterView(nodes, dns_note=f"no {DNS_SERVICE[0]}/{DNS_SERVICE[1]} Service with a ClusterIP")
     return ClusterView(nodes, dns_ip=str(ip))
 
 
-def vtep_addresses(first: Sequence[Outcome[NodeFacts]], cluster: ClusterView) -> dict[str, str]:
+def vtep_addresses(first: Sequence[Attempt[NodeFacts]], cluster: ClusterView) -> dict[str, str]:
     """Return each node's ``flannel.1`` address: as the node reports it, else from its podCIDR."""
     out: dict[str, str] = {}
     for o in first:
@@ -124,7 +149,5 @@ def vtep_addresses(first: Sequence[Outcome[NodeFacts]], cluster: ClusterView) ->
     return out
 
 
-def _why(error: KeybuzzFixError | None) -> str:
-    if error is None:
-        return "not probed"
-    return str(getattr(error, "problem", error))
+def _problem(error: KeybuzzFixError | None) -> str:
+    return "not probed" if error is None else error.problem

@@ -1,6 +1,6 @@
-"""The ``validate`` step: gather every fact at once, then score it.
+"""The ``validate`` step: gather every fact at once, then score it (:func:`score_cluster`), and show the scorecard.
 
-All API reads, URL probes and ``--extended`` probes start together in one thread pool; each check
+All API reads, URL checks and ``--extended`` checks start together in one thread pool; each check
 is evaluated as soon as its own facts are in, so the whole run takes about as long as its slowest
 check. A fact that cannot be read fails the checks that need it, with the error as evidence; it
 never stops the others. A read that RBAC forbids is not a finding about the cluster: the run
@@ -15,28 +15,30 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix.checks import http as probe
 from keybuzz_fix.checks import scorecard as sc
-from keybuzz_fix.checks.http import HttpOptions
-from keybuzz_fix.checks.scorecard import Check, Row, Scorecard
-from keybuzz_fix.cluster import workloads as wl
+from keybuzz_fix.checks.http import HttpOptions, http_get, tcp_open, tls_context
+from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
+from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.objects import by_name
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Forbidden, Interrupted, KeybuzzFixError
+from keybuzz_fix.flows import Connections
 from keybuzz_fix.hosts.ssh import SshOptions
-from keybuzz_fix.hosts.ufw import rules as firewall
-from keybuzz_fix.hosts.ufw.rules import ActionKind
+from keybuzz_fix.hosts.ufw.apply import FirewallRun
+from keybuzz_fix.hosts.ufw.plan import firewall_rules
 from keybuzz_fix.inventory import Host
+from keybuzz_fix.report.output import ScoreFormat
+from keybuzz_fix.report.scorecard import show_scorecard
 
 if TYPE_CHECKING:
-    from keybuzz_fix.cluster.client import Kube
-    from keybuzz_fix.hosts.ufw.apply import HostPlan
+    from rich.console import Console
 
 _MAX_THREADS = 64
 
 
 @dataclass(frozen=True)
 class ExtendedOptions:
-    """What ``--extended`` needs: SSH to the workers for their UFW rules."""
+    """What ``--extended`` needs: SSH to the workers, for their UFW rules."""
 
     ssh: SshOptions
     concurrency: int = 16
@@ -73,6 +75,25 @@ class _Facts:
 
 
 def run_validate(
+    console: Console,
+    reach: Connections,
+    cfg: Config,
+    workers: Sequence[Host],
+    *,
+    threshold: int | None,
+    strict: bool,
+    extended: bool,
+    output: ScoreFormat,
+) -> Scorecard:
+    """Connect, score the cluster (``extended``: and each worker), show the scorecard; return it."""
+    http = reach.http or HttpOptions()
+    more = ExtendedOptions(reach.ssh, reach.concurrency) if extended else None
+    card = score_cluster(reach.kube(), cfg, workers, http=http, threshold=threshold, strict=strict, extended=more)
+    show_scorecard(console, card, output, note="TLS not verified (--insecure)" if http.insecure else "")
+    return card
+
+
+def score_cluster(
     kube: Kube,
     cfg: Config,
     workers: Sequence[Host],
@@ -88,26 +109,26 @@ def run_validate(
     configuration's ``validate.threshold``.
     """
     http = http or HttpOptions()
-    ctx = probe.tls_context(http) if any(u.startswith("https:") for u in cfg.validate.urls) else None
+    ctx = tls_context(http) if any(u.startswith("https:") for u in cfg.validate.urls) else None
     n = len(workers)
     ns, ic = cfg.namespace, cfg.ingress
     reads: dict[str, Callable[[], Any]] = {
-        "daemonsets": lambda: wl.by_name(kube.list("DaemonSet", ns)),
-        "deployments": lambda: wl.by_name(kube.list("Deployment", ns)),
+        "daemonsets": lambda: by_name(kube.list("DaemonSet", ns)),
+        "deployments": lambda: by_name(kube.list("Deployment", ns)),
         "pods": lambda: kube.list("Pod", ns),
-        "services": lambda: wl.by_name(kube.list("Service", ns)),
-        "ingresses": lambda: wl.by_name(kube.list("Ingress", ns)),
+        "services": lambda: by_name(kube.list("Service", ns)),
+        "ingresses": lambda: by_name(kube.list("Ingress", ns)),
         "ingress_ds": lambda: kube.get("DaemonSet", ic.controller, ic.namespace),
         "ingress_deploy": lambda: kube.get("Deployment", ic.controller, ic.namespace),
         "ingress_pods": lambda: kube.list("Pod", ic.namespace),
     }
     url_keys = [f"url {u}" for u in cfg.validate.urls]
     for key, url in zip(url_keys, cfg.validate.urls, strict=True):
-        reads[key] = lambda url=url: probe.http_get(url, http, ctx)  # type: ignore[misc]
+        reads[key] = lambda url=url: http_get(url, http, ctx)  # type: ignore[misc]
     rows: list[Callable[[], list[Row]]] = []
     if extended is not None:
-        rows = _extended(cfg, workers, http, extended)
-    checks: list[tuple[int, tuple[str, ...], Callable[[dict[str, Any]], Check]]] = [
+        rows = extended_tasks(cfg, workers, http, extended)
+    checks: list[tuple[int, tuple[str, ...], Callable[[dict[str, Any]], ScoredCheck]]] = [
         (1, ("daemonsets", "deployments"), lambda f: sc.check_daemonsets(cfg, f["daemonsets"], f["deployments"])),
         (2, ("daemonsets", "pods"), lambda f: sc.check_pods(cfg, f["daemonsets"], f["pods"], n)),
         (3, ("daemonsets", "deployments"), lambda f: sc.check_host_network(cfg, f["daemonsets"], f["deployments"])),
@@ -133,7 +154,7 @@ def run_validate(
             values, finished, error = facts.get(keys)
             denied.update((e.permission, e) for e in values.values() if isinstance(e, Forbidden))
             check = evaluate(values) if error is None else sc.unreadable(number, cfg, n, str(error))
-            results.append(Check(check.number, check.name, check.passed, check.detail, finished))
+            results.append(ScoredCheck(check.number, check.name, check.passed, check.detail, finished))
         extended_rows = tuple(row for f in row_futures for row in f.result())
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -155,7 +176,7 @@ def run_validate(
     )
 
 
-def _extended(
+def extended_tasks(
     cfg: Config, workers: Sequence[Host], http: HttpOptions, options: ExtendedOptions
 ) -> list[Callable[[], list[Row]]]:
     """Return one task per worker probe (NodePort, host ports) and one for every worker's UFW rules."""
@@ -171,13 +192,13 @@ def _extended(
 
 
 def _nodeport_row(worker: Host, port: int, timeout: float) -> Row:
-    ok, detail = probe.tcp_open(worker.private_ip, port, timeout)
+    ok, detail = tcp_open(worker.private_ip, port, timeout)
     return Row(worker.hostname, f"NodePort {port} reachable from here", ok, detail)
 
 
 def _host_port_row(worker: Host, app: str, port: int, http: HttpOptions) -> Row:
     host = f"[{worker.private_ip}]" if ":" in worker.private_ip else worker.private_ip
-    answer = probe.http_get(f"http://{host}:{port}/", http)
+    answer = http_get(f"http://{host}:{port}/", http)
     name = f"host port {port} ({app}) answering"
     if answer.status is not None:
         return Row(worker.hostname, name, True, f"HTTP {answer.status} {answer.reason}")
@@ -185,32 +206,16 @@ def _host_port_row(worker: Host, app: str, port: int, http: HttpOptions) -> Row:
 
 
 def _ufw_rows(cfg: Config, workers: Sequence[Host], options: ExtendedOptions) -> list[Row]:
-    from keybuzz_fix.hosts.ufw.apply import FirewallRun
-
-    rules = firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
+    rules = firewall_rules(cfg.firewall)
     run = FirewallRun(
         hosts=workers, desired=lambda _h: rules, ssh=options.ssh, command="validate", concurrency=options.concurrency
     )
     try:
-        outcomes = run.plan(None)
+        outcomes = run.plan()
     finally:
         run.close()
     name = "UFW rules present (over SSH)"
-    rows = []
-    for o in outcomes:
-        if o.error is not None:
-            rows.append(Row(o.host.hostname, name, False, str(getattr(o.error, "problem", o.error))))
-        else:
-            assert o.result is not None
-            rows.append(ufw_row(o.result, name, len(rules)))
-    return rows
-
-
-def ufw_row(plan: HostPlan, name: str, wanted: int) -> Row:
-    """Return the row for one worker's UFW plan: pass when nothing is missing or blocked."""
-    missing = [a.rule.describe() for a in plan.actions if a.kind is ActionKind.ADD and a.rule is not None]
-    blocked = [a.reason for a in plan.actions if a.kind is ActionKind.BLOCKED]
-    if not missing and not blocked:
-        return Row(plan.host.hostname, name, True, f"{wanted}/{wanted} rules present")
-    parts = ([f"missing: {', '.join(missing)}"] if missing else []) + blocked
-    return Row(plan.host.hostname, name, False, "; ".join(parts))
+    return [
+        sc.ufw_row(o, name, len(rules)) if o.error is None else Row(o.host.hostname, name, False, o.error.problem)
+        for o in outcomes
+    ]

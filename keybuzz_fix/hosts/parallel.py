@@ -1,9 +1,10 @@
 """Work on many hosts at once, each failure contained to its host.
 
 A thread per host (bounded by ``--concurrency``): the work is network-bound (SSH round trips), so
-threads suffice and keep paramiko usable. Progress is drawn only on a terminal. Ctrl-C cancels the
-hosts not yet started; the ones in flight finish their current command (bounded by ``--timeout``),
-then the error names the hosts that finished, failed, and never started.
+threads suffice and keep paramiko usable. Progress goes to a :class:`Progress` the caller passes
+(the report draws it on a terminal). Ctrl-C cancels the hosts not yet started; the ones in flight
+finish their current command (bounded by ``--timeout``), then the error names the hosts that
+finished, failed, and never started.
 """
 
 from __future__ import annotations
@@ -12,23 +13,33 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from keybuzz_fix.errors import Interrupted, KeybuzzFixError
 from keybuzz_fix.inventory import Host
 
-if TYPE_CHECKING:
-    from rich.console import Console
+ResultT = TypeVar("ResultT")
 
-T = TypeVar("T")
+
+class Progress(Protocol):
+    """Where :func:`on_each_host` says how far it got (a progress bar, for a person at a terminal)."""
+
+    def start(self, label: str, total: int) -> None:
+        """Begin counting ``total`` hosts."""
+
+    def advance(self) -> None:
+        """Count one more host done."""
+
+    def stop(self) -> None:
+        """End the display."""
 
 
 @dataclass(frozen=True)
-class Outcome(Generic[T]):
-    """What happened on one host: a result, or the error that stopped it."""
+class Attempt(Generic[ResultT]):
+    """The work on one host: its result, or the error that stopped it."""
 
     host: Host
-    result: T | None
+    result: ResultT | None
     error: KeybuzzFixError | None
     seconds: float
 
@@ -38,45 +49,44 @@ class Outcome(Generic[T]):
         return self.error is None
 
 
-def run_all(
+def on_each_host(
     hosts: Sequence[Host],
-    work: Callable[[Host], T],
+    work: Callable[[Host], ResultT],
     *,
     concurrency: int,
-    console: Console | None = None,
+    progress: Progress | None = None,
     label: str = "working",
-) -> list[Outcome[T]]:
-    """Run ``work`` on every host in parallel; return one outcome per host, in input order.
+) -> list[Attempt[ResultT]]:
+    """Run ``work`` on every host in parallel; return one attempt per host, in input order.
 
     Only the tool's own errors are contained per host; anything else is a bug and propagates.
     """
     if not hosts:
         return []
-    outcomes: dict[int, Outcome[T]] = {}
+    outcomes: dict[int, Attempt[ResultT]] = {}
 
-    def one(index: int, host: Host) -> tuple[int, Outcome[T]]:
+    def one(index: int, host: Host) -> tuple[int, Attempt[ResultT]]:
         start = time.monotonic()
         try:
             result = work(host)
         except KeybuzzFixError as e:
-            return index, Outcome(host, None, e, time.monotonic() - start)
-        return index, Outcome(host, result, None, time.monotonic() - start)
+            return index, Attempt(host, None, e, time.monotonic() - start)
+        return index, Attempt(host, result, None, time.monotonic() - start)
 
-    progress = _progress(console, label, len(hosts))
     pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts))), thread_name_prefix="host")
     submitted = [pool.submit(one, i, h) for i, h in enumerate(hosts)]
-    pending: set[Future[tuple[int, Outcome[T]]]] = set(submitted)
+    pending: set[Future[tuple[int, Attempt[ResultT]]]] = set(submitted)
     interrupted = False
     try:
         if progress is not None:
-            progress.start()
+            progress.start(label, len(hosts))
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for fut in done:
                 index, outcome = fut.result()
                 outcomes[index] = outcome
                 if progress is not None:
-                    progress.advance(progress.task_ids[0])
+                    progress.advance()
     except KeyboardInterrupt:
         interrupted = True
         pool.shutdown(wait=False, cancel_futures=True)
@@ -114,35 +124,16 @@ def raise_open_files_limit(needed: int) -> int:
     return soft
 
 
-def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Outcome[T]]) -> str:
+def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Attempt[ResultT]]) -> str:
     """Say, after Ctrl-C, which hosts finished, which failed and which were never started."""
 
     def names(which: list[str]) -> str:
         return ", ".join(which) or "none"
 
     finished = [o.host.hostname for _, o in sorted(outcomes.items()) if o.ok]
-    failed = [
-        f"{o.host.hostname} ({getattr(o.error, 'problem', o.error)})" for _, o in sorted(outcomes.items()) if not o.ok
-    ]
+    failed = [f"{o.host.hostname} ({o.error.problem})" for _, o in sorted(outcomes.items()) if o.error is not None]
     untouched = [h.hostname for i, h in enumerate(hosts) if i not in outcomes]
     return (
         f"interrupted: finished on {names(finished)}; failed on {names(failed)}; not started on "
         f"{names(untouched)}; re-run to converge (the audit log lists every change made)"
     )
-
-
-def _progress(console: Console | None, label: str, total: int):  # type: ignore[no-untyped-def]
-    if console is None or not console.is_terminal:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    p = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    p.add_task(label, total=total)
-    return p

@@ -27,6 +27,7 @@ from typer.testing import CliRunner, Result
 from keybuzz_fix.cli import app
 from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster import client as kube
+from keybuzz_fix.cluster.connect import from_kubeconfig
 from keybuzz_fix.cluster.objects import strip_server_fields
 from tests.cluster.reset import reset_cluster
 from tests.cluster.seed import SEEDED_NAMESPACES, seed_keybuzz, wait_for
@@ -50,7 +51,7 @@ class Lab:
 
     def __init__(self, cluster: KeybuzzCluster) -> None:
         self.cluster = cluster
-        self.kube = kube.load(cluster.kubeconfig)
+        self.kube = from_kubeconfig(cluster.kubeconfig)
         self.dirty = False
 
     def pristine(self, *, settled: bool = False) -> None:
@@ -201,7 +202,7 @@ def assert_converted(lab: Lab, before: dict[tuple[str, str], dict[str, Any]]) ->
 
 def newest_backup(state_dir: Path) -> backup.Backup:
     (path, *_) = sorted((state_dir / "backups").glob("convert-*.yaml"), reverse=True)
-    return backup.load(path)
+    return backup.read_backup(path)
 
 
 def convert_json(lab: Lab, *args: str) -> tuple[Result, dict[str, Any]]:
@@ -383,7 +384,7 @@ def test_convert_runs_the_apps_as_host_network_daemonsets(
     # The backup holds every original, exactly as read, privately.
     path = Path(summary["backup"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    saved = {(o["kind"], o["metadata"]["name"]): o for o in backup.load(path).objects}
+    saved = {(o["kind"], o["metadata"]["name"]): o for o in backup.read_backup(path).objects}
     assert saved.keys() == before.keys()
     for key, obj in before.items():
         assert saved[key]["metadata"]["uid"] == obj["metadata"]["uid"]
@@ -462,13 +463,13 @@ def test_rollback_restores_the_originals(lab: Lab, converted: dict[str, Any], mo
 def test_a_half_converted_state_converges(fresh: Lab, state_dir: Path) -> None:
     """DaemonSets applied and one Service switched by an earlier run; the Deployments still there."""
     from keybuzz_fix import config
-    from keybuzz_fix.cluster.changes import execute
     from keybuzz_fix.cluster.convert import plan_convert
-    from keybuzz_fix.flows.convert import observe
+    from keybuzz_fix.cluster.rollout import execute
+    from keybuzz_fix.flows.convert import read_convert_state
 
     before = originals(fresh.kube)
-    cfg = config.load()
-    plan = plan_convert(cfg, observe(fresh.kube, cfg))
+    cfg = config.load_config()
+    plan = plan_convert(cfg, read_convert_state(fresh.kube, cfg))
     for change in [*plan.daemonsets, plan.services[0]]:
         execute(fresh.kube, change, command="test")
     result, summary = convert_json(fresh)
@@ -488,17 +489,17 @@ def test_a_half_converted_state_converges(fresh: Lab, state_dir: Path) -> None:
 def test_ctrl_c_stops_cleanly_and_a_rerun_converges(
     fresh: Lab, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from keybuzz_fix.cluster import changes
+    from keybuzz_fix.cluster import rollout
 
     before = originals(fresh.kube)
-    real_execute = changes.execute
+    real_execute = rollout.execute
 
     def interrupt_before_hpas(kube_: kube.Kube, change: Any, **kwargs: Any) -> None:
         if change.kind == "HorizontalPodAutoscaler":
             raise KeyboardInterrupt
         real_execute(kube_, change, **kwargs)
 
-    monkeypatch.setattr(changes, "execute", interrupt_before_hpas)
+    monkeypatch.setattr(rollout, "execute", interrupt_before_hpas)
     result = cli("convert", "--yes", kubeconfig=fresh.cluster.kubeconfig)
     assert result.exit_code == 130
     line = error_line(result)
@@ -508,7 +509,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_converges(
         "patch Service keybuzz/keybuzz-api, patch Service keybuzz/keybuzz-front" in line
     )
     assert len(fresh.kube.list("Deployment", NS)) == 2 and len(fresh.kube.list("HorizontalPodAutoscaler", NS)) == 2
-    monkeypatch.setattr(changes, "execute", real_execute)
+    monkeypatch.setattr(rollout, "execute", real_execute)
     result, summary = convert_json(fresh)
     assert result.exit_code == 0, result.output
     assert_converted(fresh, before)
@@ -558,12 +559,12 @@ def test_apiserver_stopped_right_after_the_daemonsets_then_a_rerun_converges(
 
 def test_a_conflicting_field_manager_is_reported_and_force_conflicts_takes_over(fresh: Lab, state_dir: Path) -> None:
     from keybuzz_fix import config
-    from keybuzz_fix.cluster.changes import execute
     from keybuzz_fix.cluster.convert import plan_convert
-    from keybuzz_fix.flows.convert import observe
+    from keybuzz_fix.cluster.rollout import execute
+    from keybuzz_fix.flows.convert import read_convert_state
 
-    cfg = config.load()
-    plan = plan_convert(cfg, observe(fresh.kube, cfg))
+    cfg = config.load_config()
+    plan = plan_convert(cfg, read_convert_state(fresh.kube, cfg))
     execute(fresh.kube, plan.daemonsets[0], command="test")  # an earlier, interrupted run
     hotfix = copy.deepcopy(plan.daemonsets[0].body)
     assert hotfix is not None

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keybuzz_fix.cli import app
-from keybuzz_fix.hosts.ufw.rules import parse_show_added
+from keybuzz_fix.hosts.ufw.facts import parse_show_added
 from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = pytest.mark.integration

@@ -215,7 +215,7 @@ def test_regenerated_host_key_is_rejected(special_lab: Lab, tmp_path: Path) -> N
 
 def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) -> None:  # noqa: F811 - pytest fixture
     path = lab_hosts.servers_tsv(tmp_path / "servers.tsv", extra_rows=NON_K3S_ROWS)
-    inv = inventory.load(path)
+    inv = inventory.read_inventory(path)
     workers = inventory.select(inv, inventory.Role.WORKER)
     assert [(h.hostname, h.private_ip, h.user) for h in workers] == [(h.name, h.ip, "root") for h in lab_hosts.hosts]
     masters = inventory.select(inv, inventory.Role.MASTER)

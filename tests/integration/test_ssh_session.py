@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_one_shell_runs_every_command_to_its_end(lab_hosts: Lab, tmp_path: Path) -> None:
-    host = inventory.select(inventory.load(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[0]
+    host = inventory.select(inventory.read_inventory(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[0]
     options = SshOptions(
         known_hosts=lab_hosts.known_hosts_file,
         identity=lab_hosts.identity_file,

@@ -239,15 +239,16 @@ def test_only_hosts_with_changes_keep_their_connection(
 ) -> None:
     from keybuzz_fix import inventory
     from keybuzz_fix.hosts.ssh import SshOptions
-    from keybuzz_fix.hosts.ufw import rules as firewall
-    from keybuzz_fix.hosts.ufw.apply import FirewallRun, Status
+    from keybuzz_fix.hosts.ufw.apply import FirewallRun
+    from keybuzz_fix.hosts.ufw.plan import HostStatus
+    from keybuzz_fix.hosts.ufw.rules import desired_rules
 
     with lab_factory(["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"]) as lab:
         servers = lab.servers_tsv(tmp_path / "servers.tsv")
-        rules = firewall.desired_rules([(INGRESS_PORT, "tcp", "http"), (HTTPS_PORT, "tcp", "https")], "198.18.0.0/24")
+        rules = desired_rules([(INGRESS_PORT, "tcp", "http"), (HTTPS_PORT, "tcp", "https")], "198.18.0.0/24")
         for rule in rules:  # worker-02 already has both rules: its plan is a no-op
             lab.host("k8s-worker-02").run(rule.command())
-        hosts = inventory.select(inventory.load(servers))
+        hosts = inventory.select(inventory.read_inventory(servers))
         ssh = SshOptions(
             known_hosts=lab.known_hosts_file,
             identity=lab.identity_file,
@@ -259,16 +260,16 @@ def test_only_hosts_with_changes_keep_their_connection(
         try:
             planned = run.plan()
             assert all(o.ok for o in planned), [o.error for o in planned]
-            changing = sorted(o.host.hostname for o in planned if o.result is not None and o.result.changes)
+            changing = sorted(o.host.hostname for o in planned if o.changes)
             assert changing == ["k8s-worker-01", "k8s-worker-03"]
             assert _ssh_sessions(lab, "k8s-worker-02", 0) == 0  # released right after planning
             assert _ssh_sessions(lab, "k8s-worker-01", 1) == _ssh_sessions(lab, "k8s-worker-03", 1) == 1
 
-            applied = run.apply([o.result for o in planned if o.result is not None])
-            assert {o.host.hostname: o.result.status for o in applied if o.result is not None} == {
-                "k8s-worker-01": Status.CHANGED,
-                "k8s-worker-02": Status.UNCHANGED,
-                "k8s-worker-03": Status.CHANGED,
+            applied = run.apply(planned)
+            assert {o.host.hostname: o.status for o in applied if o.ok} == {
+                "k8s-worker-01": HostStatus.CHANGED,
+                "k8s-worker-02": HostStatus.UNCHANGED,
+                "k8s-worker-03": HostStatus.CHANGED,
             }
             assert _ssh_sessions(lab, "k8s-worker-02", 0) == 0  # a no-op host is never reconnected
         finally:

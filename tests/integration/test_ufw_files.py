@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from keybuzz_fix.hosts.ufw import facts as ufw_probe
-from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, UfwFacts, parse_show_added, parse_status
+from keybuzz_fix.hosts.sections import MARK
+from keybuzz_fix.hosts.ufw.facts import UFW_PROBE, UfwFacts, parse_show_added, parse_status, parse_ufw_facts
 from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = pytest.mark.integration
@@ -45,9 +45,9 @@ RULES = (
 
 
 def from_files(host: LabHost) -> UfwFacts:
-    out = host.run(ufw_probe.PROBE_SCRIPT).stdout
-    assert f"{PROBE_MARK} rules" in out and f"{PROBE_MARK} status" not in out  # the files were read, ufw not run
-    return ufw_probe.parse_probe(out)
+    out = host.run(UFW_PROBE).stdout
+    assert f"{MARK} rules" in out and f"{MARK} status" not in out  # the files were read, ufw not run
+    return parse_ufw_facts(out)
 
 
 def from_ufw(host: LabHost) -> UfwFacts:

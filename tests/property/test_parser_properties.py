@@ -26,15 +26,18 @@ from rich.console import Console
 
 from keybuzz_fix import config
 from keybuzz_fix.checks import http as probe
-from keybuzz_fix.cluster import client as kube
+from keybuzz_fix.cli.options import parse_ports, parse_source
+from keybuzz_fix.cluster.connect import from_kubeconfig
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.flows.convert import run_offline
 from keybuzz_fix.hosts.flannel import facts as nodefacts
 from keybuzz_fix.hosts.flannel import plan as overlay
-from keybuzz_fix.hosts.ufw import facts as ufw_probe
-from keybuzz_fix.hosts.ufw import rules as firewall
+from keybuzz_fix.hosts.sections import MARK
 from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, parse_apply
-from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, UfwRule
+from keybuzz_fix.hosts.ufw.facts import parse_show_added, parse_status, parse_ufw_facts
+from keybuzz_fix.hosts.ufw.plan import plan_rules
+from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule, parse_rule_command
+from keybuzz_fix.report.output import PlanOutput
 
 DATA = Path(__file__).parent.parent / "data"
 DIAGNOSE = DATA / "diagnose"
@@ -78,8 +81,8 @@ ODD = st.sampled_from(
         "Status:",
         "Default:",
         "(v6)",
-        PROBE_MARK,
-        f"{PROBE_MARK} end",
+        MARK,
+        f"{MARK} end",
         APPLY_MARK,
         f"{APPLY_MARK} 0",
         f"{APPLY_MARK} x y z",
@@ -156,15 +159,15 @@ def _status(draw: st.DrawFn) -> tuple[str, bool]:
 @given(st.data())
 def test_status_verbose_parser_reads_the_header_whatever_the_rule_comments_say(data: st.DataObject) -> None:
     text, active = data.draw(st.composite(_status)())
-    assert firewall.parse_status(text)[0] is active
+    assert parse_status(text)[0] is active
 
 
 @FAST
 @given(mutated(STATUS))
 def test_status_verbose_parser_on_mutated_output(text: str) -> None:
     try:
-        active, default = firewall.parse_status(text)
-    except firewall.ParseError:
+        active, default = parse_status(text)
+    except ParseError:
         return
     assert isinstance(active, bool) and (default is None or isinstance(default, str))
 
@@ -181,7 +184,7 @@ def test_show_added_reads_back_every_comment_ufw_accepts(rules: list[tuple[int, 
     for r in wanted:
         plain = r.command().split(" comment ", 1)[0]
         lines.append(plain + (f" comment '{r.comment}'" if r.comment else ""))
-    parsed = firewall.parse_show_added("\n".join(lines))
+    parsed = parse_show_added("\n".join(lines))
     assert list(parsed[1:]) == wanted
     assert [r.comment for r in parsed[1:]] == [r.comment for r in wanted]
 
@@ -190,32 +193,31 @@ def test_show_added_reads_back_every_comment_ufw_accepts(rules: list[tuple[int, 
 @given(mutated(ADDED))
 def test_show_added_parser_on_mutated_output(text: str) -> None:
     try:
-        rules = firewall.parse_show_added(text)
-    except firewall.ParseError:
+        rules = parse_show_added(text)
+    except ParseError:
         return
     for rule in rules:
         rule.ports()  # a parsed rule is usable
-        firewall.parse_rule_command(rule.command())
+        parse_rule_command(rule.command())
 
 
 @FAST
 @given(
     mutated(
-        f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{PROBE_MARK} status\n{STATUS}\n"
-        f"{PROBE_MARK} added\n{ADDED}\n{PROBE_MARK} end\n"
+        f"{MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{MARK} status\n{STATUS}\n{MARK} added\n{ADDED}\n{MARK} end\n"
     )
 )
 def test_ufw_probe_parser_on_mutated_output(text: str) -> None:
     try:
-        facts = ufw_probe.parse_probe(text)
-    except firewall.ParseError:
+        facts = parse_ufw_facts(text)
+    except ParseError:
         return
-    firewall.plan([UfwRule(port="31695", proto="tcp", source="10.0.0.0/16")], facts, enable=True)
+    plan_rules([UfwRule(port="31695", proto="tcp", source="10.0.0.0/16")], facts, enable=True)
 
 
 TRANSCRIPT = (
     f"{APPLY_MARK} 0 0\nRule added\nRule added (v6)\n{APPLY_MARK} 1 1\nERROR: Bad port\n"
-    f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n"
+    f"{MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n"
 )
 
 
@@ -236,8 +238,8 @@ def test_apply_transcript_parser_on_mutated_output(text: str) -> None:
 @given(st.sampled_from(sorted(SAMPLES)), st.data())
 def test_node_fact_parsers_never_raise(name: str, data: st.DataObject) -> None:
     text = data.draw(mutated(SAMPLES[name]))
-    nodefacts.parse_node_probe(text)
-    nodefacts.parse_overlay_probe(text, ["k8s-worker-01", "k8s-worker-02"])
+    nodefacts.parse_node_facts(text)
+    nodefacts.parse_pings(text, ["k8s-worker-01", "k8s-worker-02"])
     nodefacts.parse_route_get(text)
     nodefacts.parse_vxlan_link(text)
     nodefacts.parse_links(text)
@@ -247,7 +249,7 @@ def test_node_fact_parsers_never_raise(name: str, data: st.DataObject) -> None:
     nodefacts.parse_ping(text)
     nodefacts.parse_dns(text)
     nodefacts.bad_checksum_lines(text.splitlines(), 8472)
-    overlay.parse_features(text)
+    nodefacts.parse_features(text)
     overlay.plan_offload(text)
 
 
@@ -296,7 +298,7 @@ def test_offline_convert_on_damaged_states(tmp_path_factory: pytest.TempPathFact
     path = tmp_path_factory.mktemp("state") / "state.yaml"
     path.write_text(text)
     try:
-        run_offline(Console(file=io.StringIO(), width=120), path, config.load(), output=output)
+        run_offline(Console(file=io.StringIO(), width=120), path, config.load_config(), output=PlanOutput(output))
     except KeybuzzFixError:
         pass
 
@@ -309,7 +311,7 @@ def test_backup_reader_on_damaged_files(tmp_path_factory: pytest.TempPathFactory
     path = tmp_path_factory.mktemp("backup") / "convert-20250101T000000.000000Z.yaml"
     path.write_text("# keybuzz-fix convert backup\n# server: https://127.0.0.1:1\n" + text)
     try:
-        backup.load(path)
+        backup.read_backup(path)
     except KeybuzzFixError:
         pass
 
@@ -343,7 +345,7 @@ def test_config_loader_on_damaged_configs(tmp_path_factory: pytest.TempPathFacto
     path = tmp_path_factory.mktemp("config") / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     try:
-        cfg = config.load(path)
+        cfg = config.load_config(path)
     except KeybuzzFixError:
         return
     for rule in cfg.firewall.ports:  # what reaches a remote shell is one printable, quotable line
@@ -351,7 +353,7 @@ def test_config_loader_on_damaged_configs(tmp_path_factory: pytest.TempPathFacto
             port=str(rule.port), proto=rule.proto, source=cfg.firewall.source, comment=rule.comment
         ).command()
         assert "\n" not in command
-        assert firewall.parse_show_added(command) == (firewall.parse_rule_command(command),)
+        assert parse_show_added(command) == (parse_rule_command(command),)
 
 
 KUBECONFIG = {
@@ -371,7 +373,7 @@ def test_kubeconfig_loader_on_damaged_files(tmp_path_factory: pytest.TempPathFac
     path = tmp_path_factory.mktemp("kubeconfig") / "config"
     path.write_text(yaml.safe_dump(data))
     try:
-        k = kube.load(path)
+        k = from_kubeconfig(path)
     except KeybuzzFixError as e:
         assert "property-token" not in str(e)
         return
@@ -385,7 +387,7 @@ def test_kubeconfig_loader_on_damaged_files(tmp_path_factory: pytest.TempPathFac
 @given(st.lists(WORD, max_size=4).map(",".join))
 def test_ports_values(value: str) -> None:
     try:
-        ports = firewall.parse_ports(value)
+        ports = parse_ports(value)
     except KeybuzzFixError:
         return
     assert all(1 <= p <= 65535 and p != 22 and proto in ("tcp", "udp") for p, proto in ports)
@@ -395,7 +397,7 @@ def test_ports_values(value: str) -> None:
 @given(st.one_of(WORD, st.lists(WORD, max_size=3).map("/".join), st.lists(WORD, max_size=3).map(".".join)))
 def test_source_values(value: str) -> None:
     try:
-        source = firewall.parse_source(value)
+        source = parse_source(value)
     except KeybuzzFixError:
         return
     assert source == "any" or all(ch in "0123456789abcdef.:/" for ch in source)
@@ -415,6 +417,6 @@ def test_resolve_values(values: list[str]) -> None:
 
 def test_show_added_with_ufw_warnings_and_a_two_line_comment() -> None:
     """ufw warns on stderr about the owner and mode of its files; the probe merges stderr into the output."""
-    rules = firewall.parse_show_added((DATA / "ufw" / "show-added-warn.txt").read_text())
+    rules = parse_show_added((DATA / "ufw" / "show-added-warn.txt").read_text())
     assert [r.port for r in rules] == ["22", "8443", "31695"]
     assert rules[1].comment == "ops note\nsecond line"

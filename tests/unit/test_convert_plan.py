@@ -11,9 +11,10 @@ from keybuzz_fix import config
 from keybuzz_fix.cluster.changes import Verb
 from keybuzz_fix.cluster.convert import Observed, daemonset_for, observed_from_objects, plan_convert
 from keybuzz_fix.cluster.objects import MANAGED_BY, is_subset, parse_objects
+from keybuzz_fix.report.changes import offline_json
 
 DATA = Path(__file__).parent.parent / "data"
-CFG = config.load()
+CFG = config.load_config()
 API, FRONT = CFG.app("keybuzz-api"), CFG.app("keybuzz-front")
 CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 
@@ -257,7 +258,7 @@ def test_port_variable_named_in_config(tmp_path):
         "apps:\n  - {name: keybuzz-api, host_port: 8080, node_port: 30080, port_env: LISTEN}\n"
         "  - {name: keybuzz-front, host_port: 3000, node_port: 30000}\n"
     )
-    cfg = config.load(cfg_file)
+    cfg = config.load_config(cfg_file)
     objs = seed_objects()
     env = by_name(objs, "Deployment")["keybuzz-api"]["spec"]["template"]["spec"]["containers"][0]["env"]
     env[0]["name"] = "LISTEN"
@@ -383,12 +384,12 @@ def test_to_back_up_holds_what_changes_only():
 
 def test_offline_json_shape_masks_unless_asked():
     plan = plan_convert(CFG, seed_state())
-    masked = plan.to_offline_json()
+    masked = offline_json(plan)
     assert set(masked) == {"apply", "delete", "warnings"}
     env = masked["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0] == {"name": "PORT", "value": "8080"}
     assert env[1] == {"name": "NODE_ENV", "value": "<masked>"}
-    shown = plan.to_offline_json(show_values=True)["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    shown = offline_json(plan, show_values=True)["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert shown[1] == {"name": "NODE_ENV", "value": "production"}
     assert masked["delete"][-1] == {"kind": "Deployment", "namespace": "keybuzz", "name": "keybuzz-front"}
 

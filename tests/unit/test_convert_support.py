@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keybuzz_fix import storage as state
+from keybuzz_fix import storage
 from keybuzz_fix.cli import app
 from keybuzz_fix.cluster import backup
-from keybuzz_fix.cluster.changes import Change, Verb, execute
-from keybuzz_fix.cluster.objects import MASK, diff, mask_values, parse_objects, project, strip_server_fields
+from keybuzz_fix.cluster.changes import Change, Verb
+from keybuzz_fix.cluster.objects import MASK, mask_values, parse_objects, project, strip_server_fields, yaml_diff
+from keybuzz_fix.cluster.rbac import permissions
 from keybuzz_fix.cluster.rollback import plan_rollback
-from keybuzz_fix.cluster.rollout import Stuck, daemonset_ready, deployment_ready, wait_ready
+from keybuzz_fix.cluster.rollout import Stuck, daemonset_ready, deployment_ready, execute, wait_ready
 from keybuzz_fix.cluster.scheduling import HostPort, fits, host_ports
 from keybuzz_fix.errors import ClusterError, InputError, UsageError
-from keybuzz_fix.flows.convert import permissions
 
 DATA = Path(__file__).parent.parent / "data" / "convert"
 runner = CliRunner()
@@ -91,9 +91,9 @@ def test_mask_values_keeps_references_and_the_port_variable():
 def test_project_and_diff():
     have = {"a": 1, "b": {"c": 2, "d": 3}, "l": [{"x": 1, "y": 2}]}
     assert project(have, {"b": {"c": 0}, "l": [{"x": 0}]}) == {"b": {"c": 2}, "l": [{"x": 1}]}
-    lines = diff({"a": 1}, {"a": 2}, "Thing")
+    lines = yaml_diff({"a": 1}, {"a": 2}, old="Thing (now)", new="Thing (planned)", context=2)
     assert "-a: 1" in lines and "+a: 2" in lines
-    assert diff({"a": 1}, {"a": 1}, "Thing") == []
+    assert yaml_diff({"a": 1}, {"a": 1}, old="Thing (now)", new="Thing (planned)", context=2) == []
 
 
 def test_parse_objects_list_and_stream():
@@ -255,29 +255,29 @@ def sample(kind, name, uid="u1"):
 def test_backup_is_private_and_reads_back():
     objs = [sample("Deployment", "keybuzz-api"), sample("Service", "keybuzz-api")]
     path = backup.write(objs, command="convert", server="https://k:6443", namespace="keybuzz")
-    assert path.parent == state.state_dir() / "backups"
+    assert path.parent == storage.state_dir() / "backups"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
-    back = backup.load(path)
+    back = backup.read_backup(path)
     assert back.objects == objs and back.server == "https://k:6443" and back.namespace == "keybuzz"
     assert back.command == "convert"
     assert "# object: Deployment keybuzz/keybuzz-api" in path.read_text()
     second = backup.write(objs[:1], command="convert", server="s", namespace="keybuzz")
     backup.write(objs[:1], command="rollback", server="s", namespace="keybuzz")
-    assert backup.latest() == second
+    assert backup.latest_backup() == second
     assert backup.history() == [second, path]
 
 
 def test_backup_load_errors(tmp_path):
     with pytest.raises(InputError, match="no such backup file"):
-        backup.load(tmp_path / "missing.yaml")
+        backup.read_backup(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [\n")
     with pytest.raises(InputError, match="not valid YAML"):
-        backup.load(bad)
+        backup.read_backup(bad)
     with pytest.raises(UsageError):
-        backup.latest()
+        backup.latest_backup()
 
 
 def test_backup_carries_the_originals_of_an_unfinished_run():
@@ -287,7 +287,7 @@ def test_backup_carries_the_originals_of_an_unfinished_run():
         sample("Deployment", "keybuzz-api", uid="dep-1"),
     ]
     path = backup.write(first, command="convert", server="s", namespace="keybuzz")
-    previous = backup.load(path)
+    previous = backup.read_backup(path)
     now = first[1:]  # the Service was switched by the interrupted run: not backed up again
     assert backup.carried(previous, now, ["dep-1"], server="s", namespace="keybuzz") == [first[0]]
     assert backup.carried(previous, now, ["dep-2"], server="s", namespace="keybuzz") == []  # another conversion
@@ -491,7 +491,7 @@ class RecordingKube:
 
 
 def audit_lines():
-    path = state.state_dir() / "audit.jsonl"
+    path = storage.state_dir() / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -509,7 +509,7 @@ def test_execute_sends_and_audits():
         ("Deployment keybuzz/a", "delete", "ok"),
     ]
     assert lines[1]["uid"] == "u-1" and lines[0]["who"] and lines[0]["time"]
-    assert stat.S_IMODE(os.stat(state.state_dir() / "audit.jsonl").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(storage.state_dir() / "audit.jsonl").st_mode) == 0o600
 
 
 def test_execute_audits_failures():

@@ -5,10 +5,11 @@ import pytest
 import yaml
 
 from keybuzz_fix import config
+from keybuzz_fix.checks.ingress import ControllerFact, IngressPlan, check_controller
 from keybuzz_fix.cluster import ingress
-from keybuzz_fix.cluster import workloads as wl
-from keybuzz_fix.cluster.ingress import RouteStatus
-from keybuzz_fix.flows.ingress import IngressPlan, RoutePlan
+from keybuzz_fix.cluster.ingress import RoutePlan, RouteStatus
+from keybuzz_fix.cluster.scheduling import worker_nodes
+from keybuzz_fix.errors import ExitCode
 from keybuzz_fix.inventory import Host
 
 ROOT = Path(__file__).parent.parent.parent
@@ -18,7 +19,7 @@ WORKERS = [f"k8s-worker-0{i}" for i in range(1, 6)]
 
 @pytest.fixture(scope="module")
 def cfg() -> config.Config:
-    return config.load()
+    return config.load_config()
 
 
 @pytest.fixture()
@@ -50,7 +51,7 @@ def workers(names: list[str] = WORKERS) -> dict[str, str | None]:
     return {n: n for n in names}
 
 
-def bad(findings: list[ingress.Finding]) -> list[str]:
+def bad(findings: list[ControllerFact]) -> list[str]:
     return [f"{f.subject}: {f.detail}" for f in findings if not f.ok]
 
 
@@ -85,13 +86,13 @@ def test_routes_follow_the_config(tmp_path: Path) -> None:
         "ingress:\n  class_name: nginx-internal\n  routes:\n"
         "    - {name: r1, host: a.example.test, service: keybuzz-api, port: 8080}\n"
     )
-    (only,) = ingress.build_ingresses(config.load(path))
+    (only,) = ingress.build_ingresses(config.load_config(path))
     assert only["spec"]["ingressClassName"] == "nginx-internal"
     assert ingress.route_backends(only) == [("a.example.test", "keybuzz-api", 8080)]
 
 
 def test_seeded_controller_is_as_wanted(cfg: config.Config, seeded: dict) -> None:
-    findings = ingress.check_controller(
+    findings = check_controller(
         cfg.ingress,
         daemonset=seeded["DaemonSet"],
         deployment=None,
@@ -112,7 +113,7 @@ def test_every_mismatch_is_reported_precisely(cfg: config.Config, seeded: dict) 
     svc["spec"]["ports"][0]["nodePort"] = 31000
     del svc["spec"]["ports"][1]
     pods = pods_on(WORKERS[:3]) + [pod("ingress-nginx-controller-zz", "k8s-worker-04", "Pending")]
-    findings = ingress.check_controller(
+    findings = check_controller(
         cfg.ingress, daemonset=ds, deployment=None, pods=pods, service=svc, workers={**workers(), "k8s-worker-06": None}
     )
     assert bad(findings) == [
@@ -130,7 +131,7 @@ def test_deployment_instead_of_daemonset_and_clusterip(cfg: config.Config, seede
     svc = copy.deepcopy(seeded["Service"])
     svc["spec"]["type"] = "ClusterIP"
     deployment = {"kind": "Deployment", "spec": {"replicas": 2}}
-    findings = ingress.check_controller(
+    findings = check_controller(
         cfg.ingress, daemonset=None, deployment=deployment, pods=[], service=svc, workers=workers()
     )
     assert bad(findings) == [
@@ -139,15 +140,13 @@ def test_deployment_instead_of_daemonset_and_clusterip(cfg: config.Config, seede
         "Service ingress-nginx/ingress-nginx-controller: type ClusterIP: no NodePorts (expected NodePort with "
         "31695/32720)",
     ]
-    findings = ingress.check_controller(
-        cfg.ingress, daemonset=None, deployment=None, pods=[], service=None, workers=workers()
-    )
+    findings = check_controller(cfg.ingress, daemonset=None, deployment=None, pods=[], service=None, workers=workers())
     assert [f.detail for f in findings] == ["not found in namespace ingress-nginx"] * 2
 
 
 def test_pods_of_another_owner_do_not_count(cfg: config.Config, seeded: dict) -> None:
     pods = [pod("x", n, owner="something-else") for n in WORKERS]
-    findings = ingress.check_controller(
+    findings = check_controller(
         cfg.ingress,
         daemonset=seeded["DaemonSet"],
         deployment=None,
@@ -168,7 +167,7 @@ def test_workers_are_matched_to_nodes_by_name_or_address() -> None:
         Host("k8s-worker-02", "10.0.0.6", None, "root", "prod", "k3s", "worker"),
         Host("k8s-worker-03", "10.0.0.7", None, "root", "prod", "k3s", "worker"),
     ]
-    assert wl.worker_nodes(hosts, nodes) == {
+    assert worker_nodes(hosts, nodes) == {
         "k8s-worker-01": "node-a",
         "k8s-worker-02": "k8s-worker-02",
         "k8s-worker-03": None,
@@ -193,17 +192,17 @@ def test_diff_ignores_server_fields_and_shows_changes(cfg: config.Config) -> Non
     desired = ingress.build_ingresses(cfg)[0]
     live = live_version(desired)
     after = live_version(desired, resourceVersion="43", managedFields=[{"manager": "other"}])
-    assert ingress.diff(live, after, "x") == ""
+    assert ingress.route_diff(live, after, "x") == ""
     assert ingress.route_status(live, after) is RouteStatus.UNCHANGED
     assert ingress.route_status(None, after) is RouteStatus.CREATE
     changed = copy.deepcopy(after)
     changed["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] = "100m"
-    text = ingress.diff(live, changed, "Ingress keybuzz/keybuzz-front-ingress")
+    text = ingress.route_diff(live, changed, "Ingress keybuzz/keybuzz-front-ingress")
     assert ingress.route_status(live, changed) is RouteStatus.UPDATE
     assert "-    nginx.ingress.kubernetes.io/proxy-body-size: 50m" in text
     assert "+    nginx.ingress.kubernetes.io/proxy-body-size: 100m" in text
     assert "resourceVersion" not in text and "managedFields" not in text
-    created = ingress.diff(None, after, "Ingress keybuzz/keybuzz-front-ingress")
+    created = ingress.route_diff(None, after, "Ingress keybuzz/keybuzz-front-ingress")
     assert created.startswith("--- /dev/null") and "+  - host: platform.keybuzz.io" in created
 
 
@@ -214,9 +213,9 @@ def test_describe_route_for_the_audit_log(cfg: config.Config) -> None:
 
 def test_plan_exit_code(cfg: config.Config) -> None:
     desired = ingress.build_ingresses(cfg)[0]
-    ok = ingress.Finding("s", True, "fine")
+    ok = ControllerFact("s", True, "fine")
     plan = IngressPlan((ok,), (RoutePlan(desired, None, RouteStatus.CREATE),))
-    assert plan.exit_code == 0 and len(plan.changes) == 1
-    assert IngressPlan((ingress.Finding("s", False, "bad"),), ()).exit_code == 1
-    assert IngressPlan((ok,), (RoutePlan(desired, None, RouteStatus.CONFLICT, error="x"),)).exit_code == 1
+    assert ExitCode.of(plan) == 0 and len(plan.changes) == 1
+    assert ExitCode.of(IngressPlan((ControllerFact("s", False, "bad"),), ())) == 1
+    assert ExitCode.of(IngressPlan((ok,), (RoutePlan(desired, None, RouteStatus.CONFLICT, error="x"),))) == 1
     assert RoutePlan(desired, None, RouteStatus.CREATE).name == "keybuzz/keybuzz-front-ingress"

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from keybuzz_fix.hosts.flannel import facts as nodefacts
-from keybuzz_fix.hosts.flannel.facts import RouteGet
-from keybuzz_fix.hosts.flannel.plan import parse_features
+from keybuzz_fix.hosts.flannel.facts import RouteGet, parse_features
 
 DATA = Path(__file__).parent.parent / "data" / "diagnose"
 
@@ -132,7 +131,7 @@ def test_dns(name, ok, fragment):
 
 
 def test_node_probe_on_a_lab_host():
-    facts = nodefacts.parse_node_probe(read("node-probe-lab.txt"))
+    facts = nodefacts.parse_node_facts(read("node-probe-lab.txt"))
     assert facts.kernel == "6.18.44-fc-v657"
     assert facts.tools == {"ip", "ethtool", "ping", "dmesg", "ufw"}
     assert facts.iface_of("198.18.0.11") == "eth0" and facts.flannel_addr == "198.19.3.0"
@@ -152,7 +151,7 @@ def test_node_probe_on_a_lab_host():
 
 
 def test_node_probe_on_a_node_with_flannel_on_the_public_interface():
-    facts = nodefacts.parse_node_probe(read("node-probe-hetzner-wrong-iface.txt"))
+    facts = nodefacts.parse_node_facts(read("node-probe-hetzner-wrong-iface.txt"))
     assert facts.iface_of("10.0.0.2") == "enp7s0" and facts.links["enp7s0"] == 1450
     assert facts.flannel is not None and (facts.flannel.local, facts.flannel.dev) == ("203.0.113.10", "eth0")
     assert facts.routes["10.0.0.3"] == RouteGet("10.0.0.3", "enp7s0", "10.0.0.2", "10.0.0.1")
@@ -161,7 +160,7 @@ def test_node_probe_on_a_node_with_flannel_on_the_public_interface():
 
 
 def test_node_probe_with_tools_missing_leaves_facts_unknown():
-    facts = nodefacts.parse_node_probe(read("node-probe-bare.txt"))
+    facts = nodefacts.parse_node_facts(read("node-probe-bare.txt"))
     assert facts.tools == {"ip", "ping"}
     assert facts.flannel is None and facts.flannel_addr is None
     assert facts.offload is None and facts.subnet_env is None and facts.kernel_log is None
@@ -171,23 +170,23 @@ def test_node_probe_with_tools_missing_leaves_facts_unknown():
 
 def test_node_probe_cut_short_keeps_what_it_has():
     text = read("node-probe-lab.txt").split("@@keybuzz-fix@@ ethtool")[0]
-    facts = nodefacts.parse_node_probe(text)
+    facts = nodefacts.parse_node_facts(text)
     assert facts.kernel == "6.18.44-fc-v657" and facts.offload is None
     assert facts.ufw is None and "cut short" in (facts.ufw_error or "")
 
 
 def test_overlay_probe_output():
-    probe = nodefacts.parse_overlay_probe(read("overlay-probe-lab.txt"), ["k8s-worker-02", "k8s-worker-03"])
-    assert {n: r.received for n, r in probe.pings.items()} == {"k8s-worker-02": 3, "k8s-worker-03": 3}
-    assert {n: r.received for n, r in probe.big.items()} == {"k8s-worker-02": 2, "k8s-worker-03": 2}
-    assert probe.dns is None and not probe.ping_missing
+    pings = nodefacts.parse_pings(read("overlay-probe-lab.txt"), ["k8s-worker-02", "k8s-worker-03"])
+    assert {n: r.received for n, r in pings.small.items()} == {"k8s-worker-02": 3, "k8s-worker-03": 3}
+    assert {n: r.received for n, r in pings.big.items()} == {"k8s-worker-02": 2, "k8s-worker-03": 2}
+    assert pings.dns is None and not pings.ping_missing
 
 
 def test_probe_scripts_are_valid_shell_and_refuse_non_addresses():
     scripts = [
         nodefacts.node_probe(["198.18.0.12", "198.18.0.13"]),
-        nodefacts.overlay_probe([("a", "198.19.4.0"), ("b", "198.19.5.0")], 1422, "198.19.128.10"),
-        nodefacts.overlay_probe([], None, None),
+        nodefacts.ping_probe([("a", "198.19.4.0"), ("b", "198.19.5.0")], 1422, "198.19.128.10"),
+        nodefacts.ping_probe([], None, None),
     ]
     for script in scripts:
         subprocess.run(["sh", "-n", "-c", script], check=True)
@@ -195,6 +194,6 @@ def test_probe_scripts_are_valid_shell_and_refuse_non_addresses():
         with pytest.raises(ValueError):
             nodefacts.node_probe([bad])
         with pytest.raises(ValueError):
-            nodefacts.overlay_probe([("a", bad)], None, None)
+            nodefacts.ping_probe([("a", bad)], None, None)
         with pytest.raises(ValueError):
-            nodefacts.overlay_probe([], None, bad)
+            nodefacts.ping_probe([], None, bad)

@@ -206,7 +206,7 @@ def test_parse_resolve_refuses_two_addresses_for_one_name() -> None:
 
 
 def test_target() -> None:
-    assert probe.target("https://platform.keybuzz.io") == ("https", "platform.keybuzz.io", 443, "/")
-    assert probe.target("http://X.test:8080/a?b=1") == ("http", "x.test", 8080, "/a?b=1")
+    assert probe.split_url("https://platform.keybuzz.io") == ("https", "platform.keybuzz.io", 443, "/")
+    assert probe.split_url("http://X.test:8080/a?b=1") == ("http", "x.test", 8080, "/a?b=1")
     with pytest.raises(UsageError):
-        probe.target("ftp://x.test/")
+        probe.split_url("ftp://x.test/")

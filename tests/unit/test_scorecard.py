@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 from keybuzz_fix import config
 from keybuzz_fix.checks import scorecard as sc
 from keybuzz_fix.checks.http import HttpAnswer
-from keybuzz_fix.checks.scorecard import Check, Row, Scorecard
+from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
 from keybuzz_fix.cli import app
 from keybuzz_fix.cluster import ingress
+from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.report.scorecard import scorecard_json, scorecard_junit
 
 ROOT = Path(__file__).parent.parent.parent
 SEED = ROOT / "tests" / "data" / "cluster"
@@ -22,7 +24,7 @@ WORKERS = [f"k8s-worker-0{i}" for i in range(1, 6)]
 
 @pytest.fixture(scope="module")
 def cfg() -> config.Config:
-    return config.load()
+    return config.load_config()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +189,7 @@ def test_check_names_are_the_issue_list(cfg: config.Config) -> None:
 
 
 def card(passed: int, total: int = 7, **kwargs: object) -> Scorecard:
-    checks = tuple(Check(i + 1, f"check {i + 1}", i < passed, "evidence") for i in range(total))
+    checks = tuple(ScoredCheck(i + 1, f"check {i + 1}", i < passed, "evidence") for i in range(total))
     return Scorecard(checks, **kwargs)  # type: ignore[arg-type]
 
 
@@ -208,7 +210,7 @@ def card(passed: int, total: int = 7, **kwargs: object) -> Scorecard:
 def test_score_and_threshold(passed: int, total: int, threshold: int, strict: bool, ok: bool) -> None:
     c = card(passed, total, threshold=threshold, strict=strict)
     assert c.ok is ok
-    assert int(c.exit_code) == (0 if ok else 1)
+    assert int(ExitCode.of(c)) == (0 if ok else 1)
 
 
 def test_score_math() -> None:
@@ -224,7 +226,7 @@ def test_json_output() -> None:
         workers=5,
         seconds=1.23456,
     )
-    data = sc.to_json(c)
+    data = scorecard_json(c)
     assert data["score"] == 71.4 and data["threshold"] == 80 and data["ok"] is False and data["exit_code"] == 1
     assert [c["status"] for c in data["checks"]] == ["pass"] * 5 + ["fail"] * 2
     assert set(data["checks"][0]) == {"number", "name", "status", "detail", "seconds"}
@@ -236,7 +238,7 @@ def test_json_output() -> None:
 
 def test_junit_output() -> None:
     c = card(5, extended=(Row("k8s-worker-01", "UFW rules present", True, "2/2 rules present"),), seconds=2.5)
-    root = ET.fromstring(sc.to_junit(c).split("\n", 1)[1])
+    root = ET.fromstring(scorecard_junit(c).split("\n", 1)[1])
     suites = root.findall("testsuite")
     assert [s.get("name") for s in suites] == ["scorecard", "extended (not scored)"]
     cases = suites[0].findall("testcase")
@@ -249,8 +251,8 @@ def test_junit_output() -> None:
 
 
 def test_junit_escapes_evidence() -> None:
-    checks = (Check(1, 'a <b> & "c"', False, "error: <html> & ']]>'"),)
-    xml = sc.to_junit(Scorecard(checks))
+    checks = (ScoredCheck(1, 'a <b> & "c"', False, "error: <html> & ']]>'"),)
+    xml = scorecard_junit(Scorecard(checks))
     assert ET.fromstring(xml.split("\n", 1)[1]).find("testsuite/testcase/failure").text == "error: <html> & ']]>'"
 
 

@@ -6,10 +6,10 @@ test ``tests/integration/test_ufw_files.py`` holds the whole reader equal to ``u
 
 import pytest
 
-from keybuzz_fix.hosts.ufw import facts as ufw_probe
+from keybuzz_fix.hosts.sections import MARK
 from keybuzz_fix.hosts.ufw import files as ufw_files
-from keybuzz_fix.hosts.ufw import rules as firewall
-from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, ParseError, UfwRule
+from keybuzz_fix.hosts.ufw.facts import parse_ufw_facts, ufw_probe
+from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule, parse_rule_command
 
 CASES = [
     ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "ufw allow 22/tcp"),
@@ -51,9 +51,9 @@ CASES = [
 @pytest.mark.parametrize(("tupl", "shown"), CASES)
 def test_tuple_is_the_rule_ufw_show_added_prints(tupl, shown):
     rule = ufw_files.parse_tuple(tupl)
-    expected = firewall.parse_rule_command(shown)
+    expected = parse_rule_command(shown)
     assert rule == expected and rule.comment == expected.comment
-    assert firewall.parse_rule_command(rule.raw) == rule  # the rendering parses back
+    assert parse_rule_command(rule.raw) == rule  # the rendering parses back
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def files_probe(
     kernel_ipv6: str = "yes",
     rules6: bool = True,
 ) -> str:
-    m = PROBE_MARK
+    m = MARK
     six = f"{m} rules6\n|### tuple ### allow tcp 8080 ::/0 any 2001:db8::/32 in\n" if rules6 else ""
     return (
         f'{m} ssh\n198.18.0.1 40000 198.18.0.11 22\n{m} defaults\n|{ipv6}\n|DEFAULT_INPUT_POLICY="DROP"\n'
@@ -150,36 +150,36 @@ def files_probe(
 
 
 def test_probe_from_files():
-    facts = ufw_probe.parse_probe(files_probe())
+    facts = parse_ufw_facts(files_probe())
     assert facts.active and facts.default_incoming == "deny" and facts.ssh_port == 22
     assert [r.raw for r in facts.rules] == [
         "ufw allow 22/tcp",
         "ufw allow from 2001:db8::/32 to any port 8080 proto tcp",
     ]
-    assert len(ufw_probe.parse_probe(files_probe(ipv6="IPV6=no")).rules) == 1  # ufw ignores user6.rules
-    assert len(ufw_probe.parse_probe(files_probe(kernel_ipv6="no")).rules) == 1
-    inactive = ufw_probe.parse_probe(files_probe(chains="input 1\noutput 1\nforward 1"))
+    assert len(parse_ufw_facts(files_probe(ipv6="IPV6=no")).rules) == 1  # ufw ignores user6.rules
+    assert len(parse_ufw_facts(files_probe(kernel_ipv6="no")).rules) == 1
+    inactive = parse_ufw_facts(files_probe(chains="input 1\noutput 1\nforward 1"))
     assert not inactive.active and inactive.default_incoming is None  # as `ufw status` says: no policy in force
 
 
 def test_probe_from_files_errors():
     with pytest.raises(ParseError, match="user6.rules is not readable"):
-        ufw_probe.parse_probe(files_probe(rules6=False))
+        parse_ufw_facts(files_probe(rules6=False))
     with pytest.raises(ParseError, match="cut short"):
-        ufw_probe.parse_probe(files_probe().rsplit(f"{PROBE_MARK} end", 1)[0])
+        parse_ufw_facts(files_probe().rsplit(f"{MARK} end", 1)[0])
     with pytest.raises(ParseError, match="exit 3"):
-        ufw_probe.parse_probe(files_probe(chains="input 3\noutput 0\nforward 0"))
+        parse_ufw_facts(files_probe(chains="input 3\noutput 0\nforward 0"))
 
 
 def test_a_file_line_cannot_pass_for_a_section_mark():
-    text = files_probe().replace("|DEFAULT_INPUT_POLICY", f"|{PROBE_MARK} end\n|DEFAULT_INPUT_POLICY")
-    assert ufw_probe.parse_probe(text).default_incoming == "deny"
+    text = files_probe().replace("|DEFAULT_INPUT_POLICY", f"|{MARK} end\n|DEFAULT_INPUT_POLICY")
+    assert parse_ufw_facts(text).default_incoming == "deny"
 
 
 def test_probe_script_reads_files_and_asks_ufw_only_as_fallback():
-    script = ufw_probe.probe_script()
+    script = ufw_probe()
     head, _, fallback = script.rpartition("else ")
     assert "ufw status" not in head and "ufw show added" not in head
     assert "cat /etc/ufw/user.rules" not in script and "sed 's/^/|/' /etc/ufw/user.rules" in head
     assert "ufw status verbose" in fallback and "ufw show added" in fallback
-    assert "ufw status" not in ufw_probe.probe_script(status=False)
+    assert "ufw status" not in ufw_probe(status=False)

@@ -1,12 +1,13 @@
-"""What a K3s node says about its overlay network: two probes and the pure parsers of their output.
+"""What a K3s node says about its overlay network: the probes and the pure parsers of their output.
 
 ``diagnose`` makes two round trips per node. The first (:func:`node_probe`) prints, in marked
 sections, the kernel version, which tools exist, links and addresses, ``ip route get`` to each
 peer, ``ip -d link show flannel.1``, ``ethtool -k flannel.1``, ``/run/flannel/subnet.env``, the
-kernel log's "bad checksum" lines and the UFW probe of :mod:`keybuzz_fix.hosts.ufw.rules`. The second
-(:func:`overlay_probe`) pings every other node's ``flannel.1`` address (small and full-size,
+kernel log's "bad checksum" lines and the UFW probe of :mod:`keybuzz_fix.hosts.ufw.facts`. The second
+(:func:`ping_probe`) pings every other node's ``flannel.1`` address (small and full-size,
 don't-fragment, all at once) and asks CoreDNS through its ClusterIP. A missing tool leaves its
-fact ``None`` — "not checked" — never a pass.
+fact ``None`` — "not checked" — never a pass. ``overlay --checksum-offload-off`` reads
+:data:`OFFLOAD_PROBE` (ethtool, flannel.1's features, the udev rule).
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from keybuzz_fix.hosts.flannel.plan import VXLAN_DEVICE, parse_features, probe_sections
-from keybuzz_fix.hosts.ufw import facts as ufw_probe
-from keybuzz_fix.hosts.ufw import rules as firewall
-from keybuzz_fix.hosts.ufw.rules import PROBE_MARK, UfwFacts
+from keybuzz_fix.hosts.sections import section_header, split_sections
+from keybuzz_fix.hosts.ufw.facts import UFW_PROBE, UfwFacts, parse_ufw_facts
+from keybuzz_fix.hosts.ufw.rules import ParseError
+from keybuzz_fix.inventory import plain_address
 
+VXLAN_DEVICE = "flannel.1"
+OFFLOAD_FEATURE = "tx-checksum-ip-generic"
+UDEV_DIR = "/etc/udev/rules.d"
+UDEV_RULE = f"{UDEV_DIR}/90-keybuzz-fix-flannel-offload.rules"
 SUBNET_ENV = "/run/flannel/subnet.env"
 DNS_NAME = "kubernetes.default.svc.cluster.local"
 TOOLS = ("ip", "ethtool", "ping", "dig", "nslookup", "dmesg", "ufw")
-_M = PROBE_MARK
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,10 @@ class DnsResult:
 
 
 @dataclass(frozen=True)
-class OverlayProbe:
+class PeerPings:
     """What one node saw pinging the others."""
 
-    pings: Mapping[str, PingResult]  # target name -> small ping
+    small: Mapping[str, PingResult]  # target name -> small ping
     big: Mapping[str, PingResult]  # target name -> full-size ping with don't-fragment
     ping_missing: bool = False
     dns: DnsResult | None = None
@@ -114,36 +118,39 @@ class OverlayProbe:
 
 def node_probe(peers: Sequence[str]) -> str:
     """Return the first probe script; ``peers`` are the other nodes' private IPs (validated)."""
-    checked = [_address(p) for p in peers]
+    checked = [_plain(p) for p in peers]
     tools = " ".join(TOOLS)
-    routes = "".join(f"echo '{_M} route {p}'; ip route get {p} 2>&1; " for p in checked)
+    routes = "".join(f"{section_header(f'route {p}')}; ip route get {p} 2>&1; " for p in checked)
     parts = [
         "export LC_ALL=C",
-        f"echo '{_M} kernel'; uname -r",
-        f"echo '{_M} tools'; for t in {tools}; do command -v $t >/dev/null 2>&1 && echo $t; done",
-        f"if command -v ip >/dev/null 2>&1; then echo '{_M} links'; ip -o link show; "
-        f"echo '{_M} addrs'; ip -o -4 addr show; echo '{_M} flannel-link'; ip -d link show {VXLAN_DEVICE} 2>&1; "
+        f"{section_header('kernel')}; uname -r",
+        f"{section_header('tools')}; for t in {tools}; do command -v $t >/dev/null 2>&1 && echo $t; done",
+        f"if command -v ip >/dev/null 2>&1; then {section_header('links')}; ip -o link show; "
+        f"{section_header('addrs')}; ip -o -4 addr show; "
+        f"{section_header('flannel-link')}; ip -d link show {VXLAN_DEVICE} 2>&1; "
         f"{routes}fi",
-        f"if command -v ethtool >/dev/null 2>&1; then echo '{_M} ethtool'; ethtool -k {VXLAN_DEVICE} 2>&1; fi",
-        f"if [ -r {SUBNET_ENV} ]; then echo '{_M} subnet-env'; cat {SUBNET_ENV}; fi",
-        f"if dmesg >/dev/null 2>&1; then echo '{_M} kernel-log'; dmesg 2>/dev/null | grep -i 'bad checksum' "
+        f"if command -v ethtool >/dev/null 2>&1; then {section_header('ethtool')}; ethtool -k {VXLAN_DEVICE} 2>&1; fi",
+        f"if [ -r {SUBNET_ENV} ]; then {section_header('subnet-env')}; cat {SUBNET_ENV}; fi",
+        f"if dmesg >/dev/null 2>&1; then {section_header('kernel-log')}; dmesg 2>/dev/null | grep -i 'bad checksum' "
         f"| tail -n 20; fi",
-        ufw_probe.PROBE_SCRIPT,  # last: it stops early when ufw is missing
+        UFW_PROBE,  # last: it stops early when ufw is missing
     ]
     return "; ".join(parts)
 
 
-def overlay_probe(targets: Sequence[tuple[str, str]], big_size: int | None, dns_server: str | None) -> str:
+def ping_probe(targets: Sequence[tuple[str, str]], big_size: int | None, dns_server: str | None) -> str:
     """Return the second probe: ping each ``(name, flannel.1 address)`` at once, and ask CoreDNS."""
-    addrs = [_address(a) for _, a in targets]
-    dns = _address(dns_server) if dns_server else None
+    addrs = [_plain(a) for _, a in targets]
+    dns = _plain(dns_server) if dns_server else None
     jobs = []
     for i, a in enumerate(addrs):
         jobs.append(f'ping -n -q -c 3 -i 0.2 -W 1 {a} > "$d/p{i}" 2>&1 &')
         if big_size:
             jobs.append(f'ping -n -q -c 2 -i 0.2 -W 1 -M do -s {int(big_size)} {a} > "$d/b{i}" 2>&1 &')
     pings = (
-        f"if command -v ping >/dev/null 2>&1; then {' '.join(jobs)} :; else echo '{_M} no-ping'; fi; " if jobs else ""
+        f"if command -v ping >/dev/null 2>&1; then {' '.join(jobs)} :; else {section_header('no-ping')}; fi; "
+        if jobs
+        else ""
     )
     lookup = ""
     if dns:
@@ -155,21 +162,32 @@ def overlay_probe(targets: Sequence[tuple[str, str]], big_size: int | None, dns_
             f'else echo none > "$d/dns"; fi; '
         )
     show = "".join(
-        f"echo '{_M} ping {i}'; cat \"$d/p{i}\" 2>/dev/null; "
-        + (f"echo '{_M} big {i}'; cat \"$d/b{i}\" 2>/dev/null; " if big_size else "")
+        f'{section_header(f"ping {i}")}; cat "$d/p{i}" 2>/dev/null; '
+        + (f'{section_header(f"big {i}")}; cat "$d/b{i}" 2>/dev/null; ' if big_size else "")
         for i in range(len(addrs))
     )
     if dns:
-        show += f"echo '{_M} dns'; cat \"$d/dns\"; "
-    return f"export LC_ALL=C; d=$(mktemp -d) || exit 1; {pings}{lookup}wait; {show}rm -rf \"$d\"; echo '{_M} end'"
+        show += f'{section_header("dns")}; cat "$d/dns"; '
+    return f'export LC_ALL=C; d=$(mktemp -d) || exit 1; {pings}{lookup}wait; {show}rm -rf "$d"; {section_header("end")}'
+
+
+# What ``overlay --checksum-offload-off`` reads: where ethtool is, flannel.1's features, the udev rule. Its sections'
+# names are its own: the UFW probe runs in the same script.
+OFFLOAD_PROBE = (
+    f"{section_header('offload-ethtool')}; command -v ethtool 2>/dev/null; "
+    f"if command -v ethtool >/dev/null 2>&1; then {section_header('offload-features')}; "
+    f"LC_ALL=C ethtool -k {VXLAN_DEVICE} 2>&1; fi; "
+    f"if [ -f {UDEV_RULE} ]; then {section_header('offload-rule')}; cat {UDEV_RULE}; "
+    f"else {section_header('offload-no-rule')}; fi; {section_header('offload-end')}"
+)
 
 
 # -- parsers ------------------------------------------------------------------------------------
 
 
-def parse_node_probe(text: str) -> NodeFacts:
+def parse_node_facts(text: str) -> NodeFacts:
     """Parse the output of :func:`node_probe`."""
-    s = probe_sections(text)
+    s = split_sections(text)
     kernel = next((line.strip() for line in s.get("kernel", []) if line.strip()), None)
     tools = frozenset(line.strip() for line in s.get("tools", []) if line.strip() in TOOLS)
     routes = {
@@ -179,8 +197,8 @@ def parse_node_probe(text: str) -> NodeFacts:
     }
     ufw, ufw_error = None, None
     try:
-        ufw = ufw_probe.parse_probe(text)
-    except firewall.ParseError as e:
+        ufw = parse_ufw_facts(text)
+    except ParseError as e:
         ufw_error = str(e)
     return NodeFacts(
         kernel=kernel,
@@ -283,7 +301,7 @@ def parse_ping(text: str) -> PingResult:
 
 
 def parse_dns(text: str) -> DnsResult:
-    """Parse the DNS section of :func:`overlay_probe` (``dig +short`` or ``nslookup`` output)."""
+    """Parse the DNS section of :func:`ping_probe` (``dig +short`` or ``nslookup`` output)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] == "none":
         return DnsResult(None, "neither dig nor nslookup on the node")
@@ -313,13 +331,13 @@ def parse_dns(text: str) -> DnsResult:
     return DnsResult(False, f"{tool}: {why}")
 
 
-def parse_overlay_probe(text: str, names: Sequence[str]) -> OverlayProbe:
-    """Parse the output of :func:`overlay_probe` for targets ``names`` (in the probe's order)."""
-    s = probe_sections(text)
-    pings = {n: parse_ping("\n".join(s[f"ping {i}"])) for i, n in enumerate(names) if f"ping {i}" in s}
+def parse_pings(text: str, names: Sequence[str]) -> PeerPings:
+    """Parse the output of :func:`ping_probe` for targets ``names`` (in the probe's order)."""
+    s = split_sections(text)
+    small = {n: parse_ping("\n".join(s[f"ping {i}"])) for i, n in enumerate(names) if f"ping {i}" in s}
     big = {n: parse_ping("\n".join(s[f"big {i}"])) for i, n in enumerate(names) if f"big {i}" in s}
     dns = parse_dns("\n".join(s["dns"])) if "dns" in s else None
-    return OverlayProbe(pings=pings, big=big, ping_missing="no-ping" in s, dns=dns)
+    return PeerPings(small=small, big=big, ping_missing="no-ping" in s, dns=dns)
 
 
 def _pairs(words: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
@@ -334,11 +352,9 @@ def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
-def _address(value: str) -> str:
-    """Return ``value`` as a plain IP address for a probe script; an IPv6 zone (``%…``) is free text: refused."""
-    if "%" in value:
-        raise ValueError(f"{value!r} is not a plain IP address")
-    return str(ipaddress.ip_address(value))
+def _plain(value: str) -> str:
+    """Return ``value`` as a plain IP address for a probe script (a ValueError for anything else)."""
+    return str(plain_address(value))
 
 
 def _is_ip(value: str) -> bool:
@@ -347,3 +363,15 @@ def _is_ip(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def parse_features(text: str) -> dict[str, tuple[bool, bool]]:
+    """Parse ``ethtool -k`` output into ``{feature: (on, fixed)}``; empty when the device is missing."""
+    features: dict[str, tuple[bool, bool]] = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition(":")
+        words = value.split()
+        if not sep or not words or words[0] not in ("on", "off") or " " in name:
+            continue
+        features[name] = (words[0] == "on", "[fixed]" in words[1:])
+    return features

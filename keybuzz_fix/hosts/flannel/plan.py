@@ -6,8 +6,8 @@ from the service network. K3s documents one allow rule for each (see :func:`over
 
 ``--checksum-offload-off`` adds a change outside UFW: ``ethtool -K flannel.1
 tx-checksum-ip-generic off`` now, and a udev rule that does it again whenever Flannel recreates
-``flannel.1`` (after a reboot or a K3s restart). Its probe and plan plug into the UFW run as a
-:class:`~keybuzz_fix.hosts.ufw.apply.HostExtra`.
+``flannel.1`` (after a reboot or a K3s restart). Its probe and plan ride in the UFW run as
+:data:`OFFLOAD`, a :class:`~keybuzz_fix.hosts.ufw.plan.HostExtra`.
 """
 
 from __future__ import annotations
@@ -16,34 +16,24 @@ import re
 import shlex
 
 from keybuzz_fix.config import OverlayConfig
-from keybuzz_fix.errors import UsageError
-from keybuzz_fix.hosts.ufw.rules import ANY, PROBE_MARK, Action, ActionKind, UfwRule
+from keybuzz_fix.hosts.flannel.facts import (
+    OFFLOAD_FEATURE,
+    OFFLOAD_PROBE,
+    UDEV_DIR,
+    UDEV_RULE,
+    VXLAN_DEVICE,
+    parse_features,
+)
+from keybuzz_fix.hosts.sections import split_sections
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra
+from keybuzz_fix.hosts.ufw.rules import UfwRule
 
-VXLAN_DEVICE = "flannel.1"
-OFFLOAD_FEATURE = "tx-checksum-ip-generic"
-UDEV_DIR = "/etc/udev/rules.d"
-UDEV_RULE = f"{UDEV_DIR}/90-keybuzz-fix-flannel-offload.rules"
 ETHTOOL_OFF = f"ethtool -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off"
 _PATH = re.compile(r"^/[A-Za-z0-9_./+-]{1,200}$")
-
-# Sections (under firewall.PROBE_MARK) the offload probe prints; none is a name the UFW probe uses.
-OFFLOAD_PROBE = (
-    f"echo '{PROBE_MARK} offload-ethtool'; command -v ethtool 2>/dev/null; "
-    f"if command -v ethtool >/dev/null 2>&1; then echo '{PROBE_MARK} offload-features'; "
-    f"LC_ALL=C ethtool -k {VXLAN_DEVICE} 2>&1; fi; "
-    f"if [ -f {UDEV_RULE} ]; then echo '{PROBE_MARK} offload-rule'; cat {UDEV_RULE}; "
-    f"else echo '{PROBE_MARK} offload-no-rule'; fi; echo '{PROBE_MARK} offload-end'"
-)
 
 
 def overlay_rules(cfg: OverlayConfig) -> list[UfwRule]:
     """Return the UFW rules Flannel's VXLAN needs: 8472/udp from the nodes, all from pods and Services."""
-    for key, value in (("source", cfg.source), ("pod_cidr", cfg.pod_cidr), ("service_cidr", cfg.service_cidr)):
-        if value == ANY:
-            raise UsageError(
-                f"overlay.{key} is 'any': that would let anyone reach the pod network (VXLAN "
-                "packets are not authenticated); set it to a network in CIDR form"
-            )
     return [
         UfwRule(
             action="allow",
@@ -73,33 +63,9 @@ def write_rule_command(content: str) -> str:
     return f"mkdir -p {UDEV_DIR} && printf '%s\\n' {lines} > {tmp} && chmod 644 {tmp} && mv -f {tmp} {UDEV_RULE}"
 
 
-def probe_sections(stdout: str) -> dict[str, list[str]]:
-    """Split probe output into its ``PROBE_MARK <name>`` sections (the last one of a name wins)."""
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in stdout.splitlines():
-        if line.startswith(PROBE_MARK):
-            current = sections[line[len(PROBE_MARK) :].strip()] = []
-        elif current is not None:
-            current.append(line)
-    return sections
-
-
-def parse_features(text: str) -> dict[str, tuple[bool, bool]]:
-    """Parse ``ethtool -k`` output into ``{feature: (on, fixed)}``; empty when the device is missing."""
-    features: dict[str, tuple[bool, bool]] = {}
-    for line in text.splitlines():
-        name, sep, value = line.strip().partition(":")
-        words = value.split()
-        if not sep or not words or words[0] not in ("on", "off") or " " in name:
-            continue
-        features[name] = (words[0] == "on", "[fixed]" in words[1:])
-    return features
-
-
 def plan_offload(stdout: str) -> list[Action]:
     """Plan the offload fix on one host from the output of :data:`OFFLOAD_PROBE`."""
-    sections = probe_sections(stdout)
+    sections = split_sections(stdout)
     if "offload-end" not in sections:
         return [Action(ActionKind.BLOCKED, "checksum offload: probe output was cut short; nothing changed")]
     found = [line.strip() for line in sections.get("offload-ethtool", []) if line.strip()]
@@ -150,3 +116,6 @@ def plan_offload(stdout: str) -> list[Action]:
             )
         )
     return actions
+
+
+OFFLOAD = HostExtra(OFFLOAD_PROBE, plan_offload)

@@ -1,81 +1,30 @@
 """Apply UFW plans over SSH: observe → plan → (confirm) → apply → read back, on every host at once.
 
-Shared by ``ufw`` (ingress NodePorts on the workers) and ``overlay`` (VXLAN on every K3s node):
-they differ in the rules they want, and ``overlay`` may add a :class:`HostExtra` (a probe and a
-plan for a change outside UFW). One SSH connection per host serves the probe, the changes and the
-read-back; the changes and the read-back go in a single round trip.
+Shared by ``ufw`` (ingress NodePorts on the workers), ``overlay`` (VXLAN on every K3s node), ``all``
+and ``validate --extended``: they differ in the rules they want, and ``overlay`` may add a
+:class:`~keybuzz_fix.hosts.ufw.plan.HostExtra` (a probe and a plan for a change outside UFW). One
+SSH connection per host serves the probe, the changes and the read-back; the changes and the
+read-back go in a single round trip.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
 
-from keybuzz_fix import storage as state
+from keybuzz_fix import storage
 from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
-from keybuzz_fix.hosts.parallel import Outcome, raise_open_files_limit, run_all
+from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host, raise_open_files_limit
+from keybuzz_fix.hosts.sections import MARK, section_name
 from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
-from keybuzz_fix.hosts.ufw import facts as ufw_probe
-from keybuzz_fix.hosts.ufw import rules as firewall
-from keybuzz_fix.hosts.ufw.rules import Action, ActionKind, UfwFacts, UfwRule
+from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts, ufw_probe
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra, HostOutcome, HostStatus, plan_rules
+from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule
 from keybuzz_fix.inventory import Host
 
-APPLY_MARK = "@@keybuzz-fix-apply@@"
-_APPLY_LINE = re.compile(rf"^{re.escape(APPLY_MARK)} ([0-9]+) ([0-9]+)$")
-
-
-class Status(str, Enum):
-    """How a host ended."""
-
-    UNCHANGED = "unchanged"  # everything was already in place
-    PLANNED = "planned"  # dry run: changes are pending
-    CHANGED = "changed"  # changes applied and read back
-    BLOCKED = "blocked"  # something needs the operator (inactive ufw, shadowing deny rule)
-    FAILED = "failed"  # the host could not be worked on
-
-
-@dataclass(frozen=True)
-class HostExtra:
-    """Host changes outside UFW that ride in the same run: a probe and a pure plan of its output.
-
-    The probe comes first in the script (the UFW probe may stop early) and prints only sections
-    headed ``PROBE_MARK <name>`` with names of its own; ``plan`` reads those from the whole output.
-    """
-
-    probe: str
-    plan: Callable[[str], list[Action]]
-
-
-@dataclass(frozen=True)
-class HostPlan:
-    """One host's facts and plan."""
-
-    host: Host
-    facts: UfwFacts
-    actions: tuple[Action, ...]
-
-    @property
-    def changes(self) -> list[Action]:
-        """Return the actions that change the host."""
-        return [a for a in self.actions if a.changes]
-
-    @property
-    def blocked(self) -> list[Action]:
-        """Return the actions that need the operator."""
-        return [a for a in self.actions if a.kind is ActionKind.BLOCKED]
-
-
-@dataclass(frozen=True)
-class HostResult:
-    """The end state of one host, for the summary."""
-
-    host: Host
-    status: Status
-    actions: tuple[Action, ...] = ()
-    applied: tuple[str, ...] = ()
-    message: str = ""
+APPLY_MARK = f"{MARK} apply"  # then the command's index and its exit status
+_APPLY = re.compile(r"^apply ([0-9]+) ([0-9]+)$")
 
 
 @dataclass
@@ -92,7 +41,7 @@ class FirewallRun:
     accepted: AcceptedKeys = field(default_factory=AcceptedKeys)
     _sessions: dict[str, Session] = field(default_factory=dict)
 
-    def plan(self, console: object | None = None) -> list[Outcome[HostPlan]]:
+    def plan(self, progress: Progress | None = None) -> list[HostOutcome]:
         """Connect to every host, read its UFW facts and plan.
 
         Only the hosts with changes keep their connection for the apply: the others are closed as
@@ -100,18 +49,23 @@ class FirewallRun:
         connections at a time, not one per host.
         """
         raise_open_files_limit(3 * len(self.hosts) + 64)  # per host: its socket, and its shell's wake-up pipe
-        return run_all(self.hosts, self._plan_host, concurrency=self.concurrency, console=console, label="reading ufw")  # type: ignore[arg-type]
+        attempts = on_each_host(
+            self.hosts, self._plan_host, concurrency=self.concurrency, progress=progress, label="reading ufw"
+        )
+        return [_outcome(a) for a in attempts]
 
-    def apply(self, plans: Sequence[HostPlan], console: object | None = None) -> list[Outcome[HostResult]]:
-        """Apply each host's changes and read the result back."""
-        by_name = {p.host.hostname: p for p in plans}
-        return run_all(
-            [p.host for p in plans],
-            lambda h: self._apply_host(by_name[h.hostname]),
+    def apply(self, planned: Sequence[HostOutcome], progress: Progress | None = None) -> list[HostOutcome]:
+        """Apply each planned host's changes and read the result back; a host that failed to plan stays failed."""
+        ready = {o.host.hostname: o for o in planned if o.ok}
+        attempts = on_each_host(
+            [o.host for o in ready.values()],
+            lambda h: self._apply_host(ready[h.hostname]),
             concurrency=self.concurrency,
-            console=console,  # type: ignore[arg-type]
+            progress=progress,
             label="applying",
         )
+        done = {a.host.hostname: _outcome(a) for a in attempts}
+        return [done.get(o.host.hostname, o) for o in planned]
 
     def close(self) -> None:
         """Close every session."""
@@ -131,67 +85,66 @@ class FirewallRun:
             self._sessions[host.hostname] = s
         return s
 
-    def _probe_script(self, *, status: bool = True) -> str:
-        return (self.extra.probe + "; " if self.extra else "") + ufw_probe.probe_script(status=status)
+    def _probe(self, *, status: bool = True) -> str:
+        return (self.extra.probe + "; " if self.extra else "") + ufw_probe(status=status)
 
     def _actions(self, host: Host, facts: UfwFacts, stdout: str) -> list[Action]:
-        actions = firewall.plan(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
+        actions = plan_rules(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
         return actions + (self.extra.plan(stdout) if self.extra else [])
 
-    def _plan_host(self, host: Host) -> HostPlan:
+    def _plan_host(self, host: Host) -> HostOutcome:
         try:
-            plan = self._observe(host)
+            planned = self._observe(host)
         except BaseException:
             self._release(host)
             raise
-        if not plan.changes:
+        if not planned.changes:
             self._release(host)
-        return plan
+        return planned
 
-    def _observe(self, host: Host) -> HostPlan:
+    def _observe(self, host: Host) -> HostOutcome:
         session = self._session(host)
-        stdout = session.run(self._probe_script()).stdout
+        stdout = session.run(self._probe()).stdout
         facts = _parse(host, stdout)
         if not facts.installed:
             raise MissingTool(host.hostname, "ufw is not installed (apt-get install ufw)")
-        return HostPlan(host, facts, tuple(self._actions(host, facts, stdout)))
+        return HostOutcome.planned(host, facts, self._actions(host, facts, stdout))
 
-    def _apply_host(self, plan: HostPlan) -> HostResult:
-        host = plan.host
-        commands = [a.command for a in plan.changes if a.command]
+    def _apply_host(self, planned: HostOutcome) -> HostOutcome:
+        host = planned.host
+        commands = [a.command for a in planned.changes if a.command]
         if not commands:
-            status = Status.BLOCKED if plan.blocked else Status.UNCHANGED
-            return HostResult(host, status, plan.actions, (), _blocked_message(plan.blocked))
+            return replace(planned, status=HostStatus.BLOCKED if planned.blocked else HostStatus.UNCHANGED, applied=())
         session = self._session(host)
         try:
-            enabling = any(a.kind is ActionKind.ENABLE for a in plan.changes)
-            result = session.run(apply_script(commands) + "; " + self._probe_script(status=enabling), check=False)
+            enabling = any(a.kind is ActionKind.ENABLE for a in planned.changes)
+            result = session.run(apply_script(commands) + "; " + self._probe(status=enabling), check=False)
         except (HostUnreachable, RemoteCommandError) as e:
             raise self._cut_short(host, commands, e) from e
         ran, failure = parse_apply(result.stdout, commands)
         for cmd in ran:
-            state.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
+            storage.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
         if failure is not None:
             cmd, output = failure
-            state.audit(self.command, host.hostname, cmd, "failed", address=host.private_ip, output=output[-500:])
+            storage.audit(self.command, host.hostname, cmd, "failed", address=host.private_ip, output=output[-500:])
             raise RemoteCommandError(host.hostname, cmd, 1, output or "failed")
-        after = _parse(host, result.stdout, known=plan.facts)
+        after = _parse(host, result.stdout, known=planned.facts)
         again = self._actions(host, after, result.stdout)
         left = [a for a in again if a.changes]
         if left:
             raise HostError(host.hostname, "read-back after apply still lacks: " + "; ".join(a.reason for a in left))
-        blocked = [a for a in again if a.kind is ActionKind.BLOCKED]
-        status = Status.BLOCKED if blocked else Status.CHANGED
-        return HostResult(host, status, plan.actions, tuple(ran), _blocked_message(blocked))
+        blocked = [a.reason for a in again if a.kind is ActionKind.BLOCKED]
+        status = HostStatus.BLOCKED if blocked else HostStatus.CHANGED
+        return HostOutcome(host, status, after, planned.actions, tuple(ran), "; ".join(blocked))
 
     def _cut_short(self, host: Host, commands: Sequence[str], error: HostError) -> HostError:
         """Audit what ran before the connection dropped or the time ran out; say it in the host's error."""
         ran = parse_apply(error.partial, commands)[0]
         for cmd in ran:
-            state.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
+            storage.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
         rest = list(commands[len(ran) :])
         if rest:  # it was running: ufw may or may not have finished it
-            state.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip, error=error.problem)
+            storage.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip, error=error.problem)
         what = "connection lost" if isinstance(error, HostUnreachable) else "no answer in time (--timeout)"
         done = f"{len(ran)} of {len(commands)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
         unknown = f"; unknown whether this one finished: {rest[0]}" if rest else ""
@@ -204,8 +157,8 @@ class FirewallRun:
 def apply_script(commands: Sequence[str]) -> str:
     """Return a shell script that runs ``commands`` in order and stops at the first failure.
 
-    Each command reports ``APPLY_MARK <index> <exit status>`` followed by its output, so the
-    caller knows exactly which ones ran even when the connection drops half-way.
+    Each command reports ``@@keybuzz-fix@@ apply <index> <exit status>`` followed by its output, so
+    the caller knows exactly which ones ran even when the connection drops half-way.
     """
     lines = ["kbf_failed=0"]
     for i, cmd in enumerate(commands):
@@ -236,14 +189,15 @@ def parse_apply(stdout: str, commands: Sequence[str]) -> tuple[list[str], tuple[
             failure = (commands[index], "\n".join(output).strip())
 
     expected = 0  # marks come in order; a line that only looks like one is output
-    for line in stdout.splitlines():
-        mark = _APPLY_LINE.match(line)
+    for line in stdout.split("\n"):
+        name = section_name(line)
+        mark = _APPLY.match(name) if name is not None else None
         if mark and int(mark.group(1)) == expected < len(commands):
             close()
             if failure is not None:
                 break
             current, output, expected = (expected, int(mark.group(2))), [], expected + 1
-        elif line.startswith(firewall.PROBE_MARK):
+        elif name is not None and name.split(" ", 1)[0] != "apply":  # the read-back probe begins
             break
         elif current is not None:
             output.append(line)
@@ -253,35 +207,14 @@ def parse_apply(stdout: str, commands: Sequence[str]) -> tuple[list[str], tuple[
     return ran, failure
 
 
-def overview(outcomes: Sequence[Outcome[HostResult]] | Sequence[Outcome[HostPlan]]) -> dict[str, int]:
-    """Count hosts by status."""
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        key = Status.FAILED.value if not o.ok else _status_of(o.result).value
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def plan_status(plan: HostPlan) -> Status:
-    """Return the status a dry run reports for a host."""
-    if plan.blocked:
-        return Status.BLOCKED
-    return Status.PLANNED if plan.changes else Status.UNCHANGED
-
-
-def _status_of(result: object) -> Status:
-    if isinstance(result, HostResult):
-        return result.status
-    assert isinstance(result, HostPlan)
-    return plan_status(result)
+def _outcome(attempt: Attempt[HostOutcome]) -> HostOutcome:
+    if attempt.error is not None or attempt.result is None:
+        return HostOutcome(attempt.host, HostStatus.FAILED, error=attempt.error, seconds=attempt.seconds)
+    return replace(attempt.result, seconds=attempt.seconds)
 
 
 def _parse(host: Host, stdout: str, known: UfwFacts | None = None) -> UfwFacts:
     try:
-        return ufw_probe.parse_probe(stdout, known=known)
-    except firewall.ParseError as e:
+        return parse_ufw_facts(stdout, known=known)
+    except ParseError as e:
         raise HostError(host.hostname, f"cannot read ufw state: {e}") from e
-
-
-def _blocked_message(blocked: Sequence[Action]) -> str:
-    return "; ".join(a.reason for a in blocked)

@@ -1,25 +1,19 @@
-"""UFW rules: what we want, what a host has, and the plan between the two (pure code).
+"""UFW rules as the tool reasons about them: one frozen dataclass for a rule wanted and a rule found.
 
-The facts come from one remote probe (:mod:`keybuzz_fix.hosts.ufw.facts`) that reads ufw's files, or
-prints ``ufw status verbose`` and ``ufw show added`` (the command form of every user rule, comments
-included) where those files are not in their usual place; either way it gives :class:`UfwFacts`.
-A rule we want and a rule we parsed are the same frozen dataclass and compare with ``==``.
-:func:`plan` never removes or reorders a rule, never changes a default policy, and never enables
-UFW without first making sure the SSH port we came in on stays open.
+A rule we want and a rule we parsed (from ``ufw show added`` or from ufw's own files, see
+:mod:`keybuzz_fix.hosts.ufw.facts`) are the same :class:`UfwRule` and compare with ``==``; it
+renders as the ``ufw`` command that adds it, and says which traffic it covers or overlaps, the
+verdicts :mod:`keybuzz_fix.hosts.ufw.plan` decides with (pure code).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
-
-from keybuzz_fix.errors import UsageError
 
 ANY = "any"
-PROBE_MARK = "@@keybuzz-fix@@"
 
 
 @dataclass(frozen=True)
@@ -111,59 +105,24 @@ class UfwRule:
         mine, theirs = self.ports(), other.ports()
         if mine is not None and (theirs is None or not theirs <= mine):
             return False
-        return _net_covers(self.source, other.source)
+        return _network_covers(self.source, other.source)
+
+    def overlaps(self, other: UfwRule) -> bool:
+        """Whether some packet is matched by both rules (a deny that takes part of an allow's traffic)."""
+        if self.route != other.route:
+            return False
+        if self.direction != other.direction or self.interface and self.interface != other.interface:
+            return False
+        if self.proto and other.proto and self.proto != other.proto:
+            return False
+        a, b = self.ports(), other.ports()
+        if a is not None and b is not None and not a & b:
+            return False
+        return _networks_overlap(self.source, other.source)
 
 
 # Application profiles whose ports the tool needs to recognise (for the SSH lockout guard).
 APP_PORTS: dict[str, tuple[int, ...]] = {"OpenSSH": (22,), "SSH": (22,), "ssh": (22,)}
-
-
-@dataclass(frozen=True)
-class UfwFacts:
-    """What one host's UFW looks like."""
-
-    installed: bool
-    active: bool = False
-    default_incoming: str | None = None
-    rules: tuple[UfwRule, ...] = ()
-    ssh_client_ip: str | None = None
-    ssh_port: int | None = None
-
-
-class ActionKind(str, Enum):
-    """What an action does."""
-
-    ADD = "add"
-    ENABLE = "enable"
-    CHANGE = "change"  # a host change outside UFW that rides in the same run (its ``script``)
-    NOOP = "noop"
-    BLOCKED = "blocked"
-
-
-@dataclass(frozen=True)
-class Action:
-    """One step of a host's plan; a no-op carries the reason nothing is needed."""
-
-    kind: ActionKind
-    reason: str
-    rule: UfwRule | None = None
-    script: str | None = None  # the command of a CHANGE action
-
-    @property
-    def command(self) -> str | None:
-        """Return the remote command this action runs, if any."""
-        if self.kind is ActionKind.ADD and self.rule is not None:
-            return self.rule.command()
-        if self.kind is ActionKind.ENABLE:
-            return "ufw --force enable"
-        if self.kind is ActionKind.CHANGE:
-            return self.script
-        return None
-
-    @property
-    def changes(self) -> bool:
-        """Whether the action changes the host."""
-        return self.kind in (ActionKind.ADD, ActionKind.ENABLE, ActionKind.CHANGE)
 
 
 class ParseError(ValueError):
@@ -175,72 +134,6 @@ def desired_rules(ports: Iterable[tuple[int, str, str]], source: str) -> list[Uf
     return [
         UfwRule(action="allow", port=str(p), proto=proto, source=source, comment=comment) for p, proto, comment in ports
     ]
-
-
-def parse_ports(spec: str) -> list[tuple[int, str]]:
-    """Parse a ``--ports`` value such as ``31695/tcp,32720/tcp``."""
-    out: list[tuple[int, str]] = []
-    for part in spec.split(","):
-        part = part.strip()
-        number, _, proto = part.partition("/")
-        proto = proto or "tcp"
-        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= 65535:
-            raise UsageError(f"--ports: {part!r} is not a port number (1–65535), e.g. 31695/tcp")
-        if proto not in ("tcp", "udp"):
-            raise UsageError(f"--ports: {part!r}: protocol must be tcp or udp")
-        if int(number) == 22:
-            raise UsageError("--ports: 22 is SSH; the tool never manages the SSH rule through --ports")
-        out.append((int(number), proto))
-    if len(set(out)) != len(out):
-        raise UsageError(f"--ports: {spec!r} lists a port twice")
-    return out
-
-
-def parse_source(value: str) -> str:
-    """Check a ``--source`` value: a CIDR, a single address, or the explicit ``any``."""
-    if value == ANY:
-        return ANY
-    try:
-        if "%" in value:  # an IPv6 zone ("fe80::%eth0") is no UFW source, and it is free text
-            raise ValueError(value)
-        net = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise UsageError(f"--source: {value!r} is not a network such as 10.0.0.0/16 (or 'any')") from None
-    if str(net.network_address) != value.split("/")[0]:
-        raise UsageError(f"--source: {value!r} has host bits set; did you mean {net}?")
-    return str(net) if "/" in value else str(net.network_address)
-
-
-def parse_show_added(text: str) -> tuple[UfwRule, ...]:
-    """Parse ``ufw show added`` output into rules, in order.
-
-    ufw prints a comment raw between single quotes, so a comment holding a line break (set by
-    someone else: the tool never writes one) continues the rule on the next lines.
-    """
-    rules: list[UfwRule] = []
-    pending = ""
-    for raw in text.split("\n"):
-        line = f"{pending}\n{raw}" if pending else raw
-        if not pending and (
-            not line.strip() or line.strip().startswith(("Added user rules", "WARN: ")) or line.strip() == "(None)"
-        ):
-            continue  # ufw warns on stderr (the probe merges it) about the owner and mode of its own files
-        if _open_quote(line):
-            pending = line
-            continue
-        pending = ""
-        rules.append(parse_rule_command(line.strip()))
-    if pending:
-        rules.append(parse_rule_command(pending.strip()))  # unbalanced to the end: a ParseError
-    return tuple(rules)
-
-
-def _open_quote(line: str) -> bool:
-    try:
-        shlex.split(line)
-    except ValueError as e:
-        return "closing quotation" in str(e)
-    return False
 
 
 def parse_rule_command(line: str) -> UfwRule:
@@ -337,119 +230,26 @@ def checked_ports(rule: UfwRule, where: str) -> UfwRule:
     return rule
 
 
-def parse_status(text: str) -> tuple[bool, str | None]:
-    """Return (active, default incoming policy) from ``ufw status verbose``."""
-    active: bool | None = None
-    default: str | None = None
-    for line in text.splitlines():
-        if line.startswith("Status:") and active is None:  # the header; a rule's comment may hold such a line
-            active = line.split(":", 1)[1].strip() == "active"
-        elif line.startswith("Default:") and default is None:
-            first = line.split(":", 1)[1].split(",")[0].strip()  # "deny (incoming)"
-            default = first.split(" ")[0]
-    if active is None:
-        raise ParseError(f"no 'Status:' line in ufw status output: {text.strip()[:200]!r}")
-    return active, default
-
-
-def plan(desired: Sequence[UfwRule], facts: UfwFacts, *, enable: bool = False, ssh_port: int = 22) -> list[Action]:
-    """Return what to do on one host so that every ``desired`` rule lets traffic in.
-
-    Existing rules are never removed or reordered. A deny/reject rule that matches all the traffic
-    of a wanted allow sits earlier in UFW's order and would shadow it: that is reported as
-    blocked, for the operator to decide. One that matches only part of it (a denied port inside an
-    allowed network) leaves the rest to the allow, which is added; its reason names the exception.
-    A ``ufw route`` rule filters forwarded traffic only: it neither provides nor blocks a wanted
-    rule. An inactive UFW is only enabled with ``enable``, and then only after a rule keeps the SSH
-    port we are connected on open.
-    """
-    actions: list[Action] = []
-    existing = list(facts.rules)
-    for want in desired:
-        same = next((r for r in existing if r == want), None)
-        if same is not None:
-            actions.append(Action(ActionKind.NOOP, f"rule already present: {same.raw or same.command()}", want))
-            continue
-        denies = [r for r in existing if r.action in ("deny", "reject") and _overlaps(r, want)]
-        shadow = next((r for r in denies if r.covers(want)), None)
-        if shadow is not None:
-            actions.append(
-                Action(
-                    ActionKind.BLOCKED,
-                    f"an earlier rule would drop this traffic first: "
-                    f"{shadow.raw or shadow.command()} (not changed: remove or reorder it by hand)",
-                    want,
-                )
-            )
-            continue
-        broader = next((r for r in existing if r.action in ("allow", "limit") and r.covers(want)), None)
-        if broader is not None:
-            actions.append(Action(ActionKind.NOOP, f"already allowed by {broader.raw or broader.command()}", want))
-            continue
-        but = (
-            f" (except what earlier rules drop first: {'; '.join(r.raw or r.command() for r in denies)})"
-            if denies
-            else ""
-        )
-        actions.append(Action(ActionKind.ADD, f"open {want.describe()}{but}", want))
-        existing.append(want)
-    if not facts.active:
-        if not enable:
-            actions.append(
-                Action(
-                    ActionKind.BLOCKED,
-                    "ufw is inactive: rules are not enforced; "
-                    "re-run with --enable to activate it (SSH is allowed first)",
-                )
-            )
-            return actions
-        port = facts.ssh_port or ssh_port
-        ssh_rule = UfwRule(action="allow", port=str(port), proto="tcp", comment="keybuzz-fix: keep SSH reachable")
-        client = UfwRule(action="allow", port=str(port), proto="tcp", source=facts.ssh_client_ip or ANY)
-        keeper = next((r for r in existing if r.action in ("allow", "limit") and r.covers(client)), None)
-        if keeper is None:
-            actions.insert(0, Action(ActionKind.ADD, f"keep SSH reachable before enabling (port {port})", ssh_rule))
-        else:
-            actions.insert(
-                0,
-                Action(
-                    ActionKind.NOOP, f"SSH port {port} already allowed by {keeper.raw or keeper.command()}", ssh_rule
-                ),
-            )
-        actions.append(Action(ActionKind.ENABLE, "enable ufw (default policies unchanged)"))
-    return actions
-
-
-def _overlaps(block: UfwRule, want: UfwRule) -> bool:
-    if block.route != want.route:
-        return False
-    if block.direction != want.direction or block.interface and block.interface != want.interface:
-        return False
-    if block.proto and want.proto and block.proto != want.proto:
-        return False
-    a, b = block.ports(), want.ports()
-    if a is not None and b is not None and not a & b:
-        return False
-    return _net_overlaps(block.source, want.source)
-
-
-def _net_covers(outer: str, inner: str) -> bool:
+def _network_covers(outer: str, inner: str) -> bool:
     if outer == ANY:
         return True
     if inner == ANY:
         return False
-    try:
-        o, i = ipaddress.ip_network(outer, strict=False), ipaddress.ip_network(inner, strict=False)
-    except ValueError:
-        return False
-    return o.version == i.version and i.subnet_of(o)  # type: ignore[arg-type,unused-ignore]
+    nets = _same_family(outer, inner)
+    return nets is not None and nets[1].subnet_of(nets[0])  # type: ignore[arg-type]
 
 
-def _net_overlaps(a: str, b: str) -> bool:
+def _networks_overlap(a: str, b: str) -> bool:
     if ANY in (a, b):
         return True
+    nets = _same_family(a, b)
+    return nets is not None and nets[0].overlaps(nets[1])
+
+
+def _same_family(a: str, b: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """Return both sources as networks of one IP version, or ``None`` (not comparable: neither covers the other)."""
     try:
-        x, y = ipaddress.ip_network(a, strict=False), ipaddress.ip_network(b, strict=False)
+        nets = ipaddress.ip_network(a, strict=False), ipaddress.ip_network(b, strict=False)
     except ValueError:
-        return False
-    return x.version == y.version and x.overlaps(y)  # type: ignore[arg-type,unused-ignore]
+        return None
+    return nets if nets[0].version == nets[1].version else None
