@@ -33,16 +33,16 @@ def test_help_lists_overlay_and_diagnose():
         ("diagnose", ["--env", "nowhere"], "no K3s node found"),
     ],
 )
-def test_bad_values_are_usage_errors(command, extra, fragment, tmp_path, monkeypatch):
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
+@pytest.mark.usefixtures("state_dir")
+def test_bad_values_are_usage_errors(command, extra, fragment, tmp_path):
     result = runner.invoke(app, [command, str(EXAMPLE), "--known-hosts", str(tmp_path / "kh"), *extra])
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("key", ["source", "pod_cidr", "service_cidr"])
-def test_overlay_refuses_to_open_the_pod_network_to_anyone(key, tmp_path, monkeypatch):
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
+@pytest.mark.usefixtures("state_dir")
+def test_overlay_refuses_to_open_the_pod_network_to_anyone(key, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(f"overlay:\n  {key}: any\n")
     for command in ("overlay", "diagnose"):
@@ -51,8 +51,8 @@ def test_overlay_refuses_to_open_the_pod_network_to_anyone(key, tmp_path, monkey
         assert f"overlay.{key} is 'any'" in result.output
 
 
-def test_overlay_bad_config_cidr(tmp_path, monkeypatch):
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
+@pytest.mark.usefixtures("state_dir")
+def test_overlay_bad_config_cidr(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("overlay:\n  pod_cidr: 198.19.0.1/16\n")
     result = runner.invoke(app, ["overlay", str(EXAMPLE), "--config", str(config), "--dry-run"])

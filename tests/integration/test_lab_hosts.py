@@ -14,7 +14,6 @@ import paramiko
 import pytest
 
 from keybuzz_fix import inventory
-from tests.lab.fixtures import lab_factory, lab_hosts  # noqa: F401
 from tests.lab.hosts import (
     INGRESS_HOSTS,
     INGRESS_PORT,
@@ -90,7 +89,7 @@ def root_sysctls() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def special_lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:  # noqa: F811 - pytest fixture
+def special_lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
     specs = [
         HostSpec("no-ufw", ufw_installed=False),
         HostSpec("ufw-off", ufw_active=False),
@@ -101,7 +100,7 @@ def special_lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:  # noqa: F811
         yield lab
 
 
-def test_ssh_to_every_host_with_verified_host_key(lab_hosts: Lab) -> None:  # noqa: F811 - pytest fixture
+def test_ssh_to_every_host_with_verified_host_key(lab_hosts: Lab) -> None:
     assert [h.name for h in lab_hosts.hosts] == [f"k8s-worker-{i:02d}" for i in range(1, 6)]
     assert [h.ip for h in lab_hosts.hosts] == [f"198.18.0.{i}" for i in range(11, 16)]
     for host in lab_hosts.hosts:
@@ -116,7 +115,7 @@ def test_ssh_to_every_host_with_verified_host_key(lab_hosts: Lab) -> None:  # no
         assert any(line.split()[:2] == ["22/tcp", "ALLOW"] for line in ufw)
 
 
-def test_ufw_rule_opens_the_port_on_that_host_only(lab_hosts: Lab) -> None:  # noqa: F811 - pytest fixture
+def test_ufw_rule_opens_the_port_on_that_host_only(lab_hosts: Lab) -> None:
     one, two = lab_hosts.hosts[0], lab_hosts.hosts[1]
     iptables_before, sysctls_before = root_iptables(), root_sysctls()
     assert not lab_hosts.tcp_reachable(one.ip, INGRESS_PORT, timeout=0.5)
@@ -213,7 +212,7 @@ def test_regenerated_host_key_is_rejected(special_lab: Lab, tmp_path: Path) -> N
         pass
 
 
-def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) -> None:  # noqa: F811 - pytest fixture
+def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) -> None:
     path = lab_hosts.servers_tsv(tmp_path / "servers.tsv", extra_rows=NON_K3S_ROWS)
     inv = inventory.read_inventory(path)
     workers = inventory.select(inv, inventory.Role.WORKER)
@@ -224,7 +223,7 @@ def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) 
     assert len(inv.hosts) == 8 + len(NON_K3S_ROWS)
 
 
-def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:  # noqa: F811 - pytest fixture
+def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:
     lab = lab_factory(["gone-01", "gone-02"])
     netns = {h.netns for h in lab.hosts}
     pids = [
@@ -247,7 +246,7 @@ def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:  # no
     assert not (RECORD_DIR / f"{lab.token}.json").exists()
 
 
-def test_leftovers_of_a_dead_run_are_removed(lab_hosts: Lab) -> None:  # noqa: F811 - pytest fixture
+def test_leftovers_of_a_dead_run_are_removed(lab_hosts: Lab) -> None:
     token = "0dead0"
     netns = f"{PREFIX}-{token}-leftover"
     RECORD_DIR.mkdir(parents=True, exist_ok=True)

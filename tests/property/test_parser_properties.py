@@ -3,7 +3,7 @@
 The inputs are grown from real samples (captured ``ufw``, ``ip``, ``ethtool``, ``ping`` output, a
 kubectl state file, the shipped config) by hypothesis: words replaced with odd ones (non-ASCII
 digits, quotes, shell metacharacters, section marks), lines dropped, duplicated or cut short, values
-swapped for values of another type. tests/unit/test_inventory.py and test_firewall.py already feed
+swapped for values of another type. test_inventory_properties.py and test_firewall_properties.py feed
 random bytes and word soup to the servers.tsv and ``ufw show added`` parsers; this adds grammar-aware
 ``ufw status verbose`` and ``show added`` text, the node probes, the apply transcript, the
 --from-file / backup reader with the whole offline convert behind it, the config and kubeconfig

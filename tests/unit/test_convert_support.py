@@ -24,9 +24,7 @@ DATA = Path(__file__).parent.parent / "data" / "convert"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path / "state"))
+pytestmark = pytest.mark.usefixtures("state_dir")
 
 
 # -- objects ------------------------------------------------------------------------------------

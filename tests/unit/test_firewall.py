@@ -2,8 +2,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from keybuzz_fix.cli.options import parse_ports, parse_source
 from keybuzz_fix.errors import UsageError
@@ -230,58 +228,6 @@ def test_apply_script_runs_in_order_and_stops_at_first_failure(tmp_path):
 def test_parse_apply_truncated_output_names_the_command_not_run():
     ran, failure = parse_apply("", ["ufw allow 1/tcp"])
     assert ran == [] and failure is not None and "did not run" in failure[1]
-
-
-_line = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=120)
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(_line, max_size=12))
-def test_status_and_added_parsers_never_raise_anything_else(lines):
-    text = "\n".join(lines)
-    for fn in (parse_show_added, parse_status, parse_ufw_facts):
-        try:
-            fn(text)
-        except ParseError:
-            pass
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                "ufw",
-                "allow",
-                "deny",
-                "from",
-                "to",
-                "any",
-                "port",
-                "proto",
-                "tcp",
-                "10.0.0.0/8",
-                "22",
-                "1:2",
-                "in",
-                "on",
-                "eth0",
-                "comment",
-                "'x y'",
-                "app",
-                "OpenSSH",
-                "route",
-            ]
-        ),
-        max_size=10,
-    )
-)
-def test_rule_parser_on_word_soup(words):
-    try:
-        rule = parse_rule_command(" ".join(words))
-    except ParseError:
-        return
-    assert rule.action in ("allow", "deny", "reject", "limit")
 
 
 def test_read_back_probe_without_status_keeps_the_known_status():

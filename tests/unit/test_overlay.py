@@ -141,8 +141,7 @@ class FakeSession:
         pass
 
 
-def test_firewall_run_carries_the_offload_extra(monkeypatch, tmp_path):
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
+def test_firewall_run_carries_the_offload_extra(monkeypatch, state_dir):
     session = FakeSession(["ufw allow 22/tcp"], offload_output())
     monkeypatch.setattr(firewall_apply, "open_session", lambda *a, **k: session)
     host = Host("k8s-worker-01", "198.18.0.11", None, "root", "prod", "k3s", "worker")
@@ -165,5 +164,5 @@ def test_firewall_run_carries_the_offload_extra(monkeypatch, tmp_path):
     (again,) = run.plan()
     assert again.ok and not again.changes
     assert isinstance(again.facts, UfwFacts)
-    audit = (tmp_path / "audit.jsonl").read_text().splitlines()
+    audit = (state_dir / "audit.jsonl").read_text().splitlines()
     assert len(audit) == 5 and '"command": "overlay"' in audit[0]
