@@ -2,6 +2,9 @@
 
     benchmarks/run [--hosts 1,5,20,50] [--runs 5] [--startup-runs 30] [--only ufw,startup,cluster]
 
+It runs as ``python -m benchmarks.bench`` from the repository root, so the lab and control-plane
+harness (``tests.lab``, ``tests.cluster``) import as packages, like the benchmark's own modules.
+
 K = 1 is there for the latency of one host's chain (connect, probe, apply, read back) with nothing
 else competing for the CPU; 5, 20 and 50 are the fleet sizes the targets speak of.
 
@@ -25,10 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import results  # noqa: E402
-from benchmarks.timing import (  # noqa: E402
+from benchmarks import results
+from benchmarks.timing import (
     CommandFailed,
     Summary,
     machine_info,
@@ -36,8 +37,8 @@ from benchmarks.timing import (  # noqa: E402
     samples_json,
     wait_quiet,
 )
-from tests.cluster.controlplane import ControlPlaneError  # noqa: E402
-from tests.lab.hosts import LabError  # noqa: E402
+from tests.cluster.controlplane import ControlPlaneError
+from tests.lab.hosts import LabError
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("ufw", "startup", "cluster")
