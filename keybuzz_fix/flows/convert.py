@@ -92,7 +92,7 @@ def check_plan(
         if plan.refusals:
             _show(view, f"{CONVERT}: refused", plan)
             raise PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed")
-        view.objects(plan.applied_objects(show_values=view.show_values))
+        view.objects(plan)
         _show(view, f"{CONVERT}: plan for namespace {cfg.namespace}" + (" (dry run)" if run.dry_run else ""), plan)
         if not plan.pending:
             view.nothing_to_do("already converted")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.convert import ConvertPlan
-from keybuzz_fix.cluster.objects import Obj, mask_values, project, strip_server_fields, yaml_diff, yaml_stream
+from keybuzz_fix.cluster.objects import mask_values, project, strip_server_fields, yaml_diff, yaml_stream
 from keybuzz_fix.cluster.rollout import StuckPod
 from keybuzz_fix.errors import ExitCode
 from keybuzz_fix.report.output import Output, PlanOutput, confirm, print_json, write_stdout
@@ -74,10 +74,10 @@ class ChangeView:
                 shown_env=shown_env,
             )
 
-    def objects(self, objs: Sequence[Obj]) -> None:
-        """Print the objects that would be applied (``-o yaml``)."""
+    def objects(self, plan: ConvertPlan) -> None:
+        """Print the objects the plan would apply (``-o yaml``)."""
         if self.format == "yaml":
-            write_stdout(yaml_stream(objs))
+            write_stdout(yaml_stream(plan.applied_objects(show_values=self.show_values)))
 
     def say(self, markup: str) -> None:
         """Show one line of progress (text output only)."""
