@@ -2,6 +2,9 @@
 
     benchmarks/run [--hosts 1,5,20,50] [--runs 5] [--startup-runs 30] [--only ufw,startup,cluster]
 
+It runs as ``python -m benchmarks.bench`` from the repository root, so the lab and control-plane
+harness (``tests.lab``, ``tests.cluster``) import as packages, like the benchmark's own modules.
+
 K = 1 is there for the latency of one host's chain (connect, probe, apply, read back) with nothing
 else competing for the CPU; 5, 20 and 50 are the fleet sizes the targets speak of.
 
@@ -25,10 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import results  # noqa: E402
-from benchmarks.timing import (  # noqa: E402
+from benchmarks import results
+from benchmarks.timing import (
     CommandFailed,
     Summary,
     machine_info,
@@ -36,8 +37,8 @@ from benchmarks.timing import (  # noqa: E402
     samples_json,
     wait_quiet,
 )
-from tests.cluster.controlplane import ControlPlaneError  # noqa: E402
-from tests.lab.hosts import LabError  # noqa: E402
+from tests.cluster.controlplane import ControlPlaneError
+from tests.lab.hosts import LabError
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("ufw", "startup", "cluster")
@@ -58,8 +59,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--startup-runs", type=int, default=30, help="runs of each start-up command (default 30)")
     p.add_argument("--cluster-runs", type=int, help="runs of convert and validate (default: --runs)")
     p.add_argument("--only", default=",".join(PARTS), help=f"parts to run, of {','.join(PARTS)}")
-    p.add_argument("--wait-quiet", type=float, default=40.0, metavar="MINUTES",
-                   help="wait at most this long for no other test run and a low load (default 40; 0: don't)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=40.0,
+        metavar="MINUTES",
+        help="wait at most this long for no other test run and a low load (default 40; 0: don't)",
+    )
     p.add_argument("--max-load", type=float, default=0.8, help="1-min load average that counts as quiet")
     p.add_argument("--bench-venv", type=Path, help="the venv with Ansible (benchmarks/run makes it)")
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="the RESULTS.md to update")
@@ -84,14 +90,19 @@ def main(argv: list[str]) -> int:
     bench_python = (args.bench_venv / "bin" / "python") if args.bench_venv else None
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="kbf-bench-"))
-    data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"),
-                            "command": "benchmarks/run " + " ".join(argv) if argv else "benchmarks/run"}
+    data: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "benchmarks/run " + " ".join(argv) if argv else "benchmarks/run",
+    }
     ok = False
     try:
         if args.wait_quiet > 0:
             _log(f"waiting (at most {args.wait_quiet:g} min) for a quiet machine")
-        data["quiet"] = wait_quiet(args.wait_quiet, args.max_load) if args.wait_quiet > 0 else {
-            "waited_s": 0, "load": os.getloadavg()[0], "quiet": not others_running(), "others": others_running()}
+        data["quiet"] = (
+            wait_quiet(args.wait_quiet, args.max_load)
+            if args.wait_quiet > 0
+            else {"waited_s": 0, "load": os.getloadavg()[0], "quiet": not others_running(), "others": others_running()}
+        )
         _log(f"load {data['quiet']['load']:.2f}, quiet: {data['quiet']['quiet']}")
         data["machine"] = machine_info(bench_python)
         loads: list[float] = []
@@ -111,8 +122,16 @@ def main(argv: list[str]) -> int:
             """Run one part; a failure is recorded (and the part's logs kept) while the others go on."""
             try:
                 run()
-            except (CommandFailed, LabError, ControlPlaneError, TimeoutError, OSError, subprocess.SubprocessError,
-                    ValueError, KeyError) as e:
+            except (
+                CommandFailed,
+                LabError,
+                ControlPlaneError,
+                TimeoutError,
+                OSError,
+                subprocess.SubprocessError,
+                ValueError,
+                KeyError,
+            ) as e:
                 errors.append(f"{name}: {str(e).splitlines()[0][:300]}")
                 _log(f"{name} FAILED: {e}")
 
@@ -121,25 +140,31 @@ def main(argv: list[str]) -> int:
 
             data["ufw"], raw["ufw"] = {}, {}
             for k in args.hosts:
+
                 def ufw_k(k: int = k) -> None:
                     settle()
                     _log(f"ufw on {k} lab host(s), {args.runs} interleaved run(s) of each tool, cold and no-op")
                     r = ufw_bench.run_k(k, args.runs, workdir / "ufw", bench_python, log=_log)
                     kbf = [s for ss in r["samples"]["keybuzz-fix"].values() for s in ss]
                     peaks = (max(s.peak_fds for s in kbf), max(s.peak_threads for s in kbf))
-                    data["ufw"][str(k)] = {"summary": results.summarize_ufw(r["samples"]),
-                                           "kbf_host_seconds": r["kbf_host_seconds"],
-                                           "kbf_peaks": peaks}
-                    raw["ufw"][str(k)] = {"build_s": r["build_s"], "seconds": r["seconds"],
-                                          "samples": {t: {m: samples_json(s) for m, s in ms.items()}
-                                                      for t, ms in r["samples"].items()},
-                                          "kbf_host_seconds": r["kbf_host_seconds"],
-                                          "kbf_peaks": data["ufw"][str(k)]["kbf_peaks"]}
+                    data["ufw"][str(k)] = {
+                        "summary": results.summarize_ufw(r["samples"]),
+                        "kbf_host_seconds": r["kbf_host_seconds"],
+                        "kbf_peaks": peaks,
+                    }
+                    raw["ufw"][str(k)] = {
+                        "build_s": r["build_s"],
+                        "seconds": r["seconds"],
+                        "samples": {t: {m: samples_json(s) for m, s in ms.items()} for t, ms in r["samples"].items()},
+                        "kbf_host_seconds": r["kbf_host_seconds"],
+                        "kbf_peaks": data["ufw"][str(k)]["kbf_peaks"],
+                    }
                     loads.extend(s.load for ms in r["samples"].values() for ss in ms.values() for s in ss)
                     _log(f"ufw on {k} host(s) done in {r['seconds']:.0f}s")
 
                 part(f"ufw K={k}", ufw_k)
         if "startup" in args.only:
+
             def startup() -> None:
                 from benchmarks import startup_bench
 
@@ -152,6 +177,7 @@ def main(argv: list[str]) -> int:
 
             part("start-up", startup)
         if "cluster" in args.only:
+
             def cluster() -> None:
                 from benchmarks import cluster_bench
 

@@ -32,8 +32,9 @@ NAMESPACE = "keybuzz"
 
 def has_command(name: str) -> bool:
     """Whether the installed keybuzz-fix has this command (the commands are written in parallel)."""
-    proc = subprocess.run([*keybuzz_fix_argv(), name, "--help"], capture_output=True, timeout=60, check=False,
-                          env=_base_env())
+    proc = subprocess.run(
+        [*keybuzz_fix_argv(), name, "--help"], capture_output=True, timeout=60, check=False, env=_base_env()
+    )
     return proc.returncode == 0
 
 
@@ -62,8 +63,13 @@ class _DaemonSetWatch:
         w = watch.Watch()
         try:
             while not self._stop.is_set():
-                for event in w.stream(apps.list_namespaced_daemon_set, NAMESPACE, resource_version=version,
-                                      timeout_seconds=5, _request_timeout=10):
+                for event in w.stream(
+                    apps.list_namespaced_daemon_set,
+                    NAMESPACE,
+                    resource_version=version,
+                    timeout_seconds=5,
+                    _request_timeout=10,
+                ):
                     now = time.monotonic()
                     ds = event["raw_object"]
                     version = ds["metadata"]["resourceVersion"]
@@ -87,20 +93,27 @@ class _DaemonSetWatch:
 
     def controller_seconds(self) -> float:
         if set(self.ready) != set(DAEMONSETS) or set(self.created) != set(DAEMONSETS):
-            raise CommandFailed(f"the watch saw created {sorted(self.created)}, ready {sorted(self.ready)}"
-                                + (f" ({self.error})" if self.error else ""))
+            raise CommandFailed(
+                f"the watch saw created {sorted(self.created)}, ready {sorted(self.ready)}"
+                + (f" ({self.error})" if self.error else "")
+            )
         return max(self.ready.values()) - min(self.created.values())
 
 
 def _ready(ds: dict[str, Any]) -> bool:
     status, meta = ds.get("status") or {}, ds["metadata"]
     desired = status.get("desiredNumberScheduled", 0)
-    return (desired > 0 and status.get("observedGeneration", 0) >= meta.get("generation", 1)
-            and status.get("numberReady", 0) == desired and status.get("updatedNumberScheduled", 0) == desired)
+    return (
+        desired > 0
+        and status.get("observedGeneration", 0) >= meta.get("generation", 1)
+        and status.get("numberReady", 0) == desired
+        and status.get("updatedNumberScheduled", 0) == desired
+    )
 
 
-def convert_runs(api: Any, kubeconfig: Path, runs: int, workdir: Path, reseed: Callable[[], None],
-                 log: Callable[[str], None] = print) -> list[dict[str, float]]:
+def convert_runs(
+    api: Any, kubeconfig: Path, runs: int, workdir: Path, reseed: Callable[[], None], log: Callable[[str], None] = print
+) -> list[dict[str, float]]:
     """Reset + seed, then time `convert --yes` against the controller, ``runs`` times."""
     results = []
     for run in range(runs):
@@ -111,8 +124,11 @@ def convert_runs(api: Any, kubeconfig: Path, runs: int, workdir: Path, reseed: C
         out = workdir / f"convert-{run}.json"
         env = {**_base_env(), "KEYBUZZ_FIX_STATE_DIR": str(workdir / "state")}
         try:
-            sample = measure([*keybuzz_fix_argv(), "convert", "--kubeconfig", str(kubeconfig), "--yes", "-o", "json"],
-                             env=env, output=out)
+            sample = measure(
+                [*keybuzz_fix_argv(), "convert", "--kubeconfig", str(kubeconfig), "--yes", "-o", "json"],
+                env=env,
+                output=out,
+            )
             deadline = time.monotonic() + 30
             while set(watch.ready) != set(DAEMONSETS) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -124,34 +140,50 @@ def convert_runs(api: Any, kubeconfig: Path, runs: int, workdir: Path, reseed: C
             raise CommandFailed(f"convert reported no ready/done timings: {timings}")
         tool_ready = (sample.end - (timings["done"] - timings["ready"])) - sample.start
         controller = watch.controller_seconds()
-        r = {"wall": sample.wall, "cpu": sample.cpu, "tool_to_ready": tool_ready, "controller": controller,
-             "overhead": tool_ready - controller, "in_tool_ready": timings["ready"],
-             "in_tool_applied": timings.get("applied", 0.0),
-             "first_ds_created": min(watch.created.values()) - sample.start}
+        r = {
+            "wall": sample.wall,
+            "cpu": sample.cpu,
+            "tool_to_ready": tool_ready,
+            "controller": controller,
+            "overhead": tool_ready - controller,
+            "in_tool_ready": timings["ready"],
+            "in_tool_applied": timings.get("applied", 0.0),
+            "first_ds_created": min(watch.created.values()) - sample.start,
+        }
         results.append(r)
-        log(f"  convert run {run + 1}/{runs}: start→ready {tool_ready:.2f}s, controller {controller:.2f}s, "
-            f"overhead {r['overhead']:.2f}s, exit {sample.wall:.2f}s")
+        log(
+            f"  convert run {run + 1}/{runs}: start→ready {tool_ready:.2f}s, controller {controller:.2f}s, "
+            f"overhead {r['overhead']:.2f}s, exit {sample.wall:.2f}s"
+        )
     return results
 
 
-def validate_runs(argv_tail: list[str], runs: int, workdir: Path, log: Callable[[str], None] = print,
-                  label: str = "") -> list[dict[str, float]]:
+def validate_runs(
+    argv_tail: list[str], runs: int, workdir: Path, log: Callable[[str], None] = print, label: str = ""
+) -> list[dict[str, float]]:
     """Time `validate -o json` ``runs`` times; compare with its slowest check."""
     results = []
     for run in range(runs):
         out = workdir / f"validate{label.replace(' ', '')}-{run}.json"
         env = {**_base_env(), "KEYBUZZ_FIX_STATE_DIR": str(workdir / "state")}
-        sample = measure([*keybuzz_fix_argv(), "validate", *argv_tail, "-o", "json"], env=env, output=out,
-                         check=False)
+        sample = measure([*keybuzz_fix_argv(), "validate", *argv_tail, "-o", "json"], env=env, output=out, check=False)
         if sample.rc not in (0, 1):
             raise CommandFailed(f"validate exited {sample.rc}: {out.read_text()[-1500:]}")
         card = json.loads(out.read_text())
         slowest = max(c["seconds"] for c in card["checks"])
-        r = {"wall": sample.wall, "cpu": sample.cpu, "in_tool": card["seconds"], "slowest_check": slowest,
-             "passed": card["passed"], "slowest_name": max(card["checks"], key=lambda c: c["seconds"])["name"]}
+        r = {
+            "wall": sample.wall,
+            "cpu": sample.cpu,
+            "in_tool": card["seconds"],
+            "slowest_check": slowest,
+            "passed": card["passed"],
+            "slowest_name": max(card["checks"], key=lambda c: c["seconds"])["name"],
+        }
         results.append(r)
-        log(f"  validate{label} run {run + 1}/{runs}: process {sample.wall:.2f}s, scorecard {card['seconds']:.2f}s, "
-            f"slowest check {slowest:.2f}s ({card['passed']}/{card['total']})")
+        log(
+            f"  validate{label} run {run + 1}/{runs}: process {sample.wall:.2f}s, scorecard {card['seconds']:.2f}s, "
+            f"slowest check {slowest:.2f}s ({card['passed']}/{card['total']})"
+        )
     return results
 
 
@@ -197,16 +229,29 @@ def _validate_on_lab(kubeconfig: Path, runs: int, workdir: Path, log: Callable[[
 
     workers = [name for name, _ in DEFAULT_WORKERS]
     base = int(DEFAULT_WORKERS[0][1].rsplit(".", 1)[1])  # the seeded Nodes' addresses
-    with Lab(workers, base_ip=base) as lab, \
-            Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=40) as lb_lab, \
-            LoadBalancer(lb_lab.hosts[0], [h.ip for h in lab.hosts], workdir / "lb") as lb:
+    with (
+        Lab(workers, base_ip=base) as lab,
+        Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=40) as lb_lab,
+        LoadBalancer(lb_lab.hosts[0], [h.ip for h in lab.hosts], workdir / "lb") as lb,
+    ):
         for h in lab.hosts:
             h.run(f"ufw allow from {SUBNET} to any port {INGRESS_PORT} proto tcp")
         servers = lab.servers_tsv(workdir / "servers.tsv")
         cfg = workdir / "lab.yaml"
         cfg.write_text(f"firewall:\n  source: {SUBNET}\n  ports:\n    - {{port: {INGRESS_PORT}, proto: tcp}}\n")
-        tail = [str(servers), "--kubeconfig", str(kubeconfig), "--config", str(cfg), *lb.resolve_args(),
-                "--ca-file", str(lb.ca_file), "--identity", str(lab.identity_file),
-                "--known-hosts", str(lab.known_hosts_file)]
+        tail = [
+            str(servers),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--config",
+            str(cfg),
+            *lb.resolve_args(),
+            "--ca-file",
+            str(lb.ca_file),
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+        ]
         # Not --extended: its per-worker rows carry no time of their own to compare with.
         return {"plain": validate_runs(tail, runs, workdir, log)}

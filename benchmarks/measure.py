@@ -120,19 +120,23 @@ def main() -> int:
     end, busy1 = time.monotonic(), machine_busy_seconds()
     leftovers = _reap_leftovers()
     tree = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out.write_text(json.dumps({
-        "rc": os.waitstatus_to_exitcode(status),
-        "wall": end - start,
-        "start": start,  # CLOCK_MONOTONIC, comparable with time.monotonic() in other processes
-        "end": end,
-        "cpu_user": tree.ru_utime,
-        "cpu_sys": tree.ru_stime,
-        "cpu_command": usage.ru_utime + usage.ru_stime,
-        "machine_cpu": busy1 - busy0,
-        "leftovers": leftovers,
-        "peak_fds": peak_fds,
-        "peak_threads": peak_threads,
-    }))
+    out.write_text(
+        json.dumps(
+            {
+                "rc": os.waitstatus_to_exitcode(status),
+                "wall": end - start,
+                "start": start,  # CLOCK_MONOTONIC, comparable with time.monotonic() in other processes
+                "end": end,
+                "cpu_user": tree.ru_utime,
+                "cpu_sys": tree.ru_stime,
+                "cpu_command": usage.ru_utime + usage.ru_stime,
+                "machine_cpu": busy1 - busy0,
+                "leftovers": leftovers,
+                "peak_fds": peak_fds,
+                "peak_threads": peak_threads,
+            }
+        )
+    )
     return 0
 
 

@@ -39,26 +39,46 @@ class CommandFailed(RuntimeError):
     """A measured command exited non-zero or did not do what it was measured for."""
 
 
-def measure(argv: Sequence[str], *, env: Mapping[str, str] | None = None, output: Path | None = None,
-            timeout: float = 900.0, check: bool = True, peaks: bool = False) -> Sample:
+def measure(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    output: Path | None = None,
+    timeout: float = 900.0,
+    check: bool = True,
+    peaks: bool = False,
+) -> Sample:
     """Run ``argv`` under benchmarks/measure.py; its stdout and stderr go to ``output``."""
     load = os.getloadavg()[0]
     with tempfile.NamedTemporaryFile(prefix="kbf-bench-", suffix=".json") as result:
         sink = open(output, "wb") if output else subprocess.DEVNULL  # noqa: SIM115
         try:
-            proc = subprocess.run([sys.executable, "-I", str(MEASURE), *(["--peaks"] if peaks else []),
-                                   result.name, "--", *argv],
-                                  stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                  env=dict(env) if env is not None else None, timeout=timeout, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-I", str(MEASURE), *(["--peaks"] if peaks else []), result.name, "--", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                timeout=timeout,
+                check=False,
+            )
         finally:
             if output:
                 sink.close()  # type: ignore[union-attr]
         if proc.returncode != 0:
             raise CommandFailed(f"measure.py exited {proc.returncode} for {' '.join(argv)[:200]}")
         data = json.loads(Path(result.name).read_text())
-    sample = Sample(wall=data["wall"], cpu=data["cpu_user"] + data["cpu_sys"], machine_cpu=data["machine_cpu"],
-                    rc=data["rc"], load=load, peak_fds=data["peak_fds"], peak_threads=data["peak_threads"],
-                    start=data["start"], end=data["end"])
+    sample = Sample(
+        wall=data["wall"],
+        cpu=data["cpu_user"] + data["cpu_sys"],
+        machine_cpu=data["machine_cpu"],
+        rc=data["rc"],
+        load=load,
+        peak_fds=data["peak_fds"],
+        peak_threads=data["peak_threads"],
+        start=data["start"],
+        end=data["end"],
+    )
     if check and sample.rc != 0:
         tail = output.read_text(errors="replace")[-2000:] if output else ""
         raise CommandFailed(f"{' '.join(argv)[:200]} exited {sample.rc}\n{tail}")
@@ -82,8 +102,16 @@ class Summary:
     def of(cls, samples: Sequence[Sample]) -> Summary:
         """Summarize samples by their medians and ranges."""
         walls, cpus = [s.wall for s in samples], [s.cpu for s in samples]
-        return cls(len(samples), statistics.median(walls), min(walls), max(walls), statistics.median(cpus),
-                   min(cpus), max(cpus), statistics.median(s.machine_cpu for s in samples))
+        return cls(
+            len(samples),
+            statistics.median(walls),
+            min(walls),
+            max(walls),
+            statistics.median(cpus),
+            min(cpus),
+            max(cpus),
+            statistics.median(s.machine_cpu for s in samples),
+        )
 
     def to_json(self) -> dict[str, float]:
         """Return the summary as a JSON-ready dict."""
@@ -92,8 +120,10 @@ class Summary:
 
 def samples_json(samples: Sequence[Sample]) -> list[dict[str, float]]:
     """Return raw samples as JSON-ready dicts."""
-    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(s).items() if k not in ("start", "end")}
-            for s in samples]
+    return [
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(s).items() if k not in ("start", "end")}
+        for s in samples
+    ]
 
 
 # -- the machine ---------------------------------------------------------------------------------
@@ -102,8 +132,7 @@ def samples_json(samples: Sequence[Sample]) -> list[dict[str, float]]:
 def others_running() -> list[str]:
     """Return the pytest / kube-apiserver processes on this machine that are not ours."""
     mine = {os.getpid(), *_descendants(os.getpid())}
-    out = subprocess.run(["pgrep", "-af", "pytest|kube-apiserver"], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(["pgrep", "-af", "pytest|kube-apiserver"], capture_output=True, text=True, check=False).stdout
     found = []
     for line in out.splitlines():
         pid, _, cmd = line.partition(" ")
@@ -137,8 +166,10 @@ def wait_quiet(max_minutes: float, max_load: float, poll: float = 30.0) -> dict[
             return {"waited_s": round(time.monotonic() - start), "load": load, "quiet": True, "others": []}
         if time.monotonic() >= deadline:
             return {"waited_s": round(time.monotonic() - start), "load": load, "quiet": False, "others": others}
-        print(f"  waiting for a quiet machine: load {load:.2f} (want ≤ {max_load}), "
-              f"{len(others)} other test process(es)", flush=True)
+        print(
+            f"  waiting for a quiet machine: load {load:.2f} (want ≤ {max_load}), {len(others)} other test process(es)",
+            flush=True,
+        )
         time.sleep(poll)
 
 
@@ -181,6 +212,11 @@ def _first_line(argv: list[str]) -> str:
 
 
 def _bench_version(python: Path, dist: str) -> str:
-    proc = subprocess.run([str(python), "-c", f"from importlib.metadata import version; print(version({dist!r}))"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [str(python), "-c", f"from importlib.metadata import version; print(version({dist!r}))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return proc.stdout.strip() or "not installed"

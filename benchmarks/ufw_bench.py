@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.timing import CommandFailed, Sample, measure
-from keybuzz_fix import config, firewall
+from keybuzz_fix import config
+from keybuzz_fix.hosts.ufw.plan import firewall_rules
+from keybuzz_fix.hosts.ufw.rules import UfwRule
 from tests.lab.hosts import HostSpec, Lab
 
 TOOLS = ("keybuzz-fix", "ssh loop", "ansible")
 MODES = ("cold", "no-op")
 
 
-def wanted_rules() -> list[firewall.UfwRule]:
+def wanted_rules() -> list[UfwRule]:
     """Return the rules `keybuzz-fix ufw` adds with the shipped defaults."""
-    cfg = config.load(None)
-    return firewall.desired_rules([(r.port, r.proto, r.comment) for r in cfg.firewall.ports], cfg.firewall.source)
+    return firewall_rules(config.load_config().firewall)
 
 
 def keybuzz_fix_argv() -> list[str]:
@@ -48,7 +49,7 @@ class UfwBench:
     lab: Lab
     workdir: Path
     bench_python: Path | None
-    rules: list[firewall.UfwRule] = field(default_factory=wanted_rules)
+    rules: list[UfwRule] = field(default_factory=wanted_rules)
     kbf_host_seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
 
     @property
@@ -60,8 +61,18 @@ class UfwBench:
     def keybuzz_fix(self, mode: str, run: int) -> Sample:
         servers = self.workdir / "servers.tsv"
         out = self.workdir / f"kbf-{mode}-{run}.json"
-        argv = [*keybuzz_fix_argv(), "ufw", str(servers), "--identity", str(self.lab.identity_file),
-                "--known-hosts", str(self.lab.known_hosts_file), "--yes", "-o", "json"]
+        argv = [
+            *keybuzz_fix_argv(),
+            "ufw",
+            str(servers),
+            "--identity",
+            str(self.lab.identity_file),
+            "--known-hosts",
+            str(self.lab.known_hosts_file),
+            "--yes",
+            "-o",
+            "json",
+        ]
         env = {**_base_env(), "KEYBUZZ_FIX_STATE_DIR": str(self.workdir / "kbf-state")}
         sample = measure(argv, env=env, output=out, peaks=True)
         data = json.loads(out.read_text())
@@ -84,14 +95,21 @@ class UfwBench:
             raise CommandFailed("no benchmark environment with Ansible")
         cfg = self._ansible_files()
         cp_dir = Path(tempfile.mkdtemp(prefix="cp-", dir=self.workdir))  # no connection reuse across runs
-        env = {**_base_env(), "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_HOME": str(self.workdir / "ansible-home"),
-               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp_dir), "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_FORCE_COLOR": "0"}
+        env = {
+            **_base_env(),
+            "ANSIBLE_CONFIG": str(cfg),
+            "ANSIBLE_HOME": str(self.workdir / "ansible-home"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp_dir),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
         out = self.workdir / f"ansible-{mode}-{run}.log"
-        sample = measure([str(self.bench_python.with_name("ansible-playbook")), str(cfg.with_name("ufw.yml"))],
-                         env=env, output=out)
-        recap = re.findall(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-                           out.read_text(), re.M)
+        sample = measure(
+            [str(self.bench_python.with_name("ansible-playbook")), str(cfg.with_name("ufw.yml"))], env=env, output=out
+        )
+        recap = re.findall(
+            r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out.read_text(), re.M
+        )
         want = 1 if mode == "cold" else 0
         bad = [r for r in recap if int(r[2]) != want or int(r[3]) or int(r[4])]
         if len(recap) != self.k or bad:
@@ -100,14 +118,35 @@ class UfwBench:
         return sample
 
     def _loop_script(self) -> str:
-        ssh = shlex.join(["ssh", "-F", "none", "-i", str(self.lab.identity_file), "-o", "IdentitiesOnly=yes",
-                          "-o", f"UserKnownHostsFile={self.lab.known_hosts_file}",
-                          "-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-                          "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no"])
+        ssh = shlex.join(
+            [
+                "ssh",
+                "-F",
+                "none",
+                "-i",
+                str(self.lab.identity_file),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                f"UserKnownHostsFile={self.lab.known_hosts_file}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ControlMaster=no",
+            ]
+        )
         remote = " && ".join(r.command() for r in self.rules)
         ips = " ".join(h.ip for h in self.lab.hosts)
-        return ("#!/bin/bash\n# The original remediation: one ssh per worker, one after the other.\nset -eu\n"
-                f"for ip in {ips}; do\n  {ssh} root@\"$ip\" {shlex.quote(remote)}\ndone\n")
+        return (
+            "#!/bin/bash\n# The original remediation: one ssh per worker, one after the other.\nset -eu\n"
+            f'for ip in {ips}; do\n  {ssh} root@"$ip" {shlex.quote(remote)}\ndone\n'
+        )
 
     def _ansible_files(self) -> Path:
         d = self.workdir / "ansible"
@@ -115,19 +154,24 @@ class UfwBench:
         if cfg.exists():
             return cfg
         d.mkdir()
-        (d / "inventory.ini").write_text("[workers]\n" + "".join(
-            f"{h.name} ansible_host={h.ip}\n" for h in self.lab.hosts))
-        items = "".join(f"        - {{port: {shlex.quote(r.port or '')}, comment: {json.dumps(r.comment)}}}\n"
-                        for r in self.rules)
+        (d / "inventory.ini").write_text(
+            "[workers]\n" + "".join(f"{h.name} ansible_host={h.ip}\n" for h in self.lab.hosts)
+        )
+        items = "".join(
+            f"        - {{port: {shlex.quote(r.port or '')}, comment: {json.dumps(r.comment)}}}\n" for r in self.rules
+        )
         (d / "ufw.yml").write_text(
             "- name: open the ingress-nginx NodePorts\n  hosts: workers\n  gather_facts: false\n  tasks:\n"
             "    - name: allow from the private network\n      community.general.ufw:\n        rule: allow\n"
-            f"        from_ip: {self.rules[0].source}\n        to_port: \"{{{{ item.port }}}}\"\n"
-            f"        proto: {self.rules[0].proto}\n        comment: \"{{{{ item.comment }}}}\"\n"
-            f"      loop:\n{items}")
-        ssh_args = ("-C -o ControlMaster=auto -o ControlPersist=60s -F none -o IdentitiesOnly=yes "
-                    f"-o UserKnownHostsFile={self.lab.known_hosts_file} -o GlobalKnownHostsFile=/dev/null "
-                    "-o StrictHostKeyChecking=yes")
+            f'        from_ip: {self.rules[0].source}\n        to_port: "{{{{ item.port }}}}"\n'
+            f'        proto: {self.rules[0].proto}\n        comment: "{{{{ item.comment }}}}"\n'
+            f"      loop:\n{items}"
+        )
+        ssh_args = (
+            "-C -o ControlMaster=auto -o ControlPersist=60s -F none -o IdentitiesOnly=yes "
+            f"-o UserKnownHostsFile={self.lab.known_hosts_file} -o GlobalKnownHostsFile=/dev/null "
+            "-o StrictHostKeyChecking=yes"
+        )
         cfg.write_text(
             "[defaults]\n"
             f"inventory = {d / 'inventory.ini'}\nforks = {self.k}\nhost_key_checking = True\n"
@@ -135,15 +179,17 @@ class UfwBench:
             "interpreter_python = /usr/bin/python3\ngathering = explicit\nretry_files_enabled = False\n"
             f"local_tmp = {d / 'tmp'}\nremote_tmp = /tmp/.kbf-bench-ansible\n"
             "[ssh_connection]\npipelining = True\n"
-            f"ssh_args = {ssh_args}\n")
+            f"ssh_args = {ssh_args}\n"
+        )
         return cfg
 
     # -- state between runs --------------------------------------------------------------------
 
     def reset(self, expect_present: bool) -> None:
         """Delete the rules inside every host (not over SSH); check they were there when expected."""
-        deletes = " ; ".join("LC_ALL=C " + replace(r, comment="").command().replace("ufw ", "ufw delete ", 1)
-                             for r in self.rules)
+        deletes = " ; ".join(
+            "LC_ALL=C " + replace(r, comment="").command().replace("ufw ", "ufw delete ", 1) for r in self.rules
+        )
 
         def one(host: object) -> str:
             return host.run(deletes, timeout=60).stdout  # type: ignore[attr-defined, no-any-return]
@@ -151,20 +197,33 @@ class UfwBench:
         with ThreadPoolExecutor(max_workers=4) as pool:
             outputs = list(pool.map(one, self.lab.hosts))
         if expect_present:
-            missing = [h.name for h, out in zip(self.lab.hosts, outputs, strict=True)
-                       if out.count("Rule deleted") != len(self.rules)]
+            missing = [
+                h.name
+                for h, out in zip(self.lab.hosts, outputs, strict=True)
+                if out.count("Rule deleted") != len(self.rules)
+            ]
             if missing:
                 raise CommandFailed(f"rules were not all present after the previous run on: {', '.join(missing)}")
         time.sleep(0.5)
 
 
 def _base_env() -> dict[str, str]:
-    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-            "LANG": "C.UTF-8", "TERM": "dumb"}
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+    }
 
 
-def run_k(k: int, runs: int, workdir: Path, bench_python: Path | None, tools: Sequence[str] = TOOLS,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_k(
+    k: int,
+    runs: int,
+    workdir: Path,
+    bench_python: Path | None,
+    tools: Sequence[str] = TOOLS,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Build a lab of k hosts, run every tool cold and no-op ``runs`` times, interleaved; tear down."""
     names = [HostSpec(f"k8s-worker-{i:02d}", http_listener=False) for i in range(1, k + 1)]
     started = time.monotonic()
@@ -179,16 +238,23 @@ def run_k(k: int, runs: int, workdir: Path, bench_python: Path | None, tools: Se
         runners = {"keybuzz-fix": bench.keybuzz_fix, "ssh loop": bench.ssh_loop, "ansible": bench.ansible}
         first = True
         for run in range(runs):
-            order = list(tools[run % len(tools):]) + list(tools[:run % len(tools)])
+            order = list(tools[run % len(tools) :]) + list(tools[: run % len(tools)])
             for tool in order:
                 bench.reset(expect_present=not first)
                 first = False
                 for mode in MODES:
                     s = runners[tool](mode, run)
                     samples[tool][mode].append(s)
-                    log(f"  K={k} run {run + 1}/{runs} {tool:12} {mode:6} wall {s.wall:6.2f}s  cpu {s.cpu:6.2f}s  "
-                        f"machine cpu {s.machine_cpu:6.2f}s")
+                    log(
+                        f"  K={k} run {run + 1}/{runs} {tool:12} {mode:6} wall {s.wall:6.2f}s  cpu {s.cpu:6.2f}s  "
+                        f"machine cpu {s.machine_cpu:6.2f}s"
+                    )
         bench.reset(expect_present=True)
         host_seconds = bench.kbf_host_seconds
-    return {"k": k, "build_s": built, "samples": samples, "kbf_host_seconds": host_seconds,
-            "seconds": time.monotonic() - started}
+    return {
+        "k": k,
+        "build_s": built,
+        "samples": samples,
+        "kbf_host_seconds": host_seconds,
+        "seconds": time.monotonic() - started,
+    }

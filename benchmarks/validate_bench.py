@@ -24,11 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from keybuzz_fix import config, kube, probe
-from keybuzz_fix import validate as val
-from keybuzz_fix import workloads as wl
-from keybuzz_fix.inventory import Role, load, select
-from keybuzz_fix.ssh import SshOptions
+from keybuzz_fix import config
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.cluster import client as kube
+from keybuzz_fix.cluster.connect import from_kubeconfig
+from keybuzz_fix.cluster.objects import by_name
+from keybuzz_fix.flows import validate as val
+from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.inventory import Role, read_inventory, select
 from tests.cluster.controlplane import ControlPlane, build_binaries
 from tests.cluster.seed import seed_keybuzz
 from tests.lab.hosts import INGRESS_PORT, SUBNET, HostSpec, Lab
@@ -46,22 +49,33 @@ def alone(k: kube.Kube, cfg: config.Config, http: probe.HttpOptions) -> dict[int
         def run() -> Any:
             with ThreadPoolExecutor(len(reads)) as pool:
                 return [f.result() for f in [pool.submit(r) for r in reads]]
+
         return run
 
     return {
         1: both(lambda: k.list("DaemonSet", ns), lambda: k.list("Deployment", ns)),
         2: both(lambda: k.list("DaemonSet", ns), lambda: k.list("Pod", ns)),
         3: both(lambda: k.list("DaemonSet", ns), lambda: k.list("Deployment", ns)),
-        4: both(lambda: k.get("DaemonSet", ic.controller, ic.namespace),
-                lambda: k.get("Deployment", ic.controller, ic.namespace), lambda: k.list("Pod", ic.namespace)),
-        5: lambda: wl.by_name(k.list("Service", ns)),
-        6: lambda: wl.by_name(k.list("Ingress", ns)),
+        4: both(
+            lambda: k.get("DaemonSet", ic.controller, ic.namespace),
+            lambda: k.get("Deployment", ic.controller, ic.namespace),
+            lambda: k.list("Pod", ic.namespace),
+        ),
+        5: lambda: by_name(k.list("Service", ns)),
+        6: lambda: by_name(k.list("Ingress", ns)),
         7: both(*[lambda u=u: probe.http_get(u, http, ctx) for u in cfg.validate.urls]),
     }
 
 
-def one_state(name: str, connect: Callable[[], kube.Kube], cfg: config.Config, workers: list,
-              http: probe.HttpOptions, ext: val.ExtendedOptions, runs: int) -> dict[str, Any]:
+def one_state(
+    name: str,
+    connect: Callable[[], kube.Kube],
+    cfg: config.Config,
+    workers: list,
+    http: probe.HttpOptions,
+    ext: val.ExtendedOptions,
+    runs: int,
+) -> dict[str, Any]:
     """Measure one state of the lab; every run and every check alone gets a new API connection, as a CLI run."""
     out: dict[str, Any] = {}
     for extended in (False, True):
@@ -69,7 +83,7 @@ def one_state(name: str, connect: Callable[[], kube.Kube], cfg: config.Config, w
         for _ in range(runs):
             k = connect()
             start = time.monotonic()
-            card = val.run_validate(k, cfg, workers, http=http, extended=ext if extended else None)
+            card = val.score_cluster(k, cfg, workers, http=http, extended=ext if extended else None)
             total = time.monotonic() - start
             singles = {}
             for number in range(1, 8):
@@ -78,7 +92,7 @@ def one_state(name: str, connect: Callable[[], kube.Kube], cfg: config.Config, w
                 fetch()
                 singles[number] = time.monotonic() - t
             if extended:  # the per-worker rows, alone
-                for i, task in enumerate(val._extended(cfg, workers, http, ext)):
+                for i, task in enumerate(val.extended_tasks(cfg, workers, http, ext)):
                     t = time.monotonic()
                     task()
                     singles[100 + i] = time.monotonic() - t
@@ -88,12 +102,21 @@ def one_state(name: str, connect: Callable[[], kube.Kube], cfg: config.Config, w
             ratios.append(total / max(singles.values()))
             passed = card.passed
         key = f"{name}{' --extended' if extended else ''}"
-        out[key] = {"runs": runs, "passed": passed, "total_s": totals, "slowest_alone_s": slowest,
-                    "sequential_sum_s": sums, "ratio": ratios,
-                    "median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
-        print(f"{key:32} total {statistics.median(totals):6.2f}s  slowest check alone "
-              f"{statistics.median(slowest):6.2f}s  ratio median {statistics.median(ratios):.2f} "
-              f"max {max(ratios):.2f}  one-after-the-other {statistics.median(sums):6.2f}s  ({passed}/7)")
+        out[key] = {
+            "runs": runs,
+            "passed": passed,
+            "total_s": totals,
+            "slowest_alone_s": slowest,
+            "sequential_sum_s": sums,
+            "ratio": ratios,
+            "median_ratio": statistics.median(ratios),
+            "max_ratio": max(ratios),
+        }
+        print(
+            f"{key:32} total {statistics.median(totals):6.2f}s  slowest check alone "
+            f"{statistics.median(slowest):6.2f}s  ratio median {statistics.median(ratios):.2f} "
+            f"max {max(ratios):.2f}  one-after-the-other {statistics.median(sums):6.2f}s  ({passed}/7)"
+        )
     return out
 
 
@@ -109,21 +132,29 @@ def main() -> None:
 
         api = kconfig.new_client_from_config(config_file=str(cp.kubeconfig))
         seed_keybuzz(api)
-        with Lab(WORKERS, base_ip=11) as lab, \
-                Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=40) as lb_lab, \
-                LoadBalancer(lb_lab.hosts[0], [h.ip for h in lab.hosts], work / "lb") as lb:
+        with (
+            Lab(WORKERS, base_ip=11) as lab,
+            Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=40) as lb_lab,
+            LoadBalancer(lb_lab.hosts[0], [h.ip for h in lab.hosts], work / "lb") as lb,
+        ):
             servers = lab.servers_tsv(work / "servers.tsv")
             cfg_path = work / "lab.yaml"
-            cfg_path.write_text(f"firewall:\n  source: {SUBNET}\n  ports:\n"
-                                f"    - {{port: {INGRESS_PORT}, proto: tcp}}\n")
-            cfg = config.load(cfg_path)
-            workers = select(load(servers), Role.WORKER)
+            cfg_path.write_text(
+                f"firewall:\n  source: {SUBNET}\n  ports:\n    - {{port: {INGRESS_PORT}, proto: tcp}}\n"
+            )
+            cfg = config.load_config(cfg_path)
+            workers = select(read_inventory(servers), Role.WORKER)
+
             def connect() -> kube.Kube:
-                return kube.load(cp.kubeconfig)
+                return from_kubeconfig(cp.kubeconfig)
+
             resolve = probe.parse_resolve([a for a in lb.resolve_args() if a != "--resolve"])
             http = probe.HttpOptions(timeout=4, retries=1, resolve=resolve, ca_file=lb.ca_file)
-            ext = val.ExtendedOptions(SshOptions(known_hosts=lab.known_hosts_file, identity=lab.identity_file,
-                                                 connect_timeout=5, command_timeout=30))
+            ext = val.ExtendedOptions(
+                SshOptions(
+                    known_hosts=lab.known_hosts_file, identity=lab.identity_file, connect_timeout=5, command_timeout=30
+                )
+            )
             results |= one_state("504 (NodePort dropped)", connect, cfg, workers, http, ext, args.runs)
             for h in lab.hosts:
                 h.run(f"ufw allow from {SUBNET} to any port {INGRESS_PORT} proto tcp")

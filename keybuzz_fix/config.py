@@ -8,7 +8,6 @@ command runs, and errors name the file and the key.
 
 from __future__ import annotations
 
-import ipaddress
 import types
 import typing
 import unicodedata
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from keybuzz_fix.errors import ConfigError, read_input
+from keybuzz_fix.inventory import plain_network
 
 NODE_PORT_RANGE = (30000, 32767)
-T = TypeVar("T")
+DataclassT = TypeVar("DataclassT")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def manifests_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "manifests"
 
 
-def load(path: Path | str | None = None) -> Config:
+def load_config(path: Path | str | None = None) -> Config:
     """Return the defaults, with ``path`` (a ``--config`` file) merged over them."""
     data = _defaults()
     source = "manifests/defaults.yaml"
@@ -175,11 +175,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kind(v: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "nothing"}.get(type(v), type(v).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "nothing",
+    }.get(type(v), type(v).__name__)
 
 
-def _build(cls: type[T], data: Any, source: str, where: str) -> T:
+def _build(cls: type[DataclassT], data: Any, source: str, where: str) -> DataclassT:
     """Build dataclass ``cls`` from plain data, checking keys and types."""
     if not isinstance(data, dict):
         raise ConfigError(source, f"{where or 'top level'}: expected a mapping, found {_kind(data)}")
@@ -188,8 +195,10 @@ def _build(cls: type[T], data: Any, source: str, where: str) -> T:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
-        raise ConfigError(source, f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            source,
+            f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+        )
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         key = f"{where}.{f.name}" if where else f.name
@@ -236,17 +245,17 @@ def _check(cfg: Config, source: str) -> None:
         if v == "any":
             return
         try:
-            if "%" in v:  # an IPv6 zone ("fe80::%eth0") is free text, and no UFW source
-                raise ValueError(v)
-            ipaddress.ip_network(v, strict=True)
+            plain_network(v, strict=True)
         except ValueError:
             raise ConfigError(source, f"{key}: {v!r} is not a network in CIDR form (e.g. 10.0.0.0/16)") from None
 
     if not cfg.apps:
         raise ConfigError(source, "apps: at least one app is needed")
     host_ports: dict[int, str] = {p: "ingress-nginx" for p in cfg.ingress.reserved_host_ports}
-    node_ports: dict[int, str] = {cfg.ingress.http_node_port: "ingress.http_node_port",
-                                  cfg.ingress.https_node_port: "ingress.https_node_port"}
+    node_ports: dict[int, str] = {
+        cfg.ingress.http_node_port: "ingress.http_node_port",
+        cfg.ingress.https_node_port: "ingress.https_node_port",
+    }
     names: set[str] = set()
     for i, app in enumerate(cfg.apps):
         key = f"apps[{i}]"
@@ -257,12 +266,14 @@ def _check(cfg: Config, source: str) -> None:
         port(app.service_port, f"{key}.service_port")
         port(app.node_port, f"{key}.node_port", *NODE_PORT_RANGE)
         if app.host_port in host_ports:
-            raise ConfigError(source, f"{key}.host_port: {app.host_port} is already used by "
-                              f"{host_ports[app.host_port]}")
+            raise ConfigError(
+                source, f"{key}.host_port: {app.host_port} is already used by {host_ports[app.host_port]}"
+            )
         host_ports[app.host_port] = app.name
         if app.node_port in node_ports:
-            raise ConfigError(source, f"{key}.node_port: {app.node_port} is already used by "
-                              f"{node_ports[app.node_port]}")
+            raise ConfigError(
+                source, f"{key}.node_port: {app.node_port} is already used by {node_ports[app.node_port]}"
+            )
         node_ports[app.node_port] = app.name
     port(cfg.ingress.http_node_port, "ingress.http_node_port", *NODE_PORT_RANGE)
     port(cfg.ingress.https_node_port, "ingress.https_node_port", *NODE_PORT_RANGE)
@@ -276,8 +287,10 @@ def _check(cfg: Config, source: str) -> None:
     for i, rule in enumerate(cfg.firewall.ports):
         port(rule.port, f"firewall.ports[{i}].port")
         if rule.port == 22:
-            raise ConfigError(source, f"firewall.ports[{i}].port: 22 is SSH; the tool never manages the SSH rule "
-                              "through firewall.ports")
+            raise ConfigError(
+                source,
+                f"firewall.ports[{i}].port: 22 is SSH; the tool never manages the SSH rule through firewall.ports",
+            )
         if rule.proto not in ("tcp", "udp"):
             raise ConfigError(source, f"firewall.ports[{i}].proto: {rule.proto!r} is not tcp or udp")
         if (rule.port, rule.proto) in seen:
@@ -288,8 +301,11 @@ def _check(cfg: Config, source: str) -> None:
     for key in ("source", "pod_cidr", "service_cidr"):
         value = getattr(cfg.overlay, key)
         if value == "any":
-            raise ConfigError(source, f"overlay.{key} is 'any': that would let anyone reach the pod network (VXLAN "
-                              "packets are not authenticated); set it to a network in CIDR form")
+            raise ConfigError(
+                source,
+                f"overlay.{key} is 'any': that would let anyone reach the pod network (VXLAN "
+                "packets are not authenticated); set it to a network in CIDR form",
+            )
         cidr(value, f"overlay.{key}")
     port(cfg.overlay.vxlan_port, "overlay.vxlan_port")
     if not 0 <= cfg.validate.threshold <= 100:

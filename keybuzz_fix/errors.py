@@ -1,13 +1,16 @@
 """The tool's exceptions and the exit codes they map to, in one place.
 
 Every error a user can cause or meet derives from :class:`KeybuzzFixError`; the CLI's single
-top-level handler prints ``keybuzz-fix: error: <message>`` and exits with ``exit_code``.
+top-level handler prints ``keybuzz-fix: error: <message>`` and exits with ``exit_code``. A run
+that ends without an error returns a result object (an :class:`Outcome`); :meth:`ExitCode.of`
+is the one rule that turns it into an exit code.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 
 class ExitCode(IntEnum):
@@ -20,6 +23,34 @@ class ExitCode(IntEnum):
     ABORTED = 4  # the operator declined the confirmation
     INTERRUPTED = 130  # Ctrl-C
 
+    @classmethod
+    def of(cls, outcome: Outcome | None) -> ExitCode:
+        """Return the exit code of a run that ended with ``outcome`` (``None``: a command that only shows)."""
+        if outcome is None:
+            return cls.OK
+        if outcome.failed:
+            return cls.FAILURE
+        return cls.PARTIAL if isinstance(outcome, PartialOutcome) and outcome.partial else cls.OK
+
+
+class Outcome(Protocol):
+    """The result object a flow returns: it says whether the run failed, the CLI decides the exit code."""
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run failed: a host failed, a check is below its threshold, the overlay is unhealthy."""
+        ...
+
+
+@runtime_checkable
+class PartialOutcome(Outcome, Protocol):
+    """A result that can also be a partial success (``all``: every step ran, the score is below 100 %)."""
+
+    @property
+    def partial(self) -> bool:
+        """Whether the run succeeded only in part."""
+        ...
+
 
 class KeybuzzFixError(Exception):
     """Root of every error the tool reports without a traceback."""
@@ -29,6 +60,7 @@ class KeybuzzFixError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.problem = message  # what went wrong, without the host or file it happened on
 
     def __str__(self) -> str:
         return self.message
@@ -65,6 +97,18 @@ def read_input(path: Path, error: type[InputError] = InputError, *, missing: str
         raise error(str(path), missing) from None
     except (OSError, UnicodeDecodeError) as e:
         raise error(str(path), f"cannot read: {e.__class__.__name__}") from None
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` on one line, at most 300 characters (for an error message)."""
+    return " ".join(text.split())[:300]
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Replace each secret in ``text``, and cut the object dumps the kubernetes client appends to its errors."""
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text.split("{'", 1)[0].rstrip(" /") if "{'" in text else text
 
 
 class Aborted(KeybuzzFixError):

@@ -14,25 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from keybuzz_fix.errors import InputError, UsageError
 
 REQUIRED_COLUMNS = ("ENV", "HOSTNAME", "IP_PRIVEE", "USER_SSH", "ROLE", "SUBROLE")
-KNOWN_COLUMNS = (
-    "ENV",
-    "IP_PUBLIQUE",
-    "HOSTNAME",
-    "IP_PRIVEE",
-    "FQDN",
-    "USER_SSH",
-    "POOL",
-    "ROLE",
-    "SUBROLE",
-    "DOCKER_STACK",
-    "CORE",
-    "NOTES",
-)
 _ABSENT = ("", "-")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
@@ -68,13 +53,6 @@ class Host:
         """Whether the row is a K3s node."""
         return self.role.lower() == "k3s"
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the JSON form ``inventory -o json`` prints."""
-        data = asdict(self)
-        data.pop("fqdn")
-        data.pop("line")
-        return data
-
 
 @dataclass(frozen=True)
 class Inventory:
@@ -88,7 +66,12 @@ class Inventory:
         return list(dict.fromkeys(h.env for h in self.hosts))
 
 
-def load(path: Path | str) -> Inventory:
+def read_nodes(path: Path | str, role: Role = Role.WORKER, env: str = "prod", user: str | None = None) -> list[Host]:
+    """Return the K3s nodes of ``role`` in ``env`` from a servers.tsv file, with ``--user`` applied."""
+    return with_user(select(read_inventory(path), role, env), user)
+
+
+def read_inventory(path: Path | str) -> Inventory:
     """Read and check a servers.tsv file."""
     p = Path(path)
     shown = str(path)
@@ -105,10 +88,10 @@ def load(path: Path | str) -> Inventory:
         raise InputError(shown, "permission denied") from None
     except IsADirectoryError:
         raise InputError(shown, "is a directory, expected a servers.tsv file") from None
-    return parse(raw, shown)
+    return parse_inventory(raw, shown)
 
 
-def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
+def parse_inventory(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
     """Parse the bytes (or text) of a servers.tsv file; errors name ``path:line``."""
     text = _decode(raw, path)
     header: list[str] | None = None
@@ -128,8 +111,11 @@ def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
         if len(fields) != len(header):
             hint = " (are the columns separated by tabs?)" if len(fields) == 1 else ""
             raise InputError(
-                path, f"expected {len(header)} tab-separated fields as in the header (line {header_line}), "
-                f"found {len(fields)}{hint}", number)
+                path,
+                f"expected {len(header)} tab-separated fields as in the header (line {header_line}), "
+                f"found {len(fields)}{hint}",
+                number,
+            )
         row = dict(zip(header, fields, strict=True))
         host = _host(row, path, number)
         for key, seen, what in (
@@ -140,7 +126,8 @@ def parse(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
                 continue
             if key in seen:
                 raise InputError(
-                    path, f"duplicate {what} {key[1]!r} in ENV {host.env!r} (first on line {seen[key]})", number)
+                    path, f"duplicate {what} {key[1]!r} in ENV {host.env!r} (first on line {seen[key]})", number
+                )
             seen[key] = number
         hosts.append(host)
     if header is None:
@@ -156,8 +143,9 @@ def select(inventory: Inventory, role: Role = Role.WORKER, env: str = "prod") ->
         envs = ", ".join(inventory.envs()) or "none"
         what = "K3s node" if role is Role.ALL else f"K3s {role.value}"
         raise InputError(
-            inventory.path, f"no {what} found (ROLE=k3s, SUBROLE={role.value}) for ENV {env!r}; "
-            f"ENV values in the file: {envs}")
+            inventory.path,
+            f"no {what} found (ROLE=k3s, SUBROLE={role.value}) for ENV {env!r}; ENV values in the file: {envs}",
+        )
     for h in wanted:
         if not h.private_ip:
             raise InputError(inventory.path, f"{h.hostname}: IP_PRIVEE is empty, cannot reach it over SSH", h.line)
@@ -238,8 +226,23 @@ def _ip(v: str, column: str, path: str, number: int) -> str:
     if not v:
         return ""
     try:
-        if "%" in v:  # an IPv6 zone ("fe80::1%eth0") is free text that would reach commands on the nodes
-            raise ValueError(v)
-        return str(ipaddress.ip_address(v))
+        return str(plain_address(v))
     except ValueError:
         raise InputError(path, f"{column} {v!r} is not a valid IP address", number) from None
+
+
+def plain_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse an IP address that may reach a command on a node; a ValueError for anything else.
+
+    An IPv6 zone (``fe80::1%eth0``) is refused: Python accepts it, but it is free text.
+    """
+    if "%" in value:
+        raise ValueError(f"{value!r} is not a plain IP address")
+    return ipaddress.ip_address(value)
+
+
+def plain_network(value: str, *, strict: bool = True) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parse a network (CIDR, or one address) that may become a UFW source; an IPv6 zone is refused."""
+    if "%" in value:
+        raise ValueError(f"{value!r} is not a plain network")
+    return ipaddress.ip_network(value, strict=strict)

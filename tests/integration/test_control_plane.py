@@ -83,16 +83,19 @@ def test_new_daemonset_gets_one_pod_per_worker_and_none_on_masters(keybuzz_clust
     core.create_namespace({"metadata": {"name": ns}})
     try:
         labels = {"app": "probe"}
-        apps.create_namespaced_daemon_set(ns, {
-            "metadata": {"name": "probe", "labels": labels},
-            "spec": {
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "probe", "image": "registry.k8s.io/pause:3.10"}]},
+        apps.create_namespaced_daemon_set(
+            ns,
+            {
+                "metadata": {"name": "probe", "labels": labels},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "probe", "image": "registry.k8s.io/pause:3.10"}]},
+                    },
                 },
             },
-        })
+        )
         pods = wait_pods_running(core, ns, "app=probe", 5, timeout=60)
         assert sorted(p.spec.node_name for p in pods) == sorted(keybuzz_cluster.worker_names)
         status = apps.read_namespaced_daemon_set("probe", ns).status
@@ -109,10 +112,13 @@ def test_api_rejects_host_network_pod_with_host_port_unlike_container_port(
         "metadata": {"name": "bad-host-port"},
         "spec": {
             "hostNetwork": True,
-            "containers": [{
-                "name": "web", "image": "nginx:1.27",
-                "ports": [{"containerPort": 80, "hostPort": 8080}],
-            }],
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "nginx:1.27",
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                }
+            ],
         },
     }
     with pytest.raises(ApiException) as exc:
@@ -126,20 +132,25 @@ def test_server_side_apply_records_field_manager_and_conflicts(keybuzz_cluster: 
     apply = "application/apply-patch+yaml"
 
     def cm(value: str) -> dict[str, object]:
-        return {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "ssa-probe", "namespace": "keybuzz"}, "data": {"mode": value}}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "ssa-probe", "namespace": "keybuzz"},
+            "data": {"mode": value},
+        }
 
-    core.patch_namespaced_config_map("ssa-probe", "keybuzz", cm("a"), field_manager="keybuzz-fix",
-                                     _content_type=apply)
+    core.patch_namespaced_config_map("ssa-probe", "keybuzz", cm("a"), field_manager="keybuzz-fix", _content_type=apply)
     got = core.read_namespaced_config_map("ssa-probe", "keybuzz")
     assert got.data == {"mode": "a"}
     assert ("keybuzz-fix", "Apply") in [(m.manager, m.operation) for m in got.metadata.managed_fields]
     with pytest.raises(ApiException) as exc:
-        core.patch_namespaced_config_map("ssa-probe", "keybuzz", cm("b"), field_manager="someone-else",
-                                         _content_type=apply)
+        core.patch_namespaced_config_map(
+            "ssa-probe", "keybuzz", cm("b"), field_manager="someone-else", _content_type=apply
+        )
     assert exc.value.status == 409
-    core.patch_namespaced_config_map("ssa-probe", "keybuzz", cm("b"), field_manager="someone-else",
-                                     force=True, _content_type=apply)
+    core.patch_namespaced_config_map(
+        "ssa-probe", "keybuzz", cm("b"), field_manager="someone-else", force=True, _content_type=apply
+    )
     assert core.read_namespaced_config_map("ssa-probe", "keybuzz").data == {"mode": "b"}
     core.delete_namespaced_config_map("ssa-probe", "keybuzz")
 
@@ -147,17 +158,21 @@ def test_server_side_apply_records_field_manager_and_conflicts(keybuzz_cluster: 
 def test_user_kubeconfig_is_bound_by_rbac(keybuzz_cluster: KeybuzzCluster) -> None:
     api = keybuzz_cluster.api_client
     rbac = client.RbacAuthorizationV1Api(api)
-    rbac.create_namespaced_role("keybuzz", {
-        "metadata": {"name": "viewer"},
-        "rules": [
-            {"apiGroups": ["", "apps"], "resources": ["pods", "deployments"], "verbs": ["get", "list"]}
-        ],
-    })
-    rbac.create_namespaced_role_binding("keybuzz", {
-        "metadata": {"name": "viewer"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "viewer"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "auditors"}],
-    })
+    rbac.create_namespaced_role(
+        "keybuzz",
+        {
+            "metadata": {"name": "viewer"},
+            "rules": [{"apiGroups": ["", "apps"], "resources": ["pods", "deployments"], "verbs": ["get", "list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        "keybuzz",
+        {
+            "metadata": {"name": "viewer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "viewer"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "auditors"}],
+        },
+    )
     path = keybuzz_cluster.control_plane.user_kubeconfig("alice", ["auditors"])
     server = yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"]
     assert server == keybuzz_cluster.control_plane.server
@@ -192,11 +207,13 @@ def test_reset_and_reseed_undo_what_a_test_changed(keybuzz_cluster: KeybuzzClust
     core.create_namespaced_config_map("keybuzz", {"metadata": {"name": "junk"}})
     apps.patch_namespaced_deployment_scale("keybuzz-api", "keybuzz", {"spec": {"replicas": 4}})
     worker = keybuzz_cluster.worker_names[0]
-    core.patch_node(worker, {"metadata": {"labels": {"junk": "yes"}},
-                             "spec": {"taints": [{"key": "junk", "effect": "NoExecute"}]}})
+    core.patch_node(
+        worker, {"metadata": {"labels": {"junk": "yes"}}, "spec": {"taints": [{"key": "junk", "effect": "NoExecute"}]}}
+    )
 
-    reset_cluster(api, keep_namespaces=SEEDED_NAMESPACES,
-                  keep_nodes=keybuzz_cluster.worker_names + keybuzz_cluster.master_names)
+    reset_cluster(
+        api, keep_namespaces=SEEDED_NAMESPACES, keep_nodes=keybuzz_cluster.worker_names + keybuzz_cluster.master_names
+    )
     seed_keybuzz(api, keybuzz_cluster.workers, keybuzz_cluster.masters)
 
     assert "cp-test-junk" not in [ns.metadata.name for ns in core.list_namespace().items]

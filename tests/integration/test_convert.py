@@ -24,9 +24,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner, Result
 
-from keybuzz_fix import backup, kube
 from keybuzz_fix.cli import app
-from keybuzz_fix.objects import strip_server_fields
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster import client as kube
+from keybuzz_fix.cluster.connect import from_kubeconfig
+from keybuzz_fix.cluster.objects import strip_server_fields
 from tests.cluster.reset import reset_cluster
 from tests.cluster.seed import SEEDED_NAMESPACES, seed_keybuzz, wait_for
 
@@ -49,15 +51,16 @@ class Lab:
 
     def __init__(self, cluster: KeybuzzCluster) -> None:
         self.cluster = cluster
-        self.kube = kube.load(cluster.kubeconfig)
+        self.kube = from_kubeconfig(cluster.kubeconfig)
         self.dirty = False
 
     def pristine(self, *, settled: bool = False) -> None:
         """Bring back the seeded state; with settled, also wait until the controllers stop writing."""
         if self.dirty:
             api = self.cluster.api_client
-            reset_cluster(api, keep_namespaces=SEEDED_NAMESPACES,
-                          keep_nodes=self.cluster.worker_names + self.cluster.master_names)
+            reset_cluster(
+                api, keep_namespaces=SEEDED_NAMESPACES, keep_nodes=self.cluster.worker_names + self.cluster.master_names
+            )
             seed_keybuzz(api, self.cluster.workers, self.cluster.masters)
             self.dirty = False
         if settled:
@@ -73,12 +76,16 @@ def settle(api: client.ApiClient, timeout: float = 60.0) -> None:
     apps, autoscaling = client.AppsV1Api(api), client.AutoscalingV2Api(api)
 
     def deployments_done(objs: dict[str, Any]) -> bool:
-        return len(objs) == 2 and all((d.status.available_replicas or 0) == d.spec.replicas and
-                                      d.status.observed_generation == d.metadata.generation for d in objs.values())
+        return len(objs) == 2 and all(
+            (d.status.available_replicas or 0) == d.spec.replicas
+            and d.status.observed_generation == d.metadata.generation
+            for d in objs.values()
+        )
 
     def hpas_done(objs: dict[str, Any]) -> bool:
-        return len(objs) == 2 and all(any(c.type == "ScalingActive" for c in (h.status.conditions or []))
-                                      for h in objs.values())
+        return len(objs) == 2 and all(
+            any(c.type == "ScalingActive" for c in (h.status.conditions or [])) for h in objs.values()
+        )
 
     wait_for(apps.list_namespaced_deployment, deployments_done, timeout, "Deployments ready", namespace=NS)
     wait_for(autoscaling.list_namespaced_horizontal_pod_autoscaler, hpas_done, timeout, "HPA status", namespace=NS)
@@ -139,8 +146,11 @@ def versions(k: kube.Kube) -> dict[str, str]:
 
 def originals(k: kube.Kube) -> dict[tuple[str, str], dict[str, Any]]:
     """The app objects convert replaces or changes, as they are now."""
-    return {(o["kind"], o["metadata"]["name"]): o
-            for kind in ("Deployment", "Service", "HorizontalPodAutoscaler") for o in k.list(kind, NS)}
+    return {
+        (o["kind"], o["metadata"]["name"]): o
+        for kind in ("Deployment", "Service", "HorizontalPodAutoscaler")
+        for o in k.list(kind, NS)
+    }
 
 
 def comparable(obj: dict[str, Any]) -> dict[str, Any]:
@@ -158,19 +168,24 @@ def assert_converted(lab: Lab, before: dict[tuple[str, str], dict[str, Any]]) ->
     for name, (host_port, node_port) in APPS.items():
         ds = k.get("DaemonSet", name, NS)
         assert ds is not None and ds["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "keybuzz-fix"
-        pods = [p for p in k.list("Pod", NS, selector=f"app={name}")
-                if p["metadata"]["ownerReferences"][0]["uid"] == ds["metadata"]["uid"]]
+        pods = [
+            p
+            for p in k.list("Pod", NS, selector=f"app={name}")
+            if p["metadata"]["ownerReferences"][0]["uid"] == ds["metadata"]["uid"]
+        ]
         running = sorted(p["spec"]["nodeName"] for p in pods if p["status"].get("phase") == "Running")
         assert running == sorted(lab.cluster.worker_names)  # one per worker, none on a master
-        assert all(p["status"]["podIP"] == nodes[p["spec"]["nodeName"]]["status"]["addresses"][0]["address"]
-                   for p in pods)  # hostNetwork: the node's address
+        assert all(
+            p["status"]["podIP"] == nodes[p["spec"]["nodeName"]]["status"]["addresses"][0]["address"] for p in pods
+        )  # hostNetwork: the node's address
         pod = ds["spec"]["template"]["spec"]
         assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
         (container,) = pod["containers"]
         original = before[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
         assert container["image"] == original["image"]
-        assert container["ports"] == [{"name": "http", "containerPort": host_port, "hostPort": host_port,
-                                       "protocol": "TCP"}]
+        assert container["ports"] == [
+            {"name": "http", "containerPort": host_port, "hostPort": host_port, "protocol": "TCP"}
+        ]
         assert {"name": "PORT", "value": str(host_port)} in container["env"]
         for probe in ("livenessProbe", "readinessProbe"):  # named port http, now the host port
             assert container[probe]["httpGet"]["port"] == "http"
@@ -187,7 +202,7 @@ def assert_converted(lab: Lab, before: dict[tuple[str, str], dict[str, Any]]) ->
 
 def newest_backup(state_dir: Path) -> backup.Backup:
     (path, *_) = sorted((state_dir / "backups").glob("convert-*.yaml"), reverse=True)
-    return backup.load(path)
+    return backup.read_backup(path)
 
 
 def convert_json(lab: Lab, *args: str) -> tuple[Result, dict[str, Any]]:
@@ -211,22 +226,27 @@ def test_dry_run_sends_every_change_as_a_server_side_dry_run_and_changes_nothing
     as_yaml = cli("convert", "--dry-run", "-o", "yaml", "--show-values", kubeconfig=untouched.cluster.kubeconfig)
     objs = [d for d in yaml.safe_load_all(as_yaml.stdout) if d]
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
-        ("DaemonSet", "keybuzz-api"), ("DaemonSet", "keybuzz-front"),
-        ("Service", "keybuzz-api"), ("Service", "keybuzz-front")]
+        ("DaemonSet", "keybuzz-api"),
+        ("DaemonSet", "keybuzz-front"),
+        ("Service", "keybuzz-api"),
+        ("Service", "keybuzz-front"),
+    ]
 
 
 def test_dry_run_is_checked_by_the_api_server(untouched: Lab) -> None:
     """What only the API knows (here a quota forbidding DaemonSets) fails the dry run, and nothing changes."""
     core = client.CoreV1Api(untouched.cluster.api_client)
-    core.create_namespaced_resource_quota(NS, {"metadata": {"name": "no-daemonsets"},
-                                               "spec": {"hard": {"count/daemonsets.apps": "0"}}})
+    core.create_namespaced_resource_quota(
+        NS, {"metadata": {"name": "no-daemonsets"}, "spec": {"hard": {"count/daemonsets.apps": "0"}}}
+    )
     try:
         result = cli("convert", "--dry-run", kubeconfig=untouched.cluster.kubeconfig)
     finally:
         core.delete_namespaced_resource_quota("no-daemonsets", NS)
     assert result.exit_code == 1
-    assert error_line(result).startswith("keybuzz-fix: error: cannot apply DaemonSet keybuzz-api in namespace "
-                                         "keybuzz: refused by the API server: ")
+    assert error_line(result).startswith(
+        "keybuzz-fix: error: cannot apply DaemonSet keybuzz-api in namespace keybuzz: refused by the API server: "
+    )
     assert "exceeded quota: no-daemonsets" in error_line(result) or "no-daemonsets" in error_line(result)
 
 
@@ -234,29 +254,59 @@ def test_read_only_user_gets_a_clear_error_and_nothing_changes(untouched: Lab) -
     api = untouched.cluster.api_client
     rbac = client.RbacAuthorizationV1Api(api)
     group = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "keybuzz-readers"}
-    rbac.create_namespaced_role(NS, {"metadata": {"name": "reader"}, "rules": [
-        {"apiGroups": ["", "apps", "autoscaling"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]})
-    rbac.create_namespaced_role_binding(NS, {"metadata": {"name": "reader"}, "subjects": [group], "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"}})
+    rbac.create_namespaced_role(
+        NS,
+        {
+            "metadata": {"name": "reader"},
+            "rules": [
+                {"apiGroups": ["", "apps", "autoscaling"], "resources": ["*"], "verbs": ["get", "list", "watch"]}
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        NS,
+        {
+            "metadata": {"name": "reader"},
+            "subjects": [group],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        },
+    )
     reader = untouched.cluster.control_plane.user_kubeconfig("reader", ["keybuzz-readers"])
     # Bound to the namespace only: the cluster-wide read (host-port collisions) is refused, by name.
     result = cli("convert", "--yes", kubeconfig=reader)
     assert result.exit_code == 1
-    assert "forbidden: cannot list deployments (needed to list Deployment); grant it (see manifests/rbac.yaml)" \
+    assert (
+        "forbidden: cannot list deployments (needed to list Deployment); grant it (see manifests/rbac.yaml)"
         in error_line(result)
+    )
     assert "at the cluster scope" in error_line(result)
-    rbac.create_cluster_role({"metadata": {"name": "keybuzz-reader"}, "rules": [
-        {"apiGroups": ["", "apps"], "resources": ["deployments", "daemonsets", "statefulsets", "services", "nodes"],
-         "verbs": ["list"]}]})
-    rbac.create_cluster_role_binding({"metadata": {"name": "keybuzz-reader"}, "subjects": [group], "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keybuzz-reader"}})
+    rbac.create_cluster_role(
+        {
+            "metadata": {"name": "keybuzz-reader"},
+            "rules": [
+                {
+                    "apiGroups": ["", "apps"],
+                    "resources": ["deployments", "daemonsets", "statefulsets", "services", "nodes"],
+                    "verbs": ["list"],
+                }
+            ],
+        }
+    )
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "keybuzz-reader"},
+            "subjects": [group],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keybuzz-reader"},
+        }
+    )
     for extra in ((), ("--dry-run",)):
         result = cli("convert", "--yes", *extra, kubeconfig=reader)
         assert result.exit_code == 1, result.output
         assert error_line(result) == (
             "keybuzz-fix: error: forbidden: missing permission(s) in namespace keybuzz: patch daemonsets.apps, "
             "create daemonsets.apps, patch services, delete horizontalpodautoscalers.autoscaling, "
-            "delete deployments.apps; nothing changed; grant them (see manifests/rbac.yaml)")
+            "delete deployments.apps; nothing changed; grant them (see manifests/rbac.yaml)"
+        )
     for name in ("keybuzz-reader",):
         rbac.delete_cluster_role_binding(name)
         rbac.delete_cluster_role(name)
@@ -266,13 +316,17 @@ def test_read_only_user_gets_a_clear_error_and_nothing_changes(untouched: Lab) -
 
 def test_an_app_whose_port_cannot_move_is_refused(untouched: Lab, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"  # the app reads LISTEN_PORT, which keybuzz-api does not set
-    cfg.write_text("apps:\n  - {name: keybuzz-api, host_port: 8080, node_port: 30080, port_env: LISTEN_PORT}\n"
-                   "  - {name: keybuzz-front, host_port: 3000, node_port: 30000, port_env: LISTEN_PORT}\n")
+    cfg.write_text(
+        "apps:\n  - {name: keybuzz-api, host_port: 8080, node_port: 30080, port_env: LISTEN_PORT}\n"
+        "  - {name: keybuzz-front, host_port: 3000, node_port: 30000, port_env: LISTEN_PORT}\n"
+    )
     result = cli("convert", "--yes", "--config", str(cfg), kubeconfig=untouched.cluster.kubeconfig)
     assert result.exit_code == 1
     line = error_line(result)
-    assert "convert refused: keybuzz-api: Deployment keybuzz/keybuzz-api listens on 3001 and nothing in its env " \
-           "tells it where to listen (no LISTEN_PORT variable)" in line
+    assert (
+        "convert refused: keybuzz-api: Deployment keybuzz/keybuzz-api listens on 3001 and nothing in its env "
+        "tells it where to listen (no LISTEN_PORT variable)" in line
+    )
     assert "--keep-port" in line and line.endswith("nothing changed")
     assert "keybuzz-front" not in line  # it already listens on its host port
 
@@ -280,15 +334,19 @@ def test_an_app_whose_port_cannot_move_is_refused(untouched: Lab, tmp_path: Path
 def test_a_host_port_collision_is_refused(untouched: Lab, tmp_path: Path) -> None:
     """With the config's reserved ports emptied, the observed ingress-nginx DaemonSet still refuses port 80."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("apps:\n  - {name: keybuzz-api, host_port: 80, node_port: 30080}\n"
-                   "  - {name: keybuzz-front, host_port: 3000, node_port: 30000}\n"
-                   "ingress: {reserved_host_ports: []}\n")
+    cfg.write_text(
+        "apps:\n  - {name: keybuzz-api, host_port: 80, node_port: 30080}\n"
+        "  - {name: keybuzz-front, host_port: 3000, node_port: 30000}\n"
+        "ingress: {reserved_host_ports: []}\n"
+    )
     result = cli("convert", "--yes", "--config", str(cfg), kubeconfig=untouched.cluster.kubeconfig)
     assert result.exit_code == 1
     line = error_line(result)
     workers = ", ".join(untouched.cluster.worker_names)
-    assert f"keybuzz-api: host port 80/TCP is already held by DaemonSet ingress-nginx/ingress-nginx-controller " \
-           f"(hostNetwork) on {workers}" in line
+    assert (
+        f"keybuzz-api: host port 80/TCP is already held by DaemonSet ingress-nginx/ingress-nginx-controller "
+        f"(hostNetwork) on {workers}" in line
+    )
 
 
 # -- convert, again, rollback -----------------------------------------------------------------------
@@ -308,27 +366,33 @@ def converted(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     return {"summary": summary, "before": before, "state_dir": state_dir}
 
 
-def test_convert_runs_the_apps_as_host_network_daemonsets(lab: Lab, converted: dict[str, Any],
-                                                          request: pytest.FixtureRequest) -> None:
+def test_convert_runs_the_apps_as_host_network_daemonsets(
+    lab: Lab, converted: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
     summary, before, state_dir = converted["summary"], converted["before"], converted["state_dir"]
     assert [(c["action"], c["kind"], c["name"], c["outcome"]) for c in summary["changes"]] == [
-        ("create", "DaemonSet", "keybuzz-api", "done"), ("create", "DaemonSet", "keybuzz-front", "done"),
-        ("patch", "Service", "keybuzz-api", "done"), ("patch", "Service", "keybuzz-front", "done"),
+        ("create", "DaemonSet", "keybuzz-api", "done"),
+        ("create", "DaemonSet", "keybuzz-front", "done"),
+        ("patch", "Service", "keybuzz-api", "done"),
+        ("patch", "Service", "keybuzz-front", "done"),
         ("delete", "HorizontalPodAutoscaler", "keybuzz-api", "done"),
         ("delete", "HorizontalPodAutoscaler", "keybuzz-front", "done"),
-        ("delete", "Deployment", "keybuzz-api", "done"), ("delete", "Deployment", "keybuzz-front", "done")]
+        ("delete", "Deployment", "keybuzz-api", "done"),
+        ("delete", "Deployment", "keybuzz-front", "done"),
+    ]
     assert_converted(lab, before)
     # The backup holds every original, exactly as read, privately.
     path = Path(summary["backup"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    saved = {(o["kind"], o["metadata"]["name"]): o for o in backup.load(path).objects}
+    saved = {(o["kind"], o["metadata"]["name"]): o for o in backup.read_backup(path).objects}
     assert saved.keys() == before.keys()
     for key, obj in before.items():
         assert saved[key]["metadata"]["uid"] == obj["metadata"]["uid"]
         assert saved[key]["spec"] == obj["spec"]
     audit = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
     assert [(e["action"], e["where"]) for e in audit if e["action"] != "backup"] == [
-        (c["action"], f"{c['kind']} {NS}/{c['name']}") for c in summary["changes"]]
+        (c["action"], f"{c['kind']} {NS}/{c['name']}") for c in summary["changes"]
+    ]
     assert all(e["outcome"] == "ok" for e in audit)
     t = summary["timings"]
     assert t["planned"] <= t["backed_up"] <= t["applied"] <= t["ready"] <= t["done"]
@@ -360,21 +424,32 @@ def test_rollback_restores_the_originals(lab: Lab, converted: dict[str, Any], mo
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [(c["action"], c["kind"], c["outcome"]) for c in summary["changes"]] == [
-        ("create", "Deployment", "done"), ("create", "Deployment", "done"),
-        ("create", "HorizontalPodAutoscaler", "done"), ("create", "HorizontalPodAutoscaler", "done"),
-        ("patch", "Service", "done"), ("patch", "Service", "done"),
-        ("delete", "DaemonSet", "done"), ("delete", "DaemonSet", "done")]
+        ("create", "Deployment", "done"),
+        ("create", "Deployment", "done"),
+        ("create", "HorizontalPodAutoscaler", "done"),
+        ("create", "HorizontalPodAutoscaler", "done"),
+        ("patch", "Service", "done"),
+        ("patch", "Service", "done"),
+        ("delete", "DaemonSet", "done"),
+        ("delete", "DaemonSet", "done"),
+    ]
     now = originals(lab.kube)
     assert now.keys() == converted["before"].keys()
     for key, obj in converted["before"].items():
         assert comparable(now[key]) == comparable(obj), key
-    assert now[("Service", "keybuzz-api")]["metadata"]["uid"] == \
-        converted["before"][("Service", "keybuzz-api")]["metadata"]["uid"]
+    assert (
+        now[("Service", "keybuzz-api")]["metadata"]["uid"]
+        == converted["before"][("Service", "keybuzz-api")]["metadata"]["uid"]
+    )
     assert lab.kube.list("DaemonSet", NS) == []
     for name in APPS:
-        running = [p for p in lab.kube.list("Pod", NS, selector=f"app={name}")
-                   if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-                   and p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"]
+        running = [
+            p
+            for p in lab.kube.list("Pod", NS, selector=f"app={name}")
+            if p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+            and p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+        ]
         assert len(running) == 2
     # rollback backed up what it changed, and a second rollback is a no-op.
     assert Path(summary["backup"]).name.startswith("rollback-")
@@ -388,46 +463,53 @@ def test_rollback_restores_the_originals(lab: Lab, converted: dict[str, Any], mo
 def test_a_half_converted_state_converges(fresh: Lab, state_dir: Path) -> None:
     """DaemonSets applied and one Service switched by an earlier run; the Deployments still there."""
     from keybuzz_fix import config
-    from keybuzz_fix.changes import execute
-    from keybuzz_fix.convert import plan_convert
-    from keybuzz_fix.convert_apply import observe
+    from keybuzz_fix.cluster.convert import plan_convert
+    from keybuzz_fix.cluster.rollout import execute
+    from keybuzz_fix.flows.convert import read_convert_state
 
     before = originals(fresh.kube)
-    cfg = config.load()
-    plan = plan_convert(cfg, observe(fresh.kube, cfg))
+    cfg = config.load_config()
+    plan = plan_convert(cfg, read_convert_state(fresh.kube, cfg))
     for change in [*plan.daemonsets, plan.services[0]]:
         execute(fresh.kube, change, command="test")
     result, summary = convert_json(fresh)
     assert result.exit_code == 0, result.output
     assert [(c["action"], c["name"]) for c in summary["changes"] if c["outcome"] == "done"] == [
-        ("patch", "keybuzz-front"), ("delete", "keybuzz-api"), ("delete", "keybuzz-front"),
-        ("delete", "keybuzz-api"), ("delete", "keybuzz-front")]
+        ("patch", "keybuzz-front"),
+        ("delete", "keybuzz-api"),
+        ("delete", "keybuzz-front"),
+        ("delete", "keybuzz-api"),
+        ("delete", "keybuzz-front"),
+    ]
     assert_converted(fresh, before)
     again = cli("convert", "--yes", kubeconfig=fresh.cluster.kubeconfig)
     assert again.exit_code == 0 and "nothing to do" in again.stdout
 
 
-def test_ctrl_c_stops_cleanly_and_a_rerun_converges(fresh: Lab, state_dir: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from keybuzz_fix import changes
+def test_ctrl_c_stops_cleanly_and_a_rerun_converges(
+    fresh: Lab, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keybuzz_fix.cluster import rollout
 
     before = originals(fresh.kube)
-    real_execute = changes.execute
+    real_execute = rollout.execute
 
     def interrupt_before_hpas(kube_: kube.Kube, change: Any, **kwargs: Any) -> None:
         if change.kind == "HorizontalPodAutoscaler":
             raise KeyboardInterrupt
         real_execute(kube_, change, **kwargs)
 
-    monkeypatch.setattr(changes, "execute", interrupt_before_hpas)
+    monkeypatch.setattr(rollout, "execute", interrupt_before_hpas)
     result = cli("convert", "--yes", kubeconfig=fresh.cluster.kubeconfig)
     assert result.exit_code == 130
     line = error_line(result)
     assert "interrupted (Ctrl-C): backup " in line and "re-run convert to finish" in line
-    assert "done: create DaemonSet keybuzz/keybuzz-api, create DaemonSet keybuzz/keybuzz-front, " \
-           "patch Service keybuzz/keybuzz-api, patch Service keybuzz/keybuzz-front" in line
+    assert (
+        "done: create DaemonSet keybuzz/keybuzz-api, create DaemonSet keybuzz/keybuzz-front, "
+        "patch Service keybuzz/keybuzz-api, patch Service keybuzz/keybuzz-front" in line
+    )
     assert len(fresh.kube.list("Deployment", NS)) == 2 and len(fresh.kube.list("HorizontalPodAutoscaler", NS)) == 2
-    monkeypatch.setattr(changes, "execute", real_execute)
+    monkeypatch.setattr(rollout, "execute", real_execute)
     result, summary = convert_json(fresh)
     assert result.exit_code == 0, result.output
     assert_converted(fresh, before)
@@ -443,7 +525,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_converges(fresh: Lab, state_dir: Path,
 
 
 def test_apiserver_stopped_right_after_the_daemonsets_then_a_rerun_converges(
-        fresh: Lab, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh: Lab, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cp = fresh.cluster.control_plane
     before = originals(fresh.kube)
     real_apply = kube.Kube.apply
@@ -476,20 +559,22 @@ def test_apiserver_stopped_right_after_the_daemonsets_then_a_rerun_converges(
 
 def test_a_conflicting_field_manager_is_reported_and_force_conflicts_takes_over(fresh: Lab, state_dir: Path) -> None:
     from keybuzz_fix import config
-    from keybuzz_fix.changes import execute
-    from keybuzz_fix.convert import plan_convert
-    from keybuzz_fix.convert_apply import observe
+    from keybuzz_fix.cluster.convert import plan_convert
+    from keybuzz_fix.cluster.rollout import execute
+    from keybuzz_fix.flows.convert import read_convert_state
 
-    cfg = config.load()
-    plan = plan_convert(cfg, observe(fresh.kube, cfg))
+    cfg = config.load_config()
+    plan = plan_convert(cfg, read_convert_state(fresh.kube, cfg))
     execute(fresh.kube, plan.daemonsets[0], command="test")  # an earlier, interrupted run
     hotfix = copy.deepcopy(plan.daemonsets[0].body)
     assert hotfix is not None
-    hotfix["spec"] = {"selector": hotfix["spec"]["selector"],
-                      "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}}
+    hotfix["spec"] = {
+        "selector": hotfix["spec"]["selector"],
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}},
+    }
     client.AppsV1Api(fresh.cluster.api_client).patch_namespaced_daemon_set(
-        "keybuzz-api", NS, hotfix, field_manager="ops-hotfix", force=True,
-        _content_type="application/apply-patch+yaml")
+        "keybuzz-api", NS, hotfix, field_manager="ops-hotfix", force=True, _content_type="application/apply-patch+yaml"
+    )
     result = cli("convert", "--yes", kubeconfig=fresh.cluster.kubeconfig)
     assert result.exit_code == 1
     line = error_line(result)
@@ -505,8 +590,22 @@ def test_a_conflicting_field_manager_is_reported_and_force_conflicts_takes_over(
 
 def test_pods_that_never_get_ready_are_reported_and_nothing_is_deleted(fresh: Lab, state_dir: Path) -> None:
     """keybuzz-api asks for more CPU than any node has: its DaemonSet pods stay Pending."""
-    fresh.kube.patch("Deployment", "keybuzz-api", NS, {"spec": {"template": {"spec": {"containers": [
-        {"name": "keybuzz-api", "resources": {"requests": {"cpu": "64"}, "limits": {"cpu": "64"}}}]}}}})
+    fresh.kube.patch(
+        "Deployment",
+        "keybuzz-api",
+        NS,
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "keybuzz-api", "resources": {"requests": {"cpu": "64"}, "limits": {"cpu": "64"}}}
+                        ]
+                    }
+                }
+            }
+        },
+    )
     result = cli("convert", "--yes", "--timeout", "5", kubeconfig=fresh.cluster.kubeconfig)
     assert result.exit_code == 1
     line = error_line(result)
@@ -523,9 +622,12 @@ def test_pods_that_never_get_ready_are_reported_and_nothing_is_deleted(fresh: La
 
 def test_the_shipped_rbac_is_enough_for_convert_and_rollback(fresh: Lab, state_dir: Path) -> None:
     rbac = client.RbacAuthorizationV1Api(fresh.cluster.api_client)
-    create = {"ClusterRole": rbac.create_cluster_role, "ClusterRoleBinding": rbac.create_cluster_role_binding,
-              "Role": lambda body: rbac.create_namespaced_role(body["metadata"]["namespace"], body),
-              "RoleBinding": lambda body: rbac.create_namespaced_role_binding(body["metadata"]["namespace"], body)}
+    create = {
+        "ClusterRole": rbac.create_cluster_role,
+        "ClusterRoleBinding": rbac.create_cluster_role_binding,
+        "Role": lambda body: rbac.create_namespaced_role(body["metadata"]["namespace"], body),
+        "RoleBinding": lambda body: rbac.create_namespaced_role_binding(body["metadata"]["namespace"], body),
+    }
     for obj in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()):
         try:
             create[obj["kind"]](obj)

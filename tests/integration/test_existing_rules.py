@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keybuzz_fix.cli import app
-from keybuzz_fix.firewall import parse_show_added
+from keybuzz_fix.hosts.ufw.facts import parse_show_added
 from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = pytest.mark.integration
@@ -62,8 +62,23 @@ def defaults(host: LabHost) -> list[str]:
 
 
 def run(lab: Lab, command: str, servers: Path, *args: str) -> dict:
-    result = CliRunner().invoke(app, [command, str(servers), "--identity", str(lab.identity_file), "--known-hosts",
-                                      str(lab.known_hosts_file), "--timeout", "5", "--yes", "-o", "json", *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            command,
+            str(servers),
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+            "--timeout",
+            "5",
+            "--yes",
+            "-o",
+            "json",
+            *args,
+        ],
+    )
     assert "Traceback" not in result.output
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
@@ -91,8 +106,8 @@ def test_ufw_and_overlay_keep_every_existing_rule_in_place(lab_factory: Callable
         for h in lab.hosts:
             (v4, v6), (old4, old6) = by_family(show_added(h)), by_family(before[h.name])
             assert v6 == old6  # the IPv6-only rule, untouched
-            assert v4[:len(old4)] == old4, v4  # the same rules, in the same order, first
-            new = v4[len(old4):]
+            assert v4[: len(old4)] == old4, v4  # the same rules, in the same order, first
+            new = v4[len(old4) :]
             assert new == [
                 "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp "
                 "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",

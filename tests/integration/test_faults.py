@@ -73,7 +73,7 @@ class Gate:
         wrapper = folder / "ufw"
         wrapper.write_text(_GATE.format(port=port, real="/usr/sbin/ufw"))
         wrapper.chmod(0o755)
-        host.run(f"mount --bind {folder} /usr/local/sbin && [ \"$(command -v ufw)\" = /usr/local/sbin/ufw ]")
+        host.run(f'mount --bind {folder} /usr/local/sbin && [ "$(command -v ufw)" = /usr/local/sbin/ufw ]')
 
     def reached(self, proc: subprocess.Popen[str], timeout: float = 60) -> int:
         """Wait until a command is held at the gate; return its pid."""
@@ -84,8 +84,10 @@ class Gate:
                 return int(pid)
             if proc.poll() is not None:
                 out, err = proc.communicate()
-                pytest.fail(f"the CLI ended (exit {proc.returncode}) before {self.host.name} reached the gate:\n"
-                            f"{out[-2000:]}\n{err[-2000:]}")
+                pytest.fail(
+                    f"the CLI ended (exit {proc.returncode}) before {self.host.name} reached the gate:\n"
+                    f"{out[-2000:]}\n{err[-2000:]}"
+                )
             time.sleep(0.1)
         pytest.fail(f"{self.host.name}: ufw never reached the gate in {timeout}s")
 
@@ -124,10 +126,25 @@ class Run:
 
 def start(lab: Lab, servers: Path, state: Path, *args: str, identity: Path | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "KEYBUZZ_FIX_STATE_DIR": str(state)}
-    argv = [sys.executable, "-m", "keybuzz_fix", "ufw", str(servers), "--identity", str(identity or lab.identity_file),
-            "--known-hosts", str(lab.known_hosts_file), "--source", SOURCE, "-o", "json", *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            cwd=ROOT, env=env)
+    argv = [
+        sys.executable,
+        "-m",
+        "keybuzz_fix",
+        "ufw",
+        str(servers),
+        "--identity",
+        str(identity or lab.identity_file),
+        "--known-hosts",
+        str(lab.known_hosts_file),
+        "--source",
+        SOURCE,
+        "-o",
+        "json",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
+    )
     proc.started = time.monotonic()  # type: ignore[attr-defined]
     return proc
 
@@ -171,7 +188,8 @@ def lab3(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
 
 
 def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_converges(
-        lab3: Lab, tmp_path: Path) -> None:
+    lab3: Lab, tmp_path: Path
+) -> None:
     lab, state = lab3, tmp_path / "state"
     servers = lab.servers_tsv(tmp_path / "servers.tsv", masters=())
     dropped, cut, fine = (lab.host(f"k8s-worker-0{i}") for i in (1, 2, 3))
@@ -194,8 +212,10 @@ def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_
     assert run.seconds < 90  # the cut host is bounded by the command timeout (30 s), never a hang
     lost, silent = run.host(dropped.name), run.host(cut.name)
     assert lost["status"] == "failed" and lost["error_type"] == "HostUnreachable"
-    assert f"connection lost while applying: 1 of 2 change(s) done ({RULES[0]}); unknown whether this one " \
-           f"finished: {RULES[1]}; re-run to converge" in lost["error"]
+    assert (
+        f"connection lost while applying: 1 of 2 change(s) done ({RULES[0]}); unknown whether this one "
+        f"finished: {RULES[1]}; re-run to converge" in lost["error"]
+    )
     assert silent["status"] == "failed" and silent["error_type"] == "RemoteCommandError"
     assert "no answer in time (--timeout) while applying: 1 of 2 change(s) done" in silent["error"]
     assert run.host(fine.name)["status"] == "changed"
@@ -211,7 +231,10 @@ def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_
     again = ufw(lab, servers, state, "--yes", "--timeout", "2")
     assert again.code == 0, again.data
     assert {h: again.host(h)["status"] for h in (dropped.name, cut.name, fine.name)} == {
-        dropped.name: "changed", cut.name: "changed", fine.name: "unchanged"}
+        dropped.name: "changed",
+        cut.name: "changed",
+        fine.name: "unchanged",
+    }
     assert again.host(dropped.name)["applied"] == [RULES[1]]  # only what was missing
     for h in lab.hosts:
         rules = added(h)
@@ -221,7 +244,8 @@ def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_
 
 
 def test_slow_hosts_are_bounded_by_the_timeout_and_the_others_are_unaffected(
-        lab_factory: Callable[..., Lab], tmp_path: Path) -> None:
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
     names = ["k8s-worker-01", "k8s-worker-02", "k8s-worker-03", "k8s-worker-04"]
     with lab_factory(names) as lab:
         state = tmp_path / "state"
@@ -298,12 +322,14 @@ def test_ctrl_c_during_ufw_stops_cleanly_and_says_what_was_done(lab3: Lab, tmp_p
     assert run.code == 130
     assert run.data == {}  # no summary: the error line says what was done
     (line,) = run.stderr.splitlines()
-    assert line == ("keybuzz-fix: error: interrupted: finished on k8s-worker-01, k8s-worker-02, k8s-worker-03; "
-                    "failed on none; not started on none; re-run to converge (the audit log lists every change "
-                    "made)")
+    assert line == (
+        "keybuzz-fix: error: interrupted: finished on k8s-worker-01, k8s-worker-02, k8s-worker-03; "
+        "failed on none; not started on none; re-run to converge (the audit log lists every change "
+        "made)"
+    )
     entries = audit(state)  # every line whole JSON, every change there once, with who, when, where, what
     for h in lab.hosts:
-        new = added(h)[len(before[h.name]):]
+        new = added(h)[len(before[h.name]) :]
         assert new == list(RULES)
         assert [e["action"] for e in entries if e["where"] == h.name and e["outcome"] == "ok"] == new
     assert all({"time", "who", "command", "where", "action", "outcome"} <= set(e) for e in entries)
@@ -312,26 +338,55 @@ def test_ctrl_c_during_ufw_stops_cleanly_and_says_what_was_done(lab3: Lab, tmp_p
     assert again.code == 0 and {h["status"] for h in again.data["hosts"]} == {"unchanged"}
 
 
-def test_ctrl_c_during_convert_stops_cleanly_and_loses_nothing(keybuzz_cluster: KeybuzzCluster,
-                                                              tmp_path: Path) -> None:
+def test_ctrl_c_during_convert_stops_cleanly_and_loses_nothing(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
     """SIGINT while convert waits for pods that never get ready (keybuzz-api asks for 64 CPUs)."""
     from kubernetes import client
 
     api = keybuzz_cluster.api_client
     apps = client.AppsV1Api(api)
-    apps.patch_namespaced_deployment("keybuzz-api", "keybuzz", {"spec": {"template": {"spec": {"containers": [
-        {"name": "keybuzz-api", "resources": {"requests": {"cpu": "64"}, "limits": {"cpu": "64"}}}]}}}})
-    originals = {(kind, o.metadata.name): o.metadata.uid for kind, items in (
-        ("Deployment", apps.list_namespaced_deployment("keybuzz").items),
-        ("Service", client.CoreV1Api(api).list_namespaced_service("keybuzz").items),
-        ("HorizontalPodAutoscaler",
-         client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler("keybuzz").items)) for o in items}
+    apps.patch_namespaced_deployment(
+        "keybuzz-api",
+        "keybuzz",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "keybuzz-api", "resources": {"requests": {"cpu": "64"}, "limits": {"cpu": "64"}}}
+                        ]
+                    }
+                }
+            }
+        },
+    )
+    originals = {
+        (kind, o.metadata.name): o.metadata.uid
+        for kind, items in (
+            ("Deployment", apps.list_namespaced_deployment("keybuzz").items),
+            ("Service", client.CoreV1Api(api).list_namespaced_service("keybuzz").items),
+            (
+                "HorizontalPodAutoscaler",
+                client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler("keybuzz").items,
+            ),
+        )
+        for o in items
+    }
     state = tmp_path / "state"
     env = {**os.environ, "KEYBUZZ_FIX_STATE_DIR": str(state)}
-    argv = [sys.executable, "-m", "keybuzz_fix", "convert", "--yes", "--timeout", "300", "--kubeconfig",
-            str(keybuzz_cluster.kubeconfig)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            cwd=ROOT, env=env)
+    argv = [
+        sys.executable,
+        "-m",
+        "keybuzz_fix",
+        "convert",
+        "--yes",
+        "--timeout",
+        "300",
+        "--kubeconfig",
+        str(keybuzz_cluster.kubeconfig),
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
+    )
     proc.started = time.monotonic()  # type: ignore[attr-defined]
     deadline = time.monotonic() + 120
     while not any(e["where"] == "DaemonSet keybuzz/keybuzz-front" for e in audit(state)):  # both applied: waiting
@@ -353,19 +408,56 @@ def test_ctrl_c_during_convert_stops_cleanly_and_loses_nothing(keybuzz_cluster: 
     assert not leftovers(state)
     backup_file = Path(entries[0]["where"])
     assert stat.S_IMODE(backup_file.stat().st_mode) == 0o600
-    still = {(kind, o.metadata.name): o.metadata.uid for kind, items in (
-        ("Deployment", apps.list_namespaced_deployment("keybuzz").items),
-        ("Service", client.CoreV1Api(api).list_namespaced_service("keybuzz").items),
-        ("HorizontalPodAutoscaler",
-         client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler("keybuzz").items)) for o in items}
+    still = {
+        (kind, o.metadata.name): o.metadata.uid
+        for kind, items in (
+            ("Deployment", apps.list_namespaced_deployment("keybuzz").items),
+            ("Service", client.CoreV1Api(api).list_namespaced_service("keybuzz").items),
+            (
+                "HorizontalPodAutoscaler",
+                client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler("keybuzz").items,
+            ),
+        )
+        for o in items
+    }
     assert still == originals  # every original object is still in the cluster, untouched
     saved = yaml.safe_load_all(backup_file.read_text())
     assert {(o["kind"], o["metadata"]["name"]) for o in saved if o} == set(originals)  # and in the backup
 
-    apps.patch_namespaced_deployment("keybuzz-api", "keybuzz", {"spec": {"template": {"spec": {"containers": [
-        {"name": "keybuzz-api", "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}]}}}})
-    undo = subprocess.run([sys.executable, "-m", "keybuzz_fix", "rollback", "--backup", str(backup_file), "--yes",
-                           "--timeout", "120", "--kubeconfig", str(keybuzz_cluster.kubeconfig)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=180)
+    apps.patch_namespaced_deployment(
+        "keybuzz-api",
+        "keybuzz",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "keybuzz-api", "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}
+                        ]
+                    }
+                }
+            }
+        },
+    )
+    undo = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keybuzz_fix",
+            "rollback",
+            "--backup",
+            str(backup_file),
+            "--yes",
+            "--timeout",
+            "120",
+            "--kubeconfig",
+            str(keybuzz_cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+    )
     assert undo.returncode == 0, undo.stderr
     assert apps.list_namespaced_daemon_set("keybuzz").items == []

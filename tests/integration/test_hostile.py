@@ -43,8 +43,12 @@ PAYLOADS = (
     f"\\$(touch /tmp/{MARK})",
 )
 # Values that look right but carry a payload: what a careless check would let through.
-ADDRESS_PAYLOADS = (f"fe80::1%$(touch${{IFS}}{MARK})", f"fe80::1%`touch${{IFS}}{MARK}`",
-                    f"198.18.0.11;touch /tmp/{MARK}", f"198.18.0.11$(touch /tmp/{MARK})")
+ADDRESS_PAYLOADS = (
+    f"fe80::1%$(touch${{IFS}}{MARK})",
+    f"fe80::1%`touch${{IFS}}{MARK}`",
+    f"198.18.0.11;touch /tmp/{MARK}",
+    f"198.18.0.11$(touch /tmp/{MARK})",
+)
 CHECKED_COLUMNS = ("ENV", "IP_PUBLIQUE", "HOSTNAME", "IP_PRIVEE", "FQDN", "USER_SSH", "ROLE", "SUBROLE")
 FREE_COLUMNS = ("POOL", "DOCKER_STACK", "CORE", "NOTES")
 runner = CliRunner()
@@ -53,8 +57,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
     """A master and two workers; the first worker also has the passwordless sudo user."""
-    with lab_factory([HostSpec("k8s-master-01"), HostSpec("k8s-worker-01", sudo_users=True),
-                      HostSpec("k8s-worker-02")]) as lab:
+    with lab_factory(
+        [HostSpec("k8s-master-01"), HostSpec("k8s-worker-01", sudo_users=True), HostSpec("k8s-worker-02")]
+    ) as lab:
         yield lab
         assert_no_marker(lab)
 
@@ -68,12 +73,15 @@ def _state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def assert_no_marker(lab: Lab) -> None:
     """No payload ran: no marker inside any host (its /tmp, root's home, the lab users' homes) nor here."""
     for h in lab.hosts:
-        found = h.run(f"ls -d /tmp/{MARK}* /root/{MARK}* 2>/dev/null; find {lab.workdir} -name '{MARK}*'",
-                      check=False).stdout.split()
+        found = h.run(
+            f"ls -d /tmp/{MARK}* /root/{MARK}* 2>/dev/null; find {lab.workdir} -name '{MARK}*'", check=False
+        ).stdout.split()
         assert not found, f"{h.name}: a payload ran: {found}"
-    here = [p for base in (Path("/tmp"), Path.home(), ROOT, lab.workdir) for p in base.glob(f"**/{MARK}*"
-                                                                                            if base == lab.workdir
-                                                                                            else f"{MARK}*")]
+    here = [
+        p
+        for base in (Path("/tmp"), Path.home(), ROOT, lab.workdir)
+        for p in base.glob(f"**/{MARK}*" if base == lab.workdir else f"{MARK}*")
+    ]
     assert not here, f"a payload ran on this machine: {here}"
 
 
@@ -82,8 +90,14 @@ def rows(lab: Lab, **columns: Sequence[str]) -> list[dict[str, str]]:
     out = []
     for i, h in enumerate(lab.hosts):
         row = {c: "-" for c in SERVERS_TSV_COLUMNS}
-        row.update(ENV="prod", HOSTNAME=h.name, IP_PRIVEE=h.ip, USER_SSH="root", ROLE="k3s",
-                   SUBROLE="master" if "master" in h.name else "worker")
+        row.update(
+            ENV="prod",
+            HOSTNAME=h.name,
+            IP_PRIVEE=h.ip,
+            USER_SSH="root",
+            ROLE="k3s",
+            SUBROLE="master" if "master" in h.name else "worker",
+        )
         for column, values in columns.items():
             row[column] = values[i % len(values)]
         out.append(row)
@@ -91,8 +105,10 @@ def rows(lab: Lab, **columns: Sequence[str]) -> list[dict[str, str]]:
 
 
 def write_tsv(path: Path, table: list[dict[str, str]]) -> Path:
-    path.write_text("\n".join(["\t".join(SERVERS_TSV_COLUMNS)] + ["\t".join(r[c] for c in SERVERS_TSV_COLUMNS)
-                                                                   for r in table]) + "\n")
+    path.write_text(
+        "\n".join(["\t".join(SERVERS_TSV_COLUMNS)] + ["\t".join(r[c] for c in SERVERS_TSV_COLUMNS) for r in table])
+        + "\n"
+    )
     return path
 
 
@@ -130,11 +146,10 @@ def test_payloads_in_checked_inventory_columns_are_refused_before_any_connection
 
 
 def test_payloads_in_free_text_columns_never_reach_a_command(lab: Lab, tmp_path: Path) -> None:
-    columns = {c: [p.replace("\n", " ") for p in PAYLOADS[i::len(FREE_COLUMNS)]] for i, c in enumerate(FREE_COLUMNS)}
+    columns = {c: [p.replace("\n", " ") for p in PAYLOADS[i :: len(FREE_COLUMNS)]] for i, c in enumerate(FREE_COLUMNS)}
     columns["NOTES"] = [" ".join(p.replace("\n", " ") for p in PAYLOADS)]  # and every payload in one note
     servers = write_tsv(tmp_path / "servers.tsv", rows(lab, **columns))
-    for command, extra in (("ufw", ["--yes", "--source", "198.18.0.0/24"]), ("overlay", ["--yes"]),
-                           ("diagnose", [])):
+    for command, extra in (("ufw", ["--yes", "--source", "198.18.0.0/24"]), ("overlay", ["--yes"]), ("diagnose", [])):
         result = cli(lab, command, servers, *extra, "-o", "json")
         assert "Traceback" not in result.output
         data = json.loads(result.stdout)
@@ -143,7 +158,8 @@ def test_payloads_in_free_text_columns_never_reach_a_command(lab: Lab, tmp_path:
             assert {h["status"] for h in data["hosts"]} <= {"changed", "unchanged"}
         else:
             assert {n["hostname"]: n["status"] for n in data["hosts"]} == dict.fromkeys(
-                (h.name for h in lab.hosts), "probed")
+                (h.name for h in lab.hosts), "probed"
+            )
     assert_no_marker(lab)
 
 
@@ -173,15 +189,21 @@ def test_payloads_in_config_values_are_refused_or_reach_ufw_quoted(lab: Lab, tmp
     worker = "k8s-worker-01"
     cases = 0
     for n, payload in enumerate(PAYLOADS + ADDRESS_PAYLOADS):
-        for key, value in (("firewall", {"source": payload}), ("firewall", {"source": "10.0.0.0/16" + payload}),
-                           ("firewall", {"ports": [{"port": 31695, "proto": "tcp" + payload}]}),
-                           ("firewall", {"ports": [{"port": payload}]}),
-                           ("overlay", {"source": payload}), ("overlay", {"pod_cidr": "10.42.0.0/16" + payload}),
-                           ("overlay", {"service_cidr": payload})):
+        for key, value in (
+            ("firewall", {"source": payload}),
+            ("firewall", {"source": "10.0.0.0/16" + payload}),
+            ("firewall", {"ports": [{"port": 31695, "proto": "tcp" + payload}]}),
+            ("firewall", {"ports": [{"port": payload}]}),
+            ("overlay", {"source": payload}),
+            ("overlay", {"pod_cidr": "10.42.0.0/16" + payload}),
+            ("overlay", {"service_cidr": payload}),
+        ):
             config = tmp_path / f"bad-{n}-{cases}.yaml"
             config.write_text(yaml.safe_dump({key: value}))
-            refused(cli(lab, "overlay" if key == "overlay" else "ufw", servers, "--yes", "--config", str(config)),
-                    str(config))
+            refused(
+                cli(lab, "overlay" if key == "overlay" else "ufw", servers, "--yes", "--config", str(config)),
+                str(config),
+            )
             cases += 1
     assert cases == 7 * (len(PAYLOADS) + len(ADDRESS_PAYLOADS))
 

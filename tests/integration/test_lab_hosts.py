@@ -14,7 +14,6 @@ import paramiko
 import pytest
 
 from keybuzz_fix import inventory
-from tests.lab.fixtures import lab_factory, lab_hosts  # noqa: F401
 from tests.lab.hosts import (
     INGRESS_HOSTS,
     INGRESS_PORT,
@@ -33,19 +32,25 @@ from tests.lab.hosts import (
 pytestmark = pytest.mark.integration
 
 
-def connect(lab: Lab, host: LabHost, user: str | None = None,
-            known_hosts: Path | None = None) -> paramiko.SSHClient:
+def connect(lab: Lab, host: LabHost, user: str | None = None, known_hosts: Path | None = None) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.load_host_keys(str(known_hosts or lab.known_hosts_file))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(host.ip, port=host.ssh_port, username=user or lab.user,
-                   key_filename=str(lab.identity_file), look_for_keys=False, allow_agent=False,
-                   timeout=5, banner_timeout=5, auth_timeout=5)
+    client.connect(
+        host.ip,
+        port=host.ssh_port,
+        username=user or lab.user,
+        key_filename=str(lab.identity_file),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=5,
+        banner_timeout=5,
+        auth_timeout=5,
+    )
     return client
 
 
-def ssh_run(lab: Lab, host: LabHost, cmd: str, user: str | None = None,
-            stdin: str = "") -> tuple[int, str, str]:
+def ssh_run(lab: Lab, host: LabHost, cmd: str, user: str | None = None, stdin: str = "") -> tuple[int, str, str]:
     with connect(lab, host, user) as client:
         chan_in, out, err = client.exec_command(cmd, timeout=20)
         if stdin:
@@ -71,8 +76,12 @@ def root_iptables() -> str:
     return "\n".join(line for line in out.splitlines() if not line.startswith("#"))
 
 
-ROOT_SYSCTLS = ("net/ipv4/conf/all/accept_redirects", "net/ipv4/conf/all/log_martians",
-                "net/ipv4/icmp_echo_ignore_broadcasts", "net/ipv6/conf/all/accept_redirects")
+ROOT_SYSCTLS = (
+    "net/ipv4/conf/all/accept_redirects",
+    "net/ipv4/conf/all/log_martians",
+    "net/ipv4/icmp_echo_ignore_broadcasts",
+    "net/ipv6/conf/all/accept_redirects",
+)
 
 
 def root_sysctls() -> dict[str, str]:
@@ -80,14 +89,18 @@ def root_sysctls() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def special_lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:  # noqa: F811 - pytest fixture
-    specs = [HostSpec("no-ufw", ufw_installed=False), HostSpec("ufw-off", ufw_active=False),
-             HostSpec("sudo-host", sudo_users=True), HostSpec("quiet", http_listener=False)]
+def special_lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
+    specs = [
+        HostSpec("no-ufw", ufw_installed=False),
+        HostSpec("ufw-off", ufw_active=False),
+        HostSpec("sudo-host", sudo_users=True),
+        HostSpec("quiet", http_listener=False),
+    ]
     with lab_factory(specs) as lab:
         yield lab
 
 
-def test_ssh_to_every_host_with_verified_host_key(lab_hosts: Lab) -> None:  # noqa: F811 - pytest fixture
+def test_ssh_to_every_host_with_verified_host_key(lab_hosts: Lab) -> None:
     assert [h.name for h in lab_hosts.hosts] == [f"k8s-worker-{i:02d}" for i in range(1, 6)]
     assert [h.ip for h in lab_hosts.hosts] == [f"198.18.0.{i}" for i in range(11, 16)]
     for host in lab_hosts.hosts:
@@ -102,7 +115,7 @@ def test_ssh_to_every_host_with_verified_host_key(lab_hosts: Lab) -> None:  # no
         assert any(line.split()[:2] == ["22/tcp", "ALLOW"] for line in ufw)
 
 
-def test_ufw_rule_opens_the_port_on_that_host_only(lab_hosts: Lab) -> None:  # noqa: F811 - pytest fixture
+def test_ufw_rule_opens_the_port_on_that_host_only(lab_hosts: Lab) -> None:
     one, two = lab_hosts.hosts[0], lab_hosts.hosts[1]
     iptables_before, sysctls_before = root_iptables(), root_sysctls()
     assert not lab_hosts.tcp_reachable(one.ip, INGRESS_PORT, timeout=0.5)
@@ -155,12 +168,15 @@ def test_extra_listener_and_no_default_listener(special_lab: Lab) -> None:
 def test_sudo_users(special_lab: Lab) -> None:
     host = special_lab.host("sudo-host")
     assert ssh_run(special_lab, host, "id -un; sudo -n id -u", user=SUDO_NOPASSWD_USER)[:2] == (
-        0, f"{SUDO_NOPASSWD_USER}\n0\n")
+        0,
+        f"{SUDO_NOPASSWD_USER}\n0\n",
+    )
     status, _, err = ssh_run(special_lab, host, "sudo -n true", user=SUDO_PASSWORD_USER)
     assert status == 1
     assert "password is required" in err
-    status, out, _ = ssh_run(special_lab, host, "sudo -S -p '' id -u", user=SUDO_PASSWORD_USER,
-                             stdin=SUDO_PASSWORD + "\n")
+    status, out, _ = ssh_run(
+        special_lab, host, "sudo -S -p '' id -u", user=SUDO_PASSWORD_USER, stdin=SUDO_PASSWORD + "\n"
+    )
     assert (status, out) == (0, "0\n")
     assert ssh_run(special_lab, host, "id -u")[:2] == (0, "0\n")
     # The users exist only inside that host.
@@ -196,24 +212,27 @@ def test_regenerated_host_key_is_rejected(special_lab: Lab, tmp_path: Path) -> N
         pass
 
 
-def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) -> None:  # noqa: F811 - pytest fixture
+def test_servers_tsv_lists_lab_hosts_as_workers(lab_hosts: Lab, tmp_path: Path) -> None:
     path = lab_hosts.servers_tsv(tmp_path / "servers.tsv", extra_rows=NON_K3S_ROWS)
-    inv = inventory.load(path)
+    inv = inventory.read_inventory(path)
     workers = inventory.select(inv, inventory.Role.WORKER)
-    assert [(h.hostname, h.private_ip, h.user) for h in workers] == [
-        (h.name, h.ip, "root") for h in lab_hosts.hosts]
+    assert [(h.hostname, h.private_ip, h.user) for h in workers] == [(h.name, h.ip, "root") for h in lab_hosts.hosts]
     masters = inventory.select(inv, inventory.Role.MASTER)
     assert [h.hostname for h in masters] == ["k8s-master-01", "k8s-master-02", "k8s-master-03"]
     assert not {h.private_ip for h in masters} & {h.ip for h in lab_hosts.hosts}
     assert len(inv.hosts) == 8 + len(NON_K3S_ROWS)
 
 
-def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:  # noqa: F811 - pytest fixture
+def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:
     lab = lab_factory(["gone-01", "gone-02"])
     netns = {h.netns for h in lab.hosts}
-    pids = [int(p) for h in lab.hosts
-            for p in subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True,
-                                    check=True).stdout.split()]
+    pids = [
+        int(p)
+        for h in lab.hosts
+        for p in subprocess.run(
+            ["ip", "netns", "pids", h.netns], capture_output=True, text=True, check=True
+        ).stdout.split()
+    ]
     assert pids
     workdir = lab.workdir
     lab.close()
@@ -227,7 +246,7 @@ def test_teardown_leaves_nothing(lab_factory: Callable[..., Lab]) -> None:  # no
     assert not (RECORD_DIR / f"{lab.token}.json").exists()
 
 
-def test_leftovers_of_a_dead_run_are_removed(lab_hosts: Lab) -> None:  # noqa: F811 - pytest fixture
+def test_leftovers_of_a_dead_run_are_removed(lab_hosts: Lab) -> None:
     token = "0dead0"
     netns = f"{PREFIX}-{token}-leftover"
     RECORD_DIR.mkdir(parents=True, exist_ok=True)

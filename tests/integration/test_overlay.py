@@ -67,9 +67,22 @@ def files(lab_hosts: Lab, tmp_path: Path) -> tuple[Path, Path]:
 
 def invoke(lab: Lab, command: str, servers: Path, config: Path, *args: str) -> tuple[int, dict[str, Any], float]:
     start = time.monotonic()
-    result = CliRunner().invoke(app, [command, str(servers), "--identity", str(lab.identity_file),
-                                      "--known-hosts", str(lab.known_hosts_file), "--config", str(config),
-                                      "-o", "json", *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            command,
+            str(servers),
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+            "--config",
+            str(config),
+            "-o",
+            "json",
+            *args,
+        ],
+    )
     seconds = time.monotonic() - start
     try:
         return result.exit_code, json.loads(result.stdout), seconds
@@ -100,8 +113,12 @@ def pings(lab: Lab, vteps: dict[str, Vtep]) -> dict[tuple[str, str], bool]:
 
 
 def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
-        lab_hosts: Lab, keybuzz_cluster: KeybuzzCluster, overlay_lab: dict[str, Vtep], files: tuple[Path, Path],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    lab_hosts: Lab,
+    keybuzz_cluster: KeybuzzCluster,
+    overlay_lab: dict[str, Vtep],
+    files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     servers, config = files
     names = list(overlay_lab)
     assert not any(pings(lab_hosts, overlay_lab).values())  # UFW drops the VXLAN packets
@@ -128,7 +145,8 @@ def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
     assert [a["command"] for a in plan["hosts"][0]["actions"]] == [
         "ufw allow from 198.18.0.0/24 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
         "ufw allow from 198.19.0.0/17 to any comment 'keybuzz-fix: pod network'",
-        "ufw allow from 198.19.128.0/20 to any comment 'keybuzz-fix: service network'"]
+        "ufw allow from 198.19.128.0/20 to any comment 'keybuzz-fix: service network'",
+    ]
     assert {n: added(lab_hosts, n) for n in names} == rules_before
 
     code, result, _ = invoke(lab_hosts, "overlay", servers, config, "--yes")
@@ -153,15 +171,27 @@ def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
 
 
 def test_diagnose_text_output_names_the_finding_and_the_fix(
-        lab_hosts: Lab, keybuzz_cluster: KeybuzzCluster, overlay_lab: dict[str, Vtep],
-        files: tuple[Path, Path]) -> None:
+    lab_hosts: Lab, keybuzz_cluster: KeybuzzCluster, overlay_lab: dict[str, Vtep], files: tuple[Path, Path]
+) -> None:
     servers, config = files
     host = lab_hosts.hosts[0]
     host.run("ufw delete allow from 198.18.0.0/24 to any port 8472 proto udp || true")
     try:
-        result = CliRunner().invoke(app, ["diagnose", str(servers), "--identity", str(lab_hosts.identity_file),
-                                          "--known-hosts", str(lab_hosts.known_hosts_file), "--config", str(config),
-                                          "--kubeconfig", str(keybuzz_cluster.kubeconfig)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "diagnose",
+                str(servers),
+                "--identity",
+                str(lab_hosts.identity_file),
+                "--known-hosts",
+                str(lab_hosts.known_hosts_file),
+                "--config",
+                str(config),
+                "--kubeconfig",
+                str(keybuzz_cluster.kubeconfig),
+            ],
+        )
     finally:
         host.run(OVERLAY_RULES[0])
     assert result.exit_code == 1, result.output
@@ -172,8 +202,8 @@ def test_diagnose_text_output_names_the_finding_and_the_fix(
 
 
 def test_public_ip_annotation_off_the_private_address_is_the_wrong_interface(
-        lab_hosts: Lab, keybuzz_cluster: KeybuzzCluster, overlay_lab: dict[str, Vtep],
-        files: tuple[Path, Path]) -> None:
+    lab_hosts: Lab, keybuzz_cluster: KeybuzzCluster, overlay_lab: dict[str, Vtep], files: tuple[Path, Path]
+) -> None:
     servers, config = files
     code, result, _ = invoke(lab_hosts, "overlay", servers, config, "--yes")
     assert code == 0, result  # the overlay itself works
@@ -196,7 +226,8 @@ def test_public_ip_annotation_off_the_private_address_is_the_wrong_interface(
 
 
 def test_checksum_offload_off_applies_and_persists(
-        lab_hosts: Lab, overlay_lab: dict[str, Vtep], files: tuple[Path, Path]) -> None:
+    lab_hosts: Lab, overlay_lab: dict[str, Vtep], files: tuple[Path, Path]
+) -> None:
     servers, config = files
     rule_file = "/etc/udev/rules.d/90-keybuzz-fix-flannel-offload.rules"
     assert "tx-checksum-ip-generic: on" in lab_hosts.hosts[0].run("ethtool -k flannel.1").stdout

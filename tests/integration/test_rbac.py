@@ -40,12 +40,20 @@ def shipped_rbac(keybuzz_cluster: KeybuzzCluster) -> Iterator[list[dict[str, Any
     """manifests/rbac.yaml applied as it ships; removed afterwards (kube-system outlives the resets)."""
     api = client.RbacAuthorizationV1Api(keybuzz_cluster.api_client)
     objects = _rbac_objects()
-    calls = {"ClusterRole": (api.create_cluster_role, api.replace_cluster_role, api.delete_cluster_role),
-             "ClusterRoleBinding": (api.create_cluster_role_binding, api.replace_cluster_role_binding,
-                                    api.delete_cluster_role_binding),
-             "Role": (api.create_namespaced_role, api.replace_namespaced_role, api.delete_namespaced_role),
-             "RoleBinding": (api.create_namespaced_role_binding, api.replace_namespaced_role_binding,
-                             api.delete_namespaced_role_binding)}
+    calls = {
+        "ClusterRole": (api.create_cluster_role, api.replace_cluster_role, api.delete_cluster_role),
+        "ClusterRoleBinding": (
+            api.create_cluster_role_binding,
+            api.replace_cluster_role_binding,
+            api.delete_cluster_role_binding,
+        ),
+        "Role": (api.create_namespaced_role, api.replace_namespaced_role, api.delete_namespaced_role),
+        "RoleBinding": (
+            api.create_namespaced_role_binding,
+            api.replace_namespaced_role_binding,
+            api.delete_namespaced_role_binding,
+        ),
+    }
 
     def where(obj: dict[str, Any]) -> list[str]:
         ns = obj["metadata"].get("namespace")
@@ -71,8 +79,11 @@ def shipped_rbac(keybuzz_cluster: KeybuzzCluster) -> Iterator[list[dict[str, Any
 
 
 def servers_tsv(cluster: KeybuzzCluster, path: Path) -> Path:
-    rows = [f"prod\t-\t{name}\t{ip}\t-\troot\t-\tk3s\t{role}\t-\t-\t-\n"
-            for role, nodes in (("master", cluster.masters), ("worker", cluster.workers)) for name, ip in nodes]
+    rows = [
+        f"prod\t-\t{name}\t{ip}\t-\troot\t-\tk3s\t{role}\t-\t-\t-\n"
+        for role, nodes in (("master", cluster.masters), ("worker", cluster.workers))
+        for name, ip in nodes
+    ]
     path.write_text("\t".join(SERVERS_TSV_COLUMNS) + "\n" + "".join(rows))
     return path
 
@@ -91,10 +102,12 @@ def error_lines(result: Result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
-def test_the_shipped_rbac_is_all_ingress_validate_and_diagnose_need(keybuzz_cluster: KeybuzzCluster,
-                                                                    shipped_rbac: list[dict[str, Any]],
-                                                                    no_routes: client.NetworkingV1Api,
-                                                                    tmp_path: Path) -> None:
+def test_the_shipped_rbac_is_all_ingress_validate_and_diagnose_need(
+    keybuzz_cluster: KeybuzzCluster,
+    shipped_rbac: list[dict[str, Any]],
+    no_routes: client.NetworkingV1Api,
+    tmp_path: Path,
+) -> None:
     operator = str(keybuzz_cluster.control_plane.user_kubeconfig("rbac-operator", [GROUP]))
     servers = str(servers_tsv(keybuzz_cluster, tmp_path / "servers.tsv"))
 
@@ -106,8 +119,16 @@ def test_the_shipped_rbac_is_all_ingress_validate_and_diagnose_need(keybuzz_clus
     assert routes == {f"{NS}/{r}": "created" for r in ROUTES}
     assert {i.metadata.name for i in no_routes.list_namespaced_ingress(NS).items} == set(ROUTES)
 
-    scored = cli("validate", servers, "--kubeconfig", operator, "--config", str(loopback_config(tmp_path / "c.yaml")),
-                 "-o", "json")
+    scored = cli(
+        "validate",
+        servers,
+        "--kubeconfig",
+        operator,
+        "--config",
+        str(loopback_config(tmp_path / "c.yaml")),
+        "-o",
+        "json",
+    )
     card = json.loads(scored.stdout)
     details = {c["name"]: c["detail"] for c in card["checks"]}
     assert not [d for d in details.values() if "forbidden" in d.lower()], details
@@ -116,11 +137,17 @@ def test_the_shipped_rbac_is_all_ingress_validate_and_diagnose_need(keybuzz_clus
     assert scored.exit_code == 1  # still Deployments, and the URL check fails: a low score, not an error
 
     core = client.CoreV1Api(keybuzz_cluster.api_client)
-    dns = core.create_namespaced_service("kube-system", {"metadata": {"name": "kube-dns"}, "spec": {
-        "selector": {"k8s-app": "kube-dns"}, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}})
+    dns = core.create_namespaced_service(
+        "kube-system",
+        {
+            "metadata": {"name": "kube-dns"},
+            "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]},
+        },
+    )
     try:
-        found = cli("diagnose", servers, "--kubeconfig", operator, "--known-hosts", str(tmp_path / "none"),
-                    "-o", "json")
+        found = cli(
+            "diagnose", servers, "--kubeconfig", operator, "--known-hosts", str(tmp_path / "none"), "-o", "json"
+        )
     finally:
         core.delete_namespaced_service("kube-dns", "kube-system")
     cluster = json.loads(found.stdout)["cluster"]
@@ -137,9 +164,9 @@ def test_the_shipped_rbac_is_read_only_outside_keybuzz() -> None:
                 assert not writes, (obj["metadata"], rule)
 
 
-def test_without_it_each_command_names_the_permission_it_lacks(keybuzz_cluster: KeybuzzCluster,
-                                                               no_routes: client.NetworkingV1Api,
-                                                               tmp_path: Path) -> None:
+def test_without_it_each_command_names_the_permission_it_lacks(
+    keybuzz_cluster: KeybuzzCluster, no_routes: client.NetworkingV1Api, tmp_path: Path
+) -> None:
     outsider = str(keybuzz_cluster.control_plane.user_kubeconfig("rbac-outsider", ["not-keybuzz-fix"]))
     servers = str(servers_tsv(keybuzz_cluster, tmp_path / "servers.tsv"))
 
@@ -153,10 +180,15 @@ def test_without_it_each_command_names_the_permission_it_lacks(keybuzz_cluster: 
     result = cli("validate", servers, "--kubeconfig", outsider, "--config", str(loopback_config(tmp_path / "c.yaml")))
     assert result.exit_code == 1
     (line,) = error_lines(result)
-    assert line.startswith("keybuzz-fix: error: forbidden: validate cannot read what it scores: missing "
-                           "permission(s) "), line
-    for permission in ("list daemonsets.apps in namespace keybuzz", "list ingresses.networking.k8s.io in namespace "
-                       "keybuzz", "get daemonsets.apps in namespace ingress-nginx", "list pods in namespace keybuzz"):
+    assert line.startswith(
+        "keybuzz-fix: error: forbidden: validate cannot read what it scores: missing permission(s) "
+    ), line
+    for permission in (
+        "list daemonsets.apps in namespace keybuzz",
+        "list ingresses.networking.k8s.io in namespace keybuzz",
+        "get daemonsets.apps in namespace ingress-nginx",
+        "list pods in namespace keybuzz",
+    ):
         assert permission in line
     assert result.stdout == ""  # no scorecard blaming the cluster
 

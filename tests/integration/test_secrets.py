@@ -62,9 +62,19 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def cluster(keybuzz_cluster: KeybuzzCluster) -> KeybuzzCluster:
     """The seeded cluster, keybuzz-api given a literal secret in its env (as real Deployments have)."""
-    client.AppsV1Api(keybuzz_cluster.api_client).patch_namespaced_deployment("keybuzz-api", NS, {"spec": {
-        "template": {"spec": {"containers": [{"name": "keybuzz-api", "env": [
-            {"name": "DATABASE_PASSWORD", "value": SECRET}]}]}}}})
+    client.AppsV1Api(keybuzz_cluster.api_client).patch_namespaced_deployment(
+        "keybuzz-api",
+        NS,
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [{"name": "keybuzz-api", "env": [{"name": "DATABASE_PASSWORD", "value": SECRET}]}]
+                    }
+                }
+            }
+        },
+    )
     return keybuzz_cluster
 
 
@@ -94,8 +104,9 @@ def audit(state: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
 
 
-def test_no_output_mode_shows_env_values_and_files_are_private(cluster: KeybuzzCluster, lab: Lab, state: Path,
-                                                                tmp_path: Path) -> None:
+def test_no_output_mode_shows_env_values_and_files_are_private(
+    cluster: KeybuzzCluster, lab: Lab, state: Path, tmp_path: Path
+) -> None:
     kc = ["--kubeconfig", str(cluster.kubeconfig)]
     shown = cli("convert", "--dry-run", "-o", "yaml", "--show-values", *kc)
     assert shown.exit_code == 0 and SECRET in shown.stdout  # the value is there to hide: the checks below mean it
@@ -103,8 +114,15 @@ def test_no_output_mode_shows_env_values_and_files_are_private(cluster: KeybuzzC
         "convert --dry-run": cli("convert", "--dry-run", *kc),
         "convert --dry-run -o json": cli("convert", "--dry-run", "-o", "json", *kc),
         "convert --dry-run -o yaml": cli("convert", "--dry-run", "-o", "yaml", *kc),
-        "all --dry-run": cli("all", str(servers_tsv(lab, tmp_path / "servers.tsv")), "--dry-run", *kc, *ssh(lab),
-                             "--config", str(loopback_config(tmp_path / "c.yaml"))),
+        "all --dry-run": cli(
+            "all",
+            str(servers_tsv(lab, tmp_path / "servers.tsv")),
+            "--dry-run",
+            *kc,
+            *ssh(lab),
+            "--config",
+            str(loopback_config(tmp_path / "c.yaml")),
+        ),
         "convert --yes": cli("convert", "--yes", *kc),
     }
     outputs["rollback --dry-run"] = cli("rollback", "--latest", "--dry-run", *kc)
@@ -137,8 +155,11 @@ def test_every_change_is_in_the_audit_log(cluster: KeybuzzCluster, lab: Lab, sta
     assert cli("convert", "--yes", *kc).exit_code == 0
     assert cli("rollback", "--latest", "--yes", *kc).exit_code == 0
     assert cli("ingress", servers, "--yes", *kc).exit_code == 0
-    config = loopback_config(tmp_path / "all.yaml", source="198.18.0.0/24",
-                             ports=[{"port": 31999, "proto": "tcp", "comment": "keybuzz-fix: audit"}])
+    config = loopback_config(
+        tmp_path / "all.yaml",
+        source="198.18.0.0/24",
+        ports=[{"port": 31999, "proto": "tcp", "comment": "keybuzz-fix: audit"}],
+    )
     result = cli("all", servers, "--yes", *kc, *ssh(lab), "--config", str(config))
     assert result.exit_code in (0, 1, 3), result.output  # the URL check fails on loopback: the score may be low
 
@@ -154,27 +175,36 @@ def test_every_change_is_in_the_audit_log(cluster: KeybuzzCluster, lab: Lab, sta
     assert len(ufw_like) == rules_added == 2 + 3 + 1  # ufw, overlay, and all's own port
     assert [e["action"] for e in by["ufw"]][-2:] == [
         "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",
-        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'"]
+        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'",
+    ]
     assert [e["action"] for e in by["overlay"]] == [
         "ufw allow from 10.0.0.0/16 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
         "ufw allow from 10.42.0.0/16 to any comment 'keybuzz-fix: pod network'",
-        "ufw allow from 10.43.0.0/16 to any comment 'keybuzz-fix: service network'"]  # as run
+        "ufw allow from 10.43.0.0/16 to any comment 'keybuzz-fix: service network'",
+    ]  # as run
     converts = [(e["action"], e["where"]) for e in by["convert"]]
     assert converts.count(("create", "DaemonSet keybuzz/keybuzz-api")) == 2  # convert, then all's convert step
     assert ("delete", "Deployment keybuzz/keybuzz-front") in converts
     assert sum(a == "backup" for a, _ in converts) == 2
     assert [(e["action"], e["where"]) for e in by["rollback"] if e["action"] != "backup"] == [
-        ("create", "Deployment keybuzz/keybuzz-api"), ("create", "Deployment keybuzz/keybuzz-front"),
+        ("create", "Deployment keybuzz/keybuzz-api"),
+        ("create", "Deployment keybuzz/keybuzz-front"),
         ("create", "HorizontalPodAutoscaler keybuzz/keybuzz-api"),
         ("create", "HorizontalPodAutoscaler keybuzz/keybuzz-front"),
-        ("patch", "Service keybuzz/keybuzz-api"), ("patch", "Service keybuzz/keybuzz-front"),
-        ("delete", "DaemonSet keybuzz/keybuzz-api"), ("delete", "DaemonSet keybuzz/keybuzz-front")]
+        ("patch", "Service keybuzz/keybuzz-api"),
+        ("patch", "Service keybuzz/keybuzz-front"),
+        ("delete", "DaemonSet keybuzz/keybuzz-api"),
+        ("delete", "DaemonSet keybuzz/keybuzz-front"),
+    ]
     ingress = by["ingress"]
-    assert {e["where"] for e in ingress} == {"Ingress keybuzz/keybuzz-front-ingress",
-                                            "Ingress keybuzz/keybuzz-api-ingress"}
+    assert {e["where"] for e in ingress} == {
+        "Ingress keybuzz/keybuzz-front-ingress",
+        "Ingress keybuzz/keybuzz-api-ingress",
+    }
     assert all("after" in e for e in ingress)  # the before/after summary
     assert [e["action"] for e in by["all"]] == [
-        "ufw allow from 198.18.0.0/24 to any port 31999 proto tcp comment 'keybuzz-fix: audit'"]
+        "ufw allow from 198.18.0.0/24 to any port 31999 proto tcp comment 'keybuzz-fix: audit'"
+    ]
 
 
 # -- kubeconfig credentials ---------------------------------------------------------------------------
@@ -195,8 +225,9 @@ class EchoServer:
                 self._answer()
 
             def _answer(self) -> None:
-                body = json.dumps({"kind": "Status", "message": f"cannot list resource: you sent "
-                                   f"{self.headers.get('Authorization')}"}).encode()
+                body = json.dumps(
+                    {"kind": "Status", "message": f"cannot list resource: you sent {self.headers.get('Authorization')}"}
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -219,10 +250,18 @@ def token_kubeconfig(path: Path, server: str, ca_pem: bytes | None = None) -> Pa
     cluster: dict[str, Any] = {"server": server}
     if ca_pem:
         cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "u", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": "u", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     return path
 
 
@@ -231,11 +270,19 @@ def test_errors_never_echo_kubeconfig_credentials(cluster: KeybuzzCluster, tmp_p
     admin = yaml.safe_load(cp.kubeconfig.read_text())
     ca_pem = base64.b64decode(admin["clusters"][0]["cluster"]["certificate-authority-data"])
     servers = tmp_path / "servers.tsv"
-    servers.write_text("\t".join(SERVERS_TSV_COLUMNS) + "\n" + "\t".join(
-        ["prod", "-", "k8s-worker-01", "198.18.0.11", "-", "root", "-", "k3s", "worker", "-", "-", "-"]) + "\n")
+    servers.write_text(
+        "\t".join(SERVERS_TSV_COLUMNS)
+        + "\n"
+        + "\t".join(["prod", "-", "k8s-worker-01", "198.18.0.11", "-", "root", "-", "k3s", "worker", "-", "-", "-"])
+        + "\n"
+    )
     config = str(loopback_config(tmp_path / "c.yaml"))
-    commands = [["convert", "--dry-run"], ["ingress", "--dry-run"], ["validate", str(servers), "--config", config],
-                ["diagnose", str(servers), "--known-hosts", str(tmp_path / "none"), "-o", "json"]]
+    commands = [
+        ["convert", "--dry-run"],
+        ["ingress", "--dry-run"],
+        ["validate", str(servers), "--config", config],
+        ["diagnose", str(servers), "--known-hosts", str(tmp_path / "none"), "-o", "json"],
+    ]
 
     wrong = token_kubeconfig(tmp_path / "wrong-token", cp.server, ca_pem)  # the real API server: 401
     for args in commands:
@@ -269,8 +316,9 @@ def test_errors_never_echo_kubeconfig_credentials(cluster: KeybuzzCluster, tmp_p
 
 
 @pytest.mark.usefixtures("state_dir")
-def test_kubeconfig_from_master_is_saved_private_and_never_printed(lab_factory: Callable[..., Lab],
-                                                                    tmp_path: Path) -> None:
+def test_kubeconfig_from_master_is_saved_private_and_never_printed(
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
     """A master whose /etc/rancher/k3s/k3s.yaml (in its own mount namespace only) holds a client key and a token.
 
     The master's API port 6443 is closed (nothing listens; UFW is inactive, so it refuses at once):
@@ -287,21 +335,36 @@ def test_kubeconfig_from_master_is_saved_private_and_never_printed(lab_factory: 
         (up / "rancher" / "k3s").mkdir(parents=True)
         work.mkdir()
         (up / "rancher" / "k3s" / "k3s.yaml").write_text(text)
-        binds = " && ".join(f"mount --bind {master.workdir / src} {dst}" for src, dst in (
-            ("etc-ufw", "/etc/ufw"), ("default-ufw", "/etc/default/ufw"), ("hosts", "/etc/hosts")))
+        binds = " && ".join(
+            f"mount --bind {master.workdir / src} {dst}"
+            for src, dst in (("etc-ufw", "/etc/ufw"), ("default-ufw", "/etc/default/ufw"), ("hosts", "/etc/hosts"))
+        )
         master.run(f"mount -t overlay kbl-etc -o lowerdir=/etc,upperdir={up},workdir={work} /etc && {binds}")
         assert master.run("cat /etc/rancher/k3s/k3s.yaml").stdout == text  # inside the master only
-        assert not Path("/etc/rancher/k3s/k3s.yaml").exists() or "kbf-token" not in Path(
-            "/etc/rancher/k3s/k3s.yaml").read_text()
+        assert (
+            not Path("/etc/rancher/k3s/k3s.yaml").exists()
+            or "kbf-token" not in Path("/etc/rancher/k3s/k3s.yaml").read_text()
+        )
         servers = lab.servers_tsv(tmp_path / "servers.tsv", masters=[master.name])
         saved = tmp_path / "kube" / "k3s.yaml"
         for args in (["convert", "--dry-run"], ["ingress", "--dry-run"]):
-            result = cli(*args, "--kubeconfig-from-master", str(servers), "--save-kubeconfig", str(saved),
-                         "--identity", str(lab.identity_file), "--known-hosts", str(lab.known_hosts_file))
+            result = cli(
+                *args,
+                "--kubeconfig-from-master",
+                str(servers),
+                "--save-kubeconfig",
+                str(saved),
+                "--identity",
+                str(lab.identity_file),
+                "--known-hosts",
+                str(lab.known_hosts_file),
+            )
             assert result.exit_code == 1, result.output
             (line,) = result.stderr.splitlines()
-            assert line.startswith(f"keybuzz-fix: error: cannot reach the Kubernetes API at https://{master.ip}:6443 "
-                                   f"(k8s-master-01:/etc/rancher/k3s/k3s.yaml): "), line
+            assert line.startswith(
+                f"keybuzz-fix: error: cannot reach the Kubernetes API at https://{master.ip}:6443 "
+                f"(k8s-master-01:/etc/rancher/k3s/k3s.yaml): "
+            ), line
             for secret in (TOKEN, k3s["users"][0]["user"]["client-key-data"], pair.key_pem.decode().splitlines()[1]):
                 assert secret not in result.output
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600

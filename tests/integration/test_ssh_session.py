@@ -16,16 +16,21 @@ import pytest
 
 from keybuzz_fix import inventory
 from keybuzz_fix.errors import RemoteCommandError
-from keybuzz_fix.ssh import SshOptions, connect
+from keybuzz_fix.hosts.ssh import SshOptions, connect
 from tests.lab.hosts import Lab
 
 pytestmark = pytest.mark.integration
 
 
 def test_one_shell_runs_every_command_to_its_end(lab_hosts: Lab, tmp_path: Path) -> None:
-    host = inventory.select(inventory.load(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[0]
-    options = SshOptions(known_hosts=lab_hosts.known_hosts_file, identity=lab_hosts.identity_file,
-                         connect_timeout=5, command_timeout=30, ssh_config=None)
+    host = inventory.select(inventory.read_inventory(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[0]
+    options = SshOptions(
+        known_hosts=lab_hosts.known_hosts_file,
+        identity=lab_hosts.identity_file,
+        connect_timeout=5,
+        command_timeout=30,
+        ssh_config=None,
+    )
     with connect(host, options) as session:
         for i in range(60):
             result = session.run(f"seq 1 3000; echo 'last {i}'; echo err >&2")

@@ -20,9 +20,22 @@ HTTPS_PORT = 32720
 
 
 def run_ufw(lab: Lab, servers: Path, *args: str, known_hosts: Path | None = None) -> tuple[int, dict]:
-    result = CliRunner().invoke(app, ["ufw", str(servers), "--identity", str(lab.identity_file),
-                                      "--known-hosts", str(known_hosts or lab.known_hosts_file),
-                                      "--timeout", "5", "-o", "json", *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ufw",
+            str(servers),
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(known_hosts or lab.known_hosts_file),
+            "--timeout",
+            "5",
+            "-o",
+            "json",
+            *args,
+        ],
+    )
     try:
         data = json.loads(result.stdout)
     except ValueError:
@@ -49,7 +62,8 @@ def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: 
     assert {h["status"] for h in plan["hosts"]} == {"planned"}
     assert [a["command"] for a in plan["hosts"][0]["actions"]] == [
         "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",
-        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'"]
+        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'",
+    ]
     assert {n: added(lab_hosts, n) for n in names} == before  # the dry run changed nothing
     assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
 
@@ -59,9 +73,11 @@ def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: 
     assert all(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 1.0) for h in lab_hosts.hosts)
     for n in names:
         rules = added(lab_hosts, n)
-        assert rules[:len(before[n])] == before[n]  # nothing removed or reordered
-        assert ("ufw allow from 198.18.0.0/24 to any port 31695 proto tcp "
-                "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'") in rules
+        assert rules[: len(before[n])] == before[n]  # nothing removed or reordered
+        assert (
+            "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp "
+            "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'"
+        ) in rules
     audit = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
     assert len(audit) == 2 * len(names) and {a["outcome"] for a in audit} == {"ok"}
     assert {a["where"] for a in audit} == set(names)
@@ -80,17 +96,23 @@ def test_default_source_is_the_private_network_only(lab_factory: Callable[..., L
         code, result = run_ufw(lab, servers, "--yes")
         assert code == 0, result
         for h in lab.hosts:
-            assert ("ufw allow from 10.0.0.0/16 to any port 31695 proto tcp "
-                    "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'") in added(lab, h.name)
+            assert (
+                "ufw allow from 10.0.0.0/16 to any port 31695 proto tcp "
+                "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'"
+            ) in added(lab, h.name)
             # 198.18.0.1 (this machine) is not in 10.0.0.0/16: the port stays closed to it.
             assert not lab.tcp_reachable(h.ip, INGRESS_PORT, 0.5)
 
 
-def test_each_failing_host_is_reported_and_the_others_succeed(lab_factory: Callable[..., Lab],
-                                                               tmp_path: Path) -> None:
-    specs = [HostSpec("k8s-worker-01"), HostSpec("k8s-worker-02"), HostSpec("k8s-worker-03"),
-             HostSpec("k8s-worker-04"), HostSpec("k8s-worker-05", ufw_installed=False),
-             HostSpec("k8s-worker-06", ufw_active=False)]
+def test_each_failing_host_is_reported_and_the_others_succeed(lab_factory: Callable[..., Lab], tmp_path: Path) -> None:
+    specs = [
+        HostSpec("k8s-worker-01"),
+        HostSpec("k8s-worker-02"),
+        HostSpec("k8s-worker-03"),
+        HostSpec("k8s-worker-04"),
+        HostSpec("k8s-worker-05", ufw_installed=False),
+        HostSpec("k8s-worker-06", ufw_active=False),
+    ]
     with lab_factory(specs) as lab:
         servers = lab.servers_tsv(tmp_path / "servers.tsv")
         known = tmp_path / "known_hosts"
@@ -173,17 +195,28 @@ def test_shadowing_deny_rule_is_reported_not_reordered(lab_factory: Callable[...
         (h,) = result["hosts"]
         assert h["status"] == "blocked" and f"ufw deny {HTTPS_PORT}/tcp" in h["message"]
         rules = added(lab, host.name)
-        assert rules[:len(before)] == before
-        assert any("port 31695" in r for r in rules) and not any(f"allow from 198.18.0.0/24 to any port {HTTPS_PORT}"
-                                                                in r for r in rules)
+        assert rules[: len(before)] == before
+        assert any("port 31695" in r for r in rules) and not any(
+            f"allow from 198.18.0.0/24 to any port {HTTPS_PORT}" in r for r in rules
+        )
 
 
 def test_no_confirmation_without_a_terminal(lab_hosts: Lab, tmp_path: Path) -> None:
     servers = lab_hosts.servers_tsv(tmp_path / "servers.tsv")
     before = added(lab_hosts, "k8s-worker-01")
-    result = CliRunner().invoke(app, ["ufw", str(servers), "--identity", str(lab_hosts.identity_file),
-                                      "--known-hosts", str(lab_hosts.known_hosts_file),
-                                      "--ports", "31999/tcp"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ufw",
+            str(servers),
+            "--identity",
+            str(lab_hosts.identity_file),
+            "--known-hosts",
+            str(lab_hosts.known_hosts_file),
+            "--ports",
+            "31999/tcp",
+        ],
+    )
     assert result.exit_code == 2
     assert "pass --yes" in result.output
     assert added(lab_hosts, "k8s-worker-01") == before
@@ -201,32 +234,43 @@ def _ssh_sessions(lab: Lab, name: str, expected: int) -> int:
         time.sleep(0.05)
 
 
-def test_only_hosts_with_changes_keep_their_connection(lab_factory: Callable[..., Lab], tmp_path: Path,
-                                                       state_dir: Path) -> None:
-    from keybuzz_fix import firewall, inventory
-    from keybuzz_fix.firewall_apply import FirewallRun, Status
-    from keybuzz_fix.ssh import SshOptions
+def test_only_hosts_with_changes_keep_their_connection(
+    lab_factory: Callable[..., Lab], tmp_path: Path, state_dir: Path
+) -> None:
+    from keybuzz_fix import inventory
+    from keybuzz_fix.hosts.ssh import SshOptions
+    from keybuzz_fix.hosts.ufw.apply import FirewallRun
+    from keybuzz_fix.hosts.ufw.plan import HostStatus
+    from keybuzz_fix.hosts.ufw.rules import desired_rules
 
     with lab_factory(["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"]) as lab:
         servers = lab.servers_tsv(tmp_path / "servers.tsv")
-        rules = firewall.desired_rules([(INGRESS_PORT, "tcp", "http"), (HTTPS_PORT, "tcp", "https")], "198.18.0.0/24")
+        rules = desired_rules([(INGRESS_PORT, "tcp", "http"), (HTTPS_PORT, "tcp", "https")], "198.18.0.0/24")
         for rule in rules:  # worker-02 already has both rules: its plan is a no-op
             lab.host("k8s-worker-02").run(rule.command())
-        hosts = inventory.select(inventory.load(servers))
-        ssh = SshOptions(known_hosts=lab.known_hosts_file, identity=lab.identity_file, connect_timeout=5,
-                         command_timeout=30, ssh_config=None)
+        hosts = inventory.select(inventory.read_inventory(servers))
+        ssh = SshOptions(
+            known_hosts=lab.known_hosts_file,
+            identity=lab.identity_file,
+            connect_timeout=5,
+            command_timeout=30,
+            ssh_config=None,
+        )
         run = FirewallRun(hosts=hosts, desired=lambda _h: rules, ssh=ssh, concurrency=3)
         try:
             planned = run.plan()
             assert all(o.ok for o in planned), [o.error for o in planned]
-            changing = sorted(o.host.hostname for o in planned if o.result is not None and o.result.changes)
+            changing = sorted(o.host.hostname for o in planned if o.changes)
             assert changing == ["k8s-worker-01", "k8s-worker-03"]
             assert _ssh_sessions(lab, "k8s-worker-02", 0) == 0  # released right after planning
             assert _ssh_sessions(lab, "k8s-worker-01", 1) == _ssh_sessions(lab, "k8s-worker-03", 1) == 1
 
-            applied = run.apply([o.result for o in planned if o.result is not None])
-            assert {o.host.hostname: o.result.status for o in applied if o.result is not None} == {
-                "k8s-worker-01": Status.CHANGED, "k8s-worker-02": Status.UNCHANGED, "k8s-worker-03": Status.CHANGED}
+            applied = run.apply(planned)
+            assert {o.host.hostname: o.status for o in applied if o.ok} == {
+                "k8s-worker-01": HostStatus.CHANGED,
+                "k8s-worker-02": HostStatus.UNCHANGED,
+                "k8s-worker-03": HostStatus.CHANGED,
+            }
             assert _ssh_sessions(lab, "k8s-worker-02", 0) == 0  # a no-op host is never reconnected
         finally:
             run.close()

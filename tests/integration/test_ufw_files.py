@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from keybuzz_fix import ufw_probe
-from keybuzz_fix.firewall import PROBE_MARK, UfwFacts, parse_show_added, parse_status
+from keybuzz_fix.hosts.sections import MARK
+from keybuzz_fix.hosts.ufw.facts import UFW_PROBE, UfwFacts, parse_show_added, parse_status, parse_ufw_facts
 from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = pytest.mark.integration
@@ -45,9 +45,9 @@ RULES = (
 
 
 def from_files(host: LabHost) -> UfwFacts:
-    out = host.run(ufw_probe.PROBE_SCRIPT).stdout
-    assert f"{PROBE_MARK} rules" in out and f"{PROBE_MARK} status" not in out  # the files were read, ufw not run
-    return ufw_probe.parse_probe(out)
+    out = host.run(UFW_PROBE).stdout
+    assert f"{MARK} rules" in out and f"{MARK} status" not in out  # the files were read, ufw not run
+    return parse_ufw_facts(out)
 
 
 def from_ufw(host: LabHost) -> UfwFacts:
@@ -65,8 +65,10 @@ def assert_same(host: LabHost) -> None:
 
 def set_default(host: LabHost, key: str, value: str) -> None:
     """Edit the host's own /etc/default/ufw in place (it is a bind mount: no rename over it)."""
-    host.run(f"sed 's/^{key}=.*/{key}={value}/' /etc/default/ufw > /tmp/ufw-default && "
-             "cat /tmp/ufw-default > /etc/default/ufw")
+    host.run(
+        f"sed 's/^{key}=.*/{key}={value}/' /etc/default/ufw > /tmp/ufw-default && "
+        "cat /tmp/ufw-default > /etc/default/ufw"
+    )
 
 
 def test_files_give_what_ufw_says(lab_factory: Callable[..., Lab]) -> None:

@@ -86,9 +86,22 @@ def servers_tsv(path: Path) -> Path:
 
 
 def validate(cluster: KeybuzzCluster, tmp_path: Path, *args: str, output: str = "json") -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["validate", str(servers_tsv(tmp_path / "servers.tsv")), "--kubeconfig",
-                                      str(cluster.kubeconfig), "--retries", "0", "--url-timeout", "3",
-                                      "-o", output, *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            str(servers_tsv(tmp_path / "servers.tsv")),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--retries",
+            "0",
+            "--url-timeout",
+            "3",
+            "-o",
+            output,
+            *args,
+        ],
+    )
     assert "Traceback" not in result.output
     return result.exit_code, result.stdout
 
@@ -102,14 +115,18 @@ def test_pre_conversion_state_scores_low_with_evidence(keybuzz_cluster: KeybuzzC
     status = {c["number"]: c["status"] for c in card["checks"]}
     assert status == {1: "fail", 2: "fail", 3: "fail", 4: "pass", 5: "fail", 6: "fail", 7: "fail"}
     detail = {c["number"]: c["detail"] for c in card["checks"]}
-    assert detail[1] == ("keybuzz-api: no DaemonSet (still a Deployment); "
-                         "keybuzz-front: no DaemonSet (still a Deployment)")
+    assert detail[1] == (
+        "keybuzz-api: no DaemonSet (still a Deployment); keybuzz-front: no DaemonSet (still a Deployment)"
+    )
     assert detail[2] == "keybuzz-api: 0/5 (no DaemonSet); keybuzz-front: 0/5 (no DaemonSet)"
-    assert detail[3] == ("keybuzz-api: no DaemonSet; the Deployment has hostNetwork off; "
-                         "keybuzz-front: no DaemonSet; the Deployment has hostNetwork off")
+    assert detail[3] == (
+        "keybuzz-api: no DaemonSet; the Deployment has hostNetwork off; "
+        "keybuzz-front: no DaemonSet; the Deployment has hostNetwork off"
+    )
     assert detail[4] == "DaemonSet found; hostNetwork on; 5/5 pods Running"
-    assert detail[5] == ("keybuzz-api: ClusterIP (expected NodePort 30080); "
-                         "keybuzz-front: ClusterIP (expected NodePort 30000)")
+    assert detail[5] == (
+        "keybuzz-api: ClusterIP (expected NodePort 30080); keybuzz-front: ClusterIP (expected NodePort 30000)"
+    )
     assert detail[6] == "keybuzz-front-ingress: not found; keybuzz-api-ingress: not found"
     assert f"http://platform.keybuzz.io:{port}/: error: connection refused via 127.0.0.1:{port}" in detail[7]
     assert card["workers"] == 5
@@ -126,14 +143,27 @@ def test_pre_conversion_state_scores_low_with_evidence(keybuzz_cluster: KeybuzzC
     assert suite is not None and suite.get("tests") == "7" and suite.get("failures") == "6"
 
 
-def test_an_unreachable_api_fails_the_cluster_checks_not_the_run(keybuzz_cluster: KeybuzzCluster,
-                                                                tmp_path: Path, sites: Sites) -> None:
+def test_an_unreachable_api_fails_the_cluster_checks_not_the_run(
+    keybuzz_cluster: KeybuzzCluster, tmp_path: Path, sites: Sites
+) -> None:
     dead = tmp_path / "dead.kubeconfig"
     text = keybuzz_cluster.kubeconfig.read_text()
     server = next(line.split("server:", 1)[1].strip() for line in text.splitlines() if "server:" in line)
     dead.write_text(text.replace(server, f"https://127.0.0.1:{closed_port()}"))
-    result = CliRunner().invoke(app, ["validate", str(servers_tsv(tmp_path / "servers.tsv")), "--kubeconfig",
-                                      str(dead), "-o", "json", "--retries", "0", *url_args(tmp_path, sites.port)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            str(servers_tsv(tmp_path / "servers.tsv")),
+            "--kubeconfig",
+            str(dead),
+            "-o",
+            "json",
+            "--retries",
+            "0",
+            *url_args(tmp_path, sites.port),
+        ],
+    )
     assert result.exit_code == 1
     card = json.loads(result.stdout)
     assert [c["status"] for c in card["checks"]] == ["fail"] * 6 + ["pass"]
@@ -153,17 +183,23 @@ def convert_by_hand(cluster: KeybuzzCluster) -> None:
         template["spec"]["dnsPolicy"] = "ClusterFirstWithHostNet"
         autoscaling.delete_namespaced_horizontal_pod_autoscaler(name, NS)
         apps.delete_namespaced_deployment(name, NS, propagation_policy="Foreground")
-        apps.create_namespaced_daemon_set(NS, {
-            "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name, "namespace": NS},
-            "spec": {"selector": deployment["spec"]["selector"], "template": template}})
-        core.patch_namespaced_service(name, NS, {"spec": {"type": "NodePort",
-                                                          "ports": [{"port": 80, "nodePort": node_port}]}})
+        apps.create_namespaced_daemon_set(
+            NS,
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"selector": deployment["spec"]["selector"], "template": template},
+            },
+        )
+        core.patch_namespaced_service(
+            name, NS, {"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": node_port}]}}
+        )
     for name in ("keybuzz-api", "keybuzz-front"):
         wait_pods_running(core, NS, f"app={name}", 5, timeout=60)
 
 
-def test_converted_state_scores_and_thresholds(keybuzz_cluster: KeybuzzCluster, tmp_path: Path,
-                                              sites: Sites) -> None:
+def test_converted_state_scores_and_thresholds(keybuzz_cluster: KeybuzzCluster, tmp_path: Path, sites: Sites) -> None:
     convert_by_hand(keybuzz_cluster)
     result = CliRunner().invoke(app, ["ingress", "--kubeconfig", str(keybuzz_cluster.kubeconfig), "--yes"])
     assert result.exit_code == 0, result.output
@@ -177,8 +213,10 @@ def test_converted_state_scores_and_thresholds(keybuzz_cluster: KeybuzzCluster, 
     assert detail[2] == "keybuzz-api: 5/5 Running and Ready; keybuzz-front: 5/5 Running and Ready"
     assert detail[3] == "keybuzz-api: hostNetwork on; keybuzz-front: hostNetwork on"
     assert detail[5] == "keybuzz-api: NodePort 80→30080; keybuzz-front: NodePort 80→30000"
-    assert detail[6] == ("keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80; "
-                         "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80")
+    assert detail[6] == (
+        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80; "
+        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80"
+    )
     assert f"http://platform-api.keybuzz.io:{sites.port}/: 200 OK via 127.0.0.1:{sites.port}" in detail[7]
 
     sites.status["platform-api.keybuzz.io"] = 503

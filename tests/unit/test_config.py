@@ -18,14 +18,18 @@ BROKEN = list(_expected())
 
 
 def test_defaults_are_the_keybuzz_cluster():
-    cfg = config.load()
+    cfg = config.load_config()
     assert cfg.namespace == "keybuzz"
     assert [(a.name, a.host_port, a.node_port) for a in cfg.apps] == [
-        ("keybuzz-api", 8080, 30080), ("keybuzz-front", 3000, 30000)]
+        ("keybuzz-api", 8080, 30080),
+        ("keybuzz-front", 3000, 30000),
+    ]
     assert [(p.port, p.proto) for p in cfg.firewall.ports] == [(31695, "tcp"), (32720, "tcp")]
     assert cfg.firewall.source == "10.0.0.0/16"
     assert {r.host: r.service for r in cfg.ingress.routes} == {
-        "platform.keybuzz.io": "keybuzz-front", "platform-api.keybuzz.io": "keybuzz-api"}
+        "platform.keybuzz.io": "keybuzz-front",
+        "platform-api.keybuzz.io": "keybuzz-api",
+    }
     annotations = cfg.ingress.annotations
     assert annotations["nginx.ingress.kubernetes.io/proxy-next-upstream"] == "error timeout http_502 http_503"
     assert cfg.validate.threshold == 80
@@ -38,7 +42,7 @@ def test_corpus_is_complete():
 @pytest.mark.parametrize(("name", "fragment"), BROKEN, ids=[b[0] for b in BROKEN])
 def test_broken_config_gives_its_error(name, fragment):
     with pytest.raises(ConfigError) as err:
-        config.load(DATA / name)
+        config.load_config(DATA / name)
     assert fragment in str(err.value)
     assert str(err.value).startswith(str(DATA / name))
     assert "\n" not in str(err.value)
@@ -47,7 +51,7 @@ def test_broken_config_gives_its_error(name, fragment):
 def test_override_merges_mappings_and_replaces_lists(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("namespace: shop\nfirewall:\n  ports:\n    - {port: 31000, proto: tcp}\n")
-    cfg = config.load(path)
+    cfg = config.load_config(path)
     assert cfg.namespace == "shop"
     assert [p.port for p in cfg.firewall.ports] == [31000]
     assert cfg.firewall.source == "10.0.0.0/16"  # merged from the defaults
@@ -56,9 +60,9 @@ def test_override_merges_mappings_and_replaces_lists(tmp_path):
 def test_empty_override_is_the_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert config.load(path) == config.load()
+    assert config.load_config(path) == config.load_config()
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
-        config.load(tmp_path / "none.yaml")
+        config.load_config(tmp_path / "none.yaml")

@@ -8,12 +8,13 @@ import pytest
 import yaml
 
 from keybuzz_fix import config
-from keybuzz_fix.changes import Verb
-from keybuzz_fix.convert import Observed, daemonset_for, observed_from_objects, plan_convert
-from keybuzz_fix.objects import MANAGED_BY, is_subset, parse_objects
+from keybuzz_fix.cluster.changes import Verb
+from keybuzz_fix.cluster.convert import Observed, daemonset_for, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.objects import MANAGED_BY, is_subset, parse_objects
+from keybuzz_fix.report.changes import offline_json
 
 DATA = Path(__file__).parent.parent / "data"
-CFG = config.load()
+CFG = config.load_config()
 API, FRONT = CFG.app("keybuzz-api"), CFG.app("keybuzz-front")
 CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 
@@ -39,11 +40,21 @@ def nodes():
 
 def converted_state(plan, state):
     """What the cluster looks like after the plan ran (the server adds status and defaults)."""
-    ds = [dict(copy.deepcopy(c.after), metadata={**c.after["metadata"], "uid": "ds-uid"}, status={"numberReady": 5})
-          for c in plan.daemonsets]
+    ds = [
+        dict(copy.deepcopy(c.after), metadata={**c.after["metadata"], "uid": "ds-uid"}, status={"numberReady": 5})
+        for c in plan.daemonsets
+    ]
     services = [c.after for c in plan.services]
-    return Observed(state.namespace, deployments=[], daemonsets=ds, statefulsets=[], services=services, hpas=[],
-                    nodes=state.nodes, service_cidr=state.service_cidr)
+    return Observed(
+        state.namespace,
+        deployments=[],
+        daemonsets=ds,
+        statefulsets=[],
+        services=services,
+        hpas=[],
+        nodes=state.nodes,
+        service_cidr=state.service_cidr,
+    )
 
 
 def test_template_is_carried_over_unchanged_but_for_host_networking():
@@ -57,8 +68,13 @@ def test_template_is_carried_over_unchanged_but_for_host_networking():
     spec = got["spec"]
     assert spec.pop("hostNetwork") is True
     assert spec.pop("dnsPolicy") == "ClusterFirstWithHostNet"
-    assert spec.pop("affinity") == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [{"key": CONTROL_PLANE, "operator": "DoesNotExist"}]}]}}}
+    assert spec.pop("affinity") == {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": CONTROL_PLANE, "operator": "DoesNotExist"}]}]
+            }
+        }
+    }
     assert got["metadata"]["labels"].pop(MANAGED_BY) == "keybuzz-fix"
     container = spec["containers"][0]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "hostPort": 8080, "protocol": "TCP"}]
@@ -76,11 +92,16 @@ def test_daemonset_shape():
     ds, host_port, notes = daemonset_for(deployments["keybuzz-front"], FRONT, service)
     assert host_port == 3000 and notes == []  # already listening on its host port: nothing to rewrite
     assert ds["kind"] == "DaemonSet" and ds["apiVersion"] == "apps/v1"
-    assert ds["metadata"] == {"name": "keybuzz-front", "namespace": "keybuzz",
-                              "labels": {"app": "keybuzz-front", MANAGED_BY: "keybuzz-fix"}}
+    assert ds["metadata"] == {
+        "name": "keybuzz-front",
+        "namespace": "keybuzz",
+        "labels": {"app": "keybuzz-front", MANAGED_BY: "keybuzz-fix"},
+    }
     assert ds["spec"]["selector"] == {"matchLabels": {"app": "keybuzz-front"}}
-    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
-                                            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
     assert "replicas" not in ds["spec"] and "strategy" not in ds["spec"] and "status" not in ds
     assert "tolerations" not in ds["spec"]["template"]["spec"]  # never a blanket toleration
 
@@ -96,7 +117,8 @@ def test_numeric_probes_lifecycle_and_affinity_terms():
     assert api["lifecycle"]["preStop"]["httpGet"]["port"] == 8080
     assert api["ports"][1] == {"name": "metrics", "containerPort": 9090}
     terms = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
     assert len(terms) == 2
     assert all(t["matchExpressions"][-1] == {"key": CONTROL_PLANE, "operator": "DoesNotExist"} for t in terms)
     assert ds["spec"]["template"]["spec"]["tolerations"] == deployment["spec"]["template"]["spec"]["tolerations"]
@@ -104,9 +126,11 @@ def test_numeric_probes_lifecycle_and_affinity_terms():
     assert ds["metadata"]["annotations"] == {"team": "platform"}  # the revision annotation is the server's
     assert any("livenessProbe port 3001 → 8080" in n for n in notes)
     # Converting the DaemonSet's own template again changes nothing (no duplicate expression).
-    again, _, _ = daemonset_for(dict(deployment, spec=dict(deployment["spec"], template=ds["spec"]["template"])),
-                                API, {"metadata": {"name": "keybuzz-api"},
-                                      "spec": {"ports": [{"port": 80, "targetPort": 8080}]}})
+    again, _, _ = daemonset_for(
+        dict(deployment, spec=dict(deployment["spec"], template=ds["spec"]["template"])),
+        API,
+        {"metadata": {"name": "keybuzz-api"}, "spec": {"ports": [{"port": 80, "targetPort": 8080}]}},
+    )
     assert again["spec"]["template"]["spec"]["affinity"] == ds["spec"]["template"]["spec"]["affinity"]
 
 
@@ -129,19 +153,27 @@ def test_full_plan_order_and_preconditions():
     plan = plan_convert(CFG, observed_from_objects(objs, CFG))
     assert not plan.refusals
     assert [(c.label, c.kind, c.name) for c in plan.changes] == [
-        ("create", "DaemonSet", "keybuzz-api"), ("create", "DaemonSet", "keybuzz-front"),
-        ("patch", "Service", "keybuzz-api"), ("patch", "Service", "keybuzz-front"),
-        ("delete", "HorizontalPodAutoscaler", "keybuzz-api"), ("delete", "HorizontalPodAutoscaler", "keybuzz-front"),
-        ("delete", "Deployment", "keybuzz-api"), ("delete", "Deployment", "keybuzz-front")]
+        ("create", "DaemonSet", "keybuzz-api"),
+        ("create", "DaemonSet", "keybuzz-front"),
+        ("patch", "Service", "keybuzz-api"),
+        ("patch", "Service", "keybuzz-front"),
+        ("delete", "HorizontalPodAutoscaler", "keybuzz-api"),
+        ("delete", "HorizontalPodAutoscaler", "keybuzz-front"),
+        ("delete", "Deployment", "keybuzz-api"),
+        ("delete", "Deployment", "keybuzz-front"),
+    ]
     deletes = [c for c in plan.changes if c.verb is Verb.DELETE]
     assert all(c.uid and c.uid.startswith("uid-") for c in deletes)
     patch = plan.services[0].body
     assert patch["metadata"]["resourceVersion"].isdigit()
-    assert patch["spec"] == {"type": "NodePort", "ports": [{"name": "http", "port": 80, "targetPort": 8080,
-                                                            "protocol": "TCP", "nodePort": 30080}]}
+    assert patch["spec"] == {
+        "type": "NodePort",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080}],
+    }
     backed_up = {(o["kind"], o["metadata"]["name"]) for o in plan.to_back_up}
-    assert backed_up == {(k, n) for k in ("Service", "HorizontalPodAutoscaler", "Deployment")
-                         for n in ("keybuzz-api", "keybuzz-front")}
+    assert backed_up == {
+        (k, n) for k in ("Service", "HorizontalPodAutoscaler", "Deployment") for n in ("keybuzz-api", "keybuzz-front")
+    }
 
 
 def test_hpas_are_found_by_target_not_by_name():
@@ -161,16 +193,25 @@ def test_plan_after_conversion_is_empty():
 def test_half_converted_state_plans_only_the_rest():
     state = seed_state(nodes=nodes())
     plan = plan_convert(CFG, state)
-    half = Observed(state.namespace, deployments=state.deployments,
-                    daemonsets=converted_state(plan, state).daemonsets, statefulsets=[],
-                    services=[plan.services[0].after, state.one(state.services, "keybuzz-front")],
-                    hpas=state.hpas, nodes=state.nodes, service_cidr=state.service_cidr)
+    half = Observed(
+        state.namespace,
+        deployments=state.deployments,
+        daemonsets=converted_state(plan, state).daemonsets,
+        statefulsets=[],
+        services=[plan.services[0].after, state.one(state.services, "keybuzz-front")],
+        hpas=state.hpas,
+        nodes=state.nodes,
+        service_cidr=state.service_cidr,
+    )
     rest = plan_convert(CFG, half)
     assert not rest.refusals
     assert [(c.label, c.kind, c.name) for c in rest.pending] == [
         ("patch", "Service", "keybuzz-front"),
-        ("delete", "HorizontalPodAutoscaler", "keybuzz-api"), ("delete", "HorizontalPodAutoscaler", "keybuzz-front"),
-        ("delete", "Deployment", "keybuzz-api"), ("delete", "Deployment", "keybuzz-front")]
+        ("delete", "HorizontalPodAutoscaler", "keybuzz-api"),
+        ("delete", "HorizontalPodAutoscaler", "keybuzz-front"),
+        ("delete", "Deployment", "keybuzz-api"),
+        ("delete", "Deployment", "keybuzz-front"),
+    ]
     assert [c.verb for c in rest.daemonsets] == [Verb.NONE, Verb.NONE]
 
 
@@ -179,8 +220,9 @@ def test_daemonset_someone_changed_is_updated():
     plan = plan_convert(CFG, state)
     changed = copy.deepcopy(converted_state(plan, state).daemonsets)
     changed[0]["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] = 2
-    rest = plan_convert(CFG, Observed(state.namespace, state.deployments, changed, [], state.services, state.hpas,
-                                      None))
+    rest = plan_convert(
+        CFG, Observed(state.namespace, state.deployments, changed, [], state.services, state.hpas, None)
+    )
     assert [c.label for c in rest.daemonsets] == ["update", "unchanged"]
     assert rest.daemonsets[0].before is changed[0]  # backed up before it is changed
 
@@ -212,9 +254,11 @@ def test_refuses_a_container_port_entry_without_its_number():
 
 def test_port_variable_named_in_config(tmp_path):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("apps:\n  - {name: keybuzz-api, host_port: 8080, node_port: 30080, port_env: LISTEN}\n"
-                        "  - {name: keybuzz-front, host_port: 3000, node_port: 30000}\n")
-    cfg = config.load(cfg_file)
+    cfg_file.write_text(
+        "apps:\n  - {name: keybuzz-api, host_port: 8080, node_port: 30080, port_env: LISTEN}\n"
+        "  - {name: keybuzz-front, host_port: 3000, node_port: 30000}\n"
+    )
+    cfg = config.load_config(cfg_file)
     objs = seed_objects()
     env = by_name(objs, "Deployment")["keybuzz-api"]["spec"]["template"]["spec"]["containers"][0]["env"]
     env[0]["name"] = "LISTEN"
@@ -226,23 +270,39 @@ def test_port_variable_named_in_config(tmp_path):
 
 
 def host_network_ds(name, port, namespace="monitoring", **spec):
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"hostNetwork": True, "containers": [{"name": name, "image": "x",
-                                                              "ports": [{"containerPort": port}]}], **spec}}}}
+                "spec": {
+                    "hostNetwork": True,
+                    "containers": [{"name": name, "image": "x", "ports": [{"containerPort": port}]}],
+                    **spec,
+                },
+            },
+        },
+    }
 
 
 def test_collision_with_a_host_network_workload_on_the_workers():
     plan = plan_convert(CFG, seed_state([host_network_ds("agent", 8080)], nodes=nodes()))
     (refusal,) = plan.refusals
-    assert refusal.startswith("keybuzz-api: host port 8080/TCP is already held by DaemonSet monitoring/agent "
-                              "(hostNetwork) on k8s-worker-01")
+    assert refusal.startswith(
+        "keybuzz-api: host port 8080/TCP is already held by DaemonSet monitoring/agent (hostNetwork) on k8s-worker-01"
+    )
 
 
 def test_no_collision_with_a_workload_pinned_to_the_masters():
-    pinned = host_network_ds("etcd-agent", 8080, nodeSelector={CONTROL_PLANE: "true"},
-                             tolerations=[{"key": CONTROL_PLANE, "operator": "Exists"}])
+    pinned = host_network_ds(
+        "etcd-agent",
+        8080,
+        nodeSelector={CONTROL_PLANE: "true"},
+        tolerations=[{"key": CONTROL_PLANE, "operator": "Exists"}],
+    )
     assert not plan_convert(CFG, seed_state([pinned], nodes=nodes())).refusals
     # Without the nodes (an offline state file) placement is unknown: assume they meet.
     assert plan_convert(CFG, seed_state([pinned])).refusals
@@ -266,8 +326,9 @@ def test_collision_with_ingress_reserved_ports_and_between_apps():
     api["ports"][0]["containerPort"] = 80
     api["env"][0]["value"] = "80"
     plan = plan_convert(CFG, observed_from_objects(objs, CFG), keep_port=True)
-    assert plan.refusals == ("keybuzz-api: host port 80/TCP is reserved for ingress-nginx "
-                             "(ingress.reserved_host_ports)",)
+    assert plan.refusals == (
+        "keybuzz-api: host port 80/TCP is reserved for ingress-nginx (ingress.reserved_host_ports)",
+    )
     api["ports"][0]["containerPort"] = 3000
     api["env"][0]["value"] = "3000"
     plan = plan_convert(CFG, observed_from_objects(objs, CFG), keep_port=True)
@@ -278,14 +339,16 @@ def test_refuses_when_no_worker_can_run_it():
     objs = seed_objects()
     by_name(objs, "Deployment")["keybuzz-api"]["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "yes"}
     plan = plan_convert(CFG, observed_from_objects(objs + nodes(), CFG))
-    assert plan.refusals == ("keybuzz-api: no node can run its DaemonSet (workers only; nodeSelector, affinity "
-                             "and taints leave none)",)
+    assert plan.refusals == (
+        "keybuzz-api: no node can run its DaemonSet (workers only; nodeSelector, affinity and taints leave none)",
+    )
 
 
 def test_missing_service_and_missing_service_port_are_refused():
     objs = [o for o in seed_objects() if not (o["kind"] == "Service" and o["metadata"]["name"] == "keybuzz-api")]
     assert plan_convert(CFG, observed_from_objects(objs, CFG)).refusals == (
-        "keybuzz-api: Service keybuzz/keybuzz-api not found",)
+        "keybuzz-api: Service keybuzz/keybuzz-api not found",
+    )
     objs = seed_objects()
     by_name(objs, "Service")["keybuzz-front"]["spec"]["ports"][0]["port"] = 8000
     (refusal,) = plan_convert(CFG, observed_from_objects(objs, CFG)).refusals
@@ -295,12 +358,14 @@ def test_missing_service_and_missing_service_port_are_refused():
 def test_env_warnings_name_each_variable_and_not_the_secret():
     objs = seed_objects()
     env = by_name(objs, "Deployment")["keybuzz-api"]["spec"]["template"]["spec"]["containers"][0]["env"]
-    env += [{"name": "REDIS", "value": "redis://:pw-123@redis.cache.svc:6379"},
-            {"name": "SEARCH", "value": "http://10.43.7.9:9200"},
-            {"name": "CLUSTER_IP", "value": "198.19.130.5"},
-            {"name": "PUBLIC", "value": "https://api.stripe.com"},
-            {"name": "SVCNAME", "value": "my.svc-not-internal.example.com"},
-            {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+    env += [
+        {"name": "REDIS", "value": "redis://:pw-123@redis.cache.svc:6379"},
+        {"name": "SEARCH", "value": "http://10.43.7.9:9200"},
+        {"name": "CLUSTER_IP", "value": "198.19.130.5"},
+        {"name": "PUBLIC", "value": "https://api.stripe.com"},
+        {"name": "SVCNAME", "value": "my.svc-not-internal.example.com"},
+        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]
     services = by_name(objs, "Service")
     services["keybuzz-api"]["spec"]["clusterIP"] = "198.19.130.5"
     warnings = plan_convert(CFG, observed_from_objects(objs, CFG)).warnings
@@ -319,22 +384,25 @@ def test_to_back_up_holds_what_changes_only():
 
 def test_offline_json_shape_masks_unless_asked():
     plan = plan_convert(CFG, seed_state())
-    masked = plan.to_offline_json()
+    masked = offline_json(plan)
     assert set(masked) == {"apply", "delete", "warnings"}
     env = masked["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0] == {"name": "PORT", "value": "8080"}
     assert env[1] == {"name": "NODE_ENV", "value": "<masked>"}
-    shown = plan.to_offline_json(show_values=True)["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    shown = offline_json(plan, show_values=True)["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert shown[1] == {"name": "NODE_ENV", "value": "production"}
     assert masked["delete"][-1] == {"kind": "Deployment", "namespace": "keybuzz", "name": "keybuzz-front"}
 
 
-@pytest.mark.parametrize("want,have,subset", [
-    ({"a": 1}, {"a": 1, "b": 2}, True),
-    ({"a": [1, {"x": 1}]}, {"a": [1, {"x": 1, "y": 2}]}, True),
-    ({"a": [1]}, {"a": [1, 2]}, False),
-    ({"a": {"b": 1}}, {"a": {"b": 2}}, False),
-    ({"a": 1}, {}, False),
-])
+@pytest.mark.parametrize(
+    "want,have,subset",
+    [
+        ({"a": 1}, {"a": 1, "b": 2}, True),
+        ({"a": [1, {"x": 1}]}, {"a": [1, {"x": 1, "y": 2}]}, True),
+        ({"a": [1]}, {"a": [1, 2]}, False),
+        ({"a": {"b": 1}}, {"a": {"b": 2}}, False),
+        ({"a": 1}, {}, False),
+    ],
+)
 def test_is_subset(want, have, subset):
     assert is_subset(want, have) is subset

@@ -8,16 +8,24 @@ import sys
 
 import pytest
 
-CHILD = ("import resource, sys; from keybuzz_fix.fanout import raise_open_files_limit as r; "
-         "got = r(int(sys.argv[1])); print(got, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+CHILD = (
+    "import resource, sys; from keybuzz_fix.hosts.parallel import raise_open_files_limit as r; "
+    "got = r(int(sys.argv[1])); print(got, resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+)
 
 
 def _run(soft: int, hard: int, needed: int) -> tuple[int, int]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    out = subprocess.run([sys.executable, "-c", CHILD, str(needed)], preexec_fn=limit, capture_output=True,
-                         text=True, check=True, timeout=60).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(needed)],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
     return int(out[0]), int(out[1])
 
 

@@ -5,12 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix import firewall, firewall_apply, overlay
-from keybuzz_fix.config import OverlayConfig, load
-from keybuzz_fix.firewall import PROBE_MARK, ActionKind, UfwFacts
-from keybuzz_fix.firewall_apply import APPLY_MARK, FirewallRun, HostExtra, Status
+from keybuzz_fix.config import OverlayConfig, load_config
+from keybuzz_fix.hosts.flannel import facts as flannel
+from keybuzz_fix.hosts.flannel import plan as overlay
+from keybuzz_fix.hosts.sections import MARK
+from keybuzz_fix.hosts.ssh import CommandResult, SshOptions
+from keybuzz_fix.hosts.ufw import apply as firewall_apply
+from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, FirewallRun
+from keybuzz_fix.hosts.ufw.facts import UfwFacts
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra, HostStatus
+from keybuzz_fix.hosts.ufw.rules import parse_rule_command
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.ssh import CommandResult, SshOptions
 
 DATA = Path(__file__).parent.parent / "data"
 ON = (DATA / "diagnose" / "ethtool-k-flannel-on.txt").read_text()
@@ -18,9 +23,10 @@ OFF = (DATA / "diagnose" / "ethtool-k-flannel-off.txt").read_text()
 RULE = overlay.udev_rule("/usr/sbin/ethtool")
 
 
-def offload_output(ethtool: str | None = "/usr/sbin/ethtool", features: str | None = ON,
-                   rule: str | None = None) -> str:
-    m = PROBE_MARK
+def offload_output(
+    ethtool: str | None = "/usr/sbin/ethtool", features: str | None = ON, rule: str | None = None
+) -> str:
+    m = MARK
     out = f"{m} offload-ethtool\n" + (f"{ethtool}\n" if ethtool else "")
     if ethtool and features is not None:
         out += f"{m} offload-features\n{features}"
@@ -28,19 +34,20 @@ def offload_output(ethtool: str | None = "/usr/sbin/ethtool", features: str | No
     return out + f"{m} offload-end\n"
 
 
-def kinds(actions: list[firewall.Action]) -> list[str]:
+def kinds(actions: list[Action]) -> list[str]:
     return [a.kind.value for a in actions]
 
 
 def test_overlay_rules_from_the_defaults():
-    rules = overlay.overlay_rules(load().overlay)
+    rules = overlay.overlay_rules(load_config().overlay)
     assert [r.command() for r in rules] == [
         "ufw allow from 10.0.0.0/16 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
         "ufw allow from 10.42.0.0/16 to any comment 'keybuzz-fix: pod network'",
-        "ufw allow from 10.43.0.0/16 to any comment 'keybuzz-fix: service network'"]
+        "ufw allow from 10.43.0.0/16 to any comment 'keybuzz-fix: service network'",
+    ]
     for rule in rules:  # what `ufw show added` prints back parses to the same rule
-        assert firewall.parse_rule_command(rule.command()) == rule
-    assert firewall.parse_rule_command("ufw allow from 10.42.0.0/16 comment 'keybuzz-fix: pod network'") == rules[1]
+        assert parse_rule_command(rule.command()) == rule
+    assert parse_rule_command("ufw allow from 10.42.0.0/16 comment 'keybuzz-fix: pod network'") == rules[1]
 
 
 def test_offload_plan_turns_it_off_and_persists_it():
@@ -58,18 +65,24 @@ def test_offload_plan_is_idempotent():
 
 
 def test_offload_plan_rewrites_a_changed_rule_and_persists_without_the_device():
-    actions = overlay.plan_offload(offload_output(
-        features="netlink error: no device matches name (offset 24)\nnetlink error: No such device\n",
-        rule="# an older rule\n"))
+    actions = overlay.plan_offload(
+        offload_output(
+            features="netlink error: no device matches name (offset 24)\nnetlink error: No such device\n",
+            rule="# an older rule\n",
+        )
+    )
     assert kinds(actions) == ["noop", "change"]
     assert "does not exist (yet)" in actions[0].reason and actions[1].reason.startswith("rewrite ")
 
 
-@pytest.mark.parametrize(("output", "fragment"), [
-    (offload_output(ethtool=None), "ethtool is not installed"),
-    (offload_output(ethtool="/usr/sbin/eth tool;id"), "odd ethtool path"),
-    (offload_output()[:-len(f"{PROBE_MARK} offload-end\n")], "cut short"),
-])
+@pytest.mark.parametrize(
+    ("output", "fragment"),
+    [
+        (offload_output(ethtool=None), "ethtool is not installed"),
+        (offload_output(ethtool="/usr/sbin/eth tool;id"), "odd ethtool path"),
+        (offload_output()[: -len(f"{MARK} offload-end\n")], "cut short"),
+    ],
+)
 def test_offload_plan_blocks_without_a_usable_ethtool(output, fragment):
     (action,) = overlay.plan_offload(output)
     assert action.kind is ActionKind.BLOCKED and fragment in action.reason and not action.changes
@@ -81,7 +94,7 @@ def test_offload_plan_reports_a_fixed_feature():
 
 
 def test_udev_rule_is_written_atomically_with_exact_content(tmp_path):
-    command = overlay.write_rule_command(RULE).replace(overlay.UDEV_DIR, str(tmp_path / "rules.d"))
+    command = overlay.write_rule_command(RULE).replace(flannel.UDEV_DIR, str(tmp_path / "rules.d"))
     subprocess.run(["sh", "-c", command], check=True)
     subprocess.run(["sh", "-c", command], check=True)  # again: same file, no leftovers
     written = tmp_path / "rules.d" / "90-keybuzz-fix-flannel-offload.rules"
@@ -92,7 +105,7 @@ def test_udev_rule_is_written_atomically_with_exact_content(tmp_path):
 
 
 def test_offload_probe_is_valid_shell():
-    subprocess.run(["sh", "-n", "-c", overlay.OFFLOAD_PROBE], check=True)
+    subprocess.run(["sh", "-n", "-c", flannel.OFFLOAD_PROBE], check=True)
 
 
 class FakeSession:
@@ -104,8 +117,9 @@ class FakeSession:
     def probe(self) -> str:
         added = "\n".join(["Added user rules (see 'ufw status' for running firewall):", *self.ufw_added])
         status = "Status: active\nDefault: deny (incoming), allow (outgoing), disabled (routed)\n"
-        return (f"{PROBE_MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{PROBE_MARK} status\n{status}"
-                f"{PROBE_MARK} added\n{added}\n{PROBE_MARK} end\n")
+        return (
+            f"{MARK} ssh\n198.18.0.1 40000 198.18.0.11 22\n{MARK} status\n{status}{MARK} added\n{added}\n{MARK} end\n"
+        )
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         self.scripts.append(script)
@@ -127,24 +141,28 @@ class FakeSession:
         pass
 
 
-def test_firewall_run_carries_the_offload_extra(monkeypatch, tmp_path):
-    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
+def test_firewall_run_carries_the_offload_extra(monkeypatch, state_dir):
     session = FakeSession(["ufw allow 22/tcp"], offload_output())
     monkeypatch.setattr(firewall_apply, "open_session", lambda *a, **k: session)
     host = Host("k8s-worker-01", "198.18.0.11", None, "root", "prod", "k3s", "worker")
     rules = overlay.overlay_rules(OverlayConfig("198.18.0.0/24", 8472, "198.19.0.0/17", "198.19.128.0/20"))
-    run = FirewallRun(hosts=[host], desired=lambda _h: rules, ssh=SshOptions(), command="overlay",
-                      extra=HostExtra(overlay.OFFLOAD_PROBE, overlay.plan_offload))
+    run = FirewallRun(
+        hosts=[host],
+        desired=lambda _h: rules,
+        ssh=SshOptions(),
+        command="overlay",
+        extra=HostExtra(flannel.OFFLOAD_PROBE, overlay.plan_offload),
+    )
     (planned,) = run.plan()
-    assert planned.result is not None
-    assert session.scripts[0].startswith(overlay.OFFLOAD_PROBE)
-    assert kinds(list(planned.result.actions)) == ["add", "add", "add", "change", "change"]
-    (applied,) = run.apply([planned.result])
+    assert planned.ok, planned.error
+    assert session.scripts[0].startswith(flannel.OFFLOAD_PROBE)
+    assert kinds(list(planned.actions)) == ["add", "add", "add", "change", "change"]
+    (applied,) = run.apply([planned])
     assert applied.ok, applied.error
-    assert applied.result is not None and applied.result.status is Status.CHANGED
-    assert len(applied.result.applied) == 5
+    assert applied.status is HostStatus.CHANGED
+    assert applied.applied is not None and len(applied.applied) == 5
     (again,) = run.plan()
-    assert again.result is not None and not again.result.changes
-    assert isinstance(again.result.facts, UfwFacts)
-    audit = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert again.ok and not again.changes
+    assert isinstance(again.facts, UfwFacts)
+    audit = (state_dir / "audit.jsonl").read_text().splitlines()
     assert len(audit) == 5 and '"command": "overlay"' in audit[0]

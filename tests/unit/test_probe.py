@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix import probe
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.checks.http import HttpOptions
 from keybuzz_fix.errors import UsageError
-from keybuzz_fix.probe import HttpOptions
 from tests.lab.testca import make_test_ca
 
 NAMES = ["platform.keybuzz.io", "platform-api.keybuzz.io"]
@@ -43,8 +43,10 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls is not None:
+
             def remember(sock: ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
                 outer.sni = name
+
             tls.sni_callback = remember
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
@@ -134,8 +136,9 @@ def test_https_untrusted_or_wrong_name_fails_without_retry(serve, ca, tmp_path: 
     s = serve([200], server_tls(ca))
     other = make_test_ca(tmp_path / "other", NAMES)
     resolve = probe.parse_resolve([f"platform.keybuzz.io:{s.port}:127.0.0.1", f"wrong.example:{s.port}:127.0.0.1"])
-    a = probe.http_get(f"https://platform.keybuzz.io:{s.port}/", opts(resolve=resolve, ca_file=other.ca_file,
-                                                                      retries=2))
+    a = probe.http_get(
+        f"https://platform.keybuzz.io:{s.port}/", opts(resolve=resolve, ca_file=other.ca_file, retries=2)
+    )
     assert a.status is None and a.attempts == 1 and "TLS certificate not trusted" in a.reason
     b = probe.http_get(f"https://wrong.example:{s.port}/", opts(resolve=resolve, ca_file=ca.ca_file))
     assert b.status is None and "TLS certificate not trusted" in b.reason and "wrong.example" in b.reason
@@ -166,19 +169,32 @@ def test_a_silent_server_is_bounded_by_the_timeout() -> None:
     assert took < 2.0
 
 
-@pytest.mark.parametrize(("values", "expected"), [
-    (["platform.keybuzz.io:443:10.0.0.2"], {("platform.keybuzz.io", 443): "10.0.0.2"}),
-    (["Platform.Keybuzz.IO:443:10.0.0.2"], {("platform.keybuzz.io", 443): "10.0.0.2"}),
-    (["a.test:80:[2001:db8::1]"], {("a.test", 80): "2001:db8::1"}),
-    (["a.test:80:2001:db8::1"], {("a.test", 80): "2001:db8::1"}),
-    (["a.test:80:10.0.0.2", "a.test:80:10.0.0.2"], {("a.test", 80): "10.0.0.2"}),
-])
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["platform.keybuzz.io:443:10.0.0.2"], {("platform.keybuzz.io", 443): "10.0.0.2"}),
+        (["Platform.Keybuzz.IO:443:10.0.0.2"], {("platform.keybuzz.io", 443): "10.0.0.2"}),
+        (["a.test:80:[2001:db8::1]"], {("a.test", 80): "2001:db8::1"}),
+        (["a.test:80:2001:db8::1"], {("a.test", 80): "2001:db8::1"}),
+        (["a.test:80:10.0.0.2", "a.test:80:10.0.0.2"], {("a.test", 80): "10.0.0.2"}),
+    ],
+)
 def test_parse_resolve(values: list[str], expected: dict) -> None:
     assert probe.parse_resolve(values) == expected
 
 
-@pytest.mark.parametrize("value", ["a.test", "a.test:80", ":80:10.0.0.1", "a.test:0:10.0.0.1", "a.test:99999:1.2.3.4",
-                                   "a.test:80:not-an-ip", "a.test:80:$(touch /tmp/x)"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a.test",
+        "a.test:80",
+        ":80:10.0.0.1",
+        "a.test:0:10.0.0.1",
+        "a.test:99999:1.2.3.4",
+        "a.test:80:not-an-ip",
+        "a.test:80:$(touch /tmp/x)",
+    ],
+)
 def test_parse_resolve_refuses(value: str) -> None:
     with pytest.raises(UsageError):
         probe.parse_resolve([value])
@@ -190,7 +206,7 @@ def test_parse_resolve_refuses_two_addresses_for_one_name() -> None:
 
 
 def test_target() -> None:
-    assert probe.target("https://platform.keybuzz.io") == ("https", "platform.keybuzz.io", 443, "/")
-    assert probe.target("http://X.test:8080/a?b=1") == ("http", "x.test", 8080, "/a?b=1")
+    assert probe.split_url("https://platform.keybuzz.io") == ("https", "platform.keybuzz.io", 443, "/")
+    assert probe.split_url("http://X.test:8080/a?b=1") == ("http", "x.test", 8080, "/a?b=1")
     with pytest.raises(UsageError):
-        probe.target("ftp://x.test/")
+        probe.split_url("ftp://x.test/")

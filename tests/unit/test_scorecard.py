@@ -7,11 +7,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from keybuzz_fix import config, ingress
-from keybuzz_fix import scorecard as sc
+from keybuzz_fix import config
+from keybuzz_fix.checks import scorecard as sc
+from keybuzz_fix.checks.http import HttpAnswer
+from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
 from keybuzz_fix.cli import app
-from keybuzz_fix.probe import HttpAnswer
-from keybuzz_fix.scorecard import Check, Row, Scorecard
+from keybuzz_fix.cluster import ingress
+from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.report.scorecard import scorecard_json, scorecard_junit
 
 ROOT = Path(__file__).parent.parent.parent
 SEED = ROOT / "tests" / "data" / "cluster"
@@ -21,7 +24,7 @@ WORKERS = [f"k8s-worker-0{i}" for i in range(1, 6)]
 
 @pytest.fixture(scope="module")
 def cfg() -> config.Config:
-    return config.load()
+    return config.load_config()
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +34,11 @@ def seeded() -> dict[tuple[str, str], dict]:
 
 
 def pod(name: str, owner: str, node: str, phase: str = "Running", ready: bool = True) -> dict:
-    return {"metadata": {"name": name, "ownerReferences": [{"kind": "DaemonSet", "name": owner, "controller": True}]},
-            "spec": {"nodeName": node},
-            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": {"name": name, "ownerReferences": [{"kind": "DaemonSet", "name": owner, "controller": True}]},
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
 def daemonset_from(deployment: dict, host_network: bool = True) -> dict:
@@ -62,16 +67,18 @@ def test_pre_conversion_state_fails_with_evidence(cfg: config.Config, seeded: di
     services = {n: seeded[("Service", n)] for n in ("keybuzz-api", "keybuzz-front")}
     c1 = sc.check_daemonsets(cfg, {}, deployments)
     assert not c1.passed
-    assert c1.detail == ("keybuzz-api: no DaemonSet (still a Deployment); "
-                         "keybuzz-front: no DaemonSet (still a Deployment)")
+    assert c1.detail == (
+        "keybuzz-api: no DaemonSet (still a Deployment); keybuzz-front: no DaemonSet (still a Deployment)"
+    )
     c2 = sc.check_pods(cfg, {}, [], 5)
     assert c2.detail == "keybuzz-api: 0/5 (no DaemonSet); keybuzz-front: 0/5 (no DaemonSet)"
     c3 = sc.check_host_network(cfg, {}, deployments)
     assert "keybuzz-api: no DaemonSet; the Deployment has hostNetwork off" in c3.detail
     c5 = sc.check_services(cfg, services)
     assert not c5.passed
-    assert c5.detail == ("keybuzz-api: ClusterIP (expected NodePort 30080); "
-                         "keybuzz-front: ClusterIP (expected NodePort 30000)")
+    assert c5.detail == (
+        "keybuzz-api: ClusterIP (expected NodePort 30080); keybuzz-front: ClusterIP (expected NodePort 30000)"
+    )
     c6 = sc.check_ingresses(cfg, {})
     assert c6.detail == "keybuzz-front-ingress: not found; keybuzz-api-ingress: not found"
     ds = seeded[("DaemonSet", "ingress-nginx-controller")]
@@ -82,8 +89,10 @@ def test_pre_conversion_state_fails_with_evidence(cfg: config.Config, seeded: di
 def test_converted_state_passes(cfg: config.Config, seeded: dict) -> None:
     daemonsets = {n: daemonset_from(seeded[("Deployment", n)]) for n in ("keybuzz-api", "keybuzz-front")}
     pods = [pod(f"{app}-{n}", app, n) for app in daemonsets for n in WORKERS]
-    services = {"keybuzz-api": nodeport(seeded[("Service", "keybuzz-api")], 30080),
-                "keybuzz-front": nodeport(seeded[("Service", "keybuzz-front")], 30000)}
+    services = {
+        "keybuzz-api": nodeport(seeded[("Service", "keybuzz-api")], 30080),
+        "keybuzz-front": nodeport(seeded[("Service", "keybuzz-front")], 30000),
+    }
     ingresses = {o["metadata"]["name"]: o for o in ingress.build_ingresses(cfg)}
     assert sc.check_daemonsets(cfg, daemonsets, {}).passed
     c2 = sc.check_pods(cfg, daemonsets, pods, 5)
@@ -94,8 +103,10 @@ def test_converted_state_passes(cfg: config.Config, seeded: dict) -> None:
     assert c5.passed and c5.detail == "keybuzz-api: NodePort 80→30080; keybuzz-front: NodePort 80→30000"
     c6 = sc.check_ingresses(cfg, ingresses)
     assert c6.passed
-    assert c6.detail == ("keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80; "
-                         "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80")
+    assert c6.detail == (
+        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80; "
+        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80"
+    )
 
 
 def test_n_is_the_number_of_workers_not_five(cfg: config.Config, seeded: dict) -> None:
@@ -111,8 +122,10 @@ def test_pods_must_be_running_and_ready(cfg: config.Config, seeded: dict) -> Non
     daemonsets = {n: daemonset_from(seeded[("Deployment", n)]) for n in ("keybuzz-api", "keybuzz-front")}
     pods = [pod(f"keybuzz-front-{n}", "keybuzz-front", n) for n in WORKERS]
     pods += [pod(f"keybuzz-api-{n}", "keybuzz-api", n) for n in WORKERS[:3]]
-    pods += [pod("keybuzz-api-p", "keybuzz-api", WORKERS[3], "Pending"),
-             pod("keybuzz-api-r", "keybuzz-api", WORKERS[4], ready=False)]
+    pods += [
+        pod("keybuzz-api-p", "keybuzz-api", WORKERS[3], "Pending"),
+        pod("keybuzz-api-r", "keybuzz-api", WORKERS[4], ready=False),
+    ]
     c = sc.check_pods(cfg, daemonsets, pods, 5)
     assert not c.passed
     assert c.detail.startswith("keybuzz-api: 3/5 Running and Ready (keybuzz-api-p Pending, keybuzz-api-r not Ready)")
@@ -123,14 +136,17 @@ def test_mismatches_are_named(cfg: config.Config, seeded: dict) -> None:
     c3 = sc.check_host_network(cfg, daemonsets, {})
     assert c3.detail == "keybuzz-api: hostNetwork off; keybuzz-front: no DaemonSet"
     services = {"keybuzz-api": nodeport(seeded[("Service", "keybuzz-api")], 30999)}
-    assert sc.check_services(cfg, services).detail == ("keybuzz-api: NodePort, nodePort 30999 (expected NodePort "
-                                                       "30080); keybuzz-front: no Service")
+    assert sc.check_services(cfg, services).detail == (
+        "keybuzz-api: NodePort, nodePort 30999 (expected NodePort 30080); keybuzz-front: no Service"
+    )
     wrong = copy.deepcopy(ingress.build_ingresses(cfg))
     wrong[1]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] = {"number": 8080}
     c6 = sc.check_ingresses(cfg, {o["metadata"]["name"]: o for o in wrong})
     assert not c6.passed
-    assert ("keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:8080 "
-            "(expected platform-api.keybuzz.io → keybuzz-api:80)") in c6.detail
+    assert (
+        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:8080 "
+        "(expected platform-api.keybuzz.io → keybuzz-api:80)"
+    ) in c6.detail
     ds = copy.deepcopy(seeded[("DaemonSet", "ingress-nginx-controller")])
     ds["spec"]["template"]["spec"]["hostNetwork"] = False
     c4 = sc.check_ingress_controller(cfg, ds, None, [pod("a", "ingress-nginx-controller", WORKERS[0])], 5)
@@ -140,13 +156,19 @@ def test_mismatches_are_named(cfg: config.Config, seeded: dict) -> None:
 
 
 def test_url_check_shows_status_or_error(cfg: config.Config) -> None:
-    c = sc.check_urls(cfg, [answer("https://platform.keybuzz.io", 504, "Gateway Time-out"),
-                            answer("https://platform-api.keybuzz.io", None, "connection refused")])
+    c = sc.check_urls(
+        cfg,
+        [
+            answer("https://platform.keybuzz.io", 504, "Gateway Time-out"),
+            answer("https://platform-api.keybuzz.io", None, "connection refused"),
+        ],
+    )
     assert not c.passed
     assert "https://platform.keybuzz.io: 504 Gateway Time-out via 198.18.0.40:443 (3 attempts" in c.detail
     assert "https://platform-api.keybuzz.io: error: connection refused" in c.detail
-    ok = sc.check_urls(cfg, [answer("https://platform.keybuzz.io", 200),
-                             answer("https://platform-api.keybuzz.io", 200)])
+    ok = sc.check_urls(
+        cfg, [answer("https://platform.keybuzz.io", 200), answer("https://platform-api.keybuzz.io", 200)]
+    )
     assert ok.passed and ok.name == "Both URLs answer HTTP 200"
     assert not sc.check_urls(cfg, []).passed
 
@@ -167,25 +189,28 @@ def test_check_names_are_the_issue_list(cfg: config.Config) -> None:
 
 
 def card(passed: int, total: int = 7, **kwargs: object) -> Scorecard:
-    checks = tuple(Check(i + 1, f"check {i + 1}", i < passed, "evidence") for i in range(total))
+    checks = tuple(ScoredCheck(i + 1, f"check {i + 1}", i < passed, "evidence") for i in range(total))
     return Scorecard(checks, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("passed", "total", "threshold", "strict", "ok"), [
-    (7, 7, 80, False, True),
-    (6, 7, 80, False, True),   # 85.7 %
-    (5, 7, 80, False, False),  # 71.4 %
-    (4, 5, 80, False, True),   # exactly the threshold passes
-    (6, 7, 90, False, False),
-    (6, 7, 80, True, False),   # --strict wants 100 %
-    (7, 7, 80, True, True),
-    (0, 7, 0, False, True),
-    (0, 0, 0, False, False),   # nothing checked never passes
-])
+@pytest.mark.parametrize(
+    ("passed", "total", "threshold", "strict", "ok"),
+    [
+        (7, 7, 80, False, True),
+        (6, 7, 80, False, True),  # 85.7 %
+        (5, 7, 80, False, False),  # 71.4 %
+        (4, 5, 80, False, True),  # exactly the threshold passes
+        (6, 7, 90, False, False),
+        (6, 7, 80, True, False),  # --strict wants 100 %
+        (7, 7, 80, True, True),
+        (0, 7, 0, False, True),
+        (0, 0, 0, False, False),  # nothing checked never passes
+    ],
+)
 def test_score_and_threshold(passed: int, total: int, threshold: int, strict: bool, ok: bool) -> None:
     c = card(passed, total, threshold=threshold, strict=strict)
     assert c.ok is ok
-    assert int(c.exit_code) == (0 if ok else 1)
+    assert int(ExitCode.of(c)) == (0 if ok else 1)
 
 
 def test_score_math() -> None:
@@ -195,20 +220,25 @@ def test_score_math() -> None:
 
 
 def test_json_output() -> None:
-    c = card(5, extended=(Row("k8s-worker-01", "NodePort 31695 reachable from here", False, "timeout"),),
-             workers=5, seconds=1.23456)
-    data = sc.to_json(c)
+    c = card(
+        5,
+        extended=(Row("k8s-worker-01", "NodePort 31695 reachable from here", False, "timeout"),),
+        workers=5,
+        seconds=1.23456,
+    )
+    data = scorecard_json(c)
     assert data["score"] == 71.4 and data["threshold"] == 80 and data["ok"] is False and data["exit_code"] == 1
     assert [c["status"] for c in data["checks"]] == ["pass"] * 5 + ["fail"] * 2
     assert set(data["checks"][0]) == {"number", "name", "status", "detail", "seconds"}
-    assert data["extended"] == [{"host": "k8s-worker-01", "check": "NodePort 31695 reachable from here",
-                                 "status": "fail", "detail": "timeout"}]
+    assert data["extended"] == [
+        {"host": "k8s-worker-01", "check": "NodePort 31695 reachable from here", "status": "fail", "detail": "timeout"}
+    ]
     json.dumps(data)
 
 
 def test_junit_output() -> None:
     c = card(5, extended=(Row("k8s-worker-01", "UFW rules present", True, "2/2 rules present"),), seconds=2.5)
-    root = ET.fromstring(sc.to_junit(c).split("\n", 1)[1])
+    root = ET.fromstring(scorecard_junit(c).split("\n", 1)[1])
     suites = root.findall("testsuite")
     assert [s.get("name") for s in suites] == ["scorecard", "extended (not scored)"]
     cases = suites[0].findall("testcase")
@@ -221,27 +251,30 @@ def test_junit_output() -> None:
 
 
 def test_junit_escapes_evidence() -> None:
-    checks = (Check(1, "a <b> & \"c\"", False, "error: <html> & ']]>'"),)
-    xml = sc.to_junit(Scorecard(checks))
+    checks = (ScoredCheck(1, 'a <b> & "c"', False, "error: <html> & ']]>'"),)
+    xml = scorecard_junit(Scorecard(checks))
     assert ET.fromstring(xml.split("\n", 1)[1]).find("testsuite/testcase/failure").text == "error: <html> & ']]>'"
 
 
 # -- command-line values, refused before anything is reached -----------------------------------------
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--resolve", "platform.keybuzz.io:443"], "expected HOST:PORT:ADDR"),
-    (["--resolve", "platform.keybuzz.io:https:10.0.0.2"], "is not a port number"),
-    (["--resolve", "platform.keybuzz.io:443:lb.example"], "is not an IP address"),
-    (["--resolve", "platform.keybuzz.io:80:10.0.0.2"], "matches none of the URLs checked"),
-    (["--insecure", "--ca-file", "ca.pem"], "--insecure and --ca-file exclude each other"),
-    (["--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem: no such file"),
-    (["--threshold", "101"], "--threshold must be between 0 and 100"),
-    (["--url-timeout", "0"], "--url-timeout must be more than 0"),
-    (["--retries", "-1"], "--retries must be between 0 and 10"),
-    (["--concurrency", "0", "--extended"], "--concurrency must be between 1 and 512"),
-    (["--timeout", "-1"], "--timeout must be more than 0 seconds"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resolve", "platform.keybuzz.io:443"], "expected HOST:PORT:ADDR"),
+        (["--resolve", "platform.keybuzz.io:https:10.0.0.2"], "is not a port number"),
+        (["--resolve", "platform.keybuzz.io:443:lb.example"], "is not an IP address"),
+        (["--resolve", "platform.keybuzz.io:80:10.0.0.2"], "matches none of the URLs checked"),
+        (["--insecure", "--ca-file", "ca.pem"], "--insecure and --ca-file exclude each other"),
+        (["--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem: no such file"),
+        (["--threshold", "101"], "--threshold must be between 0 and 100"),
+        (["--url-timeout", "0"], "--url-timeout must be more than 0"),
+        (["--retries", "-1"], "--retries must be between 0 and 10"),
+        (["--concurrency", "0", "--extended"], "--concurrency must be between 1 and 512"),
+        (["--timeout", "-1"], "--timeout must be more than 0 seconds"),
+    ],
+)
 def test_bad_values_are_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["validate", str(EXAMPLE), "--kubeconfig", "/nonexistent", *args])
     assert result.exit_code == 2, result.output

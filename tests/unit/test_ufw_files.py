@@ -6,8 +6,10 @@ test ``tests/integration/test_ufw_files.py`` holds the whole reader equal to ``u
 
 import pytest
 
-from keybuzz_fix import firewall, ufw_files, ufw_probe
-from keybuzz_fix.firewall import PROBE_MARK, ParseError, UfwRule
+from keybuzz_fix.hosts.sections import MARK
+from keybuzz_fix.hosts.ufw import files as ufw_files
+from keybuzz_fix.hosts.ufw.facts import parse_ufw_facts, ufw_probe
+from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule, parse_rule_command
 
 CASES = [
     ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "ufw allow 22/tcp"),
@@ -18,20 +20,30 @@ CASES = [
     ("allow tcp 80,443 0.0.0.0/0 any 0.0.0.0/0 in", "ufw allow 80,443/tcp"),
     ("allow tcp 9100 0.0.0.0/0 any 0.0.0.0/0 in_eth0", "ufw allow in on eth0 to any port 9100 proto tcp"),
     ("allow udp 53 0.0.0.0/0 any 0.0.0.0/0 out", "ufw allow out 53/udp"),
-    ("allow_log-all tcp 9000 0.0.0.0/0 any 10.9.0.0/16 in",
-     "ufw allow log-all from 10.9.0.0/16 to any port 9000 proto tcp"),
+    (
+        "allow_log-all tcp 9000 0.0.0.0/0 any 10.9.0.0/16 in",
+        "ufw allow log-all from 10.9.0.0/16 to any port 9000 proto tcp",
+    ),
     ("allow udp 31695 0.0.0.0/0 53 10.0.0.0/8 in", "ufw allow from 10.0.0.0/8 port 53 to any port 31695 proto udp"),
     ("allow tcp any 0.0.0.0/0 22 10.1.0.0/16 - OpenSSH in", "ufw allow from 10.1.0.0/16 app OpenSSH"),
-    ("allow tcp 22 198.18.0.0/24 any 10.2.0.0/16 OpenSSH - in",
-     "ufw allow from 10.2.0.0/16 to 198.18.0.0/24 app OpenSSH"),
+    (
+        "allow tcp 22 198.18.0.0/24 any 10.2.0.0/16 OpenSSH - in",
+        "ufw allow from 10.2.0.0/16 to 198.18.0.0/24 app OpenSSH",
+    ),
     ("route:allow any any 0.0.0.0/0 any 10.43.0.0/16 in", "ufw route allow from 10.43.0.0/16"),
-    ("route:allow tcp 80 10.42.0.0/16 any 0.0.0.0/0 in_eth0!out_eth1",
-     "ufw route allow in on eth0 out on eth1 to 10.42.0.0/16 port 80 proto tcp"),
+    (
+        "route:allow tcp 80 10.42.0.0/16 any 0.0.0.0/0 in_eth0!out_eth1",
+        "ufw route allow in on eth0 out on eth1 to 10.42.0.0/16 port 80 proto tcp",
+    ),
     ("allow tcp 8080 ::/0 any 2001:db8::/32 in", "ufw allow from 2001:db8::/32 to any port 8080 proto tcp"),
-    ("allow udp 8472 0.0.0.0/0 any 0.0.0.0/0 in comment=c3a96c616e202271756f74656422206e61c3af7665",
-     "ufw allow 8472/udp comment 'élan \"quoted\" naïve'"),
-    ("allow tcp 8443 0.0.0.0/0 any 0.0.0.0/0 in comment=6f7073206e6f74650a7365636f6e64206c696e65",
-     "ufw allow 8443/tcp comment 'ops note\nsecond line'"),
+    (
+        "allow udp 8472 0.0.0.0/0 any 0.0.0.0/0 in comment=c3a96c616e202271756f74656422206e61c3af7665",
+        "ufw allow 8472/udp comment 'élan \"quoted\" naïve'",
+    ),
+    (
+        "allow tcp 8443 0.0.0.0/0 any 0.0.0.0/0 in comment=6f7073206e6f74650a7365636f6e64206c696e65",
+        "ufw allow 8443/tcp comment 'ops note\nsecond line'",
+    ),
     ("allow tcp 31695 0.0.0.0/0 any 10.0.0.0/16", "ufw allow from 10.0.0.0/16 to any port 31695 proto tcp"),
 ]
 
@@ -39,40 +51,50 @@ CASES = [
 @pytest.mark.parametrize(("tupl", "shown"), CASES)
 def test_tuple_is_the_rule_ufw_show_added_prints(tupl, shown):
     rule = ufw_files.parse_tuple(tupl)
-    expected = firewall.parse_rule_command(shown)
+    expected = parse_rule_command(shown)
     assert rule == expected and rule.comment == expected.comment
-    assert firewall.parse_rule_command(rule.raw) == rule  # the rendering parses back
+    assert parse_rule_command(rule.raw) == rule  # the rendering parses back
 
 
-@pytest.mark.parametrize(("tupl", "problem"), [
-    ("allow tcp 22", "3 fields"),
-    ("permit tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "unknown action"),
-    ("fwd:allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "unknown rule kind"),
-    ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 sideways", "unknown direction"),
-    ("allow tcp 99999x 0.0.0.0/0 any 0.0.0.0/0 in", "bad port"),
-    ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in comment=zz", "not hex"),
-])
+@pytest.mark.parametrize(
+    ("tupl", "problem"),
+    [
+        ("allow tcp 22", "3 fields"),
+        ("permit tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "unknown action"),
+        ("fwd:allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in", "unknown rule kind"),
+        ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 sideways", "unknown direction"),
+        ("allow tcp 99999x 0.0.0.0/0 any 0.0.0.0/0 in", "bad port"),
+        ("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in comment=zz", "not hex"),
+    ],
+)
 def test_malformed_tuples_are_errors(tupl, problem):
     with pytest.raises(ParseError, match=problem):
         ufw_files.parse_tuple(tupl)
 
 
 def test_user_rules_error_names_file_and_line():
-    text = "*filter\n### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n-A ufw-user-input -j ACCEPT\n" \
-           "### tuple ### allow tcp\n"
+    text = (
+        "*filter\n### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n-A ufw-user-input -j ACCEPT\n"
+        "### tuple ### allow tcp\n"
+    )
     with pytest.raises(ParseError, match=r"^/etc/ufw/user.rules:4: "):
         ufw_files.parse_user_rules(text)
     assert ufw_files.parse_user_rules(text.rsplit("###", 2)[0]) == [UfwRule(port="22", proto="tcp")]
 
 
 def test_merge_keeps_one_line_per_command_v4_first():
-    v4 = ufw_files.parse_user_rules("### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n"
-                                    "### tuple ### allow any any 0.0.0.0/0 any 10.0.0.5 in\n")
-    v6 = ufw_files.parse_user_rules("### tuple ### allow tcp 22 ::/0 any ::/0 in\n"
-                                    "### tuple ### allow tcp 8080 ::/0 any 2001:db8::/32 in\n")
+    v4 = ufw_files.parse_user_rules(
+        "### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n### tuple ### allow any any 0.0.0.0/0 any 10.0.0.5 in\n"
+    )
+    v6 = ufw_files.parse_user_rules(
+        "### tuple ### allow tcp 22 ::/0 any ::/0 in\n### tuple ### allow tcp 8080 ::/0 any 2001:db8::/32 in\n"
+    )
     merged = ufw_files.merge(v4, v6)
-    assert [r.raw for r in merged] == ["ufw allow 22/tcp", "ufw allow from 10.0.0.5 to any",
-                                       "ufw allow from 2001:db8::/32 to any port 8080 proto tcp"]
+    assert [r.raw for r in merged] == [
+        "ufw allow 22/tcp",
+        "ufw allow from 10.0.0.5 to any",
+        "ufw allow from 2001:db8::/32 to any port 8080 proto tcp",
+    ]
 
 
 def test_defaults_as_ufw_reads_them():
@@ -86,63 +108,78 @@ def test_defaults_as_ufw_reads_them():
     assert not ufw_files.uses_ipv6({"ipv6": "no"}, True)
 
 
-@pytest.mark.parametrize(("lines", "active"), [
-    (["input 0", "output 0", "forward 0"], True),
-    (["input 1", "output 1", "forward 1"], False),
-    (["input 0", "output 1", "forward 0"], False),
-])
+@pytest.mark.parametrize(
+    ("lines", "active"),
+    [
+        (["input 0", "output 0", "forward 0"], True),
+        (["input 1", "output 1", "forward 1"], False),
+        (["input 0", "output 1", "forward 0"], False),
+    ],
+)
 def test_chains_decide_active(lines, active):
     assert ufw_files.chains_active(lines) is active
 
 
-@pytest.mark.parametrize(("lines", "problem"), [
-    (["input 4", "output 0", "forward 0"], "exit 4"),
-    (["input 0", "output 0"], "forward"),
-    ([], "input"),
-])
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        (["input 4", "output 0", "forward 0"], "exit 4"),
+        (["input 0", "output 0"], "forward"),
+        ([], "input"),
+    ],
+)
 def test_chains_that_cannot_be_read_are_errors(lines, problem):
     with pytest.raises(ParseError, match=problem):
         ufw_files.chains_active(lines)
 
 
-def files_probe(*, chains: str = "input 0\noutput 0\nforward 0", ipv6: str = "IPV6=yes", kernel_ipv6: str = "yes",
-                rules6: bool = True) -> str:
-    m = PROBE_MARK
+def files_probe(
+    *,
+    chains: str = "input 0\noutput 0\nforward 0",
+    ipv6: str = "IPV6=yes",
+    kernel_ipv6: str = "yes",
+    rules6: bool = True,
+) -> str:
+    m = MARK
     six = f"{m} rules6\n|### tuple ### allow tcp 8080 ::/0 any 2001:db8::/32 in\n" if rules6 else ""
-    return (f"{m} ssh\n198.18.0.1 40000 198.18.0.11 22\n{m} defaults\n|{ipv6}\n|DEFAULT_INPUT_POLICY=\"DROP\"\n"
-            f"{m} kernel-ipv6\n{kernel_ipv6}\n{m} chains\n{chains}\n"
-            f"{m} rules\n|*filter\n|### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n{six}{m} end\n")
+    return (
+        f'{m} ssh\n198.18.0.1 40000 198.18.0.11 22\n{m} defaults\n|{ipv6}\n|DEFAULT_INPUT_POLICY="DROP"\n'
+        f"{m} kernel-ipv6\n{kernel_ipv6}\n{m} chains\n{chains}\n"
+        f"{m} rules\n|*filter\n|### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n{six}{m} end\n"
+    )
 
 
 def test_probe_from_files():
-    facts = ufw_probe.parse_probe(files_probe())
+    facts = parse_ufw_facts(files_probe())
     assert facts.active and facts.default_incoming == "deny" and facts.ssh_port == 22
-    assert [r.raw for r in facts.rules] == ["ufw allow 22/tcp",
-                                            "ufw allow from 2001:db8::/32 to any port 8080 proto tcp"]
-    assert len(ufw_probe.parse_probe(files_probe(ipv6="IPV6=no")).rules) == 1  # ufw ignores user6.rules
-    assert len(ufw_probe.parse_probe(files_probe(kernel_ipv6="no")).rules) == 1
-    inactive = ufw_probe.parse_probe(files_probe(chains="input 1\noutput 1\nforward 1"))
+    assert [r.raw for r in facts.rules] == [
+        "ufw allow 22/tcp",
+        "ufw allow from 2001:db8::/32 to any port 8080 proto tcp",
+    ]
+    assert len(parse_ufw_facts(files_probe(ipv6="IPV6=no")).rules) == 1  # ufw ignores user6.rules
+    assert len(parse_ufw_facts(files_probe(kernel_ipv6="no")).rules) == 1
+    inactive = parse_ufw_facts(files_probe(chains="input 1\noutput 1\nforward 1"))
     assert not inactive.active and inactive.default_incoming is None  # as `ufw status` says: no policy in force
 
 
 def test_probe_from_files_errors():
     with pytest.raises(ParseError, match="user6.rules is not readable"):
-        ufw_probe.parse_probe(files_probe(rules6=False))
+        parse_ufw_facts(files_probe(rules6=False))
     with pytest.raises(ParseError, match="cut short"):
-        ufw_probe.parse_probe(files_probe().rsplit(f"{PROBE_MARK} end", 1)[0])
+        parse_ufw_facts(files_probe().rsplit(f"{MARK} end", 1)[0])
     with pytest.raises(ParseError, match="exit 3"):
-        ufw_probe.parse_probe(files_probe(chains="input 3\noutput 0\nforward 0"))
+        parse_ufw_facts(files_probe(chains="input 3\noutput 0\nforward 0"))
 
 
 def test_a_file_line_cannot_pass_for_a_section_mark():
-    text = files_probe().replace("|DEFAULT_INPUT_POLICY", f"|{PROBE_MARK} end\n|DEFAULT_INPUT_POLICY")
-    assert ufw_probe.parse_probe(text).default_incoming == "deny"
+    text = files_probe().replace("|DEFAULT_INPUT_POLICY", f"|{MARK} end\n|DEFAULT_INPUT_POLICY")
+    assert parse_ufw_facts(text).default_incoming == "deny"
 
 
 def test_probe_script_reads_files_and_asks_ufw_only_as_fallback():
-    script = ufw_probe.probe_script()
+    script = ufw_probe()
     head, _, fallback = script.rpartition("else ")
     assert "ufw status" not in head and "ufw show added" not in head
     assert "cat /etc/ufw/user.rules" not in script and "sed 's/^/|/' /etc/ufw/user.rules" in head
     assert "ufw status verbose" in fallback and "ufw show added" in fallback
-    assert "ufw status" not in ufw_probe.probe_script(status=False)
+    assert "ufw status" not in ufw_probe(status=False)

@@ -1,0 +1,291 @@
+"""The cluster-side commands: ``convert``, ``rollback``, ``ingress``, ``validate`` and ``all``."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from keybuzz_fix.cli import options as opt
+from keybuzz_fix.errors import Outcome, UsageError
+from keybuzz_fix.inventory import Role
+from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
+
+
+def convert(
+    ctx: typer.Context,
+    config: opt.ConfigOpt = None,
+    from_file: opt.FromFileOpt = None,
+    keep_port: opt.KeepPortOpt = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the DaemonSets to be ready.")
+    ] = opt.READY_TIMEOUT,
+    dry_run: opt.DryRunOpt = False,
+    yes: opt.YesOpt = False,
+    force_conflicts: opt.ForceConflictsOpt = False,
+    show_values: opt.ShowValuesOpt = False,
+    output: opt.PlanOutputOpt = PlanOutput.TEXT,
+    *,
+    cluster: opt.ClusterArgs,
+    env: opt.EnvOpt = "prod",
+    ssh: opt.SshArgs,
+) -> Outcome:
+    """Turn the app Deployments into hostNetwork DaemonSets.
+
+    keybuzz-api and keybuzz-front run as hostNetwork DaemonSets on every worker, their Services
+    as NodePorts.
+
+    Each Deployment's pod template is carried over unchanged except for hostNetwork: the app's port
+    moves to its host port (8080 / 3000) with its PORT variable and probes; workers only. Then the
+    Services become NodePort 30080 / 30000 in place (clusterIP kept), and the HPAs and Deployments
+    are deleted. Names and ports come from manifests/defaults.yaml or --config.
+
+    Order: plan (refusing port collisions and ports that cannot move), back up every object it
+    changes (0600, path printed), apply the DaemonSets, wait until every pod is ready (--timeout;
+    too slow: stop, delete nothing, show the stuck pods), switch the Services, delete the HPAs and
+    Deployments. A second run is a no-op; an interrupted run converges when re-run. Undo with
+    `keybuzz-fix rollback --latest`.
+
+    Examples:
+
+    
+        keybuzz-fix convert --dry-run
+        keybuzz-fix convert --kubeconfig ~/.kube/keybuzz.yaml --yes
+        keybuzz-fix convert --kubeconfig-from-master servers.tsv -o json --yes
+        kubectl get deploy,svc,hpa -n keybuzz -o yaml > state.yaml && keybuzz-fix convert --from-file state.yaml -o yaml
+    """
+    from keybuzz_fix.config import load_config
+
+    cfg = load_config(config)
+    if from_file is not None:
+        if cluster.kubeconfig or cluster.kubeconfig_from_master or cluster.context:
+            raise UsageError(
+                "--from-file touches no cluster: drop --kubeconfig, --context and --kubeconfig-from-master"
+            )
+        from keybuzz_fix.flows.convert import run_offline
+
+        return run_offline(
+            opt.console_of(ctx), from_file, cfg, keep_port=keep_port, show_values=show_values, output=output
+        )
+    if output is PlanOutput.YAML and not dry_run:
+        raise UsageError("-o yaml prints the objects convert would apply: use it with --dry-run or --from-file")
+    from keybuzz_fix.flows.convert import run_convert
+
+    ready = opt.seconds("--timeout", timeout)
+    reach = opt.connections(env, ssh, cluster=cluster)
+    return run_convert(
+        opt.console_of(ctx),
+        reach,
+        cfg,
+        dry_run=dry_run,
+        yes=yes,
+        timeout=ready,
+        force_conflicts=force_conflicts,
+        keep_port=keep_port,
+        show_values=show_values,
+        output=output,
+    )
+
+
+def rollback(
+    ctx: typer.Context,
+    backup_file: opt.BackupOpt = None,
+    latest: opt.LatestOpt = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the Deployments to be ready.")
+    ] = opt.READY_TIMEOUT,
+    dry_run: opt.DryRunOpt = False,
+    yes: opt.YesOpt = False,
+    output: opt.OutputOpt = Output.TEXT,
+    *,
+    cluster: opt.ClusterArgs,
+    env: opt.EnvOpt = "prod",
+    ssh: opt.SshArgs,
+) -> Outcome:
+    """Undo convert from its backup.
+
+    Deployments and HPAs back, Services restored, DaemonSets deleted.
+
+    Recreates the Deployments and HPAs that are gone, waits (by watching) until the Deployments are
+    ready, restores each Service's type and ports (clusterIP kept), then deletes the DaemonSets
+    convert made. What it changes is backed up first. A second run is a no-op.
+
+    Examples:
+
+    
+        keybuzz-fix rollback --latest --dry-run
+        keybuzz-fix rollback --backup ~/.local/state/keybuzz-fix/backups/convert-20250101T120000.000000Z.yaml --yes
+    """
+    from keybuzz_fix.cluster.backup import latest_backup
+    from keybuzz_fix.flows.rollback import run_rollback
+
+    if (backup_file is None) == (not latest):
+        raise UsageError("pass exactly one of --backup FILE and --latest")
+    path = backup_file if backup_file is not None else latest_backup("convert")
+    ready = opt.seconds("--timeout", timeout)
+    reach = opt.connections(env, ssh, cluster=cluster)
+    return run_rollback(opt.console_of(ctx), reach, path, dry_run=dry_run, yes=yes, timeout=ready, output=output)
+
+
+def ingress(
+    ctx: typer.Context,
+    servers: Annotated[
+        Path | None,
+        typer.Argument(
+            help="servers.tsv: each of its workers must run a controller pod (default: the cluster's worker Nodes).",
+            show_default=False,
+        ),
+    ] = None,
+    env: opt.EnvOpt = "prod",
+    config: opt.ConfigOpt = None,
+    dry_run: opt.DryRunOpt = False,
+    yes: opt.YesOpt = False,
+    force_conflicts: opt.ForceConflictsOpt = False,
+    output: opt.OutputOpt = Output.TEXT,
+    *,
+    cluster: opt.ClusterArgs,
+    ssh: opt.SshArgs,
+) -> Outcome:
+    """Check ingress-nginx and apply the two Ingress routes.
+
+    The routes are applied with server-side apply.
+
+    ingress-nginx must run as a DaemonSet with hostNetwork on, a Running pod on every worker, and a
+    Service with the HTTP and HTTPS NodePorts (31695 / 32720 by default): each mismatch is reported,
+    never changed.
+
+    The routes (platform.keybuzz.io → keybuzz-front:80, platform-api.keybuzz.io → keybuzz-api:80,
+    class nginx, the proxy annotations) come from manifests/defaults.yaml or --config. They are
+    applied as field manager keybuzz-fix: what other managers own (TLS blocks, cert-manager
+    annotations) is kept; a field another manager owns is a conflict, reported; --force-conflicts
+    takes it over. The diff shown is the API server's dry-run answer.
+
+    Examples:
+
+    
+        keybuzz-fix ingress --dry-run
+        keybuzz-fix ingress servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
+        keybuzz-fix ingress servers.tsv --kubeconfig-from-master servers.tsv -o json --yes
+    """
+    from keybuzz_fix.config import load_config
+    from keybuzz_fix.flows.ingress import run_ingress
+    from keybuzz_fix.inventory import read_nodes
+
+    cfg = load_config(config)
+    workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
+    reach = opt.connections(env, ssh, cluster=cluster)
+    return run_ingress(
+        opt.console_of(ctx),
+        reach,
+        cfg,
+        workers,
+        dry_run=dry_run,
+        yes=yes,
+        force_conflicts=force_conflicts,
+        output=output,
+    )
+
+
+def validate(
+    ctx: typer.Context,
+    servers: opt.ServersArg,
+    env: opt.EnvOpt = "prod",
+    config: opt.ConfigOpt = None,
+    threshold: opt.ThresholdOpt = None,
+    strict: opt.StrictOpt = False,
+    output: opt.ScoreOutputOpt = ScoreFormat.TEXT,
+    *,
+    http: opt.HttpArgs,
+    extended: opt.ExtendedOpt = False,
+    cluster: opt.ClusterArgs,
+    ssh: opt.SshArgs,
+    fleet: opt.FleetArgs,
+) -> Outcome:
+    """Score the cluster: seven checks, each with its evidence.
+
+    The checks run at once.
+
+    1 DaemonSets keybuzz-api and keybuzz-front exist; 2 each has ≥ N Running and Ready pods (N = workers
+    in servers.tsv); 3 their pod templates have hostNetwork on; 4 ingress-nginx is a hostNetwork
+    DaemonSet with ≥ N Running pods; 5 the Services are NodePort 30080 / 30000; 6 both Ingresses exist
+    and point at them; 7 both URLs answer HTTP 200 (timeout, retries, status or error shown).
+
+    Exit 0 when the score reaches the threshold (80 %, or 100 % with --strict), 1 below, 2 on bad input.
+
+    Examples:
+
+    
+        keybuzz-fix validate servers.tsv
+        keybuzz-fix validate servers.tsv --strict -o junit > scorecard.xml
+        keybuzz-fix validate servers.tsv --extended --identity ~/.ssh/id_ed25519
+        keybuzz-fix validate servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2 -o json
+    """
+    from keybuzz_fix.config import load_config
+    from keybuzz_fix.flows.validate import run_validate
+    from keybuzz_fix.inventory import read_nodes
+
+    cfg = load_config(config)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    required = opt.percent("--threshold", threshold)
+    workers = read_nodes(servers, Role.WORKER, env, ssh.user)
+    return run_validate(
+        opt.console_of(ctx), reach, cfg, workers, threshold=required, strict=strict, extended=extended, output=output
+    )
+
+
+def all_steps(
+    ctx: typer.Context,
+    servers: opt.ServersArg,
+    enable: opt.EnableOpt = False,
+    env: opt.EnvOpt = "prod",
+    config: opt.ConfigOpt = None,
+    dry_run: opt.DryRunOpt = False,
+    yes: opt.YesOpt = False,
+    force_conflicts: opt.ForceConflictsOpt = False,
+    keep_port: opt.KeepPortOpt = False,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", help="convert: opt.seconds to wait for the DaemonSets to be ready.")
+    ] = opt.READY_TIMEOUT,
+    threshold: opt.ThresholdOpt = None,
+    strict: opt.StrictOpt = False,
+    *,
+    http: opt.HttpArgs,
+    cluster: opt.ClusterArgs,
+    ssh: opt.SshArgs,
+    fleet: opt.FleetArgs,
+) -> Outcome:
+    """Run the whole remediation: ufw, convert, ingress, validate.
+
+    First every step plans (nothing changes) and the combined plan is shown; one confirmation
+    (or --yes) covers all of it. The steps then run in order, each outcome shown as it finishes.
+    The first failing step stops the run, saying what was done and what was not; re-running
+    resumes (steps already done are no-ops). --dry-run runs every step's planning only.
+
+    Exit codes: 0 every step ran and the score is 100 %; 3 every step ran and the score passed
+    the threshold but is below 100 %; 1 a step failed or the score is below the threshold;
+    4 declined at the confirmation; 130 interrupted.
+
+    Examples:
+
+    
+        keybuzz-fix all servers.tsv --dry-run
+        keybuzz-fix all servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --identity ~/.ssh/id_ed25519 --yes
+        keybuzz-fix all servers.tsv --kubeconfig-from-master servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2
+    """
+    from keybuzz_fix.config import load_config
+    from keybuzz_fix.flows.all import AllOptions, run_all
+    from keybuzz_fix.inventory import read_nodes
+
+    cfg = load_config(config)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    options = AllOptions(
+        dry_run=dry_run,
+        yes=yes,
+        enable=enable,
+        ready_timeout=opt.seconds("--ready-timeout", ready_timeout),
+        force_conflicts=force_conflicts,
+        keep_port=keep_port,
+        threshold=opt.percent("--threshold", threshold),
+        strict=strict,
+    )
+    hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
+    return run_all(opt.console_of(ctx), reach, hosts, cfg, options)

@@ -1,0 +1,198 @@
+"""The SSH-side commands: ``inventory``, ``ufw``, ``overlay`` and ``diagnose``."""
+
+from typing import Annotated
+
+import typer
+
+from keybuzz_fix.cli import options as opt
+from keybuzz_fix.errors import Outcome
+from keybuzz_fix.inventory import Role
+from keybuzz_fix.report.output import Output
+
+
+def inventory(
+    ctx: typer.Context,
+    servers: opt.ServersArg,
+    role: opt.RoleOpt = Role.WORKER,
+    env: opt.EnvOpt = "prod",
+    output: opt.OutputOpt = Output.TEXT,
+) -> None:
+    """List the K3s nodes selected from servers.tsv.
+
+    Reads the file only: touches no network.
+
+    Examples:
+
+    
+        keybuzz-fix inventory servers.tsv
+        keybuzz-fix inventory servers.tsv --role all -o json
+    """
+    from keybuzz_fix.inventory import read_inventory, select
+    from keybuzz_fix.report.hosts import show_inventory
+
+    show_inventory(opt.console_of(ctx), select(read_inventory(servers), role, env), role, env, output)
+
+
+def ufw(
+    ctx: typer.Context,
+    servers: opt.ServersArg,
+    ports: Annotated[
+        str | None,
+        typer.Option(
+            "--ports",
+            help="Ports to open, e.g. 31695/tcp,32720/tcp (default: the ingress-nginx NodePorts from the config).",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Only allow from this CIDR (default: the private network, 10.0.0.0/16); 'any' opens to everyone.",
+            show_default=False,
+        ),
+    ] = None,
+    enable: opt.EnableOpt = False,
+    env: opt.EnvOpt = "prod",
+    dry_run: opt.DryRunOpt = False,
+    yes: opt.YesOpt = False,
+    *,
+    ssh: opt.SshArgs,
+    fleet: opt.FleetArgs,
+    output: opt.OutputOpt = Output.TEXT,
+    config: opt.ConfigOpt = None,
+) -> Outcome:
+    """Open the ingress NodePorts in UFW on every worker.
+
+    The ingress-nginx NodePorts (31695/tcp, 32720/tcp), from the private network, so the load
+    balancers reach them.
+
+    Reads each worker's rules, shows the plan, asks once, applies and reads back.
+
+    Rules already present are left alone; nothing is removed or reordered; UFW is only enabled
+    with --enable, after an SSH allow rule.
+
+    Examples:
+
+    
+        keybuzz-fix ufw servers.tsv --dry-run
+        keybuzz-fix ufw servers.tsv --yes -o json
+        keybuzz-fix ufw servers.tsv --ports 31695/tcp --source 10.0.0.0/16 --identity ~/.ssh/id_ed25519
+    """
+    from keybuzz_fix.config import load_config
+    from keybuzz_fix.flows.firewall import run_firewall
+    from keybuzz_fix.hosts.ufw.plan import firewall_rules
+    from keybuzz_fix.inventory import read_nodes
+
+    cfg = load_config(config)
+    allowed_from = opt.parse_source(source) if source is not None else None
+    wanted = firewall_rules(cfg.firewall, opt.parse_ports(ports) if ports is not None else None, allowed_from)
+    hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
+    reach = opt.connections(env, ssh, fleet=fleet)
+    return run_firewall(
+        opt.console_of(ctx),
+        reach,
+        command="ufw",
+        hosts=hosts,
+        rules=wanted,
+        enable=enable,
+        dry_run=dry_run,
+        yes=yes,
+        output=output,
+    )
+
+
+def overlay(
+    ctx: typer.Context,
+    servers: opt.ServersArg,
+    enable: opt.EnableOpt = False,
+    checksum_offload_off: Annotated[
+        bool,
+        typer.Option(
+            "--checksum-offload-off",
+            help="Also turn off tx-checksum-ip-generic on flannel.1 (ethtool) and keep it off with a udev rule: "
+            "the workaround for the VXLAN checksum-offload bug of kernels older than 5.7.",
+        ),
+    ] = False,
+    env: opt.EnvOpt = "prod",
+    dry_run: opt.DryRunOpt = False,
+    yes: opt.YesOpt = False,
+    *,
+    ssh: opt.SshArgs,
+    fleet: opt.FleetArgs,
+    output: opt.OutputOpt = Output.TEXT,
+    config: opt.ConfigOpt = None,
+) -> Outcome:
+    """Let Flannel's VXLAN through UFW on every K3s node.
+
+    Masters and workers alike.
+
+    Adds, where missing: allow 8472/udp from the private network, allow from the pod network and
+    allow from the service network (overlay.* in the config). Same run as `ufw`: reads each node,
+    shows the plan, asks once, applies and reads back; nothing is removed or reordered.
+
+    Examples:
+
+    
+        keybuzz-fix overlay servers.tsv --dry-run
+        keybuzz-fix overlay servers.tsv --yes -o json
+        keybuzz-fix overlay servers.tsv --yes --checksum-offload-off
+    """
+    from keybuzz_fix.config import load_config
+    from keybuzz_fix.flows.firewall import run_firewall
+    from keybuzz_fix.hosts.flannel.plan import OFFLOAD, overlay_rules
+    from keybuzz_fix.inventory import read_nodes
+
+    cfg = load_config(config)
+    hosts = read_nodes(servers, Role.ALL, env, ssh.user)
+    reach = opt.connections(env, ssh, fleet=fleet)
+    return run_firewall(
+        opt.console_of(ctx),
+        reach,
+        command="overlay",
+        hosts=hosts,
+        rules=overlay_rules(cfg.overlay),
+        enable=enable,
+        dry_run=dry_run,
+        yes=yes,
+        output=output,
+        extra=OFFLOAD if checksum_offload_off else None,
+    )
+
+
+def diagnose(
+    ctx: typer.Context,
+    servers: opt.ServersArg,
+    env: opt.EnvOpt = "prod",
+    *,
+    ssh: opt.SshArgs,
+    fleet: opt.FleetArgs,
+    cluster: opt.ClusterReadArgs,
+    output: opt.OutputOpt = Output.TEXT,
+    config: opt.ConfigOpt = None,
+) -> Outcome:
+    """Find why ClusterIP traffic does not cross the nodes.
+
+    Read-only: changes nothing.
+
+    On every K3s node (over SSH, in parallel) and in the API: Flannel on the wrong interface,
+    UFW dropping VXLAN, the VXLAN checksum-offload bug, an MTU too large for VXLAN, and a live
+    probe (each node pings every other node's flannel.1; CoreDNS through its ClusterIP). Findings
+    are ranked, confirmed by a failing probe first; a missing tool is "not checked", never a pass.
+    Exit code 0 when the overlay is healthy, 1 otherwise. Without a reachable API the node checks
+    still run.
+
+    Examples:
+
+    
+        keybuzz-fix diagnose servers.tsv
+        keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
+    """
+    from keybuzz_fix.config import load_config
+    from keybuzz_fix.flows.diagnose import run_diagnose
+    from keybuzz_fix.inventory import read_nodes
+
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    cfg = load_config(config)
+    hosts = read_nodes(servers, Role.ALL, env, ssh.user)
+    return run_diagnose(opt.console_of(ctx), reach, hosts, cfg, output)

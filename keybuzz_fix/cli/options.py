@@ -1,0 +1,297 @@
+"""Command-line options, declared once, and their parsing; the one builder of the connection options.
+
+Each alias is an ``Annotated`` type for Typer, so the same option has the same name, default and
+help everywhere. The options of every command that reaches hosts, the cluster or the URLs come in
+groups (:data:`GROUPS`): a command takes a group as one parameter (``ssh: SshArgs``), and
+:func:`connections` builds from the groups, once, what its flow connects with. Only light modules
+are imported here: ``--help`` stays fast.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import typer
+
+from keybuzz_fix.errors import UsageError
+from keybuzz_fix.inventory import Role, plain_network
+from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from keybuzz_fix.flows import Connections
+
+SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+READY_TIMEOUT = 300.0
+
+
+def console_of(ctx: typer.Context) -> "Console":
+    """Return the console the root command made for this run."""
+    return cast("Console", ctx.obj)
+
+
+def _opt(names: str, text: str, panel: str | None = None, **kwargs: Any) -> Any:
+    """Declare an option: its names (space-separated), its help, its panel."""
+    return typer.Option(*names.split(), help=text, rich_help_panel=panel, **kwargs)
+
+
+_HIDDEN = {"show_default": False}
+ServersArg = Annotated[Path, typer.Argument(help="The operator's servers.tsv inventory.", show_default=False)]
+EnvOpt = Annotated[str, _opt("--env", "Only rows whose ENV column equals this.")]
+RoleOpt = Annotated[Role, _opt("--role", "Which K3s nodes to select.")]
+OutputOpt = Annotated[Output, _opt("--output -o", "Output format.")]
+PlanOutputOpt = Annotated[
+    PlanOutput, _opt("--output -o", "Output format: text, json (a summary), yaml (the objects that would be applied).")
+]
+ScoreOutputOpt = Annotated[ScoreFormat, _opt("--output -o", "Output format.")]
+ConfigOpt = Annotated[Path | None, _opt("--config", "YAML file overriding manifests/defaults.yaml.", **_HIDDEN)]
+DryRunOpt = Annotated[bool, _opt("--dry-run", "Show the plan and change nothing.", SAFETY)]
+YesOpt = Annotated[bool, _opt("--yes -y", "Do not ask for confirmation.", SAFETY)]
+EnableOpt = Annotated[bool, _opt("--enable", "Enable UFW where it is inactive (an SSH allow rule is added first).")]
+ForceConflictsOpt = Annotated[
+    bool,
+    _opt("--force-conflicts", "Take over fields another field manager owns (server-side apply with force).", SAFETY),
+]
+KeepPortOpt = Annotated[
+    bool,
+    _opt(
+        "--keep-port",
+        "Use each app's own container port as its host port instead of the configured one "
+        "(for an app whose port cannot move).",
+    ),
+]
+ThresholdOpt = Annotated[
+    int | None,
+    _opt(
+        "--threshold",
+        "Pass at this score or above (default: validate.threshold of the config, 80).",
+        metavar="PERCENT",
+        **_HIDDEN,
+    ),
+]
+StrictOpt = Annotated[bool, _opt("--strict", "Pass only at 100 %.")]
+FromFileOpt = Annotated[
+    Path | None,
+    _opt(
+        "--from-file",
+        "Plan from this file (`kubectl get deploy,svc,hpa -n keybuzz -o yaml`, or a multi-document YAML) "
+        "instead of a cluster; touches no cluster.",
+        metavar="STATE.yaml",
+        **_HIDDEN,
+    ),
+]
+ShowValuesOpt = Annotated[
+    bool,
+    _opt(
+        "--show-values",
+        "Show env values in the plan, diffs and -o yaml/json (masked by default: they may hold secrets).",
+        SAFETY,
+    ),
+]
+BackupOpt = Annotated[Path | None, _opt("--backup", "The convert backup to restore.", metavar="FILE", **_HIDDEN)]
+LatestOpt = Annotated[bool, _opt("--latest", "Restore the newest convert backup.")]
+ExtendedOpt = Annotated[
+    bool,
+    _opt(
+        "--extended",
+        "Add per-worker rows, not counted in the score: NodePort reachable from here, host ports answering, "
+        "UFW rules present (over SSH).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class SshArgs:
+    """How to reach and trust the hosts over SSH."""
+
+    user: Annotated[str | None, _opt("--user", "SSH user for every host (default: USER_SSH).", SSH)] = None
+    identity: Annotated[
+        Path | None, _opt("--identity -i", "SSH private key (default: ssh-agent, ~/.ssh/config, ~/.ssh/id_*).", SSH)
+    ] = None
+    known_hosts: Annotated[Path, _opt("--known-hosts", "known_hosts file the host keys are checked against.", SSH)] = (
+        DEFAULT_KNOWN_HOSTS
+    )
+    accept_new_host_keys: Annotated[
+        bool,
+        _opt(
+            "--accept-new-host-keys",
+            "Trust unknown host keys on first use and record them (a changed key is always refused).",
+            SSH,
+        ),
+    ] = False
+
+
+@dataclass(frozen=True)
+class FleetArgs:
+    """How long each host may take, and how many are worked on at once."""
+
+    timeout: Annotated[float, _opt("--timeout", "Seconds allowed to connect and for each remote command.", SSH)] = 10.0
+    concurrency: Annotated[int, _opt("--concurrency", "Hosts worked on at once.", SSH)] = 16
+
+
+@dataclass(frozen=True)
+class ClusterReadArgs:
+    """Where the kubeconfig comes from."""
+
+    kubeconfig: Annotated[
+        Path | None, _opt("--kubeconfig", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config).", CLUSTER, **_HIDDEN)
+    ] = None
+    context: Annotated[str | None, _opt("--context", "kubeconfig context.", CLUSTER)] = None
+    kubeconfig_from_master: Annotated[
+        Path | None,
+        _opt(
+            "--kubeconfig-from-master",
+            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory).",
+            CLUSTER,
+            metavar="SERVERS_TSV",
+            **_HIDDEN,
+        ),
+    ] = None
+
+
+@dataclass(frozen=True)
+class ClusterArgs(ClusterReadArgs):
+    """Where the kubeconfig comes from, and where to keep the one read from a master."""
+
+    save_kubeconfig: Annotated[
+        Path | None,
+        _opt(
+            "--save-kubeconfig",
+            "With --kubeconfig-from-master: also save it to this file (mode 0600).",
+            CLUSTER,
+            **_HIDDEN,
+        ),
+    ] = None
+
+
+@dataclass(frozen=True)
+class HttpArgs:
+    """How the URL checks reach and trust the sites."""
+
+    resolve: Annotated[
+        list[str] | None,
+        _opt(
+            "--resolve",
+            "Connect to ADDR for HOST:PORT (as curl does), e.g. to aim at one load balancer; repeatable.",
+            HTTP,
+            metavar="HOST:PORT:ADDR",
+            **_HIDDEN,
+        ),
+    ] = None
+    ca_file: Annotated[
+        Path | None, _opt("--ca-file", "Trust this PEM CA bundle for the https URLs.", HTTP, **_HIDDEN)
+    ] = None
+    insecure: Annotated[bool, _opt("--insecure", "Do not verify TLS certificates (explicit opt-in).", HTTP)] = False
+    url_timeout: Annotated[
+        float, _opt("--url-timeout", "Seconds per URL attempt (and per --extended probe).", HTTP)
+    ] = 10.0
+    retries: Annotated[int, _opt("--retries", "Further attempts after a failed one (errors, 408, 429, 5xx).", HTTP)] = 2
+
+
+GROUPS = (SshArgs, FleetArgs, ClusterReadArgs, ClusterArgs, HttpArgs)
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def seconds(option: str, value: float) -> float:
+    """Check a duration option: a finite number of seconds, more than 0 (nan and inf would never time out)."""
+    if not math.isfinite(value):
+        raise UsageError(f"{option} must be a number of seconds, got {value:g}")
+    if value <= 0:
+        raise UsageError(f"{option} must be more than 0 seconds, got {value:g}")
+    return value
+
+
+def percent(option: str, value: int | None) -> int | None:
+    """Check a percentage option (``--threshold``)."""
+    if value is not None and not 0 <= value <= 100:
+        raise UsageError(f"{option} must be between 0 and 100 (percent), got {value}")
+    return value
+
+
+def parse_ports(spec: str) -> list[tuple[int, str]]:
+    """Parse a ``--ports`` value such as ``31695/tcp,32720/tcp``."""
+    out: list[tuple[int, str]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        number, _, proto = part.partition("/")
+        proto = proto or "tcp"
+        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= 65535:
+            raise UsageError(f"--ports: {part!r} is not a port number (1–65535), e.g. 31695/tcp")
+        if proto not in ("tcp", "udp"):
+            raise UsageError(f"--ports: {part!r}: protocol must be tcp or udp")
+        if int(number) == 22:
+            raise UsageError("--ports: 22 is SSH; the tool never manages the SSH rule through --ports")
+        out.append((int(number), proto))
+    if len(set(out)) != len(out):
+        raise UsageError(f"--ports: {spec!r} lists a port twice")
+    return out
+
+
+def parse_source(value: str) -> str:
+    """Check a ``--source`` value: a CIDR, a single address, or the explicit ``any``."""
+    if value == "any":
+        return value
+    try:
+        net = plain_network(value, strict=False)
+    except ValueError:
+        raise UsageError(f"--source: {value!r} is not a network such as 10.0.0.0/16 (or 'any')") from None
+    if str(net.network_address) != value.split("/")[0]:
+        raise UsageError(f"--source: {value!r} has host bits set; did you mean {net}?")
+    return str(net) if "/" in value else str(net.network_address)
+
+
+# -- the one builder of the connection options ---------------------------------------------------
+
+
+def connections(
+    env: str,
+    ssh: SshArgs,
+    *,
+    fleet: FleetArgs | None = None,
+    cluster: ClusterReadArgs | None = None,
+    api_timeout: float = 30.0,
+    http: HttpArgs | None = None,
+    urls: Sequence[str] = (),
+) -> "Connections":
+    """Check the SSH, cluster and URL options of a command and build what its flow connects with."""
+    from keybuzz_fix.checks.http import checked_http_options
+    from keybuzz_fix.cluster.connect import ClusterOptions
+    from keybuzz_fix.flows import Connections
+    from keybuzz_fix.hosts.ssh import SshOptions
+
+    fleet = fleet or FleetArgs()
+    timeout = seconds("--timeout", fleet.timeout)
+    if ssh.identity is not None and not ssh.identity.expanduser().is_file():
+        raise UsageError(f"--identity {ssh.identity}: no such file")
+    if not 1 <= fleet.concurrency <= 512:
+        raise UsageError(f"--concurrency must be between 1 and 512, got {fleet.concurrency}")
+    options = SshOptions(
+        known_hosts=ssh.known_hosts.expanduser(),
+        identity=ssh.identity.expanduser() if ssh.identity else None,
+        accept_new_host_keys=ssh.accept_new_host_keys,
+        connect_timeout=timeout,
+        command_timeout=max(timeout, 30.0),
+    )
+    reach = None
+    if cluster is not None:
+        reach = ClusterOptions(
+            kubeconfig=cluster.kubeconfig,
+            context=cluster.context,
+            from_master=cluster.kubeconfig_from_master,
+            save_kubeconfig=cluster.save_kubeconfig if isinstance(cluster, ClusterArgs) else None,
+            env=env,
+            user=ssh.user,
+            timeout=api_timeout,
+        )
+    web = None
+    if http is not None:
+        web = checked_http_options(
+            http.url_timeout, http.retries, http.resolve or [], http.ca_file, http.insecure, urls
+        )
+    return Connections(options, fleet.concurrency, reach, web)

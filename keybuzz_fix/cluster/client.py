@@ -1,0 +1,391 @@
+"""The Kubernetes API client: the only module that talks HTTP to the API server.
+
+Objects are plain dicts, exactly as the API serves them, so a pod template is carried over
+byte for byte (no generated model drops or renames a field). Requests go through urllib3 with
+TLS always verified; where the endpoint and its credentials come from is
+:mod:`keybuzz_fix.cluster.connect`'s business. Every failure becomes one of the tool's errors:
+a 403 names the verb, resource and namespace that were refused.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from keybuzz_fix.cluster.objects import Obj, meta_of
+from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, KubeconfigError, one_line, redact
+
+if TYPE_CHECKING:
+    import urllib3
+
+FIELD_MANAGER = "keybuzz-fix"
+# How the API server words an RBAC refusal: 'User "x" cannot create resource "ingresses" in API group ...'
+_DENIED = re.compile(r'cannot ([a-z]+) resource "([a-z0-9.-]+)"(?: in API group "([a-z0-9.-]*)")?')
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API."""
+
+    group_version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        """Return the API group (empty for the core group)."""
+        return self.group_version.rpartition("/")[0]
+
+    @property
+    def qualified(self) -> str:
+        """Return the plural with its group, as RBAC names it (``ingresses.networking.k8s.io``)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        """Return the URL path of the collection, or of one object."""
+        base = "/api/" + self.group_version if "/" not in self.group_version else "/apis/" + self.group_version
+        if self.namespaced and namespace is not None:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return base + (f"/{name}" if name else "")
+
+
+RESOURCES: dict[str, Resource] = {
+    "Deployment": Resource("apps/v1", "deployments"),
+    "DaemonSet": Resource("apps/v1", "daemonsets"),
+    "StatefulSet": Resource("apps/v1", "statefulsets"),
+    "ReplicaSet": Resource("apps/v1", "replicasets"),
+    "Service": Resource("v1", "services"),
+    "Pod": Resource("v1", "pods"),
+    "Event": Resource("v1", "events"),
+    "Node": Resource("v1", "nodes", namespaced=False),
+    "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
+    "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach and authenticate to one API server."""
+
+    server: str
+    ca_file: str | None = None
+    ca_data: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    verify: bool = True
+    tls_server_name: str | None = None
+    source: str = "kubeconfig"
+
+
+class Kube:
+    """A connection to one API server, speaking in dicts."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._http = _pool(endpoint)
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        """Return one object, or ``None`` when it does not exist."""
+        return self._request(
+            "GET", RESOURCES[kind].path(namespace, name), what=("get", kind, namespace, name), missing_ok=True
+        )
+
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[Obj]:
+        """Return every object of ``kind`` (in ``namespace``), each with its kind set."""
+        items, _version = self.list_with_version(kind, namespace, selector)
+        for item in items:
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", RESOURCES[kind].group_version)
+        return items
+
+    def list_with_version(
+        self, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> tuple[builtins.list[Obj], str]:
+        """Return the objects and the list's resourceVersion, to start a watch from."""
+        query = {"labelSelector": selector} if selector else None
+        body = self._request("GET", RESOURCES[kind].path(namespace), query=query, what=("list", kind, namespace, None))
+        assert body is not None
+        return body.get("items") or [], str(meta_of(body).get("resourceVersion", ""))
+
+    def watch(
+        self,
+        kind: str,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        selector: str | None = None,
+        timeout: float = 60.0,
+    ) -> Iterator[tuple[str, Obj]]:
+        """Yield ``(event type, object)`` until the server ends the watch (after ``timeout`` seconds)."""
+        import urllib3
+
+        query: dict[str, str] = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(max(1, int(timeout))),
+            "allowWatchBookmarks": "true",
+        }
+        if selector:
+            query["labelSelector"] = selector
+        url = self.endpoint.server + RESOURCES[kind].path(namespace) + "?" + urlencode(query)
+        try:
+            resp = self._http.request(
+                "GET",
+                url,
+                headers=self._headers(),
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=self.timeout, read=timeout + 10),
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise self._unreachable(e) from e
+        try:
+            if resp.status >= 400:
+                self._raise(resp.status, resp.read(), ("watch", kind, namespace, None))
+            buf = b""
+            for chunk in resp.stream(65536):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event["type"], event["object"]
+        except urllib3.exceptions.HTTPError as e:
+            raise self._unreachable(e) from e
+        finally:
+            resp.release_conn()
+
+    # -- writes -----------------------------------------------------------------------------
+    def apply(self, obj: Obj, *, dry_run: bool = False, force: bool = False) -> Obj:
+        """Server-side apply ``obj`` as field manager ``keybuzz-fix``."""
+        kind, meta = obj["kind"], obj["metadata"]
+        body = self._request(
+            "PATCH",
+            RESOURCES[kind].path(meta.get("namespace"), meta["name"]),
+            query=_write_query(dry_run, force="true" if force else "false"),
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            what=("apply", kind, meta.get("namespace"), meta["name"]),
+        )
+        assert body is not None
+        return body
+
+    def patch(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Obj | builtins.list[Any],
+        *,
+        patch_type: str = "strategic",
+        dry_run: bool = False,
+    ) -> Obj:
+        """Patch an object in place (strategic, merge or json patch)."""
+        content_type = {
+            "strategic": "application/strategic-merge-patch+json",
+            "merge": "application/merge-patch+json",
+            "json": "application/json-patch+json",
+        }[patch_type]
+        body = self._request(
+            "PATCH",
+            RESOURCES[kind].path(namespace, name),
+            query=_write_query(dry_run),
+            body=patch,
+            content_type=content_type,
+            what=("patch", kind, namespace, name),
+        )
+        assert body is not None
+        return body
+
+    def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """Create an object."""
+        kind, meta = obj["kind"], obj["metadata"]
+        body = self._request(
+            "POST",
+            RESOURCES[kind].path(meta.get("namespace")),
+            query=_write_query(dry_run),
+            body=obj,
+            what=("create", kind, meta.get("namespace"), meta["name"]),
+        )
+        assert body is not None
+        return body
+
+    def delete(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        *,
+        dry_run: bool = False,
+        uid: str | None = None,
+    ) -> bool:
+        """Delete an object; return False when it was already gone.
+
+        ``uid`` is a precondition: the delete only happens if the object is still the one we
+        read (and backed up), never a newer object of the same name.
+        """
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if dry_run:
+            options["dryRun"] = ["All"]
+        body = self._request(
+            "DELETE",
+            RESOURCES[kind].path(namespace, name),
+            body=options,
+            what=("delete", kind, namespace, name),
+            missing_ok=True,
+        )
+        return body is not None
+
+    # -- identity ---------------------------------------------------------------------------
+    def review(self, review: Obj) -> Obj:
+        """Send a SelfSubjectAccessReview; return it with the API server's answer in its status."""
+        body = self._request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            body=review,
+            what=("create", "SelfSubjectAccessReview", None, None),
+        )
+        assert body is not None
+        return body
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "keybuzz-fix"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.endpoint.token:
+            headers["Authorization"] = f"Bearer {self.endpoint.token}"
+        return headers
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: tuple[str, str, str | None, str | None],
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        missing_ok: bool = False,
+    ) -> Obj | None:
+        import urllib3
+
+        url = self.endpoint.server + path + ("?" + urlencode(query) if query else "")
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            resp = self._http.request(
+                method,
+                url,
+                body=data,
+                headers=self._headers(content_type if data else None),
+                timeout=urllib3.Timeout(total=self.timeout),
+                retries=False,
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise self._unreachable(e) from e
+        if resp.status == 404 and missing_ok:
+            return None
+        if resp.status >= 400:
+            self._raise(resp.status, resp.data, what)
+        try:
+            result: Obj = json.loads(resp.data) if resp.data else {}
+        except ValueError as e:
+            raise ClusterError(f"{self.endpoint.server}{path}: the server did not answer JSON") from e
+        return result
+
+    def _unreachable(self, e: Exception) -> ClusterError:
+        reason = getattr(e, "reason", None) or e
+        text = str(reason)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            return ClusterError(
+                f"TLS verification of the Kubernetes API at {self.endpoint.server} failed "
+                f"({self.endpoint.source}): {text.split('certificate verify failed:')[-1].strip(' )')}"
+            )
+        return ClusterError(
+            f"cannot reach the Kubernetes API at {self.endpoint.server} ({self.endpoint.source}): "
+            f"{one_line(self._scrub(text))}"
+        )
+
+    def _scrub(self, text: str) -> str:
+        """Hide the credentials in text a server sent back (a proxy or a broken server may echo them)."""
+        return redact(text, [self.endpoint.token] if self.endpoint.token else [])
+
+    def _raise(self, status: int, raw: bytes, what: tuple[str, str, str | None, str | None]) -> None:
+        verb, kind, namespace, name = what
+        try:
+            message = str(json.loads(raw).get("message", ""))
+        except (ValueError, AttributeError):
+            message = raw[:300].decode("utf-8", "replace")
+        message = self._scrub(message)
+        target = f"{kind} {name}" if name else kind
+        where = f" in namespace {namespace}" if namespace else ""
+        if status == 401:
+            raise ClusterError(
+                f"the Kubernetes API at {self.endpoint.server} rejected the credentials "
+                f"({self.endpoint.source}): {message or 'Unauthorized'}"
+            )
+        if status == 403 and " cannot " not in message:  # admission (quota, pod security), not RBAC
+            raise ClusterError(f"cannot {verb} {target}{where}: refused by the API server: {message}")
+        if status == 403:
+            res = RESOURCES.get(kind)
+            verb_name = {"apply": "patch"}.get(verb, verb)
+            plural, group = (res.plural, res.group) if res else (kind, "")
+            denied = _DENIED.search(message)  # what RBAC checked: an apply that creates needs "create"
+            if denied:
+                verb_name, plural, group = denied.group(1), denied.group(2), denied.group(3) or ""
+            raise Forbidden(
+                f"forbidden: cannot {verb_name} {plural}{where} (needed to {verb} {target}); "
+                f"grant it (see manifests/rbac.yaml): {message}",
+                permission=f"{verb_name} {plural}{'.' + group if group else ''}{where}",
+            )
+        if status == 409 and verb == "apply":
+            raise Conflict(
+                f"apply of {target}{where} conflicts with fields owned by another manager: {message}; "
+                "re-run with --force-conflicts to take them over"
+            )
+        if status == 409:
+            raise Conflict(f"cannot {verb} {target}{where}: {message}")
+        raise ClusterError(f"cannot {verb} {target}{where}: {status} {message}")
+
+
+def _write_query(dry_run: bool, **extra: str) -> dict[str, str]:
+    """Return the query of a write: field manager keybuzz-fix, and the server-side dry run when asked."""
+    return {"fieldManager": FIELD_MANAGER, **extra, **({"dryRun": "All"} if dry_run else {})}
+
+
+def _pool(endpoint: Endpoint) -> urllib3.PoolManager:
+    import urllib3
+
+    ctx = ssl.create_default_context()
+    if endpoint.ca_file or endpoint.ca_data:
+        try:
+            ctx = ssl.create_default_context(cafile=endpoint.ca_file, cadata=endpoint.ca_data)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise KubeconfigError(
+                f"{endpoint.source}: cannot load the certificate authority: {one_line(str(e))}"
+            ) from None
+    if not endpoint.verify:  # only when the kubeconfig itself says insecure-skip-tls-verify
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if endpoint.cert_file and endpoint.key_file:
+        try:
+            ctx.load_cert_chain(endpoint.cert_file, endpoint.key_file)
+        except (ssl.SSLError, OSError) as e:
+            raise KubeconfigError(f"{endpoint.source}: cannot load the client certificate: {e}") from None
+    kwargs: dict[str, Any] = {}
+    if not endpoint.verify:
+        kwargs.update(cert_reqs="CERT_NONE", assert_hostname=False)
+    if endpoint.tls_server_name:
+        kwargs["server_hostname"] = endpoint.tls_server_name
+    return urllib3.PoolManager(num_pools=4, maxsize=16, ssl_context=ctx, **kwargs)

@@ -1,0 +1,356 @@
+"""Plan the conversion of Deployments into hostNetwork DaemonSets (pure code, no I/O).
+
+For each configured app: a DaemonSet carrying the Deployment's pod template over unchanged except
+for what hostNetwork needs (``hostNetwork``, ``dnsPolicy``, the app's port moved to the host port
+with its env variable and probes, workers-only placement, a surge-free rolling update), its
+Service switched to NodePort in place, every HPA aimed at the Deployment, then the Deployment,
+deleted (the DaemonSet itself is :mod:`keybuzz_fix.cluster.daemonset`'s). A plan can also refuse
+(port collision, a port that cannot move, missing objects) or warn (env values that still go
+through ClusterIP). Planning against the state after a run, or after a half-finished run, yields
+the rest of the work: nothing, once converted.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from keybuzz_fix.cluster.changes import Change, Verb
+from keybuzz_fix.cluster.daemonset import Unconvertible, daemonset_for, listening_port, service_entry
+from keybuzz_fix.cluster.objects import (
+    MANAGED_BY,
+    MANAGER,
+    Obj,
+    containers,
+    is_subset,
+    managed_by_us,
+    mask_values,
+    meta_of,
+    name_of,
+    pod_spec,
+    spec_of,
+    strip_server_fields,
+)
+from keybuzz_fix.cluster.scheduling import HostPort, eligible_nodes, host_ports
+from keybuzz_fix.config import AppConfig, Config
+
+_SVC_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.svc(?:\.cluster\.local)?(?![A-Za-z0-9-])")
+_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the plan is computed from: the cluster as read, or a ``--from-file`` state."""
+
+    namespace: str
+    deployments: Sequence[Obj]  # every namespace: their host ports may collide
+    daemonsets: Sequence[Obj]
+    statefulsets: Sequence[Obj]
+    services: Sequence[Obj]  # every namespace: nodePorts in use, ClusterIPs
+    hpas: Sequence[Obj]  # the app namespace
+    nodes: Sequence[Obj] | None  # None when unknown (a state file without Nodes)
+    service_cidr: str = ""
+
+    def one(self, objs: Sequence[Obj], name: str) -> Obj | None:
+        """Return the object called ``name`` in the app namespace."""
+        for o in objs:
+            if name_of(o) == name and meta_of(o).get("namespace", self.namespace) == self.namespace:
+                return o
+        return None
+
+
+@dataclass(frozen=True)
+class ConvertPlan:
+    """Everything convert would do, in order, with what it refuses and warns about."""
+
+    daemonsets: tuple[Change, ...]
+    services: tuple[Change, ...]
+    hpas: tuple[Change, ...]
+    deployments: tuple[Change, ...]
+    refusals: tuple[str, ...]
+    warnings: tuple[str, ...]
+    notes: tuple[str, ...]
+    shown_env: frozenset[str]  # the port variables, shown even when values are masked
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """Every change, in the order they are carried out."""
+        return self.daemonsets + self.services + self.hpas + self.deployments
+
+    @property
+    def failed(self) -> bool:
+        """Whether the plan refuses to convert an app."""
+        return bool(self.refusals)
+
+    @property
+    def pending(self) -> list[Change]:
+        """The changes that modify the cluster."""
+        return [c for c in self.changes if c.changes]
+
+    @property
+    def to_back_up(self) -> list[Obj]:
+        """The objects as read that this plan changes or deletes."""
+        return [c.before for c in self.pending if c.before is not None]
+
+    def applied_objects(self, *, show_values: bool = False) -> list[Obj]:
+        """The objects as they will be (DaemonSets, then Services), masked unless asked."""
+        objs = [c.after for c in self.daemonsets + self.services if c.after is not None]
+        return objs if show_values else [mask_values(o, self.shown_env) for o in objs]
+
+
+def plan_convert(cfg: Config, observed: Observed, *, keep_port: bool = False) -> ConvertPlan:
+    """Return the plan that brings ``observed`` to the converted state."""
+    ns = cfg.namespace
+    ds_changes: list[Change] = []
+    svc_changes: list[Change] = []
+    hpa_changes: list[Change] = []
+    dep_changes: list[Change] = []
+    refusals: list[str] = []
+    warnings: list[str] = []
+    notes: list[str] = []
+    placed: dict[str, tuple[Obj, set[HostPort]]] = {}  # app -> (pod spec, host ports) for collision checks
+    for app in cfg.apps:
+        deployment = observed.one(observed.deployments, app.name)
+        existing = observed.one(observed.daemonsets, app.name)
+        service = observed.one(observed.services, app.name)
+        try:
+            if existing is not None and not managed_by_us(existing):
+                raise Unconvertible(
+                    f"DaemonSet {ns}/{app.name} exists and is not managed by keybuzz-fix "
+                    f"(no label {MANAGED_BY}={MANAGER}); rename or remove it first"
+                )
+            if service is None:
+                raise Unconvertible(f"Service {ns}/{app.name} not found")
+            if deployment is None and existing is None:
+                raise Unconvertible(f"neither Deployment nor DaemonSet {ns}/{app.name} found")
+            if deployment is not None:
+                desired, host_port, app_notes = daemonset_for(deployment, app, service, keep_port=keep_port)
+                notes += app_notes
+                warnings += env_warnings(app.name, pod_spec(desired), observed)
+                ds_changes.append(_daemonset_change(desired, existing, deployment, host_port))
+                spec = pod_spec(desired)
+            else:
+                assert existing is not None
+                host_port = _existing_host_port(existing, service, app, keep_port)
+                ds_changes.append(
+                    Change(
+                        Verb.NONE,
+                        "DaemonSet",
+                        ns,
+                        app.name,
+                        "already converted (the Deployment is gone)",
+                        after=strip_server_fields(existing),
+                    )
+                )
+                spec = pod_spec(existing)
+            placed[app.name] = (spec, host_ports(spec))
+            svc_changes.append(service_change(service, app, host_port, observed))
+        except Unconvertible as e:
+            refusals.append(f"{app.name}: {e}")
+            continue
+        for hpa in observed.hpas:
+            target = spec_of(hpa).get("scaleTargetRef") or {}
+            if (
+                target.get("kind") == "Deployment"
+                and target.get("name") == app.name
+                and meta_of(hpa).get("namespace", ns) == ns
+            ):
+                hpa_changes.append(
+                    Change(
+                        Verb.DELETE,
+                        "HorizontalPodAutoscaler",
+                        ns,
+                        name_of(hpa),
+                        f"scales Deployment {app.name}, which the DaemonSet replaces",
+                        before=hpa,
+                        uid=meta_of(hpa).get("uid"),
+                    )
+                )
+        if deployment is not None:
+            dep_changes.append(
+                Change(
+                    Verb.DELETE,
+                    "Deployment",
+                    ns,
+                    app.name,
+                    f"replaced by DaemonSet {ns}/{app.name}",
+                    before=deployment,
+                    uid=meta_of(deployment).get("uid"),
+                )
+            )
+    refusals += collisions(cfg, placed, observed)
+    return ConvertPlan(
+        tuple(ds_changes),
+        tuple(svc_changes),
+        tuple(hpa_changes),
+        tuple(dep_changes),
+        tuple(refusals),
+        tuple(warnings),
+        tuple(notes),
+        frozenset(a.port_env for a in cfg.apps),
+    )
+
+
+def _daemonset_change(desired: Obj, existing: Obj | None, deployment: Obj, host_port: int) -> Change:
+    ns, name = meta_of(desired)["namespace"], meta_of(desired)["name"]
+    what = f"run {name} on every worker with hostNetwork, host port {host_port}"
+    if existing is None:
+        return Change(
+            Verb.APPLY,
+            "DaemonSet",
+            ns,
+            name,
+            what,
+            body=desired,
+            after=desired,
+            compare_to=strip_server_fields(deployment),
+        )
+    if is_subset(desired, existing):
+        return Change(Verb.NONE, "DaemonSet", ns, name, "already as planned", after=desired)
+    return Change(Verb.APPLY, "DaemonSet", ns, name, what, body=desired, before=existing, after=desired)
+
+
+def _existing_host_port(ds: Obj, service: Obj, app: AppConfig, keep_port: bool) -> int:
+    """The host port of an already converted app (the Deployment is gone)."""
+    if not keep_port:
+        return app.host_port
+    _container, port = listening_port(
+        pod_spec(ds), service, app, f"DaemonSet {meta_of(ds).get('namespace')}/{app.name}"
+    )
+    return int(port["containerPort"])
+
+
+def service_change(service: Obj, app: AppConfig, host_port: int, observed: Observed) -> Change:
+    """Switch the Service to NodePort in place (its clusterIP is kept), port → host port."""
+    ns, name = meta_of(service).get("namespace") or observed.namespace, name_of(service)
+    spec = spec_of(service)
+    entry = service_entry(service, app)
+    for other in observed.services:
+        if other is service or (name_of(other) == name and meta_of(other).get("namespace") == ns):
+            continue
+        for p in spec_of(other).get("ports") or []:
+            if p.get("nodePort") == app.node_port:
+                raise Unconvertible(
+                    f"nodePort {app.node_port} is already used by Service "
+                    f"{meta_of(other).get('namespace')}/{name_of(other)}"
+                )
+    ports = []
+    for p in spec.get("ports") or []:
+        p = dict(p)
+        if p.get("port") == app.service_port:
+            p["targetPort"] = host_port
+            p["nodePort"] = app.node_port
+        ports.append(p)
+    done = (
+        spec.get("type") == "NodePort"
+        and entry.get("targetPort") == host_port
+        and entry.get("nodePort") == app.node_port
+    )
+    after = strip_server_fields(service)
+    after["spec"] = {**spec, "type": "NodePort", "ports": ports}
+    if done:
+        return Change(Verb.NONE, "Service", ns, name, f"already NodePort {app.node_port} → {host_port}", after=after)
+    old_target = entry.get("targetPort", entry.get("port"))
+    reason = (
+        f"type {spec.get('type', 'ClusterIP')} → NodePort, port {app.service_port}: targetPort {old_target} → "
+        f"{host_port}, nodePort {app.node_port}; clusterIP {spec.get('clusterIP') or '(none)'} kept"
+    )
+    body: Obj = {"spec": {"type": "NodePort", "ports": ports}}
+    if meta_of(service).get("resourceVersion"):
+        body["metadata"] = {"resourceVersion": meta_of(service)["resourceVersion"]}
+    return Change(Verb.PATCH, "Service", ns, name, reason, body=body, before=service, after=after)
+
+
+def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observed: Observed) -> list[str]:
+    """Refuse host ports held by ingress-nginx, by another hostNetwork workload, or by the other app."""
+    problems: list[str] = []
+    reserved = {HostPort(p) for p in cfg.ingress.reserved_host_ports}
+    apps = {a.name for a in cfg.apps}
+    nodes = observed.nodes
+    others = [
+        w
+        for w in [*observed.daemonsets, *observed.deployments, *observed.statefulsets]
+        if not (meta_of(w).get("namespace") == cfg.namespace and name_of(w) in apps)
+    ]
+    seen: dict[HostPort, str] = {}
+    for app, (spec, ports) in placed.items():
+        mine = set(eligible_nodes(spec, nodes)) if nodes is not None else None
+        if mine is not None and not mine:
+            problems.append(
+                f"{app}: no node can run its DaemonSet (workers only; nodeSelector, affinity and taints leave none)"
+            )
+        for p in sorted(ports & reserved):
+            problems.append(f"{app}: host port {p} is reserved for ingress-nginx (ingress.reserved_host_ports)")
+        for p in sorted(ports):
+            if p in seen:
+                problems.append(f"{app}: host port {p} is also the host port of {seen[p]}")
+            seen.setdefault(p, app)
+        for w in others:
+            wspec = pod_spec(w)
+            clash = ports & host_ports(wspec)
+            if not clash:
+                continue
+            shared = None if mine is None or nodes is None else sorted(mine & set(eligible_nodes(wspec, nodes)))
+            if shared == []:
+                continue
+            where = f" on {', '.join(shared)}" if shared else ""
+            how = "hostNetwork" if wspec.get("hostNetwork") else "hostPort"
+            for p in sorted(clash):
+                problems.append(
+                    f"{app}: host port {p} is already held by {w.get('kind')} "
+                    f"{meta_of(w).get('namespace')}/{name_of(w)} ({how}){where}"
+                )
+    return problems
+
+
+def env_warnings(app: str, spec: Obj, observed: Observed) -> list[str]:
+    """Name each env variable whose value points at a ClusterIP Service (``*.svc`` or a ClusterIP)."""
+    cluster_ips = {str(spec_of(s).get("clusterIP")) for s in observed.services}
+    try:
+        network = ipaddress.ip_network(observed.service_cidr) if observed.service_cidr else None
+    except ValueError:
+        network = None
+    found = []
+    for c in containers(spec):
+        for var in c.get("env") or []:
+            value = var.get("value")
+            if not isinstance(value, str):
+                continue
+            hits = [m.group(0) for m in _SVC_HOST.finditer(value)]
+            for m in _IPV4.finditer(value):
+                try:
+                    ip = ipaddress.ip_address(m.group(0))
+                except ValueError:
+                    continue
+                if m.group(0) in cluster_ips or (network is not None and ip in network):
+                    hits.append(m.group(0))
+            if hits:
+                found.append(
+                    f"{app}: env {var.get('name')} (container {c.get('name')}) points at "
+                    f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service: ClusterIP traffic is still "
+                    "broken under this workaround, so those calls will fail"
+                )
+    return found
+
+
+def observed_from_objects(objs: Sequence[Obj], cfg: Config) -> Observed:
+    """Build the observed state from objects read from a file (``--from-file``)."""
+    by_kind: dict[str, list[Obj]] = {}
+    for o in objs:
+        o = copy.deepcopy(o)
+        if o.get("kind") != "Node":
+            o["metadata"].setdefault("namespace", cfg.namespace)
+        by_kind.setdefault(str(o.get("kind")), []).append(o)
+    return Observed(
+        namespace=cfg.namespace,
+        deployments=by_kind.get("Deployment", []),
+        daemonsets=by_kind.get("DaemonSet", []),
+        statefulsets=by_kind.get("StatefulSet", []),
+        services=by_kind.get("Service", []),
+        hpas=[h for h in by_kind.get("HorizontalPodAutoscaler", []) if meta_of(h)["namespace"] == cfg.namespace],
+        nodes=by_kind.get("Node") or None,
+        service_cidr=cfg.overlay.service_cidr,
+    )

@@ -1,0 +1,217 @@
+"""``all``: ufw → convert → ingress → validate, behind one combined plan and one confirmation.
+
+Every step plans first (nothing changes until the operator has seen all of it); then the steps run
+in order, each outcome shown as it finishes, and each applies the plan that was confirmed: the
+UFW plans of the hosts as they were read, the Ingress routes as they were dry-run. Convert needs
+the cluster as it is now to back it up, so it reads it again and stops if the plan that follows
+differs from the confirmed one. The first step that fails stops the run and the summary says
+what was done and what was not; re-running resumes, because every step is a no-op where its work
+is already done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from keybuzz_fix.checks.http import HttpOptions
+from keybuzz_fix.checks.ingress import IngressPlan
+from keybuzz_fix.checks.scorecard import Scorecard
+from keybuzz_fix.cluster.changes import ChangeRun
+from keybuzz_fix.cluster.convert import ConvertPlan
+from keybuzz_fix.config import Config
+from keybuzz_fix.errors import KeybuzzFixError
+from keybuzz_fix.flows import Connections
+from keybuzz_fix.flows.convert import apply_confirmed, check_plan
+from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
+from keybuzz_fix.flows.validate import score_cluster
+from keybuzz_fix.hosts.ufw.apply import FirewallRun
+from keybuzz_fix.hosts.ufw.plan import HostOutcome, firewall_rules
+from keybuzz_fix.inventory import Host
+from keybuzz_fix.report import steps
+from keybuzz_fix.report.changes import ChangeView
+from keybuzz_fix.report.hosts import firewall_plans, firewall_summary
+from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
+from keybuzz_fix.report.output import PlanOutput, confirm, progress_bar
+from keybuzz_fix.report.scorecard import scorecard_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from keybuzz_fix.cluster.client import Kube
+
+Result = TypeVar("Result")
+
+
+class StepFailed(KeybuzzFixError):
+    """A step of ``all`` did not succeed; the run stops there."""
+
+
+@dataclass(frozen=True)
+class AllOptions:
+    """What ``all`` needs beyond the connections."""
+
+    dry_run: bool = False
+    yes: bool = False
+    enable: bool = False
+    ready_timeout: float = 300.0
+    force_conflicts: bool = False
+    keep_port: bool = False
+    threshold: int | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Remediation:
+    """What ``all`` did (the flow's result): every step ran, and the scorecard says how well."""
+
+    card: Scorecard | None = None  # None: a dry run, nothing was scored
+
+    @property
+    def failed(self) -> bool:
+        """Whether the score is below its threshold."""
+        return self.card is not None and not self.card.ok
+
+    @property
+    def partial(self) -> bool:
+        """Whether the score passed its threshold but is below 100 %."""
+        return self.card is not None and not self.card.perfect
+
+
+def run_all(
+    console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
+) -> Remediation:
+    """Plan every step, ask once, run the steps in order applying what was confirmed."""
+    kube = reach.kube()
+    http = reach.http or HttpOptions()
+    log = steps.StepLog(console)
+    rules = firewall_rules(cfg.firewall)
+    fw = FirewallRun(
+        hosts=hosts,
+        desired=lambda _h: rules,
+        ssh=reach.ssh,
+        command="all",
+        enable=options.enable,
+        concurrency=reach.concurrency,
+    )
+    view = ChangeView(console, PlanOutput.TEXT, "convert")
+
+    def step(name: str, work: Callable[[], Result], describe: Callable[[Result], tuple[str, str]]) -> Result:
+        start = time.monotonic()
+        try:
+            result = work()
+        except KeybuzzFixError as e:
+            log.record(name, "failed", str(e), time.monotonic() - start)
+            raise
+        log.record(name, *describe(result), time.monotonic() - start)
+        return result
+
+    try:
+        # -- the combined plan: nothing changes here ---------------------------------------------
+        log.heading(1, "ufw", "plan")
+        planned = step("ufw", lambda: _plan_firewall(console, fw), steps.describe_firewall_plan)
+        log.heading(2, "convert", "plan")
+        checked = ChangeRun("convert", dry_run=True)
+        converting = step(
+            "convert",
+            lambda: check_plan(kube, cfg, checked, view, keep_port=options.keep_port, force=options.force_conflicts),
+            lambda _plan: steps.describe_convert(checked),
+        )
+        log.heading(3, "ingress", "plan")
+        routes = step(
+            "ingress",
+            lambda: _plan_ingress(console, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts)),
+            steps.describe_ingress_plan,
+        )
+        if options.dry_run:
+            log.summary("all: plan (dry run, nothing changed)")
+            return Remediation()
+        changing = [o for o in planned if o.changes]
+        confirm(
+            f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "
+            f"{len(routes.changes)} Ingress route(s), then validate?",
+            yes=options.yes,
+        )
+        log.rows.clear()
+
+        # -- the steps, in order, each applying what was confirmed --------------------------------
+        log.heading(1, "ufw")
+        step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
+        log.heading(2, "convert")
+        step("convert", lambda: _apply_convert(kube, cfg, converting, view, options), steps.describe_convert)
+        log.heading(3, "ingress")
+        step(
+            "ingress",
+            lambda: _apply_ingress(console, apply_ingress(kube, routes, command="all")),
+            steps.describe_ingress_result,
+        )
+        log.heading(4, "validate")
+        card = step(
+            "validate",
+            lambda: score_cluster(kube, cfg, hosts, http=http, threshold=options.threshold, strict=options.strict),
+            steps.describe_score,
+        )
+        scorecard_table(console, card)
+    except KeybuzzFixError:
+        log.summary("all: stopped")
+        raise
+    finally:
+        fw.close()
+    log.summary("all: done")
+    if not card.ok:
+        raise StepFailed(
+            f"validate: score {card.score:.0f} % is below the threshold {card.required} % "
+            "after every step ran: see the scorecard"
+        )
+    return Remediation(card)
+
+
+def _plan_firewall(console: Console, fw: FirewallRun) -> list[HostOutcome]:
+    planned = fw.plan(progress_bar(console))
+    firewall_plans(console, planned)
+    stuck = [o.host.hostname for o in planned if o.error] + [o.host.hostname for o in planned if o.ok and o.blocked]
+    if stuck:
+        firewall_summary(console, planned, "ufw: cannot go on")
+        raise StepFailed(f"ufw: {len(stuck)} worker(s) cannot be changed safely ({', '.join(stuck)}); nothing changed")
+    return planned
+
+
+def _apply_firewall(console: Console, fw: FirewallRun, planned: Sequence[HostOutcome]) -> list[HostOutcome]:
+    applied = fw.apply(planned, progress_bar(console))
+    firewall_summary(console, applied, "ufw: result")
+    bad = [o.host.hostname for o in applied if o.failed]
+    if bad:
+        raise StepFailed(f"ufw failed on {', '.join(bad)}")
+    return applied
+
+
+def _apply_convert(kube: Kube, cfg: Config, confirmed: ConvertPlan, view: ChangeView, options: AllOptions) -> ChangeRun:
+    run = ChangeRun("convert", dry_run=False)
+    apply_confirmed(
+        kube,
+        cfg,
+        confirmed,
+        run,
+        view,
+        keep_port=options.keep_port,
+        timeout=options.ready_timeout,
+        force=options.force_conflicts,
+    )
+    return run
+
+
+def _plan_ingress(console: Console, plan: IngressPlan) -> IngressPlan:
+    ingress_plan(console, plan, dry_run=True)
+    if plan.failed:
+        problems = "; ".join(f.detail for f in plan.mismatches) or "a route cannot be applied (see above)"
+        raise StepFailed(f"ingress: {problems}; nothing changed")
+    return plan
+
+
+def _apply_ingress(console: Console, plan: IngressPlan) -> IngressPlan:
+    ingress_summary(console, plan, dry_run=False)
+    if plan.failed:
+        raise StepFailed("ingress: a route could not be applied (see above)")
+    return plan

@@ -1,0 +1,245 @@
+"""The imperative shell of ``convert``: observe, plan, back up, apply, wait, switch, delete, report.
+
+1. Read everything (through :mod:`keybuzz_fix.cluster.client`) and compute the plan (pure).
+   Refusals stop here; ``--dry-run`` shows the plan and sends every write as a server-side dry run.
+2. Check the permissions every write needs, ask once, write the backup (no backup, no change).
+3. Server-side apply the DaemonSets and wait, by watching, until every scheduled pod is ready.
+   Too slow: stop, delete nothing, report the stuck pods and their events.
+4. Switch the Services, delete the HPAs, then the Deployments (uid preconditions).
+Each step is audited. An interrupted run (Ctrl-C, an API error) says what it did and converges
+when re-run. ``all`` plans with :func:`check_plan` and applies the confirmed plan with
+:func:`carry_out`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster.changes import ChangeRun, sent
+from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.convert import ConvertPlan, Observed, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.objects import meta_of, parse_objects
+from keybuzz_fix.cluster.rbac import permissions, preflight
+from keybuzz_fix.cluster.rollout import Stuck, send, wait_ready
+from keybuzz_fix.config import Config
+from keybuzz_fix.errors import InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
+from keybuzz_fix.flows import Connections
+from keybuzz_fix.report.changes import ChangeView, offline_plan
+from keybuzz_fix.report.output import PlanOutput
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+CONVERT = "convert"
+DEFAULT_TIMEOUT = 300.0
+
+
+def read_convert_state(kube: Kube, cfg: Config) -> Observed:
+    """Read what the plan needs: workloads and Services everywhere (for collisions), HPAs, nodes."""
+    return Observed(
+        namespace=cfg.namespace,
+        deployments=kube.list("Deployment"),
+        daemonsets=kube.list("DaemonSet"),
+        statefulsets=kube.list("StatefulSet"),
+        services=kube.list("Service"),
+        hpas=kube.list("HorizontalPodAutoscaler", cfg.namespace),
+        nodes=kube.list("Node"),
+        service_cidr=cfg.overlay.service_cidr,
+    )
+
+
+def run_convert(
+    console: Console,
+    reach: Connections,
+    cfg: Config,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    force_conflicts: bool = False,
+    keep_port: bool = False,
+    show_values: bool = False,
+    output: PlanOutput = PlanOutput.TEXT,
+) -> ChangeRun:
+    """Convert the configured Deployments into hostNetwork DaemonSets; return what was done.
+
+    ``output`` is text, json (a summary on stdout) or yaml (with ``dry_run``: the objects that would
+    be applied). Errors are raised as the tool's own, after the summary is shown.
+    """
+    kube = reach.kube()
+    view = ChangeView(console, output, CONVERT, show_values=show_values)
+    run = ChangeRun(CONVERT, dry_run)
+    plan = check_plan(kube, cfg, run, view, keep_port=keep_port, force=force_conflicts)
+    if plan.pending and not dry_run:
+        with _stopping(view, run):
+            view.confirm(f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}?", yes=yes)
+        carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
+    view.finished(run)
+    return run
+
+
+def check_plan(
+    kube: Kube, cfg: Config, run: ChangeRun, view: ChangeView, *, keep_port: bool, force: bool
+) -> ConvertPlan:
+    """Plan and show it; refuse, or check the permissions (a dry run sends every change as a server-side dry run)."""
+    with _stopping(view, run):
+        plan = plan_convert(cfg, read_convert_state(kube, cfg), keep_port=keep_port)
+        _record(run, plan)
+        if plan.refusals:
+            _show(view, f"{CONVERT}: refused", plan)
+            raise PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed")
+        view.objects(plan)
+        _show(view, f"{CONVERT}: plan for namespace {cfg.namespace}" + (" (dry run)" if run.dry_run else ""), plan)
+        if not plan.pending:
+            view.nothing_to_do("already converted")
+            return plan
+        preflight(kube, cfg.namespace, permissions(plan.pending, wait_kind="DaemonSet"))
+        if run.dry_run:
+            send(kube, run, plan.pending, dry_run=True, force=force)
+            view.accepted_by_server(len(plan.pending), " (server-side dry run)")
+    return plan
+
+
+def apply_confirmed(
+    kube: Kube,
+    cfg: Config,
+    confirmed: ConvertPlan,
+    run: ChangeRun,
+    view: ChangeView,
+    *,
+    keep_port: bool,
+    timeout: float,
+    force: bool,
+) -> None:
+    """Carry out a plan confirmed earlier, once the cluster, read again, still plans exactly the same changes.
+
+    The backup must hold the objects as they are now; if they changed since the confirmation, so
+    would the plan: then nothing is changed and the run stops, to be re-run (and re-confirmed).
+    """
+    with _stopping(view, run):
+        fresh = plan_convert(cfg, read_convert_state(kube, cfg), keep_port=keep_port)
+        if sent(fresh.changes) != sent(confirmed.changes) or fresh.refusals != confirmed.refusals:
+            raise PlanRefused(
+                "convert: the cluster changed after the plan was confirmed, so the plan would change too; "
+                "nothing changed; re-run to see the new plan"
+            )
+        _record(run, confirmed)
+    if confirmed.pending:
+        carry_out(kube, confirmed, run, view, timeout=timeout, force=force)
+
+
+def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *, timeout: float, force: bool) -> None:
+    """Back up, apply the DaemonSets, wait until they are ready, then switch the Services and delete the rest."""
+    with _stopping(view, run):
+        run.backup = _write_backup(kube, plan, plan.daemonsets[0].namespace)
+        run.mark("backed_up")
+        view.say(f"backup: {run.backup}")
+        send(kube, run, plan.daemonsets, force=force)
+        run.mark("applied")
+        names = [c.name for c in plan.daemonsets]
+        view.waiting("DaemonSet", names, timeout)
+        wait_ready(kube, "DaemonSet", plan.daemonsets[0].namespace, names, timeout=timeout)
+        run.mark("ready")
+        send(kube, run, plan.services + plan.hpas + plan.deployments, force=force)
+    run.mark("done")
+    view.result(run)
+
+
+@contextmanager
+def stopping(view: ChangeView, run: ChangeRun, *, resume: str, interrupted: str, stuck: str = "") -> Iterator[None]:
+    """Stop a run on an error or Ctrl-C: say what was done and how to go on, record it, show it, re-raise.
+
+    ``resume`` (after an error, once something changed), ``interrupted`` (after Ctrl-C) and ``stuck``
+    (pods not ready; ``{backup}`` is the backup's path) say how to go on.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise _stopped(view, run, Interrupted(f"interrupted (Ctrl-C): {run.progress()}; {interrupted}")) from None
+    except KeybuzzFixError as e:
+        if isinstance(e, Stuck):
+            view.stuck(e.pods)
+        if isinstance(e, Stuck) and stuck:
+            e.message += f"; {run.progress()}; {stuck.format(backup=run.backup)}"
+        elif run.backup is not None:
+            e.message += f"; {run.progress()}; {resume}"
+        raise _stopped(view, run, e) from None
+
+
+def _stopped(view: ChangeView, run: ChangeRun, error: KeybuzzFixError) -> KeybuzzFixError:
+    run.stop(error)
+    view.stopped(run)
+    return error
+
+
+def _stopping(view: ChangeView, run: ChangeRun) -> AbstractContextManager[None]:
+    return stopping(
+        view,
+        run,
+        resume="re-run convert to finish (it converges)",
+        interrupted="re-run convert to finish: it converges",
+        stuck="nothing was deleted; re-run convert once the pods run, or roll back with: "
+        "keybuzz-fix rollback --backup {backup}",
+    )
+
+
+def _write_backup(kube: Kube, plan: ConvertPlan, namespace: str) -> Path:
+    objects = plan.to_back_up
+    server = kube.endpoint.server
+    history = backup.history(CONVERT)
+    previous = None
+    if history:
+        try:
+            previous = backup.read_backup(history[0])
+        except InputError:
+            previous = None
+    live = [str(meta_of(c.before).get("uid")) for c in plan.deployments if c.before is not None]
+    extra = backup.carried(previous, objects, live, server=server, namespace=namespace)
+    return backup.write(
+        objects + extra,
+        command=CONVERT,
+        server=server,
+        namespace=namespace,
+        carried_from=previous.path if extra and previous else None,
+    )
+
+
+def _record(run: ChangeRun, plan: ConvertPlan) -> None:
+    run.changes, run.refusals, run.warnings, run.notes = plan.changes, plan.refusals, plan.warnings, plan.notes
+    run.mark("planned")
+
+
+def _show(view: ChangeView, title: str, plan: ConvertPlan) -> None:
+    view.plan(
+        title,
+        plan.changes,
+        refusals=plan.refusals,
+        warnings=plan.warnings,
+        notes=plan.notes,
+        shown_env=plan.shown_env,
+    )
+
+
+def run_offline(
+    console: Console,
+    path: Path,
+    cfg: Config,
+    *,
+    keep_port: bool = False,
+    show_values: bool = False,
+    output: PlanOutput = PlanOutput.TEXT,
+) -> ConvertPlan:
+    """Plan from a state file (a ``kubectl get -o yaml`` List or a YAML stream); touch no cluster."""
+    objects = parse_objects(read_input(path), str(path))
+    if not objects:
+        raise InputError(str(path), "holds no Kubernetes object")
+    plan = plan_convert(cfg, observed_from_objects(objects, cfg), keep_port=keep_port)
+    if plan.refusals:
+        _show(ChangeView(console, output, CONVERT, show_values=show_values), f"{CONVERT}: refused ({path})", plan)
+        raise PlanRefused(f"{path}: convert refused: {'; '.join(plan.refusals)}")
+    offline_plan(console, plan, path, output, show_values=show_values)
+    return plan

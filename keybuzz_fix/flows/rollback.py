@@ -1,0 +1,96 @@
+"""The imperative shell of ``rollback``: read the backup and the cluster, plan, back up, restore, report.
+
+Recreate the Deployments and HPAs, wait (by watching) until the Deployments are ready, restore
+the Services, then delete the DaemonSets convert made; what it changes is backed up first. The
+plan is :mod:`keybuzz_fix.cluster.rollback`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from keybuzz_fix.cluster import backup
+from keybuzz_fix.cluster.changes import ChangeRun
+from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.objects import Obj, meta_of
+from keybuzz_fix.cluster.rbac import permissions, preflight
+from keybuzz_fix.cluster.rollback import LIVE_KINDS, plan_rollback
+from keybuzz_fix.cluster.rollout import send, wait_ready
+from keybuzz_fix.flows import Connections
+from keybuzz_fix.flows.convert import stopping
+from keybuzz_fix.report.changes import ChangeView
+from keybuzz_fix.report.output import Output
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+ROLLBACK = "rollback"
+
+
+def read_live(kube: Kube, saved: Sequence[Obj]) -> list[Obj]:
+    """Read the live objects the plan compares the backup with."""
+    live: list[Obj] = []
+    for ns in sorted({str(meta_of(o).get("namespace")) for o in saved}):
+        for kind in LIVE_KINDS:
+            live += kube.list(kind, ns)
+    return live
+
+
+def run_rollback(
+    console: Console,
+    reach: Connections,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    timeout: float = 300.0,
+    output: Output = Output.TEXT,
+) -> ChangeRun:
+    """Restore the objects of backup ``path``; return what was done."""
+    kube = reach.kube()
+    view = ChangeView(console, output, ROLLBACK)
+    run = ChangeRun(ROLLBACK, dry_run)
+    saved = backup.read_backup(path)
+    if saved.server and saved.server != kube.endpoint.server:
+        view.say(f"[yellow]note[/]: {path} was taken from {saved.server}; now connected to {kube.endpoint.server}")
+    with stopping(
+        view,
+        run,
+        resume="the DaemonSets still serve; re-run rollback to finish",
+        interrupted="re-run rollback to finish",
+    ):
+        plan = plan_rollback(saved.objects, read_live(kube, saved.objects))
+        run.changes, run.warnings = plan.changes, plan.warnings
+        view.plan(
+            f"{ROLLBACK}: plan from {path}" + (" (dry run)" if dry_run else ""), plan.changes, warnings=plan.warnings
+        )
+        pending = plan.pending
+        if not pending:
+            view.nothing_to_do(f"the cluster already matches {path}")
+            view.finished(run)
+            return run
+        namespace = pending[0].namespace
+        preflight(kube, namespace, permissions(pending, wait_kind="Deployment" if plan.deployments else None))
+        if dry_run:
+            send(kube, run, pending, dry_run=True)
+            view.accepted_by_server(len(pending))
+            view.finished(run)
+            return run
+        view.confirm(f"Restore {len(pending)} object(s) from {path.name}?", yes=yes)
+        undo = [c.before for c in pending if c.before is not None]
+        run.backup = backup.write(
+            undo, command=ROLLBACK, server=kube.endpoint.server, namespace=namespace, restoring=str(path)
+        )
+        view.say(f"backup of what rollback changes: {run.backup}")
+        send(kube, run, plan.creates)
+        if plan.deployments:
+            view.waiting("Deployment", plan.deployments, timeout)
+            wait_ready(kube, "Deployment", namespace, plan.deployments, timeout=timeout)
+        run.mark("ready")
+        send(kube, run, plan.services + plan.daemonsets)
+    run.mark("done")
+    view.result(run)
+    view.finished(run)
+    return run

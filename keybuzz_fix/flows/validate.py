@@ -1,0 +1,221 @@
+"""The ``validate`` step: gather every fact at once, then score it (:func:`score_cluster`), and show the scorecard.
+
+All API reads, URL checks and ``--extended`` checks start together in one thread pool; each check
+is evaluated as soon as its own facts are in, so the whole run takes about as long as its slowest
+check. A fact that cannot be read fails the checks that need it, with the error as evidence; it
+never stops the others. A read that RBAC forbids is not a finding about the cluster: the run
+then ends with the missing permissions instead of a score.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from keybuzz_fix.checks import scorecard as sc
+from keybuzz_fix.checks.http import HttpOptions, http_get, tcp_open, tls_context
+from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
+from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.objects import by_name
+from keybuzz_fix.config import Config
+from keybuzz_fix.errors import Forbidden, Interrupted, KeybuzzFixError
+from keybuzz_fix.flows import Connections
+from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.hosts.ufw.apply import FirewallRun
+from keybuzz_fix.hosts.ufw.plan import firewall_rules
+from keybuzz_fix.inventory import Host
+from keybuzz_fix.report.output import ScoreFormat
+from keybuzz_fix.report.scorecard import show_scorecard
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_MAX_THREADS = 64
+
+
+@dataclass(frozen=True)
+class ExtendedOptions:
+    """What ``--extended`` needs: SSH to the workers, for their UFW rules."""
+
+    ssh: SshOptions
+    concurrency: int = 16
+
+
+class _Facts:
+    """Futures of every fact, with the time each one finished."""
+
+    def __init__(self, pool: ThreadPoolExecutor, start: float) -> None:
+        self._pool = pool
+        self._start = start
+        self._futures: dict[str, Future[tuple[Any, float]]] = {}
+
+    def add(self, key: str, read: Callable[[], Any]) -> None:
+        def timed() -> tuple[Any, float]:
+            try:
+                value: Any = read()
+            except KeybuzzFixError as e:
+                value = e
+            return value, time.monotonic() - self._start
+
+        self._futures[key] = self._pool.submit(timed)
+
+    def get(self, keys: Sequence[str]) -> tuple[dict[str, Any], float, KeybuzzFixError | None]:
+        """Wait for ``keys``; return their values, when the last one finished, and the first error."""
+        values, last, error = {}, 0.0, None
+        for key in keys:
+            value, finished = self._futures[key].result()
+            last = max(last, finished)
+            if isinstance(value, KeybuzzFixError) and error is None:
+                error = value
+            values[key] = value
+        return values, last, error
+
+
+def run_validate(
+    console: Console,
+    reach: Connections,
+    cfg: Config,
+    workers: Sequence[Host],
+    *,
+    threshold: int | None,
+    strict: bool,
+    extended: bool,
+    output: ScoreFormat,
+) -> Scorecard:
+    """Connect, score the cluster (``extended``: and each worker), show the scorecard; return it."""
+    http = reach.http or HttpOptions()
+    more = ExtendedOptions(reach.ssh, reach.concurrency) if extended else None
+    card = score_cluster(reach.kube(), cfg, workers, http=http, threshold=threshold, strict=strict, extended=more)
+    show_scorecard(console, card, output, note="TLS not verified (--insecure)" if http.insecure else "")
+    return card
+
+
+def score_cluster(
+    kube: Kube,
+    cfg: Config,
+    workers: Sequence[Host],
+    *,
+    http: HttpOptions | None = None,
+    threshold: int | None = None,
+    strict: bool = False,
+    extended: ExtendedOptions | None = None,
+) -> Scorecard:
+    """Run the seven checks (and the ``extended`` rows) concurrently; return the scorecard.
+
+    N, the pods each DaemonSet needs, is ``len(workers)``; ``threshold`` defaults to the
+    configuration's ``validate.threshold``.
+    """
+    http = http or HttpOptions()
+    ctx = tls_context(http) if any(u.startswith("https:") for u in cfg.validate.urls) else None
+    n = len(workers)
+    ns, ic = cfg.namespace, cfg.ingress
+    reads: dict[str, Callable[[], Any]] = {
+        "daemonsets": lambda: by_name(kube.list("DaemonSet", ns)),
+        "deployments": lambda: by_name(kube.list("Deployment", ns)),
+        "pods": lambda: kube.list("Pod", ns),
+        "services": lambda: by_name(kube.list("Service", ns)),
+        "ingresses": lambda: by_name(kube.list("Ingress", ns)),
+        "ingress_ds": lambda: kube.get("DaemonSet", ic.controller, ic.namespace),
+        "ingress_deploy": lambda: kube.get("Deployment", ic.controller, ic.namespace),
+        "ingress_pods": lambda: kube.list("Pod", ic.namespace),
+    }
+    url_keys = [f"url {u}" for u in cfg.validate.urls]
+    for key, url in zip(url_keys, cfg.validate.urls, strict=True):
+        reads[key] = lambda url=url: http_get(url, http, ctx)  # type: ignore[misc]
+    rows: list[Callable[[], list[Row]]] = []
+    if extended is not None:
+        rows = extended_tasks(cfg, workers, http, extended)
+    checks: list[tuple[int, tuple[str, ...], Callable[[dict[str, Any]], ScoredCheck]]] = [
+        (1, ("daemonsets", "deployments"), lambda f: sc.check_daemonsets(cfg, f["daemonsets"], f["deployments"])),
+        (2, ("daemonsets", "pods"), lambda f: sc.check_pods(cfg, f["daemonsets"], f["pods"], n)),
+        (3, ("daemonsets", "deployments"), lambda f: sc.check_host_network(cfg, f["daemonsets"], f["deployments"])),
+        (
+            4,
+            ("ingress_ds", "ingress_deploy", "ingress_pods"),
+            lambda f: sc.check_ingress_controller(cfg, f["ingress_ds"], f["ingress_deploy"], f["ingress_pods"], n),
+        ),
+        (5, ("services",), lambda f: sc.check_services(cfg, f["services"])),
+        (6, ("ingresses",), lambda f: sc.check_ingresses(cfg, f["ingresses"])),
+        (7, tuple(url_keys), lambda f: sc.check_urls(cfg, [f[k] for k in url_keys])),
+    ]
+    start = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=min(_MAX_THREADS, len(reads) + len(rows)), thread_name_prefix="check")
+    try:
+        facts = _Facts(pool, start)
+        for key, read in reads.items():
+            facts.add(key, read)
+        row_futures = [pool.submit(r) for r in rows]
+        results = []
+        denied: dict[str, Forbidden] = {}
+        for number, keys, evaluate in checks:
+            values, finished, error = facts.get(keys)
+            denied.update((e.permission, e) for e in values.values() if isinstance(e, Forbidden))
+            check = evaluate(values) if error is None else sc.unreadable(number, cfg, n, str(error))
+            results.append(ScoredCheck(check.number, check.name, check.passed, check.detail, finished))
+        extended_rows = tuple(row for f in row_futures for row in f.result())
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise Interrupted("interrupted: validate stopped before every check finished (nothing was changed)") from None
+    finally:
+        pool.shutdown(wait=True)
+    if denied:  # a score over facts the identity may not read would blame the cluster for missing rights
+        raise Forbidden(
+            f"forbidden: validate cannot read what it scores: missing permission(s) "
+            f"{', '.join(sorted(denied))}; nothing was scored; grant them (see manifests/rbac.yaml)"
+        )
+    return Scorecard(
+        tuple(results),
+        threshold if threshold is not None else cfg.validate.threshold,
+        strict,
+        n,
+        extended_rows,
+        time.monotonic() - start,
+    )
+
+
+def extended_tasks(
+    cfg: Config, workers: Sequence[Host], http: HttpOptions, options: ExtendedOptions
+) -> list[Callable[[], list[Row]]]:
+    """Return one task per worker probe (NodePort, host ports) and one for every worker's UFW rules."""
+    tasks: list[Callable[[], list[Row]]] = []
+    port = cfg.ingress.http_node_port
+    quick = HttpOptions(timeout=http.timeout, retries=0)
+    for w in workers:
+        tasks.append(lambda w=w: [_nodeport_row(w, port, http.timeout)])  # type: ignore[misc]
+        for app in cfg.apps:
+            tasks.append(lambda w=w, app=app: [_host_port_row(w, app.name, app.host_port, quick)])  # type: ignore[misc]
+    tasks.append(lambda: _ufw_rows(cfg, workers, options))
+    return tasks
+
+
+def _nodeport_row(worker: Host, port: int, timeout: float) -> Row:
+    ok, detail = tcp_open(worker.private_ip, port, timeout)
+    return Row(worker.hostname, f"NodePort {port} reachable from here", ok, detail)
+
+
+def _host_port_row(worker: Host, app: str, port: int, http: HttpOptions) -> Row:
+    host = f"[{worker.private_ip}]" if ":" in worker.private_ip else worker.private_ip
+    answer = http_get(f"http://{host}:{port}/", http)
+    name = f"host port {port} ({app}) answering"
+    if answer.status is not None:
+        return Row(worker.hostname, name, True, f"HTTP {answer.status} {answer.reason}")
+    return Row(worker.hostname, name, False, answer.reason)
+
+
+def _ufw_rows(cfg: Config, workers: Sequence[Host], options: ExtendedOptions) -> list[Row]:
+    rules = firewall_rules(cfg.firewall)
+    run = FirewallRun(
+        hosts=workers, desired=lambda _h: rules, ssh=options.ssh, command="validate", concurrency=options.concurrency
+    )
+    try:
+        outcomes = run.plan()
+    finally:
+        run.close()
+    name = "UFW rules present (over SSH)"
+    return [
+        sc.ufw_row(o, name, len(rules)) if o.error is None else Row(o.host.hostname, name, False, o.error.problem)
+        for o in outcomes
+    ]

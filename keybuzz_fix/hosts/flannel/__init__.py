@@ -1,0 +1,1 @@
+"""Flannel on the nodes: the overlay facts, and what ``overlay`` changes."""

@@ -1,0 +1,139 @@
+"""Work on many hosts at once, each failure contained to its host.
+
+A thread per host (bounded by ``--concurrency``): the work is network-bound (SSH round trips), so
+threads suffice and keep paramiko usable. Progress goes to a :class:`Progress` the caller passes
+(the report draws it on a terminal). Ctrl-C cancels the hosts not yet started; the ones in flight
+finish their current command (bounded by ``--timeout``), then the error names the hosts that
+finished, failed, and never started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from keybuzz_fix.errors import Interrupted, KeybuzzFixError
+from keybuzz_fix.inventory import Host
+
+ResultT = TypeVar("ResultT")
+
+
+class Progress(Protocol):
+    """Where :func:`on_each_host` says how far it got (a progress bar, for a person at a terminal)."""
+
+    def start(self, label: str, total: int) -> None:
+        """Begin counting ``total`` hosts."""
+
+    def advance(self) -> None:
+        """Count one more host done."""
+
+    def stop(self) -> None:
+        """End the display."""
+
+
+@dataclass(frozen=True)
+class Attempt(Generic[ResultT]):
+    """The work on one host: its result, or the error that stopped it."""
+
+    host: Host
+    result: ResultT | None
+    error: KeybuzzFixError | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the work on this host finished without error."""
+        return self.error is None
+
+
+def on_each_host(
+    hosts: Sequence[Host],
+    work: Callable[[Host], ResultT],
+    *,
+    concurrency: int,
+    progress: Progress | None = None,
+    label: str = "working",
+) -> list[Attempt[ResultT]]:
+    """Run ``work`` on every host in parallel; return one attempt per host, in input order.
+
+    Only the tool's own errors are contained per host; anything else is a bug and propagates.
+    """
+    if not hosts:
+        return []
+    outcomes: dict[int, Attempt[ResultT]] = {}
+
+    def one(index: int, host: Host) -> tuple[int, Attempt[ResultT]]:
+        start = time.monotonic()
+        try:
+            result = work(host)
+        except KeybuzzFixError as e:
+            return index, Attempt(host, None, e, time.monotonic() - start)
+        return index, Attempt(host, result, None, time.monotonic() - start)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts))), thread_name_prefix="host")
+    submitted = [pool.submit(one, i, h) for i, h in enumerate(hosts)]
+    pending: set[Future[tuple[int, Attempt[ResultT]]]] = set(submitted)
+    interrupted = False
+    try:
+        if progress is not None:
+            progress.start(label, len(hosts))
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in done:
+                index, outcome = fut.result()
+                outcomes[index] = outcome
+                if progress is not None:
+                    progress.advance()
+    except KeyboardInterrupt:
+        interrupted = True
+        pool.shutdown(wait=False, cancel_futures=True)
+    finally:
+        if progress is not None:
+            progress.stop()
+        pool.shutdown(wait=True)  # the hosts in flight finish their current command (bounded by --timeout)
+    if interrupted:
+        for fut in submitted:
+            if fut.done() and not fut.cancelled():
+                index, outcome = fut.result()
+                outcomes[index] = outcome
+        raise Interrupted(_interrupted(hosts, outcomes)) from None
+    return [outcomes[i] for i in range(len(hosts))]
+
+
+def raise_open_files_limit(needed: int) -> int:
+    """Raise the soft open-files limit towards ``needed`` (never above the hard limit); return it.
+
+    Each host's SSH connection stays open from the plan to the apply: a fleet of several hundred
+    hosts would otherwise run into the usual soft limit of 1024 and fail host by host.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Attempt[ResultT]]) -> str:
+    """Say, after Ctrl-C, which hosts finished, which failed and which were never started."""
+
+    def names(which: list[str]) -> str:
+        return ", ".join(which) or "none"
+
+    finished = [o.host.hostname for _, o in sorted(outcomes.items()) if o.ok]
+    failed = [f"{o.host.hostname} ({o.error.problem})" for _, o in sorted(outcomes.items()) if o.error is not None]
+    untouched = [h.hostname for i, h in enumerate(hosts) if i not in outcomes]
+    return (
+        f"interrupted: finished on {names(finished)}; failed on {names(failed)}; not started on "
+        f"{names(untouched)}; re-run to converge (the audit log lists every change made)"
+    )

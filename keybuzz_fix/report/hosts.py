@@ -1,0 +1,171 @@
+"""What the SSH-side commands show: the inventory, and each host's UFW plan and outcome.
+
+``ufw`` and ``overlay`` show the plan of every host, then one table of outcomes (or, with ``-o
+json``, one JSON document); ``all`` shows the same pieces inside its steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, FirewallResult, HostOutcome, tally
+from keybuzz_fix.inventory import Host, Role
+from keybuzz_fix.report.output import STATUS_STYLE, Output, confirm, print_json, progress_bar
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from keybuzz_fix.report.output import ProgressBar
+
+
+def show_inventory(console: Console, hosts: Sequence[Host], role: Role, env: str, output: Output) -> None:
+    """Show the selected hosts: a table, or JSON."""
+    if output is Output.JSON:
+        print_json(inventory_json(hosts))
+    else:
+        inventory_table(console, hosts, f"{len(hosts)} K3s {role.value} node(s), ENV={env}")
+
+
+def inventory_table(console: Console, hosts: Sequence[Host], title: str) -> None:
+    """Print the selected hosts."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("HOSTNAME", "PRIVATE IP", "PUBLIC IP", "USER", "ROLE", "SUBROLE", "ENV"):
+        table.add_column(col)
+    for h in hosts:
+        table.add_row(h.hostname, h.private_ip, h.public_ip or "-", h.user, h.role, h.subrole, h.env)
+    console.print(table)
+
+
+def inventory_json(hosts: Sequence[Host]) -> list[dict[str, Any]]:
+    """Return the hosts as ``inventory -o json`` prints them."""
+    return [
+        {
+            "hostname": h.hostname,
+            "private_ip": h.private_ip,
+            "public_ip": h.public_ip,
+            "user": h.user,
+            "env": h.env,
+            "role": h.role,
+            "subrole": h.subrole,
+        }
+        for h in hosts
+    ]
+
+
+class FirewallView:
+    """What a ``ufw`` or ``overlay`` run shows as it goes: text for people, or one JSON document at the end."""
+
+    def __init__(self, console: Console, output: Output) -> None:
+        self.console = console
+        self.quiet = output is Output.JSON
+
+    def progress(self) -> ProgressBar | None:
+        """Return the progress bar of the hosts (none with ``-o json``)."""
+        return None if self.quiet else progress_bar(self.console)
+
+    def plans(self, outcomes: Sequence[HostOutcome]) -> None:
+        """Show each host's plan, before the confirmation."""
+        if not self.quiet:
+            firewall_plans(self.console, outcomes)
+
+    def confirm(self, question: str, *, yes: bool) -> None:
+        """Ask once for every host."""
+        confirm(question, yes=yes)
+
+    def finish(self, result: FirewallResult, title: str) -> None:
+        """Show how every host ended (with the plans, for a dry run), and the host keys recorded."""
+        if self.quiet:
+            print_json(firewall_json(result))
+            return
+        if result.dry_run:
+            firewall_plans(self.console, result.outcomes)
+        firewall_summary(self.console, result.outcomes, title)
+        for host, key in result.accepted:
+            self.console.print(f"[yellow]accepted new host key[/] for {host}: {key} (recorded in {result.known_hosts})")
+
+
+def firewall_plans(console: Console, outcomes: Sequence[HostOutcome]) -> None:
+    """Print each host's plan: what would run and what is already in place."""
+    from rich.markup import escape
+
+    for o in outcomes:
+        head = f"[bold]{o.host.hostname}[/] ({o.host.private_ip})"
+        if o.facts is None:
+            console.print(f"{head}: [bold red]cannot plan[/]: {escape(str(o.error))}")
+            continue
+        console.print(f"{head}: ufw {'active' if o.facts.active else 'inactive'}")
+        for a in o.actions:
+            if a.changes:
+                console.print(f"  [yellow]+[/] {escape(a.command or '')}")
+            elif a.kind is ActionKind.BLOCKED:
+                console.print(f"  [bold yellow]![/] {escape(a.reason)}")
+            else:
+                console.print(f"  [green]=[/] {escape(a.reason)}")
+
+
+def firewall_summary(console: Console, outcomes: Sequence[HostOutcome], title: str) -> None:
+    """Print the per-host summary table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("HOST", "ADDRESS", "OUTCOME", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        status = o.status.value
+        table.add_row(o.host.hostname, o.host.private_ip, f"[{STATUS_STYLE[status]}]{status}[/]", escape(_detail(o)))
+    console.print(table)
+
+
+def _detail(o: HostOutcome) -> str:
+    if o.error is not None:
+        return o.error.problem
+    if o.applied is not None:
+        return o.message or (f"{len(o.applied)} change(s) applied" if o.applied else "all rules already present")
+    return o.message or (f"{len(o.changes)} change(s) planned" if o.changes else "all rules already present")
+
+
+def firewall_json(result: FirewallResult) -> dict[str, Any]:
+    """Return the machine-readable summary of a firewall run."""
+    hosts = []
+    for o in result.outcomes:
+        entry = {**host_entry(o.host), "seconds": round(o.seconds, 3)}
+        if o.error is not None:
+            entry.update(status="failed", error=str(o.error), error_type=type(o.error).__name__)
+        elif o.applied is not None:
+            entry.update(
+                status=o.status.value,
+                applied=list(o.applied),
+                actions=[action_json(a) for a in o.actions],
+                message=o.message,
+            )
+        else:
+            assert o.facts is not None
+            entry.update(status=o.status.value, actions=[action_json(a) for a in o.actions], ufw_active=o.facts.active)
+        hosts.append(entry)
+    return {
+        "dry_run": result.dry_run,
+        "exit_code": int(ExitCode.of(result)),
+        "summary": tally(result.outcomes),
+        "hosts": hosts,
+        "accepted_host_keys": [{"host": h, "key": k} for h, k in result.accepted],
+    }
+
+
+def host_entry(host: Host) -> dict[str, Any]:
+    """Return how the JSON outputs name a host: its hostname and the address the tool reached it at."""
+    return {"hostname": host.hostname, "address": host.private_ip}
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    """Return one firewall action as JSON."""
+    return {
+        "kind": action.kind.value,
+        "rule": action.rule.describe() if action.rule else None,
+        "command": action.command,
+        "reason": action.reason,
+    }

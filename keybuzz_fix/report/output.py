@@ -1,0 +1,139 @@
+"""Where output goes: the formats, the console, JSON and raw text on stdout, the one-line error, the prompt.
+
+Nothing else in the package writes to stdout or stderr or reads stdin. JSON goes to stdout
+unadorned (no rich markup, no wrapping); rich is imported only when something is drawn, so that
+``keybuzz-fix --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from keybuzz_fix.errors import Aborted, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+
+
+class Output(str, Enum):
+    """Output formats of most commands."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class PlanOutput(str, Enum):
+    """Output formats of commands that can also print the objects they would apply."""
+
+    TEXT = "text"
+    JSON = "json"
+    YAML = "yaml"
+
+
+class ScoreFormat(str, Enum):
+    """Output formats of ``validate``."""
+
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+
+
+STATUS_STYLE = {
+    "unchanged": "green",
+    "changed": "bold green",
+    "planned": "yellow",
+    "blocked": "bold yellow",
+    "failed": "bold red",
+    "pass": "green",
+    "fail": "bold red",
+}
+
+
+def new_console() -> Console:
+    """Return the console every command draws on (stdout, no syntax highlighting of numbers and paths)."""
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """Print JSON to stdout, nothing else."""
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def write_stdout(text: str) -> None:
+    """Write machine-readable text (a YAML stream, JUnit XML) to stdout as it is."""
+    sys.stdout.write(text)
+
+
+def print_line(text: str) -> None:
+    """Print one plain line on stdout (``--version``)."""
+    print(text)
+
+
+def error_line(message: str) -> None:
+    """Print an error as the one line ``keybuzz-fix: error: <message>`` on stderr."""
+    print(f"keybuzz-fix: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def silence_stdout() -> None:
+    """Send what is left to print to nowhere: the reader of stdout went away (``| head``)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Ask the operator; ``--yes`` answers for them. A closed stdin never means yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{question} — needs confirmation but stdin is not a terminal; "
+            "pass --yes to proceed, or --dry-run to only see the plan"
+        )
+    import typer
+
+    if not typer.confirm(question, default=False):
+        raise Aborted("nothing changed (answered no)")
+
+
+class ProgressBar:
+    """A transient progress bar over hosts (see :class:`keybuzz_fix.hosts.parallel.Progress`)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._bar: RichProgress | None = None
+
+    def start(self, label: str, total: int) -> None:
+        """Draw the bar."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self._console,
+            transient=True,
+        )
+        self._bar.add_task(label, total=total)
+        self._bar.start()
+
+    def advance(self) -> None:
+        """Count one more host."""
+        if self._bar is not None:
+            self._bar.advance(self._bar.task_ids[0])
+
+    def stop(self) -> None:
+        """Take the bar away."""
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def progress_bar(console: Console | None) -> ProgressBar | None:
+    """Return a progress bar for a person at a terminal; none for a pipe, a file or JSON output."""
+    return ProgressBar(console) if console is not None and console.is_terminal else None

@@ -1,0 +1,100 @@
+"""What ``all`` shows: a heading per step, one line as each step ends, and the table of every step.
+
+Each ``describe_*`` function turns a step's result into its status and one-line detail, for the
+running display and the final table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from keybuzz_fix.checks.ingress import IngressPlan
+from keybuzz_fix.checks.scorecard import Scorecard
+from keybuzz_fix.cluster.changes import ChangeRun
+from keybuzz_fix.cluster.ingress import RouteStatus
+from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
+from keybuzz_fix.report.output import STATUS_STYLE
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+STEPS = ("ufw", "convert", "ingress", "validate")
+
+
+@dataclass
+class StepLog:
+    """Each step's outcome, in order, for the running display and the final summary."""
+
+    console: Console
+    rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    def heading(self, number: int, step: str, phase: str = "") -> None:
+        """Draw the rule that opens a step (or its planning)."""
+        self.console.rule(f"[bold]{number}/{len(STEPS)} {step}[/]" + (f": {phase}" if phase else ""))
+
+    def record(self, step: str, status: str, detail: str, seconds: float) -> None:
+        """Note a step's outcome and show it at once."""
+        self.rows.append((step, status, detail, seconds))
+        style = STATUS_STYLE.get(status, "")
+        shown = f"[{style}]{status}[/]" if style else status
+        self.console.print(f"[bold]{step}[/]: {shown} — {detail} ({seconds:.1f} s)")
+
+    def summary(self, title: str) -> None:
+        """Print every step: done, failed, or not run."""
+        from rich.markup import escape
+        from rich.table import Table
+
+        done = {r[0] for r in self.rows}
+        table = Table(title=title, title_justify="left")
+        for col in ("STEP", "OUTCOME", "DETAIL", "SECONDS"):
+            table.add_column(col, overflow="fold")
+        for step, status, detail, seconds in self.rows:
+            style = STATUS_STYLE.get(status, "")
+            table.add_row(step, f"[{style}]{status}[/]" if style else status, escape(detail), f"{seconds:.1f}")
+        for step in STEPS:
+            if step not in done:
+                table.add_row(step, "not run", "", "")
+        self.console.print(table)
+
+
+def describe_firewall_plan(planned: Sequence[HostOutcome]) -> tuple[str, str]:
+    """Say what the ufw step would change."""
+    n = sum(len(o.changes) for o in planned)
+    if n:
+        return "planned", f"{n} rule change(s) on {sum(1 for o in planned if o.changes)} of {len(planned)} worker(s)"
+    return "unchanged", f"rules already present on all {len(planned)} worker(s)"
+
+
+def describe_firewall_result(applied: Sequence[HostOutcome]) -> tuple[str, str]:
+    """Say what the ufw step changed."""
+    changed = sum(1 for o in applied if o.status is HostStatus.CHANGED)
+    if changed:
+        return "changed", f"{changed} worker(s) changed, {len(applied) - changed} already done"
+    return "unchanged", f"rules already present on all {len(applied)} worker(s)"
+
+
+def describe_convert(run: ChangeRun) -> tuple[str, str]:
+    """Say what the convert step did, or would do."""
+    if not run.done:
+        return "unchanged", "already converted"
+    if run.dry_run:
+        return "planned", f"{len(run.done)} change(s), accepted by the API server (server-side dry run)"
+    return "changed", f"{len(run.done)} change(s); backup {run.backup}"
+
+
+def describe_ingress_plan(plan: IngressPlan) -> tuple[str, str]:
+    """Say which routes the ingress step would apply."""
+    return ("planned", f"{len(plan.changes)} route(s) to apply") if plan.changes else ("unchanged", "routes as wanted")
+
+
+def describe_ingress_result(plan: IngressPlan) -> tuple[str, str]:
+    """Say which routes the ingress step applied."""
+    written = [r for r in plan.routes if r.status in (RouteStatus.CREATED, RouteStatus.UPDATED)]
+    return ("changed", f"{len(written)} route(s) applied") if written else ("unchanged", "routes as wanted")
+
+
+def describe_score(card: Scorecard) -> tuple[str, str]:
+    """Say how the validate step scored."""
+    return ("pass" if card.ok else "fail"), f"score {card.score:.0f} % ({card.passed}/{card.total})"
