@@ -64,9 +64,16 @@ class ClusterFacts:
 
 def from_config(cfg: Config, why: str) -> TrafficPorts:
     """Return the configured ports (``firewall.ports``), noting ``why`` the cluster was not asked."""
-    ports = tuple(TrafficPort(r.port, r.proto, r.comment, r.comment.removeprefix("keybuzz-fix: ") or
-                              f"port {r.port}/{r.proto}", f"config firewall.ports[{i}]")
-                  for i, r in enumerate(cfg.firewall.ports))
+    ports = tuple(
+        TrafficPort(
+            r.port,
+            r.proto,
+            r.comment,
+            r.comment.removeprefix("keybuzz-fix: ") or f"port {r.port}/{r.proto}",
+            f"config firewall.ports[{i}]",
+        )
+        for i, r in enumerate(cfg.firewall.ports)
+    )
     return TrafficPorts(ports, (f"{why}: the ports come from the configuration (firewall.ports)",), False)
 
 
@@ -102,8 +109,13 @@ _NodePort = tuple[TrafficPort, Obj, str]  # the port, its Service port entry, it
 
 
 def _node_port(port: int, proto: str, label: str, source: str) -> TrafficPort:
-    return TrafficPort(port, proto, f"keybuzz-fix: ingress-nginx {label} NodePort",
-                       f"ingress-nginx {label} NodePort: the load balancers connect to it on every worker", source)
+    return TrafficPort(
+        port,
+        proto,
+        f"keybuzz-fix: ingress-nginx {label} NodePort",
+        f"ingress-nginx {label} NodePort: the load balancers connect to it on every worker",
+        source,
+    )
 
 
 def _node_ports(cfg: Config, service: Obj | None, notes: list[str]) -> list[_NodePort]:
@@ -120,23 +132,35 @@ def _node_ports(cfg: Config, service: Obj | None, notes: list[str]) -> list[_Nod
         return found
     problem = "not found" if service is None else "has no NodePort"
     notes.append(f"{where} {problem}: NodePorts {ic.http_node_port}/{ic.https_node_port} from the configuration")
-    return [(_node_port(port, "tcp", label, f"config ingress.{key}"),
-             {"name": label.lower(), "port": number, "nodePort": port}, label)
-            for label, key, port, number in (("HTTP", "http_node_port", ic.http_node_port, 80),
-                                              ("HTTPS", "https_node_port", ic.https_node_port, 443))]
+    return [
+        (
+            _node_port(port, "tcp", label, f"config ingress.{key}"),
+            {"name": label.lower(), "port": number, "nodePort": port},
+            label,
+        )
+        for label, key, port, number in (
+            ("HTTP", "http_node_port", ic.http_node_port, 80),
+            ("HTTPS", "https_node_port", ic.https_node_port, 443),
+        )
+    ]
 
 
-def _ingress_host_ports(cfg: Config, facts: ClusterFacts, node_ports: list[_NodePort],
-                        notes: list[str]) -> list[TrafficPort]:
+def _ingress_host_ports(
+    cfg: Config, facts: ClusterFacts, node_ports: list[_NodePort], notes: list[str]
+) -> list[TrafficPort]:
     """The controller's host ports the NodePorts lead to, when it runs with hostNetwork."""
     ic = cfg.ingress
     controller = facts.ingress_daemonset or facts.ingress_deployment
     if controller is None:
-        notes.append(f"ingress-nginx controller {ic.namespace}/{ic.controller} not found: its host ports are "
-                     "taken as the NodePorts' Service ports (80/443)")
+        notes.append(
+            f"ingress-nginx controller {ic.namespace}/{ic.controller} not found: its host ports are "
+            "taken as the NodePorts' Service ports (80/443)"
+        )
     elif not pod_spec(controller).get("hostNetwork"):
-        notes.append(f"{describe(controller)} does not use hostNetwork: its NodePorts lead to pod IPs, which "
-                     "reach the pods by forwarding, not through UFW's INPUT rules; no host port is opened for it")
+        notes.append(
+            f"{describe(controller)} does not use hostNetwork: its NodePorts lead to pod IPs, which "
+            "reach the pods by forwarding, not through UFW's INPUT rules; no host port is opened for it"
+        )
         return []
     out = []
     for node_port, entry, label in node_ports:
@@ -145,15 +169,23 @@ def _ingress_host_ports(cfg: Config, facts: ClusterFacts, node_ports: list[_Node
         if number is None:
             number = target if isinstance(target, int) else entry.get("port")
             if controller is not None:
-                notes.append(f"{describe(controller)} has no container port {target!r}: host port {number} assumed "
-                             f"for NodePort {node_port.port}")
+                notes.append(
+                    f"{describe(controller)} has no container port {target!r}: host port {number} assumed "
+                    f"for NodePort {node_port.port}"
+                )
         if not isinstance(number, int):
             continue
         source = describe(controller) if controller is not None else f"Service {ic.namespace}/{ic.service}"
-        out.append(TrafficPort(
-            number, _proto(entry), f"keybuzz-fix: ingress-nginx {label} host port",
-            f"ingress-nginx {label} host port: kube-proxy translates NodePort {node_port.port} to it before UFW "
-            "sees the packet, on this worker or forwarded from another one", source))
+        out.append(
+            TrafficPort(
+                number,
+                _proto(entry),
+                f"keybuzz-fix: ingress-nginx {label} host port",
+                f"ingress-nginx {label} host port: kube-proxy translates NodePort {node_port.port} to it before UFW "
+                "sees the packet, on this worker or forwarded from another one",
+                source,
+            )
+        )
     return out
 
 
@@ -168,19 +200,25 @@ def _container_port(workload: Obj, target: object) -> int | None:
 
 def _app_host_port(cfg: Config, app: AppConfig, facts: ClusterFacts, notes: list[str]) -> TrafficPort | None:
     """The app's host port: from its hostNetwork DaemonSet, or the one convert will give it."""
-    purpose = (f"{app.name} host port: ingress-nginx on every worker proxies to the app on every worker "
-               "(its endpoints are the workers' addresses)")
+    purpose = (
+        f"{app.name} host port: ingress-nginx on every worker proxies to the app on every worker "
+        "(its endpoints are the workers' addresses)"
+    )
     comment = f"keybuzz-fix: {app.name} host port"
     ds = facts.app_daemonsets.get(app.name)
     if ds is not None and pod_spec(ds).get("hostNetwork"):
         service = facts.app_services.get(app.name)
-        entry = next((p for p in ((service or {}).get("spec") or {}).get("ports") or []
-                      if p.get("port") == app.service_port), None)
+        entry = next(
+            (p for p in ((service or {}).get("spec") or {}).get("ports") or [] if p.get("port") == app.service_port),
+            None,
+        )
         number = _container_port(ds, entry.get("targetPort", entry.get("port"))) if entry else None
         if number is None:
             number = app.host_port
-            notes.append(f"{describe(ds)}: the port its Service targets is not among its container ports; "
-                         f"host port {number} from the configuration")
+            notes.append(
+                f"{describe(ds)}: the port its Service targets is not among its container ports; "
+                f"host port {number} from the configuration"
+            )
         return TrafficPort(number, "tcp", comment, purpose, describe(ds))
     if ds is not None:
         notes.append(f"{describe(ds)} does not use hostNetwork: no host port is opened for {app.name}")
@@ -190,13 +228,22 @@ def _app_host_port(cfg: Config, app: AppConfig, facts: ClusterFacts, notes: list
     return TrafficPort(planned, "tcp", comment, purpose + "; once convert has run", source)
 
 
-def facts_from_objects(cfg: Config, *, ingress_service: Obj | None, ingress_daemonset: Obj | None,
-                       ingress_deployment: Obj | None, daemonsets: list[Obj], services: list[Obj],
-                       planned_host_ports: Mapping[str, int] | None = None) -> ClusterFacts:
+def facts_from_objects(
+    cfg: Config,
+    *,
+    ingress_service: Obj | None,
+    ingress_daemonset: Obj | None,
+    ingress_deployment: Obj | None,
+    daemonsets: list[Obj],
+    services: list[Obj],
+    planned_host_ports: Mapping[str, int] | None = None,
+) -> ClusterFacts:
     """Collect the facts from listed objects of the app namespace (DaemonSets and Services)."""
     names = {a.name for a in cfg.apps}
     return ClusterFacts(
-        ingress_service, ingress_daemonset, ingress_deployment,
+        ingress_service,
+        ingress_daemonset,
+        ingress_deployment,
         {name_of(d): d for d in daemonsets if name_of(d) in names},
         {name_of(s): s for s in services if name_of(s) in names},
         dict(planned_host_ports or {}),

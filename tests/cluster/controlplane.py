@@ -67,8 +67,12 @@ def build_binaries(timeout: float = 3600.0, *, show_progress: bool = False) -> P
     """Run tests/cluster/build (a no-op when its cache is warm) and return the bin directory."""
     try:
         proc = subprocess.run(
-            [str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None if show_progress else subprocess.PIPE,
-            text=True, timeout=timeout, check=False,
+            [str(BUILD_SCRIPT)],
+            stdout=subprocess.PIPE,
+            stderr=None if show_progress else subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired as e:
         raise ControlPlaneError(f"{BUILD_SCRIPT} did not finish within {timeout:.0f}s") from e
@@ -103,7 +107,7 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
     run = text.splitlines()
     starts = [i for i, line in enumerate(run) if line.startswith("==> ")]
-    run = run[starts[-1] + 1:] if starts else run
+    run = run[starts[-1] + 1 :] if starts else run
     errors = [line for line in run if _ERROR_LINE.search(line)][:10]
     tail = run[-lines:]
     head = [line for line in errors if line not in tail]
@@ -160,9 +164,7 @@ class _Component:
     def failure(self, what: str) -> ControlPlaneError:
         """Build the error for a component that died or never became ready, with its log tail."""
         status = "" if self.popen is None else f" (exit status {self.popen.poll()})"
-        return ControlPlaneError(
-            f"{self.name}: {what}{status}; log {self.log_path}:\n{_log_tail(self.log_path)}"
-        )
+        return ControlPlaneError(f"{self.name}: {what}{status}; log {self.log_path}:\n{_log_tail(self.log_path)}")
 
 
 class ControlPlane:
@@ -224,9 +226,7 @@ class ControlPlane:
             self._start_with_port_retry("etcd", self._etcd, self._wait_etcd)
             self._start_with_port_retry("kube-apiserver", self._apiserver, self._wait_apiserver)
             self._write_kubeconfigs()
-            self._start_with_port_retry(
-                "kube-controller-manager", self._controller_manager, self._wait_https_healthz
-            )
+            self._start_with_port_retry("kube-controller-manager", self._controller_manager, self._wait_https_healthz)
             self._start_with_port_retry("kube-scheduler", self._scheduler, self._wait_https_healthz)
             self._start_with_port_retry("kwok", self._kwok, self._wait_kwok)
             self.version = self._get_json("/version")["gitVersion"]
@@ -448,7 +448,9 @@ class ControlPlane:
     def _wait_apiserver(self, component: _Component) -> None:
         ctx = self._admin_ssl()
         self._poll(
-            component, "/readyz", APISERVER_TIMEOUT,
+            component,
+            "/readyz",
+            APISERVER_TIMEOUT,
             lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
         )
 
@@ -531,9 +533,7 @@ class ControlPlane:
 
 def _http_get(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bytes | None:
     """GET a loopback URL; return the body of a 200, or None for anything else."""
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
     try:
         with opener.open(url, timeout=timeout) as resp:
             return bytes(resp.read()) if resp.status == 200 else None

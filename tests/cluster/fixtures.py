@@ -66,8 +66,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     """Start etcd, kube-apiserver, controller-manager, scheduler and kwok for the whole session."""
     problem = ""
     try:
-        bin_dir = Path(os.environ["KEYBUZZ_FIX_BIN_DIR"]) if "KEYBUZZ_FIX_BIN_DIR" in os.environ \
-            else build_binaries()
+        bin_dir = Path(os.environ["KEYBUZZ_FIX_BIN_DIR"]) if "KEYBUZZ_FIX_BIN_DIR" in os.environ else build_binaries()
     except ControlPlaneError as e:
         problem = f"cannot build the test control plane: {e}"
     if problem:

@@ -28,15 +28,26 @@ _KEEP = {
 }
 _KEEP_IN_DEFAULT = {"services": "kubernetes", "endpoints": "kubernetes", "endpointslices": "kubernetes"}
 # Controllers first, so nothing recreates the pods deleted after them.
-_FIRST = ("deployments", "daemonsets", "statefulsets", "cronjobs", "jobs", "replicasets",
-          "replicationcontrollers", "horizontalpodautoscalers")
+_FIRST = (
+    "deployments",
+    "daemonsets",
+    "statefulsets",
+    "cronjobs",
+    "jobs",
+    "replicasets",
+    "replicationcontrollers",
+    "horizontalpodautoscalers",
+)
 EMPTY_TIMEOUT = 20.0
 
 
 def _request(api_client: client.ApiClient, method: str, path: str, query: Iterable[tuple[str, str]] = ()) -> Any:
     params = api_client.param_serialize(
-        method=method, resource_path=path, query_params=list(query),
-        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        method=method,
+        resource_path=path,
+        query_params=list(query),
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
     )
     response = api_client.call_api(*params)
     body = response.read()

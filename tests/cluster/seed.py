@@ -84,29 +84,31 @@ def node_manifests(
         if master:
             spec["taints"] = [{"key": CONTROL_PLANE_ROLE, "effect": "NoSchedule"}]
         resources = {"cpu": "4", "memory": "8025388Ki", "pods": "110", "ephemeral-storage": "78425224Ki"}
-        nodes.append({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": labels, "annotations": annotations},
-            "spec": spec,
-            "status": {
-                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-                "capacity": dict(resources),
-                "allocatable": dict(resources),
-                "nodeInfo": {
-                    "architecture": "amd64",
-                    "bootID": "",
-                    "containerRuntimeVersion": "containerd://2.0.5-k3s1",
-                    "kernelVersion": "6.8.0-60-generic",
-                    "kubeProxyVersion": K3S_VERSION,
-                    "kubeletVersion": K3S_VERSION,
-                    "machineID": hashlib.md5(name.encode()).hexdigest(),  # noqa: S324 - an id, not security
-                    "operatingSystem": "linux",
-                    "osImage": "Ubuntu 24.04.2 LTS",
-                    "systemUUID": "",
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels, "annotations": annotations},
+                "spec": spec,
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                    "capacity": dict(resources),
+                    "allocatable": dict(resources),
+                    "nodeInfo": {
+                        "architecture": "amd64",
+                        "bootID": "",
+                        "containerRuntimeVersion": "containerd://2.0.5-k3s1",
+                        "kernelVersion": "6.8.0-60-generic",
+                        "kubeProxyVersion": K3S_VERSION,
+                        "kubeletVersion": K3S_VERSION,
+                        "machineID": hashlib.md5(name.encode()).hexdigest(),  # noqa: S324 - an id, not security
+                        "operatingSystem": "linux",
+                        "osImage": "Ubuntu 24.04.2 LTS",
+                        "systemUUID": "",
+                    },
                 },
-            },
-        })
+            }
+        )
     return nodes
 
 
@@ -131,12 +133,16 @@ _PATCHERS: dict[tuple[str, str], tuple[type, str, bool]] = {
     ("apps/v1", "Deployment"): (client.AppsV1Api, "patch_namespaced_deployment", True),
     ("apps/v1", "DaemonSet"): (client.AppsV1Api, "patch_namespaced_daemon_set", True),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): (
-        client.AutoscalingV2Api, "patch_namespaced_horizontal_pod_autoscaler", True,
+        client.AutoscalingV2Api,
+        "patch_namespaced_horizontal_pod_autoscaler",
+        True,
     ),
     ("networking.k8s.io/v1", "IngressClass"): (client.NetworkingV1Api, "patch_ingress_class", False),
     ("rbac.authorization.k8s.io/v1", "Role"): (client.RbacAuthorizationV1Api, "patch_namespaced_role", True),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
-        client.RbacAuthorizationV1Api, "patch_namespaced_role_binding", True,
+        client.RbacAuthorizationV1Api,
+        "patch_namespaced_role_binding",
+        True,
     ),
 }
 
@@ -249,8 +255,12 @@ def wait_for(
         w = watch.Watch()
         try:
             for event in w.stream(
-                list_fn, resource_version=resource_version, timeout_seconds=max(1, int(remaining)),
-                allow_watch_bookmarks=True, _request_timeout=remaining + 5, **kwargs,
+                list_fn,
+                resource_version=resource_version,
+                timeout_seconds=max(1, int(remaining)),
+                allow_watch_bookmarks=True,
+                _request_timeout=remaining + 5,
+                **kwargs,
             ):
                 obj = event["object"]
                 resource_version = obj.metadata.resource_version
@@ -298,9 +308,7 @@ def is_node_schedulable(node: client.V1Node) -> bool:
     return is_node_ready(node) and not taints & _LIFECYCLE_TAINTS
 
 
-def wait_pods_running(
-    api: Api, namespace: str, selector: str, count: int, timeout: float = 60.0
-) -> list[client.V1Pod]:
+def wait_pods_running(api: Api, namespace: str, selector: str, count: int, timeout: float = 60.0) -> list[client.V1Pod]:
     """Watch until exactly COUNT pods matching SELECTOR run (none pending); return them by name."""
     core = _core(api)
 
@@ -309,8 +317,12 @@ def wait_pods_running(
         return len(alive) == count and all(is_running(p) for p in alive)
 
     pods = wait_for(
-        core.list_namespaced_pod, done, timeout, f"{count} running pods {selector!r} in {namespace}",
-        namespace=namespace, label_selector=selector,
+        core.list_namespaced_pod,
+        done,
+        timeout,
+        f"{count} running pods {selector!r} in {namespace}",
+        namespace=namespace,
+        label_selector=selector,
     )
     return sorted((p for p in pods.values() if is_running(p)), key=lambda p: p.metadata.name)
 

@@ -30,13 +30,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 
 
 @pytest.fixture(scope="module")
-def load_balancer(lab_hosts: Lab, lab_factory: Callable[..., Lab],
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+def load_balancer(
+    lab_hosts: Lab, lab_factory: Callable[..., Lab], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LoadBalancer]:
     """nginx in its own lab host, in front of the five workers' NodePort 31695."""
     spec = HostSpec("lb-01", ufw_active=False, http_listener=False)
-    with lab_factory([spec], base_ip=free_base_ip(1, start=40)) as lb_lab, \
-            LoadBalancer(lb_lab.hosts[0], [h.ip for h in lab_hosts.hosts], tmp_path_factory.mktemp("lb"),
-                         connect_timeout=1.0, tries=2) as lb:
+    with (
+        lab_factory([spec], base_ip=free_base_ip(1, start=40)) as lb_lab,
+        LoadBalancer(
+            lb_lab.hosts[0],
+            [h.ip for h in lab_hosts.hosts],
+            tmp_path_factory.mktemp("lb"),
+            connect_timeout=1.0,
+            tries=2,
+        ) as lb,
+    ):
         yield lb
 
 
@@ -53,20 +61,42 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def invoke(command: str, cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
-           *args: str) -> Result:
+def invoke(
+    command: str, cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path, *args: str
+) -> Result:
     """Run ``command`` against the lab: its cluster, hosts and load balancer (resolved, TLS-checked)."""
-    result = CliRunner().invoke(app, [
-        command, str(servers), "--kubeconfig", str(cluster.kubeconfig), "--config", str(config),
-        *lb.resolve_args(), "--ca-file", str(lb.ca_file), "--retries", "1", "--url-timeout", "4",
-        "--identity", str(lab.identity_file), "--known-hosts", str(lab.known_hosts_file), "--timeout", "5",
-        *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            command,
+            str(servers),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--config",
+            str(config),
+            *lb.resolve_args(),
+            "--ca-file",
+            str(lb.ca_file),
+            "--retries",
+            "1",
+            "--url-timeout",
+            "4",
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+            "--timeout",
+            "5",
+            *args,
+        ],
+    )
     assert "Traceback" not in result.output
     return result
 
 
-def validate(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
-             *args: str) -> tuple[int, dict]:
+def validate(
+    cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path, *args: str
+) -> tuple[int, dict]:
     result = invoke("validate", cluster, lab, lb, servers, config, "-o", "json", *args)
     try:
         return result.exit_code, json.loads(result.stdout)
@@ -78,8 +108,9 @@ def rows(card: dict, check: str) -> dict[str, dict]:
     return {r["host"]: r for r in card["extended"] if r["check"].startswith(check)}
 
 
-def test_before_the_load_balancer_answers_504(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab,
-                                             load_balancer: LoadBalancer, servers: Path, lab_config: Path) -> None:
+def test_before_the_load_balancer_answers_504(
+    keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab, load_balancer: LoadBalancer, servers: Path, lab_config: Path
+) -> None:
     assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
 
     code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--extended")
@@ -96,20 +127,24 @@ def test_before_the_load_balancer_answers_504(keybuzz_cluster: KeybuzzCluster, l
     assert "ClusterIP (expected NodePort 30080)" in card["checks"][4]["detail"]
     # The 504s are the load balancer's: it tried the workers' NodePort and none answered.
     answered = [line for line in load_balancer.requests() if " 504 " in line]
-    assert len(answered) == 4 and all(f":{INGRESS_PORT}" in line and 'upstream_status="504, 504"' in line
-                                      for line in answered)
+    assert len(answered) == 4 and all(
+        f":{INGRESS_PORT}" in line and 'upstream_status="504, 504"' in line for line in answered
+    )
     # --extended: per worker, not counted in the score.
     assert card["passed"] == 1 and card["total"] == 7
     nodeport = rows(card, f"NodePort {INGRESS_PORT}")
     assert set(nodeport) == {h.name for h in lab_hosts.hosts}
     assert all(r["status"] == "fail" and "no answer in 4 s" in r["detail"] for r in nodeport.values())
     ufw = rows(card, "UFW rules present")
-    assert all(r["status"] == "fail" and f"missing: allow {INGRESS_PORT}/tcp from {SUBNET}" in r["detail"]
-               for r in ufw.values()), ufw
+    assert all(
+        r["status"] == "fail" and f"missing: allow {INGRESS_PORT}/tcp from {SUBNET}" in r["detail"]
+        for r in ufw.values()
+    ), ufw
 
 
-def run_all(cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path,
-            *args: str) -> tuple[int, str]:
+def run_all(
+    cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path, *args: str
+) -> tuple[int, str]:
     result = invoke("all", cluster, lab, lb, servers, config, "--ready-timeout", "60", *args)
     return result.exit_code, result.output
 
@@ -128,8 +163,9 @@ def rules_on(lab: Lab) -> dict[str, str]:
     return {h.name: h.run("ufw show added").stdout for h in lab.hosts}
 
 
-def test_all_dry_run_changes_nothing(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab, load_balancer: LoadBalancer,
-                                     servers: Path, lab_config: Path) -> None:
+def test_all_dry_run_changes_nothing(
+    keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab, load_balancer: LoadBalancer, servers: Path, lab_config: Path
+) -> None:
     before = rules_on(lab_hosts)
     code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--dry-run")
     assert code == 0, output
@@ -143,9 +179,14 @@ def test_all_dry_run_changes_nothing(keybuzz_cluster: KeybuzzCluster, lab_hosts:
     assert (code, card["passed"]) == (1, 1)  # still the outage
 
 
-def test_all_repairs_the_outage_and_a_rerun_changes_nothing(keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab,
-                                                            load_balancer: LoadBalancer, servers: Path,
-                                                            lab_config: Path, state_dir: Path) -> None:
+def test_all_repairs_the_outage_and_a_rerun_changes_nothing(
+    keybuzz_cluster: KeybuzzCluster,
+    lab_hosts: Lab,
+    load_balancer: LoadBalancer,
+    servers: Path,
+    lab_config: Path,
+    state_dir: Path,
+) -> None:
     code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--yes")
     assert code == 0, output
     steps = step_lines(output)

@@ -53,18 +53,55 @@ def test_ingress_proxies_to_app_pods_on_every_worker(world: OutageLab, keybuzz_c
     apps = client.AppsV1Api(keybuzz_cluster.api_client)
     net = client.NetworkingV1Api(keybuzz_cluster.api_client)
     core = client.CoreV1Api(keybuzz_cluster.api_client)
-    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "probe-app", "namespace": "keybuzz"},
-          "spec": {"selector": {"matchLabels": {"app": "probe-app"}}, "template": {
-              "metadata": {"labels": {"app": "probe-app"}},
-              "spec": {"hostNetwork": True, "containers": [{"name": "app", "image": "x", "ports": [
-                  {"name": "http", "containerPort": 3999, "hostPort": 3999}]}]}}}}
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "probe-app", "namespace": "keybuzz"},
-           "spec": {"selector": {"app": "probe-app"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-    route = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-             "metadata": {"name": "probe-app", "namespace": "keybuzz"},
-             "spec": {"ingressClassName": "nginx", "rules": [{"host": INGRESS_HOSTS[0], "http": {"paths": [
-                 {"path": "/", "pathType": "Prefix",
-                  "backend": {"service": {"name": "probe-app", "port": {"number": 80}}}}]}}]}}
+    ds = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "probe-app", "namespace": "keybuzz"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "probe-app"}},
+            "template": {
+                "metadata": {"labels": {"app": "probe-app"}},
+                "spec": {
+                    "hostNetwork": True,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "x",
+                            "ports": [{"name": "http", "containerPort": 3999, "hostPort": 3999}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "probe-app", "namespace": "keybuzz"},
+        "spec": {"selector": {"app": "probe-app"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    route = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "probe-app", "namespace": "keybuzz"},
+        "spec": {
+            "ingressClassName": "nginx",
+            "rules": [
+                {
+                    "host": INGRESS_HOSTS[0],
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": "probe-app", "port": {"number": 80}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
     apps.create_namespaced_daemon_set("keybuzz", ds)
     core.create_namespaced_service("keybuzz", svc)
     net.create_namespaced_ingress("keybuzz", route)
@@ -78,9 +115,12 @@ def test_ingress_proxies_to_app_pods_on_every_worker(world: OutageLab, keybuzz_c
         answers = world.requests(count=10, timeout=3)
         assert {a.status for a in answers} == {200}, answers
         # Requests arrive at the ingress of one worker and are proxied to the app on others.
-        lines = [line for h in world.lab.hosts
-                 for line in (h.workdir / "ingress" / "access.log").read_text().splitlines()
-                 if ":3999" in line and " 200 " in line]
+        lines = [
+            line
+            for h in world.lab.hosts
+            for line in (h.workdir / "ingress" / "access.log").read_text().splitlines()
+            if ":3999" in line and " 200 " in line
+        ]
         crossed = [line for line in lines if line.split()[0] != line.split('upstream="')[1].split(":")[0]]
         assert crossed, lines
         # The masqueraded NodePort traffic reaches another worker's ingress from a worker's address.

@@ -72,8 +72,9 @@ class _Wanted:
 class _Informer:
     """One kind of object, listed then watched into a dict by namespace/name; ``changed`` fires on events."""
 
-    def __init__(self, list_fn: Callable[..., Any], api: client.ApiClient, changed: threading.Event,
-                 stop: threading.Event) -> None:
+    def __init__(
+        self, list_fn: Callable[..., Any], api: client.ApiClient, changed: threading.Event, stop: threading.Event
+    ) -> None:
         self.list_fn, self.api, self.changed, self.stop = list_fn, api, changed, stop
         self.objects: dict[str, Obj] = {}
         self.synced = threading.Event()
@@ -105,9 +106,13 @@ class _Informer:
                     version = listing.metadata.resource_version
                     self.synced.set()
                     self.changed.set()
-                for event in watch.Watch().stream(self.list_fn, resource_version=version,
-                                                   timeout_seconds=_WATCH_SECONDS, allow_watch_bookmarks=True,
-                                                   _request_timeout=_WATCH_SECONDS + 5):
+                for event in watch.Watch().stream(
+                    self.list_fn,
+                    resource_version=version,
+                    timeout_seconds=_WATCH_SECONDS,
+                    allow_watch_bookmarks=True,
+                    _request_timeout=_WATCH_SECONDS + 5,
+                ):
                     obj = event["object"]
                     version = obj.metadata.resource_version
                     if event["type"] == "BOOKMARK":
@@ -142,8 +147,9 @@ def _key(obj: Obj) -> str:
 
 def _is_ingress_controller(pod: Obj) -> bool:
     labels = _meta(pod).get("labels") or {}
-    return _meta(pod).get("namespace") == INGRESS_NAMESPACE and all(labels.get(k) == v
-                                                                    for k, v in INGRESS_SELECTOR.items())
+    return _meta(pod).get("namespace") == INGRESS_NAMESPACE and all(
+        labels.get(k) == v for k, v in INGRESS_SELECTOR.items()
+    )
 
 
 def _running(pod: Obj) -> bool:
@@ -160,12 +166,24 @@ def _pod_ports(pod: Obj) -> list[int]:
     spec = pod.get("spec") or {}
     containers = list(spec.get("containers") or [])
     containers += [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
-    return sorted({p["containerPort"] for c in containers for p in c.get("ports") or []
-                   if p.get("containerPort") and p.get("protocol", "TCP") == "TCP"})
+    return sorted(
+        {
+            p["containerPort"]
+            for c in containers
+            for p in c.get("ports") or []
+            if p.get("containerPort") and p.get("protocol", "TCP") == "TCP"
+        }
+    )
 
 
-def wanted(pods: Iterable[Obj], services: Iterable[Obj], slices: Iterable[Obj], ingresses: Iterable[Obj],
-           classes: Iterable[Obj], nodes: Iterable[str]) -> _Wanted:
+def wanted(
+    pods: Iterable[Obj],
+    services: Iterable[Obj],
+    slices: Iterable[Obj],
+    ingresses: Iterable[Obj],
+    classes: Iterable[Obj],
+    nodes: Iterable[str],
+) -> _Wanted:
     """Return what should run on ``nodes`` for this state of the API (pure)."""
     nodes = set(nodes)
     listeners: dict[tuple[str, int], str] = {}
@@ -188,9 +206,13 @@ def wanted(pods: Iterable[Obj], services: Iterable[Obj], slices: Iterable[Obj], 
 
 def _dnat_targets(services: Iterable[Obj], slices: Iterable[Obj]) -> set[str]:
     """Every ready endpoint ("ip:port") of a Service with a selector: what kube-proxy DNATs to."""
-    with_selector = {_key(s) for s in services if (s.get("spec") or {}).get("selector")
-                     and (s.get("spec") or {}).get("type") != "ExternalName"
-                     and (s.get("spec") or {}).get("clusterIP") != "None"}
+    with_selector = {
+        _key(s)
+        for s in services
+        if (s.get("spec") or {}).get("selector")
+        and (s.get("spec") or {}).get("type") != "ExternalName"
+        and (s.get("spec") or {}).get("clusterIP") != "None"
+    }
     out: set[str] = set()
     for sl in slices:
         meta = _meta(sl)
@@ -329,8 +351,10 @@ class DataPath:
         return ""
 
     def _fresh_wanted(self) -> _Wanted:
-        objs = {k: [self.api.sanitize_for_serialization(o) for o in fn(_request_timeout=10).items]
-                for k, fn in self._lists.items()}
+        objs = {
+            k: [self.api.sanitize_for_serialization(o) for o in fn(_request_timeout=10).items]
+            for k, fn in self._lists.items()
+        }
         return self._wanted_from(objs)
 
     def _wanted_from(self, objs: Mapping[str, list[Obj]]) -> _Wanted:
@@ -380,8 +404,9 @@ class DataPath:
                 nginx.reload(self._ingress_conf(want.routes, nginx.dir))
 
     def _ingress_conf(self, routes: tuple[ingress_standin.Route, ...], workdir: Path) -> str:
-        return ingress_standin.render(routes, main=main_block(workdir), workdir=workdir, cert=self.tls.cert_file,
-                                      key=self.tls.key_file)
+        return ingress_standin.render(
+            routes, main=main_block(workdir), workdir=workdir, cert=self.tls.cert_file, key=self.tls.key_file
+        )
 
     # -- parts ----------------------------------------------------------------------------------
 
@@ -404,9 +429,16 @@ class DataPath:
         log = open(self.dir / "api-forwarder.log", "ab")  # noqa: SIM115 - kept open by the child
         try:
             self._forwarder = subprocess.Popen(
-                ["socat", f"TCP-LISTEN:{port},bind={GATEWAY},reuseaddr,fork",
-                 f"TCP:127.0.0.1:{self.cp.apiserver_port}"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                [
+                    "socat",
+                    f"TCP-LISTEN:{port},bind={GATEWAY},reuseaddr,fork",
+                    f"TCP:127.0.0.1:{self.cp.apiserver_port}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + 10

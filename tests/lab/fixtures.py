@@ -31,8 +31,7 @@ def _require_lab() -> None:
         pytest.skip("lab hosts need root (network namespaces, sshd, ufw): run the integration tests as root")
     missing = missing_tools()
     if missing:
-        pytest.fail(f"lab hosts need {', '.join(missing)} on this machine (apt-get install {_PACKAGES})",
-                    pytrace=False)
+        pytest.fail(f"lab hosts need {', '.join(missing)} on this machine (apt-get install {_PACKAGES})", pytrace=False)
 
 
 class _LabLogs:

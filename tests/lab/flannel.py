@@ -74,8 +74,10 @@ def vtep_script(me: Vtep, peers: list[Vtep], mtu: int = MTU) -> str:
             f"bridge fdb replace {p.mac} dev {DEVICE} dst {p.ip} self permanent",
             f"ip route replace {p.pod_cidr} via {p.address} dev {DEVICE} onlink",
         ]
-    env = (f"FLANNEL_NETWORK={POD_NETWORK}\nFLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n"
-           f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n")
+    env = (
+        f"FLANNEL_NETWORK={POD_NETWORK}\nFLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n"
+        f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n"
+    )
     lines += ["mkdir -p /run/flannel", f"printf '%s' {shlex.quote(env)} > /run/flannel/subnet.env"]
     return "\n".join(lines)
 

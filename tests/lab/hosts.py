@@ -56,12 +56,32 @@ _SUDO_PASSWORD_HASH = (
 _SUDO_UIDS = {SUDO_NOPASSWD_USER: 2901, SUDO_PASSWORD_USER: 2902}
 RECORD_DIR = Path("/run/kbf-lab")
 REQUIRED_TOOLS = (
-    "ip", "nsenter", "unshare", "mount", "hostname", "sshd", "ssh-keygen", "ufw", "iptables",
-    "iptables-save", "ip6tables", "sysctl",
+    "ip",
+    "nsenter",
+    "unshare",
+    "mount",
+    "hostname",
+    "sshd",
+    "ssh-keygen",
+    "ufw",
+    "iptables",
+    "iptables-save",
+    "ip6tables",
+    "sysctl",
 )
 SERVERS_TSV_COLUMNS = (
-    "ENV", "IP_PUBLIQUE", "HOSTNAME", "IP_PRIVEE", "FQDN", "USER_SSH", "POOL", "ROLE", "SUBROLE",
-    "DOCKER_STACK", "CORE", "NOTES",
+    "ENV",
+    "IP_PUBLIQUE",
+    "HOSTNAME",
+    "IP_PRIVEE",
+    "FQDN",
+    "USER_SSH",
+    "POOL",
+    "ROLE",
+    "SUBROLE",
+    "DOCKER_STACK",
+    "CORE",
+    "NOTES",
 )
 NON_K3S_ROWS: tuple[Mapping[str, str], ...] = (
     {"HOSTNAME": "db-postgres-01", "IP_PRIVEE": "198.18.0.201", "ROLE": "db", "SUBROLE": "postgres"},
@@ -88,8 +108,10 @@ class LabCommandError(subprocess.CalledProcessError):
         self.host = host
 
     def __str__(self) -> str:
-        return (f"{self.host}: command {self.cmd[-1]!r} exited {self.returncode}\n"
-                f"stdout: {self.stdout.strip()}\nstderr: {self.stderr.strip()}")
+        return (
+            f"{self.host}: command {self.cmd[-1]!r} exited {self.returncode}\n"
+            f"stdout: {self.stdout.strip()}\nstderr: {self.stderr.strip()}"
+        )
 
 
 @dataclass(frozen=True)
@@ -147,14 +169,22 @@ class LabHost:
     def run(self, cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a shell command inside this host (its network, mount and UTS namespaces) as root."""
         result = subprocess.run(
-            self._procs.nsenter(["sh", "-c", cmd]), capture_output=True, text=True, timeout=timeout,
-            env=_HOST_ENV, cwd="/", stdin=subprocess.DEVNULL, check=False)
+            self._procs.nsenter(["sh", "-c", cmd]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_HOST_ENV,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise LabCommandError(self.name, result)
         return result
 
-    def listen(self, port: int, vhosts: Iterable[str] | None = None, timeout: float = 10,
-               label: str | None = None) -> None:
+    def listen(
+        self, port: int, vhosts: Iterable[str] | None = None, timeout: float = 10, label: str | None = None
+    ) -> None:
         """Start an HTTP listener on 0.0.0.0:port inside this host (200 for vhosts, or for any Host).
 
         Its answers carry ``label`` (default: the host's name), so a test sees who answered.
@@ -172,8 +202,15 @@ class LabHost:
             if name in self._procs.daemons and self._procs.daemons[name].poll() is None:
                 raise LabError(f"{self.name}: {name} already runs")
         with open(log, "ab") as out:
-            proc = subprocess.Popen(self._procs.nsenter(list(argv)), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=_HOST_ENV, cwd="/", start_new_session=True)
+            proc = subprocess.Popen(
+                self._procs.nsenter(list(argv)),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_HOST_ENV,
+                cwd="/",
+                start_new_session=True,
+            )
         with self._procs.lock:
             self._procs.daemons[name] = proc
         return proc
@@ -367,8 +404,9 @@ class Lab:
         self._net.claim(ips, self.token)
         self._ips = ips
         self.workdir.chmod(0o755)  # users other than root read authorized_keys and their home here
-        _check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"lab-{self.token}",
-                "-f", str(self.identity_file)])
+        _check(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"lab-{self.token}", "-f", str(self.identity_file)]
+        )
         authorized = self.workdir / "authorized_keys"
         shutil.copyfile(self.identity_file.with_suffix(".pub"), authorized)
         authorized.chmod(0o644)
@@ -388,8 +426,11 @@ class Lab:
         self._netns[netns] = None
         _check(["ip", "netns", "add", netns])
         script = _binds(_ufw_binds(d)) + "ufw default deny incoming && ufw allow 22/tcp && ufw --force enable"
-        _check(["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", script], timeout=60, env=_HOST_ENV)
+        _check(
+            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            timeout=60,
+            env=_HOST_ENV,
+        )
         err = _teardown_netns((netns, None))
         if err:
             raise LabError(err)
@@ -421,13 +462,18 @@ class Lab:
         # is reachable at once: the root namespace's neighbour cache still points at the right MAC.
         mac = "02:00:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
         _check(["ip", "neigh", "flush", "to", ip])
-        _check(["ip", "-n", netns, "-batch", "-"], stdin_text=(
-            f"link set eth0 address {mac}\naddr add {ip}/{SUBNET.prefixlen} dev eth0\nlink set eth0 up\n"
-            f"link set lo up\nroute add default via {GATEWAY}\n"))
+        _check(
+            ["ip", "-n", netns, "-batch", "-"],
+            stdin_text=(
+                f"link set eth0 address {mac}\naddr add {ip}/{SUBNET.prefixlen} dev eth0\nlink set eth0 up\n"
+                f"link set lo up\nroute add default via {GATEWAY}\n"
+            ),
+        )
         return spec, ip, procs, key_pub
 
-    def _boot_host(self, spec: HostSpec, ip: str, procs: _Procs, key_pub: str,
-                   template: Future[Path] | None) -> LabHost:
+    def _boot_host(
+        self, spec: HostSpec, ip: str, procs: _Procs, key_pub: str, template: Future[Path] | None
+    ) -> LabHost:
         """Start the anchor (mounts), ufw, sshd and the listener of one host; wait until SSH answers."""
         d = procs.dir
         if spec.ufw_installed and spec.ufw_active:
@@ -445,10 +491,26 @@ class Lab:
         script += f"hostname {spec.name}\necho ready\nexec sleep infinity\n"
         with open(d / "anchor.log", "wb") as log:
             procs.anchor = subprocess.Popen(
-                ["ip", "netns", "exec", procs.netns, "unshare", "--mount", "--uts", "--propagation",
-                 "private", "sh", "-c", script],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_HOST_ENV,
-                start_new_session=True)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    procs.netns,
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=_HOST_ENV,
+                start_new_session=True,
+            )
         _wait_ready(procs.anchor, self.ready_timeout, f"{spec.name}: mount namespace", d / "anchor.log")
         host = LabHost(spec.name, ip, procs.netns, 22, key_pub, spec, d, procs)
         if spec.ufw_installed and spec.ufw_active:
@@ -463,8 +525,13 @@ class Lab:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 procs.nsenter(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"), "-E", str(log_path)]),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_HOST_ENV, cwd="/",
-                start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=_HOST_ENV,
+                cwd="/",
+                start_new_session=True,
+            )
         with procs.lock:
             procs.sshd = proc
         deadline = time.monotonic() + self.ready_timeout
@@ -476,8 +543,9 @@ class Lab:
                     return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise LabError(f"{name}: sshd not reachable at {ip}:22 after {self.ready_timeout}s:\n"
-                                   f"{_tail(log_path)}") from None
+                    raise LabError(
+                        f"{name}: sshd not reachable at {ip}:22 after {self.ready_timeout}s:\n{_tail(log_path)}"
+                    ) from None
                 time.sleep(0.01)
 
 
@@ -504,8 +572,11 @@ def servers_tsv(
         if ip is None:
             raise LabError("no spare address 198.18.0.2-10 left for the master rows")
         rows.append({"HOSTNAME": m, "IP_PRIVEE": ip, "ROLE": "k3s", "SUBROLE": "master"})
-    rows += [{"HOSTNAME": h.name, "IP_PRIVEE": h.ip, "ROLE": "k3s", "SUBROLE": "worker"}
-             for h in hosts if h.name not in masters]
+    rows += [
+        {"HOSTNAME": h.name, "IP_PRIVEE": h.ip, "ROLE": "k3s", "SUBROLE": "worker"}
+        for h in hosts
+        if h.name not in masters
+    ]
     rows += list(extra_rows)
     defaults = {"ENV": env, "USER_SSH": user, "NOTES": "lab"}
     lines = ["\t".join(SERVERS_TSV_COLUMNS)]
@@ -543,8 +614,9 @@ class _Network:
             if (m := re.search(r"\bdev (\S+)", route)) and (token := _token(m.group(1))):
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     owner = f" by pid {json.loads((RECORD_DIR / f'{token}.json').read_text())['pid']}"
-            raise LabError(f"{LAB_RANGE} is already in use on this machine{owner} ({route}): "
-                           "only one lab run at a time")
+            raise LabError(
+                f"{LAB_RANGE} is already in use on this machine{owner} ({route}): only one lab run at a time"
+            )
         _write_record(self.token, None)
         _check(["ip", "link", "add", "name", self.bridge, "type", "bridge"])
         _check(["ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", self.bridge])
@@ -570,8 +642,9 @@ class _Network:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(fd)
-                    raise LabError("another process holds the lab subnet for too long "
-                                   f"({RECORD_DIR / 'machine.lock'}); giving up") from None
+                    raise LabError(
+                        f"another process holds the lab subnet for too long ({RECORD_DIR / 'machine.lock'}); giving up"
+                    ) from None
                 time.sleep(0.5)
         self.machine_lock = fd
 
@@ -671,8 +744,9 @@ def remove_leftovers() -> list[str]:
     """Remove namespaces, links, files and records of lab runs whose owner process is dead."""
     # List what exists before reading the records: an owner writes its record before creating anything.
     netns = [n for n in _netns_names() if _OWNED_NETNS.match(n)]
-    links = [line.split(":")[1].strip().split("@")[0]
-             for line in _check(["ip", "-o", "link", "show"]).stdout.splitlines()]
+    links = [
+        line.split(":")[1].strip().split("@")[0] for line in _check(["ip", "-o", "link", "show"]).stdout.splitlines()
+    ]
     links = [n for n in links if _OWNED_LINK.match(n)]
     records: dict[str, Mapping[str, object]] = {}
     for path in sorted(RECORD_DIR.glob("*.json")) if RECORD_DIR.is_dir() else ():
@@ -704,21 +778,25 @@ def remove_leftovers() -> list[str]:
 # -- small helpers ----------------------------------------------------------------------------
 
 
-def _check(argv: list[str], timeout: float = 30, stdin_text: str | None = None,
-           env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _check(
+    argv: list[str], timeout: float = 30, stdin_text: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command of the lab's machinery; a failure is a LabError with its stderr."""
     try:
         if stdin_text is None:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                                    check=False, stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, env=env, check=False, stdin=subprocess.DEVNULL
+            )
         else:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                                    check=False, input=stdin_text)
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, env=env, check=False, input=stdin_text
+            )
     except subprocess.TimeoutExpired as e:
         raise LabError(f"{shlex.join(argv)[:200]}: no answer after {timeout}s") from e
     if result.returncode != 0:
-        raise LabError(f"{shlex.join(argv)[:200]} exited {result.returncode}: "
-                       f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        raise LabError(
+            f"{shlex.join(argv)[:200]} exited {result.returncode}: {(result.stderr or result.stdout).strip()[-2000:]}"
+        )
     return result
 
 
@@ -771,8 +849,12 @@ def _copy_ufw_files(d: Path) -> None:
 
 def _ufw_binds(d: Path) -> list[tuple[Path, str]]:
     """The per-host copies `_copy_ufw_files` made, and where they are mounted inside the host."""
-    return [(d / "etc-ufw", "/etc/ufw"), (d / "lib-ufw", "/lib/ufw"),
-            (d / "default-ufw", "/etc/default/ufw"), (d / "run", "/run")]
+    return [
+        (d / "etc-ufw", "/etc/ufw"),
+        (d / "lib-ufw", "/lib/ufw"),
+        (d / "default-ufw", "/etc/default/ufw"),
+        (d / "run", "/run"),
+    ]
 
 
 def _binds(pairs: list[tuple[Path, str]]) -> str:
@@ -824,8 +906,7 @@ def _write_sudo_users(d: Path) -> None:
         (d / name).write_text(text)
     shutil.copytree("/etc/sudoers.d", d / "sudoers.d", symlinks=True)
     rules = d / "sudoers.d" / "lab"
-    rules.write_text(f"{SUDO_NOPASSWD_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
-                     f"{SUDO_PASSWORD_USER} ALL=(ALL:ALL) ALL\n")
+    rules.write_text(f"{SUDO_NOPASSWD_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n{SUDO_PASSWORD_USER} ALL=(ALL:ALL) ALL\n")
     rules.chmod(0o440)
 
 
@@ -850,8 +931,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout: float, what: str, log: P
         raise LabError(f"{what}: unexpected output {buf[:200]!r}")
 
 
-def _start_listener(name: str, procs: _Procs, port: int, vhosts: tuple[str, ...], timeout: float,
-                    label: str) -> None:
+def _start_listener(name: str, procs: _Procs, port: int, vhosts: tuple[str, ...], timeout: float, label: str) -> None:
     with procs.lock:
         if port in procs.listeners:
             raise LabError(f"{name}: a lab listener already runs on port {port}")
@@ -859,8 +939,13 @@ def _start_listener(name: str, procs: _Procs, port: int, vhosts: tuple[str, ...]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             procs.nsenter([sys.executable, "-I", str(_STUB), str(port), label, *vhosts]),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_HOST_ENV, cwd="/",
-            start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=_HOST_ENV,
+            cwd="/",
+            start_new_session=True,
+        )
     try:
         _wait_ready(proc, timeout, f"{name}: listener on port {port}", log_path)
     except LabError:

@@ -40,8 +40,20 @@ DEFAULTS = {
     "proxy-next-upstream-tries": "3",
     "proxy-body-size": "1m",
 }
-_NEXT_UPSTREAM = {"error", "timeout", "invalid_header", "http_500", "http_502", "http_503", "http_504",
-                  "http_403", "http_404", "http_429", "non_idempotent", "off"}
+_NEXT_UPSTREAM = {
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_403",
+    "http_404",
+    "http_429",
+    "non_idempotent",
+    "off",
+}
 
 
 @dataclass(frozen=True)
@@ -65,8 +77,7 @@ def _key(obj: Obj) -> str:
     return f"{_meta(obj).get('namespace', '')}/{_meta(obj).get('name', '')}"
 
 
-def served(ingress: Obj, classes: Mapping[str, str], *, class_name: str, controller: str,
-           without_class: bool) -> bool:
+def served(ingress: Obj, classes: Mapping[str, str], *, class_name: str, controller: str, without_class: bool) -> bool:
     """Whether the controller (``controller``, ``--ingress-class=class_name``) serves this Ingress."""
     annotated = (_meta(ingress).get("annotations") or {}).get("kubernetes.io/ingress.class")
     if annotated is not None:
@@ -96,8 +107,9 @@ def _endpoints(namespace: str, service: Obj | None, port: Obj, slices: Iterable[
             continue
         if s.get("addressType") not in (None, "IPv4"):
             continue
-        number = next((p.get("port") for p in s.get("ports") or []
-                       if (p.get("name") or "") == (wanted.get("name") or "")), None)
+        number = next(
+            (p.get("port") for p in s.get("ports") or [] if (p.get("name") or "") == (wanted.get("name") or "")), None
+        )
         if number is None:
             continue
         for ep in s.get("endpoints") or []:
@@ -107,9 +119,16 @@ def _endpoints(namespace: str, service: Obj | None, port: Obj, slices: Iterable[
     return tuple(sorted(set(out)))
 
 
-def routes(ingresses: Sequence[Obj], services: Sequence[Obj], slices: Sequence[Obj], classes: Sequence[Obj], *,
-           class_name: str = "nginx", controller: str = "k8s.io/ingress-nginx",
-           without_class: bool = True) -> list[Route]:
+def routes(
+    ingresses: Sequence[Obj],
+    services: Sequence[Obj],
+    slices: Sequence[Obj],
+    classes: Sequence[Obj],
+    *,
+    class_name: str = "nginx",
+    controller: str = "k8s.io/ingress-nginx",
+    without_class: bool = True,
+) -> list[Route]:
     """Return the routes ingress-nginx would serve, oldest Ingress first for each host and path."""
     by_class = {_meta(c).get("name", ""): (c.get("spec") or {}).get("controller", "") for c in classes}
     svc = {_key(s): s for s in services}
@@ -132,8 +151,9 @@ def routes(ingresses: Sequence[Obj], services: Sequence[Obj], slices: Sequence[O
                     continue
                 target = f"{ns}/{backend.get('name', '')}"
                 shown = f"{target}:{port.get('number', port.get('name', ''))}"
-                taken[key] = Route(host, key[1], exact, _key(ing), shown,
-                                   _endpoints(ns, svc.get(target), port, slices), settings)
+                taken[key] = Route(
+                    host, key[1], exact, _key(ing), shown, _endpoints(ns, svc.get(target), port, slices), settings
+                )
     return list(taken.values())
 
 
@@ -146,28 +166,39 @@ def _location(route: Route, upstream: str) -> str:
     nxt = " ".join(w for w in s["proxy-next-upstream"].split() if w in _NEXT_UPSTREAM) or "error timeout"
     tries = s["proxy-next-upstream-tries"] if s["proxy-next-upstream-tries"].isdigit() else "3"
     where = f"= {route.path}" if route.exact else route.path
-    connect, read, send = (_seconds(s[f"proxy-{k}-timeout"], DEFAULTS[f"proxy-{k}-timeout"])
-                           for k in ("connect", "read", "send"))
+    connect, read, send = (
+        _seconds(s[f"proxy-{k}-timeout"], DEFAULTS[f"proxy-{k}-timeout"]) for k in ("connect", "read", "send")
+    )
     if not route.endpoints:
         return f"        location {where} {{ return 503; }}\n"
-    return (f"        location {where} {{\n"
-            f"            # {route.ingress} -> {route.service}\n"
-            f"            proxy_pass http://{upstream};\n"
-            f"            proxy_connect_timeout {connect};\n"
-            f"            proxy_read_timeout {read};\n"
-            f"            proxy_send_timeout {send};\n"
-            f"            proxy_next_upstream {nxt};\n"
-            f"            proxy_next_upstream_tries {tries};\n"
-            f"            client_max_body_size {s['proxy-body-size']};\n"
-            "            proxy_http_version 1.1;\n"
-            "            proxy_set_header Connection \"\";\n"
-            "            proxy_set_header Host $host;\n"
-            "            proxy_set_header X-Forwarded-For $remote_addr;\n"
-            "        }\n")
+    return (
+        f"        location {where} {{\n"
+        f"            # {route.ingress} -> {route.service}\n"
+        f"            proxy_pass http://{upstream};\n"
+        f"            proxy_connect_timeout {connect};\n"
+        f"            proxy_read_timeout {read};\n"
+        f"            proxy_send_timeout {send};\n"
+        f"            proxy_next_upstream {nxt};\n"
+        f"            proxy_next_upstream_tries {tries};\n"
+        f"            client_max_body_size {s['proxy-body-size']};\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "            proxy_set_header Host $host;\n"
+        "            proxy_set_header X-Forwarded-For $remote_addr;\n"
+        "        }\n"
+    )
 
 
-def render(served_routes: Sequence[Route], *, main: str, workdir: Path, cert: Path, key: Path,
-           http_port: int = 80, https_port: int = 443) -> str:
+def render(
+    served_routes: Sequence[Route],
+    *,
+    main: str,
+    workdir: Path,
+    cert: Path,
+    key: Path,
+    http_port: int = 80,
+    https_port: int = 443,
+) -> str:
     """Return the nginx.conf of one worker's ingress stand-in for ``served_routes`` (``main``: the top block)."""
     upstreams, servers = "", ""
     hosts: dict[str, list[str]] = {}
@@ -179,13 +210,17 @@ def render(served_routes: Sequence[Route], *, main: str, workdir: Path, cert: Pa
         hosts.setdefault(r.host, []).append(_location(r, name))
     catch_all = "".join(hosts.pop("", [])) or "        return 404;\n"  # rules without a host: every name
     for host, locations in hosts.items():
-        servers += (f"    server {{\n        listen {http_port};\n        listen {https_port} ssl;\n"
-                    f"        server_name {host};\n{''.join(locations)}    }}\n")
-    return (f"# Ingress stand-in (tests/lab/ingress_standin.py): what ingress-nginx would serve.\n{main}"
-            "    log_format ingress '$remote_addr \"$host\" $status upstream=\"$upstream_addr\" '\n"
-            "                       'upstream_status=\"$upstream_status\" time=$request_time';\n"
-            f"    access_log {workdir / 'access.log'} ingress;\n"
-            f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n{upstreams}"
-            f"    server {{\n        listen {http_port} default_server;\n"
-            f"        listen {https_port} ssl default_server;\n{catch_all}    }}\n"
-            f"{servers}}}\n")
+        servers += (
+            f"    server {{\n        listen {http_port};\n        listen {https_port} ssl;\n"
+            f"        server_name {host};\n{''.join(locations)}    }}\n"
+        )
+    return (
+        f"# Ingress stand-in (tests/lab/ingress_standin.py): what ingress-nginx would serve.\n{main}"
+        '    log_format ingress \'$remote_addr "$host" $status upstream="$upstream_addr" \'\n'
+        "                       'upstream_status=\"$upstream_status\" time=$request_time';\n"
+        f"    access_log {workdir / 'access.log'} ingress;\n"
+        f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n{upstreams}"
+        f"    server {{\n        listen {http_port} default_server;\n"
+        f"        listen {https_port} ssl default_server;\n{catch_all}    }}\n"
+        f"{servers}}}\n"
+    )

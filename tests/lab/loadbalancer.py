@@ -42,10 +42,19 @@ class LoadBalancer:
         tries: workers tried per request before answering 504 (or 502).
     """
 
-    def __init__(self, host: LabHost, backends: Sequence[str], workdir: Path, *,
-                 vhosts: Sequence[str] = INGRESS_HOSTS, backend_port: int = INGRESS_PORT,
-                 tls_backend_port: int | None = None, connect_timeout: float = 1.0, read_timeout: float = 5.0,
-                 tries: int = 2) -> None:
+    def __init__(
+        self,
+        host: LabHost,
+        backends: Sequence[str],
+        workdir: Path,
+        *,
+        vhosts: Sequence[str] = INGRESS_HOSTS,
+        backend_port: int = INGRESS_PORT,
+        tls_backend_port: int | None = None,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 5.0,
+        tries: int = 2,
+    ) -> None:
         if not backends:
             raise LabError("a load balancer needs at least one backend")
         self.host = host
@@ -97,8 +106,9 @@ class LoadBalancer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _config(self, backend_port: int, tls_backend_port: int | None, connect_timeout: float,
-                read_timeout: float, tries: int) -> str:
+    def _config(
+        self, backend_port: int, tls_backend_port: int | None, connect_timeout: float, read_timeout: float, tries: int
+    ) -> str:
         d = self.dir
         ms = lambda s: f"{int(s * 1000)}ms"  # noqa: E731
         upstreams = ""
@@ -112,7 +122,7 @@ class LoadBalancer:
         return f"""# Lab load balancer (tests/lab/loadbalancer.py): TLS in front, the workers' NodePorts behind.
 {top}    log_format lb '$remote_addr "$host" $scheme $status upstreams="$upstream_addr" '
                   'upstream_status="$upstream_status" time=$request_time';
-    access_log {d / 'access.log'} lb;
+    access_log {d / "access.log"} lb;
 {upstreams}    proxy_connect_timeout {ms(connect_timeout)};
     proxy_read_timeout {ms(read_timeout)};
     proxy_send_timeout {ms(read_timeout)};

@@ -31,9 +31,11 @@ TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 def main_block(workdir: Path, *, worker_connections: int = 512) -> str:
     """Return the top of an nginx.conf (process, pid, logs, temp paths) for a server kept in ``workdir``."""
     temp = "".join(f"    {kind}_temp_path {workdir / 'tmp' / kind};\n" for kind in TEMP_KINDS)
-    return (f"daemon on;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {workdir / 'nginx.pid'};\n"
-            f"error_log {workdir / 'error.log'} notice;\nevents {{ worker_connections {worker_connections}; }}\n"
-            f"http {{\n{temp}")
+    return (
+        f"daemon on;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {workdir / 'nginx.pid'};\n"
+        f"error_log {workdir / 'error.log'} notice;\nevents {{ worker_connections {worker_connections}; }}\n"
+        f"http {{\n{temp}"
+    )
 
 
 class Nginx:
@@ -50,8 +52,10 @@ class Nginx:
         self._pid: int | None = None
 
     def _base(self, conf: Path) -> str:
-        return (f"{NGINX} -e {shlex.quote(str(self.dir / 'error.log'))} -p {shlex.quote(str(self.dir))} "
-                f"-c {shlex.quote(str(conf))}")
+        return (
+            f"{NGINX} -e {shlex.quote(str(self.dir / 'error.log'))} -p {shlex.quote(str(self.dir))} "
+            f"-c {shlex.quote(str(conf))}"
+        )
 
     def _checked(self, text: str) -> None:
         """Write ``text`` as the configuration if ``nginx -t`` accepts it; else a LabError."""
@@ -84,8 +88,9 @@ class Nginx:
             while not self.listening(port):
                 if time.monotonic() > deadline:
                     self.close()
-                    raise LabError(f"nginx does not listen on {self.host.name}:{port} after {timeout}s:\n"
-                                   f"{self.error_log()}")
+                    raise LabError(
+                        f"nginx does not listen on {self.host.name}:{port} after {timeout}s:\n{self.error_log()}"
+                    )
                 time.sleep(0.05)
         return self
 

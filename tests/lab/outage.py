@@ -52,8 +52,15 @@ class OutageLab:
         master_hosts: also build the masters as lab hosts (sshd + UFW), for overlay and diagnose.
     """
 
-    def __init__(self, control_plane: ControlPlane, workdir: Path, *, workers: Nodes = DEFAULT_WORKERS,
-                 masters: Nodes = DEFAULT_MASTERS, master_hosts: bool = False) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        workdir: Path,
+        *,
+        workers: Nodes = DEFAULT_WORKERS,
+        masters: Nodes = DEFAULT_MASTERS,
+        master_hosts: bool = False,
+    ) -> None:
         self.cp = control_plane
         self.dir = workdir
         self.workers, self.masters = list(workers), list(masters)
@@ -71,19 +78,23 @@ class OutageLab:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lab = self._stack.enter_context(
-                Lab([HostSpec(name, http_listener=False) for name, _ in self.workers], base_ip=_base(self.workers)))
+                Lab([HostSpec(name, http_listener=False) for name, _ in self.workers], base_ip=_base(self.workers))
+            )
             if self.master_hosts:
                 self.masters_lab = self._stack.enter_context(
-                    Lab([HostSpec(name, http_listener=False) for name, _ in self.masters],
-                        base_ip=_base(self.masters)))
+                    Lab([HostSpec(name, http_listener=False) for name, _ in self.masters], base_ip=_base(self.masters))
+                )
             lb_lab = self._stack.enter_context(
-                Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=LB_OFFSET))
+                Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=LB_OFFSET)
+            )
             tls = make_test_ca(self.dir / "ingress-tls", INGRESS_HOSTS, common_name="keybuzz-fix ingress test CA")
             self.data_path = self._stack.enter_context(DataPath(self.lab, self.cp, self.dir / "datapath", tls=tls))
             self.data_path.start()
             self.lb = self._stack.enter_context(
-                LoadBalancer(lb_lab.hosts[0], [h.ip for h in self.lab.hosts], self.dir / "lb",
-                             tls_backend_port=INGRESS_TLS_PORT))
+                LoadBalancer(
+                    lb_lab.hosts[0], [h.ip for h in self.lab.hosts], self.dir / "lb", tls_backend_port=INGRESS_TLS_PORT
+                )
+            )
             self._write_inventory()
         except BaseException:
             self.close()
@@ -120,9 +131,19 @@ class OutageLab:
     def cli_args(self) -> list[str]:
         """Options every cluster command of the tool needs here: kubeconfig, config, SSH, the load balancer."""
         assert self.lab is not None and self.lb is not None
-        return ["--kubeconfig", str(self.cp.kubeconfig), "--config", str(self.config),
-                *self.lb.resolve_args(), "--ca-file", str(self.lb.ca_file),
-                "--identity", str(self.lab.identity_file), "--known-hosts", str(self.known_hosts)]
+        return [
+            "--kubeconfig",
+            str(self.cp.kubeconfig),
+            "--config",
+            str(self.config),
+            *self.lb.resolve_args(),
+            "--ca-file",
+            str(self.lb.ca_file),
+            "--identity",
+            str(self.lab.identity_file),
+            "--known-hosts",
+            str(self.known_hosts),
+        ]
 
     @property
     def known_hosts(self) -> Path:
@@ -134,8 +155,9 @@ class OutageLab:
 
     # -- what the traffic does ----------------------------------------------------------------------
 
-    def requests(self, host: str = INGRESS_HOSTS[0], count: int = 10, timeout: float = 4.0,
-                 scheme: str = "https") -> list[Answer]:
+    def requests(
+        self, host: str = INGRESS_HOSTS[0], count: int = 10, timeout: float = 4.0, scheme: str = "https"
+    ) -> list[Answer]:
         """Send ``count`` requests for ``host`` through the load balancer at once, each on its own connection."""
         assert self.lb is not None
         with ThreadPoolExecutor(max_workers=count) as pool:

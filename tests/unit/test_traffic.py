@@ -29,14 +29,23 @@ def converted(name: str, port: int) -> Obj:
     spec = deployment["spec"]["template"]["spec"]
     spec["hostNetwork"] = True
     spec["containers"][0]["ports"] = [{"name": "http", "containerPort": port, "hostPort": port, "protocol": "TCP"}]
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name, "namespace": "keybuzz"},
-            "spec": {"template": deployment["spec"]["template"]}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": "keybuzz"},
+        "spec": {"template": deployment["spec"]["template"]},
+    }
 
 
 def facts(**over: Any) -> traffic.ClusterFacts:
-    base: dict[str, Any] = dict(ingress_service=seed("Service", "ingress-nginx-controller"),
-                                ingress_daemonset=seed("DaemonSet", "ingress-nginx-controller"),
-                                ingress_deployment=None, app_daemonsets={}, app_services={}, planned_host_ports={})
+    base: dict[str, Any] = dict(
+        ingress_service=seed("Service", "ingress-nginx-controller"),
+        ingress_daemonset=seed("DaemonSet", "ingress-nginx-controller"),
+        ingress_deployment=None,
+        app_daemonsets={},
+        app_services={},
+        planned_host_ports={},
+    )
     base.update(over)
     return traffic.ClusterFacts(**base)
 
@@ -63,9 +72,13 @@ def test_the_seeded_cluster_needs_six_ports_from_the_private_network() -> None:
 
 def test_converted_apps_give_their_daemonsets_host_ports() -> None:
     names = ("keybuzz-api", "keybuzz-front")
-    found = traffic.from_cluster(CFG, facts(
-        app_daemonsets={n: converted(n, port) for n, port in zip(names, (8181, 3000), strict=True)},
-        app_services={n: seed("Service", n) for n in names}))
+    found = traffic.from_cluster(
+        CFG,
+        facts(
+            app_daemonsets={n: converted(n, port) for n, port in zip(names, (8181, 3000), strict=True)},
+            app_services={n: seed("Service", n) for n in names},
+        ),
+    )
     by_port = {p.port: p for p in found.ports}
     assert 8181 in by_port and 8080 not in by_port
     assert by_port[8181].source == "DaemonSet keybuzz/keybuzz-api"
