@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from keybuzz_fix import config, traffic
-from keybuzz_fix.objects import Obj
+from keybuzz_fix import config
+from keybuzz_fix.cluster import traffic
+from keybuzz_fix.cluster.objects import Obj
 
 SEED = Path(__file__).resolve().parents[1] / "data" / "cluster"
 
@@ -54,7 +55,7 @@ def ports(found: traffic.TrafficPorts) -> list[tuple[int, str]]:
     return [(p.port, p.proto) for p in found.ports]
 
 
-CFG = config.load()
+CFG = config.load_config()
 
 
 def test_the_seeded_cluster_needs_six_ports_from_the_private_network() -> None:

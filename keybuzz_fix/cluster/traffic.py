@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from keybuzz_fix.cluster.objects import Obj, containers, describe_object, name_of, pod_spec
 from keybuzz_fix.config import AppConfig, Config
-from keybuzz_fix.objects import Obj, containers, describe, name_of, pod_spec
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _ingress_host_ports(
         )
     elif not pod_spec(controller).get("hostNetwork"):
         notes.append(
-            f"{describe(controller)} does not use hostNetwork: its NodePorts lead to pod IPs, which "
+            f"{describe_object(controller)} does not use hostNetwork: its NodePorts lead to pod IPs, which "
             "reach the pods by forwarding, not through UFW's INPUT rules; no host port is opened for it"
         )
         return []
@@ -170,12 +170,12 @@ def _ingress_host_ports(
             number = target if isinstance(target, int) else entry.get("port")
             if controller is not None:
                 notes.append(
-                    f"{describe(controller)} has no container port {target!r}: host port {number} assumed "
+                    f"{describe_object(controller)} has no container port {target!r}: host port {number} assumed "
                     f"for NodePort {node_port.port}"
                 )
         if not isinstance(number, int):
             continue
-        source = describe(controller) if controller is not None else f"Service {ic.namespace}/{ic.service}"
+        source = describe_object(controller) if controller is not None else f"Service {ic.namespace}/{ic.service}"
         out.append(
             TrafficPort(
                 number,
@@ -216,12 +216,12 @@ def _app_host_port(cfg: Config, app: AppConfig, facts: ClusterFacts, notes: list
         if number is None:
             number = app.host_port
             notes.append(
-                f"{describe(ds)}: the port its Service targets is not among its container ports; "
+                f"{describe_object(ds)}: the port its Service targets is not among its container ports; "
                 f"host port {number} from the configuration"
             )
-        return TrafficPort(number, "tcp", comment, purpose, describe(ds))
+        return TrafficPort(number, "tcp", comment, purpose, describe_object(ds))
     if ds is not None:
-        notes.append(f"{describe(ds)} does not use hostNetwork: no host port is opened for {app.name}")
+        notes.append(f"{describe_object(ds)} does not use hostNetwork: no host port is opened for {app.name}")
         return None
     planned = facts.planned_host_ports.get(app.name, app.host_port)
     source = "the convert plan" if app.name in facts.planned_host_ports else f"config apps[].host_port of {app.name}"
