@@ -482,7 +482,7 @@ class Lab:
             # Copy in place: the files are bind-mount sources, their inodes must stay the same.
             shutil.copytree(t / "etc-ufw", d / "etc-ufw", dirs_exist_ok=True)
             shutil.copyfile(t / "default-ufw", d / "default-ufw")
-        binds = [*_ufw_binds(d), (d / "hosts", "/etc/hosts")]
+        binds = [*_ufw_binds(d), (d / "hosts", "/etc/hosts"), *_quiet_shell_binds(d)]
         if spec.sudo_users:
             binds += [(d / f, f"/etc/{f}") for f in ("passwd", "shadow", "group", "sudoers.d")]
         script = _binds(binds)
@@ -845,6 +845,22 @@ def _copy_ufw_files(d: Path) -> None:
     (d / "run" / "sshd").mkdir(parents=True)
     (d / "run" / "lock").mkdir(mode=0o1777)
     (d / "run" / "lock").chmod(0o1777)
+
+
+def _quiet_shell_binds(d: Path) -> list[tuple[Path, str]]:
+    """Empty files over root's shell start-up files inside a host.
+
+    The hosts share this machine's /root, and with it its shell start-up: here ``pyenv init``,
+    whose rehash waits on a lock another session may hold (or a killed one left behind), so an SSH
+    command to a host could wait a minute. A node's root has no such start-up. The rest of /root
+    (the control plane's build cache, among others) stays visible.
+    """
+    empty = d / "empty-rc"
+    empty.touch()
+    return [(empty, str(f)) for f in (Path("/root", n) for n in _SHELL_RC) if f.is_file()]
+
+
+_SHELL_RC = (".bashrc", ".profile", ".bash_profile", ".bash_login")
 
 
 def _ufw_binds(d: Path) -> list[tuple[Path, str]]:
