@@ -200,14 +200,16 @@ def validate(
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
 ) -> Outcome:
-    """Score the cluster: seven checks, each with its evidence.
+    """Score the cluster: eight checks, each with its evidence.
 
     The checks run at once.
 
     1 DaemonSets keybuzz-api and keybuzz-front exist; 2 each has ≥ N Running and Ready pods (N = workers
     in servers.tsv); 3 their pod templates have hostNetwork on; 4 ingress-nginx is a hostNetwork
     DaemonSet with ≥ N Running pods; 5 the Services are NodePort 30080 / 30000; 6 both Ingresses exist
-    and point at them; 7 both URLs answer HTTP 200 (timeout, retries, status or error shown).
+    and point at them; 7 both URLs answer HTTP 200 to 2 × N requests each, on their own connections
+    (statuses or errors shown); 8 from every worker (over SSH), every other worker's ingress and app
+    host ports accept a connection (the failing worker pairs shown).
 
     Exit 0 when the score reaches the threshold (80 %, or 100 % with --strict), 1 below, 2 on bad input.
 
