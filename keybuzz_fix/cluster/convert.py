@@ -212,6 +212,7 @@ def plan_convert(
         hpa_changes += hpas
         dep_changes += deps
     refusals += collisions(cfg, placed, observed)
+    warnings += _unmapped(observed)
     return ConvertPlan(
         tuple(ds_changes),
         tuple(svc_changes),
@@ -259,25 +260,39 @@ def _managed(app: str, changes: Sequence[Change], *, allow_managed: bool) -> lis
     return lines
 
 
+def _workers(observed: Observed) -> tuple[list[tuple[str, Obj]], str]:
+    """The workers each DaemonSet must reach, with their Nodes (servers.tsv's, or the cluster's), and whence."""
+    nodes = observed.nodes or []
+    if observed.workers is None:
+        return [(name_of(n), n) for n in nodes if is_worker_node(n)], "the cluster's worker Nodes"
+    by_name = {name_of(n): n for n in nodes}
+    mapped = worker_nodes(observed.workers, nodes)
+    return [(w, by_name[n]) for w, n in mapped.items() if n is not None], "servers.tsv"
+
+
 def _left_out(spec: Obj, observed: Observed) -> list[str]:
     """Refuse, naming them, the workers the DaemonSet controller would give no pod."""
-    nodes = observed.nodes
-    if nodes is None:
+    if observed.nodes is None:
         return []
-    if observed.workers is not None:
-        by_name = {name_of(n): n for n in nodes}
-        mapped = worker_nodes(observed.workers, nodes)
-        workers = [(w, by_name[n]) for w, n in mapped.items() if n is not None]
-        source = "servers.tsv"
-    else:
-        workers = [(name_of(n), n) for n in nodes if is_worker_node(n)]
-        source = "the cluster's worker Nodes"
+    workers, source = _workers(observed)
     if not workers:
         return [f"no worker Node found ({source}) to run the DaemonSet on"]
     return [
         f"its DaemonSet would leave out worker(s) {', '.join(names)} ({source}): {reason}; the app must run on "
         "every worker: widen or remove that constraint"
         for reason, names in left_out(spec, workers).items()
+    ]
+
+
+def _unmapped(observed: Observed) -> list[str]:
+    """Warn of servers.tsv workers that are no Node of the cluster: their placement is not checked."""
+    if observed.nodes is None or observed.workers is None:
+        return []
+    return [
+        f"worker {w} of servers.tsv is no Node of the cluster (by name or InternalIP): whether the DaemonSets "
+        "reach it is not checked"
+        for w, n in worker_nodes(observed.workers, observed.nodes).items()
+        if n is None
     ]
 
 
