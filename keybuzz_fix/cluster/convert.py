@@ -43,7 +43,7 @@ from keybuzz_fix.cluster.objects import (
     strip_server_fields,
 )
 from keybuzz_fix.cluster.owners import disruption_notes, managers_of
-from keybuzz_fix.cluster.placement import left_out
+from keybuzz_fix.cluster.placement import Handover, handover, left_out
 from keybuzz_fix.cluster.scheduling import HostPort, eligible_nodes, host_ports, is_worker_node, worker_nodes
 from keybuzz_fix.config import AppConfig, Config
 from keybuzz_fix.inventory import Host
@@ -89,6 +89,7 @@ class ConvertPlan:
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
     shown_env: frozenset[str]  # the port variables, shown even when values are masked
+    handovers: tuple[Handover, ...] = ()  # DaemonSets the Deployment's own pods hold off until it is deleted
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -133,6 +134,7 @@ def plan_convert(
     warnings: list[str] = []
     notes: list[str] = []
     placed: dict[str, tuple[Obj, set[HostPort]]] = {}  # app -> (pod spec, host ports) for collision checks
+    handovers: list[Handover] = []
     for app in cfg.apps:
         deployment = observed.one(observed.deployments, app.name)
         existing = observed.one(observed.daemonsets, app.name)
@@ -158,6 +160,15 @@ def plan_convert(
                 warnings += _other_services(app.name, deployment, service, app_port, host_port, observed)
                 mine.append(_daemonset_change(desired, existing, deployment, host_port))
                 spec = pod_spec(desired)
+                held = handover(deployment, _template_labels(desired), ns)
+                if held is not None:
+                    handovers.append(held)
+                    notes.append(
+                        f"{app.name}: the Deployment's own pods keep a required anti-affinity against the app's pods "
+                        f"(topologyKey {', '.join(held.topology_keys)}), so the DaemonSet's pods cannot start next to "
+                        "them: convert switches over once the DaemonSet's other pods are ready, deletes the "
+                        "Deployment, then waits for the rest"
+                    )
             else:
                 assert existing is not None
                 host_port = app_port = _existing_host_port(existing, service, app, keep_port)
@@ -222,6 +233,7 @@ def plan_convert(
         tuple(warnings),
         tuple(notes),
         frozenset(a.port_env for a in cfg.apps),
+        tuple(h for h in handovers if h.daemonset in {c.name for c in ds_changes}),
     )
 
 

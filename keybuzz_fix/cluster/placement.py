@@ -11,6 +11,12 @@ replicas means nothing for it, and what keeps a pod off some nodes keeps the app
   pods, keeps pods off workers the tool cannot foresee: refused, with its field path;
 - nodeSelector, required node affinity and taints are checked against each worker
   (:func:`left_out`) with the rules of :mod:`keybuzz_fix.cluster.scheduling`.
+
+Required anti-affinity is symmetric: the scheduler also refuses a pod on a node whose running
+pods have a required anti-affinity term selecting it. So while the Deployment's own pods (with
+the term the DaemonSet dropped) run, the DaemonSet's pods cannot start on their nodes.
+:func:`handover` says which DaemonSets need convert to switch over once their other pods are
+ready, delete the Deployment, then wait for the rest.
 """
 
 from __future__ import annotations
@@ -18,12 +24,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from keybuzz_fix.cluster.objects import Obj, name_of
+from keybuzz_fix.cluster.objects import Obj, labels_of, name_of, spec_of
 from keybuzz_fix.cluster.scheduling import selector_matches, why_not
 
 _REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 _PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
 _NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A DaemonSet whose pods the Deployment's own pods keep off their topology domains until it is deleted."""
+
+    daemonset: str
+    deployment: str
+    selector: tuple[tuple[str, str], ...]  # the Deployment's matchLabels: its pods
+    topology_keys: tuple[str, ...]  # nodes sharing one of these labels' values with such a pod are held off
 
 
 @dataclass
@@ -127,6 +143,27 @@ def _fit_pod_affinity(
             section[_PREFERRED] = kept
         else:
             del section[_PREFERRED]
+
+
+def handover(deployment: Obj, ds_labels: dict[str, str], namespace: str) -> Handover | None:
+    """Return the handover a DaemonSet with ``ds_labels`` needs while ``deployment``'s pods run, or None."""
+    pod = (spec_of(deployment).get("template") or {}).get("spec") or {}
+    terms = ((pod.get("affinity") or {}).get("podAntiAffinity") or {}).get(_REQUIRED) or []
+    keys = tuple(
+        dict.fromkeys(
+            str(t.get("topologyKey")) for t in terms if isinstance(t, dict) and _selects_own(t, ds_labels, namespace)
+        )
+    )
+    if not keys:
+        return None
+    selector = (spec_of(deployment).get("selector") or {}).get("matchLabels") or {}
+    return Handover(name_of(deployment), name_of(deployment), tuple(sorted(selector.items())), keys)
+
+
+def held_off(node: Obj, holders: Sequence[Obj], keys: Sequence[str]) -> bool:
+    """Whether ``node`` shares a topology domain (one of ``keys``) with a node in ``holders``."""
+    mine = labels_of(node)
+    return any(k in mine and labels_of(h).get(k) == mine[k] for h in holders for k in keys)
 
 
 def _selects_own(term: Obj, labels: dict[str, str], namespace: str) -> bool:

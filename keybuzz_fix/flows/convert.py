@@ -13,6 +13,7 @@ when re-run. ``all`` plans with :func:`check_plan` and applies the confirmed pla
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.convert import ConvertPlan, Observed, observed_from_objects, plan_convert
 from keybuzz_fix.cluster.objects import Obj, meta_of, parse_objects
 from keybuzz_fix.cluster.rbac import permissions, preflight
-from keybuzz_fix.cluster.rollout import Stuck, send, wait_ready
+from keybuzz_fix.cluster.rollout import Stuck, send, wait_handover, wait_ready
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
 from keybuzz_fix.flows import Connections
@@ -170,18 +171,42 @@ def apply_confirmed(
 
 
 def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *, timeout: float, force: bool) -> None:
-    """Back up, apply the DaemonSets, wait until they are ready, then switch the Services and delete the rest."""
+    """Back up, apply the DaemonSets, wait until they are ready, then switch the Services and delete the rest.
+
+    A DaemonSet whose pods the Deployment's own pods hold off (required anti-affinity) is waited for
+    but those pods; once the rest are switched and deleted, they start, and the run waits for them.
+    """
+    namespace = plan.daemonsets[0].namespace
+    names = [c.name for c in plan.daemonsets]
+    deadline = time.monotonic() + timeout
     with _stopping(view, run):
-        run.backup = _write_backup(kube, plan, plan.daemonsets[0].namespace)
+        run.backup = _write_backup(kube, plan, namespace)
         run.mark("backed_up")
         view.say(f"backup: {run.backup}")
         send(kube, run, plan.daemonsets, force=force)
         run.mark("applied")
-        names = [c.name for c in plan.daemonsets]
         view.waiting("DaemonSet", names, timeout)
-        wait_ready(kube, "DaemonSet", plan.daemonsets[0].namespace, names, timeout=timeout)
-        run.mark("ready")
+        if plan.handovers:
+            wait_handover(kube, namespace, names, plan.handovers, timeout=timeout)
+            run.mark("handed_over")
+        else:
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout)
+            run.mark("ready")
         send(kube, run, plan.services + plan.hpas + plan.deployments, force=force)
+    if plan.handovers:
+        held = ", ".join(h.daemonset for h in plan.handovers)
+        with stopping(
+            view,
+            run,
+            resume="re-run convert to finish (it converges)",
+            interrupted="re-run convert to finish: it converges",
+            stuck=f"the Services are switched and the Deployments deleted; the other pods of {held} serve the app; "
+            "re-run convert once the pods run, or roll back with: keybuzz-fix rollback --backup {backup}",
+        ):
+            remaining = max(deadline - time.monotonic(), 1.0)
+            view.say(f"the Deployment's pods are gone: waiting for the rest of {held}…")
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=remaining)
+            run.mark("ready")
     run.mark("done")
     view.result(run)
 
