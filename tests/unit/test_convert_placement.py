@@ -12,7 +12,8 @@ import yaml
 from keybuzz_fix import config
 from keybuzz_fix.cluster.convert import observed_from_objects, plan_convert
 from keybuzz_fix.cluster.objects import parse_objects
-from keybuzz_fix.cluster.placement import fit_for_daemonset, left_out
+from keybuzz_fix.cluster.placement import Handover, fit_for_daemonset, left_out
+from keybuzz_fix.cluster.rollout import not_held
 from keybuzz_fix.cluster.scheduling import fits, host_ports, selector_matches, tolerates, why_not
 from keybuzz_fix.inventory import Host
 
@@ -274,3 +275,70 @@ def test_a_taint_on_one_worker_leaves_out_the_app_that_does_not_tolerate_it():
     (refusal,) = plan_convert(CFG, observed_from_objects(objs + workers, CFG)).refusals
     assert refusal.startswith("keybuzz-front: its DaemonSet would leave out worker(s) k8s-worker-03")
     assert "taint dedicated=batch:NoSchedule is not tolerated" in refusal
+
+
+# -- the handover: the Deployment's own pods hold the DaemonSet's off their nodes ------------------
+
+
+def test_plan_hands_over_when_the_deployment_keeps_a_self_anti_affinity():
+    path = DATA / "convert" / "25-required-anti-affinity" / "state.yaml"
+    p = plan_convert(CFG, observed_from_objects(parse_objects(path.read_text(), str(path)), CFG))
+    assert p.handovers == (
+        Handover("keybuzz-api", "keybuzz-api", (("app", "keybuzz-api"),), ("kubernetes.io/hostname",)),
+    )
+    assert any("switches over once the DaemonSet's other pods are ready" in n for n in p.notes)
+    assert plan_convert(CFG, observed_from_objects(seed(), CFG)).handovers == ()
+
+
+class PodsAndNodes:
+    """Just enough of the API for not_held: pods by label selector, and nodes."""
+
+    def __init__(self, pods, nodes):
+        self.pods, self.nodes = pods, nodes
+
+    def list(self, kind, namespace=None, selector=None):
+        if kind == "Node":
+            return self.nodes
+        wanted = dict(part.split("=") for part in selector.split(",")) if selector else {}
+        return [p for p in self.pods if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+
+
+def pod(name, labels, owner, node=None, ready=False, target=None):
+    spec = {"nodeName": node} if node else {}
+    if target:
+        field = {"key": "metadata.name", "operator": "In", "values": [target]}
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [field]}]}
+            }
+        }
+    return {
+        "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+        "spec": spec,
+        "status": {"phase": "Running" if ready else "Pending", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+
+
+def test_not_held_tells_pods_held_by_the_deployment_from_pods_stuck_otherwise():
+    labels = {"app": "keybuzz-api"}
+    ds = {"metadata": {"name": "keybuzz-api", "uid": "ds"}, "spec": {"selector": {"matchLabels": labels}}}
+    mine = {"kind": "DaemonSet", "uid": "ds"}
+    rs = {"kind": "ReplicaSet", "name": "keybuzz-api-7d9f", "uid": "rs"}
+    workers = [node(f"w{i}", {"kubernetes.io/hostname": f"w{i}"}) for i in range(1, 6)]
+    pods = [
+        pod("ds-1", labels, mine, "w1", ready=True),
+        pod("ds-2", labels, mine, "w2", ready=True),
+        pod("ds-4", labels, mine, target="w4"),
+        pod("ds-5", labels, mine, target="w5"),
+        pod("old-a", labels, rs, "w4", ready=True),
+        pod("old-b", labels, rs, "w5", ready=True),
+        pod("ds-3", labels, mine, "w3"),  # scheduled, not ready: something else is wrong
+    ]
+    held = Handover("keybuzz-api", "keybuzz-api", (("app", "keybuzz-api"),), ("kubernetes.io/hostname",))
+    assert not_held(PodsAndNodes(pods, workers), "keybuzz", ds, held) == ["ds-3"]
+    assert not_held(PodsAndNodes(pods[:-1], workers), "keybuzz", ds, held) == []
+    assert not_held(PodsAndNodes(pods[:-2], workers), "keybuzz", ds, held) == ["ds-5"]  # old-b is gone
+    # A zone topology key holds off every node of a zone where an old pod runs.
+    zone = Handover("keybuzz-api", "keybuzz-api", (("app", "keybuzz-api"),), ("zone",))
+    zoned = [node(f"w{i}", {"zone": "a" if i < 4 else "b"}) for i in range(1, 6)]
+    assert not_held(PodsAndNodes(pods[:-2], zoned), "keybuzz", ds, zone) == []  # old-a on w4 holds zone b: w5 too
