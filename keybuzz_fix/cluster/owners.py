@@ -106,9 +106,9 @@ def managers_of(obj: Obj) -> list[Manager]:
     if app:
         found.append(
             Manager(
-                f"Argo CD application {app}",
+                f"Argo CD app {app}",
                 "the next Argo CD sync",
-                "turn off the application's automated sync and take it out of its source",
+                "turn off the app's automated sync and take it out of its source",
             )
         )
     for group, (kind, cli) in _FLUX.items():

@@ -74,8 +74,8 @@ def fit_for_daemonset(pod: Obj, labels: dict[str, str], namespace: str, prefix: 
             where = f"{prefix}.topologySpreadConstraints[{i}]"
             if selector_matches(c.get("labelSelector"), labels):
                 out.notes.append(
-                    f"{where} (topologyKey {c.get('topologyKey')}) spreads the app's own pods: dropped, a DaemonSet "
-                    "runs one pod per node already"
+                    f"{where} (topologyKey {c.get('topologyKey')}): topology spread on the app's own labels "
+                    "dropped, a DaemonSet runs one pod per node already"
                 )
             elif c.get("whenUnsatisfiable", "DoNotSchedule") == "DoNotSchedule":
                 out.problems.append(
@@ -104,12 +104,12 @@ def _fit_pod_affinity(
             path = f"{where}.{_REQUIRED}[{i}]"
             if _selects_own(term, labels, namespace):
                 out.notes.append(
-                    f"{path} (topologyKey {term.get('topologyKey')}) "
+                    f"{path} (topologyKey {term.get('topologyKey')})"
                     + (
-                        "keeps the app's pods apart: dropped, a DaemonSet runs one pod per node already (kept, it "
-                        "would also keep the new pods off the nodes where the Deployment's pods still run)"
+                        ": self anti-affinity dropped, a DaemonSet runs one pod per node already (kept, it would "
+                        "also keep the new pods off the nodes where the Deployment's pods still run)"
                         if anti
-                        else "ties the app's pods to each other: dropped, a DaemonSet runs one pod on every worker"
+                        else ": self affinity dropped, a DaemonSet runs one pod on every worker"
                     )
                 )
             else:
@@ -134,8 +134,8 @@ def _fit_pod_affinity(
             term = weighted.get("podAffinityTerm") if isinstance(weighted, dict) else None
             if isinstance(term, dict) and _selects_own(term, labels, namespace):
                 out.notes.append(
-                    f"{where}.{_PREFERRED}[{i}] (topologyKey {term.get('topologyKey')}) "
-                    "selects the app's own pods: dropped, a DaemonSet runs one pod per node already"
+                    f"{where}.{_PREFERRED}[{i}] (topologyKey {term.get('topologyKey')}): preferred self "
+                    f"{'anti-' if anti else ''}affinity dropped, a DaemonSet runs one pod per node already"
                 )
             else:
                 kept.append(weighted)

@@ -373,7 +373,7 @@ def test_helm_release_tracked_by_argocd_is_refused_then_converted_without_its_me
     for name in ("keybuzz-api", "keybuzz-front"):
         assert (
             f"{name}: Deployment keybuzz/{name} is managed by Helm release keybuzz (namespace keybuzz, chart "
-            "keybuzz-1.4.2) and Argo CD application keybuzz: the next helm upgrade or the next Argo CD sync would "
+            "keybuzz-1.4.2) and Argo CD app keybuzz: the next helm upgrade or the next Argo CD sync would "
             "re-create it" in line
         )
     assert fresh.kube.list("DaemonSet", NS) == []

@@ -54,13 +54,13 @@ def meta(**m):
         (meta(labels={"heritage": "Tiller", "release": "old"}), ["Helm release old (namespace keybuzz)"]),
         (
             meta(annotations={"argocd.argoproj.io/tracking-id": "shop:apps/Deployment:keybuzz/a"}),
-            ["Argo CD application shop"],
+            ["Argo CD app shop"],
         ),
         (
             meta(annotations={"argocd.argoproj.io/tracking-id": "team-a_shop:apps/Deployment:keybuzz/a"}),
-            ["Argo CD application shop (namespace team-a)"],
+            ["Argo CD app shop (namespace team-a)"],
         ),
-        (meta(labels={"argocd.argoproj.io/instance": "shop"}), ["Argo CD application shop"]),
+        (meta(labels={"argocd.argoproj.io/instance": "shop"}), ["Argo CD app shop"]),
         (
             meta(labels={"helm.toolkit.fluxcd.io/name": "kb", "helm.toolkit.fluxcd.io/namespace": "flux-system"}),
             ["Flux HelmRelease flux-system/kb"],
@@ -173,9 +173,7 @@ def test_helm_and_argocd_table_case_is_refused_one_line_per_object():
         "keybuzz-front: Deployment keybuzz/keybuzz-front",
     ]
     for refusal in p.refusals:
-        assert (
-            "Helm release keybuzz (namespace keybuzz, chart keybuzz-1.4.2) and Argo CD application keybuzz" in refusal
-        )
+        assert "Helm release keybuzz (namespace keybuzz, chart keybuzz-1.4.2) and Argo CD app keybuzz" in refusal
         assert "the next helm upgrade or the next Argo CD sync would re-create it" in refusal
 
 

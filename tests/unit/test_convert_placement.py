@@ -161,7 +161,7 @@ def test_required_self_anti_affinity_table_case_is_dropped_with_a_note():
     (note,) = [n for n in p.notes if "podAntiAffinity" in n]
     assert note.startswith(
         "keybuzz-api: spec.template.spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0] "
-        "(topologyKey kubernetes.io/hostname) keeps the app's pods apart: dropped"
+        "(topologyKey kubernetes.io/hostname): self anti-affinity dropped"
     )
 
 
