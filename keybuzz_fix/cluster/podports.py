@@ -68,7 +68,7 @@ def names_port(text: str, port: int) -> bool:
     return any(
         re.search(p, text, re.IGNORECASE)
         for p in (
-            rf"(?:^|\s){n}(?:\s|$)",  # "3001", "serve 3001", "-p 3001"
+            rf"(?:^|[\s\"']){n}(?:[\s\"';]|$)",  # "3001", "serve 3001", "-p '3001'"
             rf"(?:^|[\s\"'=,(/@]){_LOCAL}?:{n}(?!\d)",  # ":3001", "localhost:3001", "http://127.0.0.1:3001/health"
             rf"port[\w.-]*[\"']?\s*[=:\s]\s*[\"']?{n}(?!\d)",  # "--port=3001", "PORT=3001", "server.port: 3001"
         )

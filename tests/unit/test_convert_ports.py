@@ -186,6 +186,7 @@ def test_every_numeric_probe_and_hook_of_every_container_and_sidecar_moves():
         ("http://127.0.0.1:3001", True),
         ("wget [::1]:3001/x", True),
         ("python -m http.server 3001", True),
+        ("exec app --listen '3001'; sleep 1", True),
         ("--port=$(PORT)", False),
         ("http://localhost:$PORT/health", False),
         ("--port=30010", False),
