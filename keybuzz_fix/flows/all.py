@@ -62,6 +62,7 @@ class AllOptions:
     ready_timeout: float = 300.0
     force_conflicts: bool = False
     keep_port: bool = False
+    allow_managed: bool = False
     threshold: int | None = None
     strict: bool = False
 
@@ -120,7 +121,16 @@ def run_all(
         checked = ChangeRun("convert", dry_run=True)
         converting = step(
             "convert",
-            lambda: check_plan(kube, cfg, checked, view, keep_port=options.keep_port, force=options.force_conflicts),
+            lambda: check_plan(
+                kube,
+                cfg,
+                checked,
+                view,
+                keep_port=options.keep_port,
+                force=options.force_conflicts,
+                allow_managed=options.allow_managed,
+                workers=hosts,
+            ),
             lambda _plan: steps.describe_convert(checked),
         )
         log.heading(3, "ingress", "plan")
@@ -144,7 +154,7 @@ def run_all(
         log.heading(1, "ufw")
         step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
         log.heading(2, "convert")
-        step("convert", lambda: _apply_convert(kube, cfg, converting, view, options), steps.describe_convert)
+        step("convert", lambda: _apply_convert(kube, cfg, converting, view, options, hosts), steps.describe_convert)
         log.heading(3, "ingress")
         step(
             "ingress",
@@ -209,7 +219,9 @@ def _apply_firewall(console: Console, fw: FirewallRun, planned: Sequence[HostOut
     return applied
 
 
-def _apply_convert(kube: Kube, cfg: Config, confirmed: ConvertPlan, view: ChangeView, options: AllOptions) -> ChangeRun:
+def _apply_convert(
+    kube: Kube, cfg: Config, confirmed: ConvertPlan, view: ChangeView, options: AllOptions, hosts: Sequence[Host]
+) -> ChangeRun:
     run = ChangeRun("convert", dry_run=False)
     apply_confirmed(
         kube,
@@ -220,6 +232,8 @@ def _apply_convert(kube: Kube, cfg: Config, confirmed: ConvertPlan, view: Change
         keep_port=options.keep_port,
         timeout=options.ready_timeout,
         force=options.force_conflicts,
+        allow_managed=options.allow_managed,
+        workers=hosts,
     )
     return run
 
