@@ -91,7 +91,7 @@ def run_all(
     kube = reach.kube()
     http = reach.http or HttpOptions()
     log = steps.StepLog(console)
-    wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, options.keep_port))
+    wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
     rules = wanted.ufw_rules
     fw = FirewallRun(
         hosts=hosts,
@@ -193,9 +193,14 @@ def run_all(
     return Remediation(card)
 
 
-def _as_converted(kube: Kube, cfg: Config, keep_port: bool) -> list[Obj]:
+def _as_converted(kube: Kube, cfg: Config, hosts: Sequence[Host], options: AllOptions) -> list[Obj]:
     """The DaemonSets and Services as convert will make them: the firewall is planned for the cluster after convert."""
-    plan = plan_convert(cfg, read_convert_state(kube, cfg), keep_port=keep_port)
+    plan = plan_convert(
+        cfg,
+        read_convert_state(kube, cfg, hosts),
+        keep_port=options.keep_port,
+        allow_managed=options.allow_managed,
+    )
     return [c.after for c in plan.daemonsets + plan.services if c.after is not None]
 
 
