@@ -31,6 +31,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from keybuzz_fix import inventory
 from tests.lab.hosts import RECORD_DIR, Lab, LabError
 
 pytestmark = pytest.mark.integration
@@ -168,9 +169,7 @@ def ssh(folder: Path, ip: str, command: str) -> str:
 
 
 def workers(folder: Path) -> list[str]:
-    rows = [line.split("\t") for line in (folder / "servers.tsv").read_text().splitlines()]
-    header = rows[0]
-    return [r[header.index("IP_PRIVEE")] for r in rows[1:] if r[header.index("SUBROLE")] == "worker"]
+    return [h.private_ip for h in inventory.select(inventory.load(folder / "servers.tsv"))]
 
 
 def exists(call: object, *args: str) -> bool:
