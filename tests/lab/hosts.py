@@ -711,11 +711,13 @@ def free_base_ip(count: int, start: int = 21) -> int:
 
 
 def _start_time(pid: int) -> str | None:
+    """The process's start time, None once it is gone; a zombie is gone (an init that never reaps keeps it)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text.rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    fields = text.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]  # field 3, state; field 22, starttime
 
 
 def _write_record(token: str, workdir: Path | None) -> None:
