@@ -212,6 +212,12 @@ class Judgement:
         """Return the distinct decisions, in the order of the pieces."""
         return tuple(dict.fromkeys(p.decision for p in self.pieces))
 
+    def at(self, source: str) -> tuple[Piece, ...]:
+        """Return the pieces whose sources hold this address (one, unless other dimensions split it)."""
+        address = ipaddress.ip_address(source)
+        return tuple(p for p in self.pieces if p.sources == (ANY,) or any(
+            address in ipaddress.ip_network(n) for n in p.sources))
+
     def not_allowed(self) -> tuple[Piece, ...]:
         """Return the pieces that are not simply let in (deny, reject or limit)."""
         return tuple(p for p in self.pieces if p.decision.verdict is not Verdict.ALLOW)

@@ -8,10 +8,13 @@ test (tests/integration/test_ufw_verdict_differential.py) found against real pac
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keybuzz_fix.firewall import UfwRule, parse_rule_command
 from keybuzz_fix.ufw_verdict import (
@@ -396,3 +399,36 @@ def test_judgements_read_well() -> None:
     assert partly.describe() == (
         "IPv4 31695/tcp from 10.0.0.0/15: partly: 10.0.0.0/16: allow by user.rules rule 2: "
         "ufw allow from 10.0.0.0/16 to any; 10.1.0.0/16: deny by user.rules rule 3: ufw deny 31695/tcp")
+
+
+# -- a flow from a network is the sum of its addresses -----------------------------------------
+
+_NETS = ("any", "10.0.0.0/24", "10.0.0.0/25", "10.0.0.128/25", "10.0.0.64/26", "10.0.0.16/28", "10.0.0.200/30",
+         "10.0.0.7", "10.0.0.130", "10.0.1.0/24")
+
+
+@st.composite
+def _rulesets(draw: st.DrawFn) -> Ruleset:
+    found = []
+    for _ in range(draw(st.integers(0, 8))):
+        found.append(UfwRule(action=draw(st.sampled_from(("allow", "deny", "reject", "limit"))),
+                             port=draw(st.sampled_from((None, "31695", "30000:32767", "8472,31695"))),
+                             proto=draw(st.sampled_from((None, "tcp", "udp"))),
+                             source=draw(st.sampled_from(_NETS)),
+                             interface=draw(st.sampled_from((None, None, "enp7s0")))))
+    found = [r for r in found if not (r.port and "," in r.port and r.proto is None)]
+    return Ruleset(rules4=tuple(found), incoming=draw(st.sampled_from(("allow", "deny", "reject"))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_rulesets(), st.sampled_from(("10.0.0.0/24", "10.0.0.0/26", "10.0.0.128/25", "any")),
+       st.lists(st.integers(0, 255), min_size=1, max_size=8))
+def test_a_network_is_judged_as_each_of_its_addresses(rs: Ruleset, network: str, hosts: list[int]) -> None:
+    j = judge(rs, Flow(4, "31695", "tcp", source=network, interface="enp7s0"))
+    net = ipaddress.ip_network("0.0.0.0/0" if network == "any" else network)
+    assert sum(ipaddress.ip_network("0.0.0.0/0" if s == "any" else s).num_addresses
+               for p in j.pieces for s in p.sources) == net.num_addresses  # the pieces part the network
+    for h in hosts:
+        address = str(ipaddress.ip_address(int(net.network_address) + h % net.num_addresses))
+        (piece,) = j.at(address)
+        assert piece.decision == decide(rs, Flow(4, "31695", "tcp", source=address, interface="enp7s0"))
