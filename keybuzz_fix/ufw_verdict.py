@@ -50,25 +50,27 @@ The facts and where they come from (ufw 0.36, the Debian/Ubuntu package: ``src/b
 A flow is a set of packets: a source address or network, source ports, a destination, ports,
 protocols and the interface they arrive on. Rules whose sources (or ports, or interfaces) split it
 give its parts different verdicts; :func:`judge` returns every part with the rule or policy that
-decided it, so "allow from 10.0.0.0/17" over a flow from 10.0.0.0/16 reads "partly".
+decided it, so "allow from 10.0.0.0/17" over a flow from 10.0.0.0/16 reads "partly". The sets of
+packets and the first-match walk are :mod:`keybuzz_fix.ufw_match`; profiles :mod:`keybuzz_fix.ufw_apps`.
 """
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
 from keybuzz_fix import ufw_files
+from keybuzz_fix import ufw_match as m
 from keybuzz_fix.firewall import ANY, UfwRule
+from keybuzz_fix.ufw_apps import AppProfile, UnknownProfile, find_profile, parse_app_profiles
+
+__all__ = ["POLICIES", "Added", "AppProfile", "DecidedBy", "Decision", "Flow", "Judgement", "Piece", "Reach",
+           "Ruleset", "UnknownProfile", "Verdict", "decide", "judge", "judge_rule", "parse_app_profiles",
+           "rule_families"]
 
 POLICIES = ("allow", "deny", "reject")  # ufw default <policy> incoming|routed
-TCP, UDP = 6, 17
-_PROTOS = {"tcp": TCP, "udp": UDP}
-_MAX = {4: 2**32 - 1, 6: 2**128 - 1}
 
 
 class Verdict(str, Enum):
@@ -112,14 +114,6 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class AppProfile:
-    """One application profile: ``entries`` are its ``ports=`` items as ``(proto or None, port spec)``."""
-
-    name: str
-    entries: tuple[tuple[str | None, str], ...]
-
-
-@dataclass(frozen=True)
 class Flow:
     """Packets that should reach the host (or pass through it, ``routed``), as UFW matches them.
 
@@ -148,10 +142,10 @@ class Flow:
             raise ValueError(f"proto must be tcp, udp or None, not {self.proto!r}")
         for name in ("source", "dest"):
             value = getattr(self, name)
-            if value != ANY and _family(value) != self.family:
+            if value != ANY and m.family_of(value) != self.family:
                 raise ValueError(f"{name} {value!r} is not an IPv{self.family} address or network")
-        _port_set(self.port)
-        _port_set(self.sport)
+        m.port_set(self.port)
+        m.port_set(self.sport)
 
     def describe(self) -> str:
         """Return a short human form (``IPv4 31695/tcp from 10.0.0.0/16 on enp7s0``)."""
@@ -288,13 +282,9 @@ class Ruleset:
         """Return the user rules of one family, in ufw's order."""
         return self.rules4 if family == 4 else self.rules6
 
-    def profile(self, name: str) -> AppProfile | None:
-        """Find a profile as ufw does: the exact name, else the one name equal but for case."""
-        exact = [p for p in self.profiles if p.name == name]
-        if exact:
-            return exact[-1]
-        folded = [p for p in self.profiles if p.name.lower() == name.lower()]
-        return folded[0] if len(folded) == 1 else None
+    def profile(self, name: str) -> AppProfile:
+        """Find a profile as ufw does (the exact name, else the one equal but for case); else UnknownProfile."""
+        return find_profile(self.profiles, name)
 
     def add(self, rule: UfwRule, *, position: int = 0) -> Added:
         """Return what ``ufw <rule>`` does to these rules: append (0), ``prepend`` (-1) or ``insert N``.
@@ -346,7 +336,7 @@ class Ruleset:
 
 def rule_families(rule: UfwRule) -> tuple[int, ...]:
     """Return the families ufw writes a rule to: its addresses' family, or both for ``any`` to ``any``."""
-    fams = {_family(a) for a in (rule.source, rule.dest) if a != ANY}
+    fams = {m.family_of(a) for a in (rule.source, rule.dest) if a != ANY}
     if len(fams) > 1:
         raise ValueError(f"mixed IP versions for 'from' and 'to' in {rule.command()}")
     return (fams.pop(),) if fams else (4, 6)
@@ -354,13 +344,13 @@ def rule_families(rule: UfwRule) -> tuple[int, ...]:
 
 def judge(ruleset: Ruleset, flow: Flow) -> Judgement:
     """Return every part of ``flow`` with the rule, before-rule or policy that decides it."""
-    names = _Ifaces(ruleset, (flow.interface, flow.out_interface))
-    region: _Box = (
-        _net_set(flow.source, flow.family),
-        _port_set(flow.sport),
-        _net_set(flow.dest, flow.family),
-        _port_set(flow.port),
-        _proto_set(flow.proto, ports=True),
+    names = m.Interfaces(ruleset.rules4 + ruleset.rules6, (flow.interface, flow.out_interface))
+    region: m.Box = (
+        m.net_set(flow.source, flow.family),
+        m.port_set(flow.sport),
+        m.net_set(flow.dest, flow.family),
+        m.port_set(flow.port),
+        m.proto_set(flow.proto, ports=True),
         names.remote(flow.interface),
         names.remote(flow.out_interface) if flow.routed else names.other,
     )
@@ -388,121 +378,50 @@ def judge_rule(ruleset: Ruleset, want: UfwRule, *, dest: str = ANY, interface: s
     for fam in rule_families(want):
         if fam == 6 and not ruleset.ipv6:
             continue
-        names = _Ifaces(ruleset, (want.interface, want.interface_out, interface))
-        context: _Box = (_FULL_NET[fam], _port_set(sport), _net_set(dest, fam), _ALL_PORTS, _TCP_UDP,
-                   names.remote(interface), names.remote(None) if want.route else names.other)
-        boxes = [b for b in (_and_box(rb, context) for rb in _rule_boxes(want, fam, names, ruleset)) if b]
-        what = f"IPv{fam} {want.raw or want.command()}"
-        out.append(_judge(ruleset, fam, want.route, boxes, names, what))
+        names = m.Interfaces(ruleset.rules4 + ruleset.rules6, (want.interface, want.interface_out, interface))
+        context: m.Box = (m.FULL_NET[fam], m.port_set(sport), m.net_set(dest, fam), m.ALL_PORTS, m.TCP_UDP,
+                          names.remote(interface), names.remote(None) if want.route else names.other)
+        boxes = [b for b in (m.and_box(rb, context) for rb in m.rule_boxes(want, fam, names, ruleset.profile)) if b]
+        out.append(_judge(ruleset, fam, want.route, boxes, names, f"IPv{fam} {want.raw or want.command()}"))
     return tuple(out)
 
 
-def parse_app_profiles(files: Mapping[str, str]) -> dict[str, AppProfile]:
-    """Parse the files of ``/etc/ufw/applications.d`` (file name → text) into profiles by name.
-
-    As ``applications.get_profiles``: files in name order, hidden and package-backup files skipped,
-    a file that does not parse skipped, a later profile of the same name wins; a profile needs
-    ``title``, ``description`` and valid ``ports``. (ufw also skips a profile named like a service of
-    /etc/services; that file is not read here.)
-    """
-    profiles: dict[str, AppProfile] = {}
-    for fname in sorted(files):
-        if fname.startswith(".") or fname.endswith(_BACKUP_SUFFIXES):
-            continue
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read_string(files[fname], source=fname)
-        except configparser.Error:
-            continue
-        for name in parser.sections():
-            if len(name) > 64 or not _PROFILE_NAME.match(name) or name == "all" or name.isdigit():
-                continue
-            values = dict(parser.items(name))
-            if any(len(k) > 64 or len(v) > 1024 for k, v in values.items()):
-                continue
-            if not all(values.get(k) for k in ("title", "description", "ports")):
-                continue
-            try:
-                entries = tuple(_profile_entry(p) for p in values["ports"].split("|"))
-            except ValueError:
-                continue
-            profiles[name] = AppProfile(name, entries)
-    return profiles
+# -- the chains a new packet meets -------------------------------------------------------------
 
 
-# -- the evaluation ----------------------------------------------------------------------------
-
-_IntSet = tuple[tuple[int, int], ...]  # sorted, disjoint, non-adjacent closed intervals
-_Box = tuple[_IntSet, ...]  # (source, sport, dest, dport, proto, in-interface, out-interface)
-_SRC, _SPORT, _DST, _DPORT, _PROTO, _IIF, _OIF = range(7)
-_ALL_PORTS: _IntSet = ((1, 65535),)
-_ALL_PROTOS: _IntSet = ((0, 255),)
-_TCP_UDP: _IntSet = ((TCP, TCP), (UDP, UDP))
-_FULL_NET: dict[int, _IntSet] = {4: ((0, _MAX[4]),), 6: ((0, _MAX[6]),)}
-_BACKUP_SUFFIXES = (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".rpmnew", ".rpmsave", "~")
-_PROFILE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9 _\-\.+]*$")
-
-
-class _Ifaces:
-    """Interface names as numbers: one per name the rules or the flow use, 0 for every other interface."""
-
-    def __init__(self, ruleset: Ruleset, extra: Iterable[str | None]) -> None:
-        seen = {r.interface for r in ruleset.rules4 + ruleset.rules6} | {
-            r.interface_out for r in ruleset.rules4 + ruleset.rules6} | set(extra) | {"lo"}
-        self.names = sorted(n for n in seen if n)
-        self.all: _IntSet = ((0, len(self.names)),)
-        self.other: _IntSet = ((0, 0),)
-
-    def only(self, name: str | None) -> _IntSet:
-        return self.all if name is None else ((self.names.index(name) + 1,) * 2,)
-
-    def remote(self, name: str | None) -> _IntSet:
-        """Where packets of a flow may arrive: the named interface; not known: any but loopback."""
-        if name is not None:
-            return self.only(name)
-        return _minus(self.all, self.only("lo"))
-
-    def describe(self, ids: _IntSet) -> str:
-        members = {i for lo, hi in ids for i in range(lo, hi + 1)}
-        if 0 in members:
-            others = [n for i, n in enumerate(self.names, 1) if i not in members and n != "lo"]
-            return "on an interface other than " + ", ".join(others) if others else "on any interface"
-        return "on " + ", ".join(self.names[i - 1] for i in sorted(members))
-
-
-def _judge(ruleset: Ruleset, family: int, routed: bool, region: list[_Box], names: _Ifaces,
+def _judge(ruleset: Ruleset, family: int, routed: bool, region: list[m.Box], names: m.Interfaces,
            what: str) -> Judgement:
     chain = _chain(ruleset, family, routed, names)
     pieces: list[Piece] = []
     for flow_box in region:
-        for box, decision in _first_match(flow_box, chain):
-            pieces.append(Piece(_networks(box[_SRC], family), decision, _narrowing(box, flow_box, names, family)))
+        for piece, decision in m.first_match(flow_box, chain):
+            pieces.append(Piece(m.networks(piece[m.SRC], family), decision,
+                                m.narrowing(piece, flow_box, names, family)))
     return Judgement(family, what, tuple(pieces))
 
 
-def _chain(ruleset: Ruleset, family: int, routed: bool, names: _Ifaces) -> list[tuple[list[_Box], Decision]]:
+def _chain(ruleset: Ruleset, family: int, routed: bool, names: m.Interfaces) -> list[tuple[list[m.Box], Decision]]:
     """The ordered (match, decision) list a new packet meets, ending in a catch-all policy."""
-    everything: list[_Box] = [_box(family, names)]
+    everything = [m.box(family, names)]
     if not ruleset.active:
         return [(everything, Decision(Verdict.ALLOW, DecidedBy.INACTIVE,
                                       "ufw is inactive: it loads no rule and no policy"))]
-    loopback: _Box = _box(family, names, iif=names.only("lo"))
-    lo = ([loopback], Decision(Verdict.ALLOW, DecidedBy.BEFORE_RULES, "before.rules: all traffic on loopback"))
+    lo = ([m.box(family, names, iif=names.only("lo"))],
+          Decision(Verdict.ALLOW, DecidedBy.BEFORE_RULES, "before.rules: all traffic on loopback"))
     if family == 6 and not ruleset.ipv6:
         off = (everything, Decision(Verdict.DENY, DecidedBy.IPV6_OFF,
                                     "IPV6=no in /etc/default/ufw: ufw drops all IPv6 but loopback"))
         return [off] if routed else [lo, off]
-    chain: list[tuple[list[_Box], Decision]] = []
+    chain: list[tuple[list[m.Box], Decision]] = []
     if not routed:
         chain.append(lo)
-        for text, box in _before_input(family, names):
-            chain.append(([box], Decision(Verdict.ALLOW, DecidedBy.BEFORE_RULES, f"before.rules: {text}")))
-    rules = ruleset.rules(family)
+        for text, fixed in _before_input(family, names):
+            chain.append(([fixed], Decision(Verdict.ALLOW, DecidedBy.BEFORE_RULES, f"before.rules: {text}")))
     fname = "user.rules" if family == 4 else "user6.rules"
-    for n, rule in enumerate(rules, 1):
+    for n, rule in enumerate(ruleset.rules(family), 1):
         if rule.route != routed or (not routed and rule.direction != "in"):
             continue  # another chain: ufw-user-forward / ufw-user-output
-        chain.append((_rule_boxes(rule, family, names, ruleset),
+        chain.append((m.rule_boxes(rule, family, names, ruleset.profile),
                       Decision(Verdict(rule.action), DecidedBy.RULE, f"{fname} rule {n}: {rule.raw or rule.command()}",
                                rule, family, n)))
     policy = ruleset.routed if routed else ruleset.incoming
@@ -512,253 +431,25 @@ def _chain(ruleset: Ruleset, family: int, routed: bool, names: _Ifaces) -> list[
     return chain
 
 
-def _first_match(flow: _Box, chain: list[tuple[list[_Box], Decision]]) -> list[tuple[_Box, Decision]]:
-    """Walk the chain: each rule takes the part of what is left that it matches."""
-    left = [flow]
-    out: list[tuple[_Box, Decision]] = []
-    for boxes, decision in chain:
-        for rule_box in boxes:
-            rest: list[_Box] = []
-            for box in left:
-                hit = _and_box(box, rule_box)
-                if hit is None:
-                    rest.append(box)
-                    continue
-                out.append((hit, decision))
-                rest.extend(_minus_box(box, rule_box))
-            left = rest
-        if not left:
-            break
-    return out
-
-
-def _before_input(family: int, names: _Ifaces) -> list[tuple[str, _Box]]:
+def _before_input(family: int, names: m.Interfaces) -> list[tuple[str, m.Box]]:
     """The shipped before.rules / before6.rules lines that accept a new TCP/UDP packet to the host."""
-    udp = ((UDP, UDP),)
+    udp = ((m.UDP, m.UDP),)
+    port = m.port_set
     if family == 4:
         return [
-            ("allow dhcp client to work (udp 67 → 68)",
-             _box(4, names, sport=_port_set("67"), dport=_port_set("68"), proto=udp)),
+            ("allow dhcp client to work (udp 67 → 68)", m.box(4, names, sport=port("67"), dport=port("68"), proto=udp)),
             ("mDNS (224.0.0.251 udp 5353)",
-             _box(4, names, dst=_net_set("224.0.0.251", 4), dport=_port_set("5353"), proto=udp)),
+             m.box(4, names, dst=m.net_set("224.0.0.251", 4), dport=port("5353"), proto=udp)),
             ("UPnP (239.255.255.250 udp 1900)",
-             _box(4, names, dst=_net_set("239.255.255.250", 4), dport=_port_set("1900"), proto=udp)),
+             m.box(4, names, dst=m.net_set("239.255.255.250", 4), dport=port("1900"), proto=udp)),
         ]
-    link = _net_set("fe80::/10", 6)
+    link = m.net_set("fe80::/10", 6)
     return [
         ("DHCPv6 client (fe80::/10 udp 547 → 546)",
-         _box(6, names, src=link, sport=_port_set("547"), dst=link, dport=_port_set("546"), proto=udp)),
-        ("mDNS (ff02::fb udp 5353)", _box(6, names, dst=_net_set("ff02::fb", 6), dport=_port_set("5353"), proto=udp)),
-        ("UPnP (ff02::f udp 1900)", _box(6, names, dst=_net_set("ff02::f", 6), dport=_port_set("1900"), proto=udp)),
+         m.box(6, names, src=link, sport=port("547"), dst=link, dport=port("546"), proto=udp)),
+        ("mDNS (ff02::fb udp 5353)", m.box(6, names, dst=m.net_set("ff02::fb", 6), dport=port("5353"), proto=udp)),
+        ("UPnP (ff02::f udp 1900)", m.box(6, names, dst=m.net_set("ff02::f", 6), dport=port("1900"), proto=udp)),
     ]
-
-
-def _box(family: int, names: _Ifaces, *, src: _IntSet | None = None, sport: _IntSet = _ALL_PORTS,
-         dst: _IntSet | None = None, dport: _IntSet = _ALL_PORTS, proto: _IntSet = _ALL_PROTOS,
-         iif: _IntSet | None = None) -> _Box:
-    return (src or _FULL_NET[family], sport, dst or _FULL_NET[family], dport, proto, iif or names.all, names.all)
-
-
-def _rule_boxes(rule: UfwRule, family: int, names: _Ifaces, ruleset: Ruleset) -> list[_Box]:
-    """What one rule matches, as boxes (several for a profile of several port entries)."""
-    if any(a != ANY and _family(a) != family for a in (rule.source, rule.dest)):
-        return []
-    src, dst = _net_set(rule.source, family), _net_set(rule.dest, family)
-    iif, oif = names.all, names.all
-    if rule.interface:
-        if rule.direction == "in":
-            iif = names.only(rule.interface)
-        else:
-            oif = names.only(rule.interface)
-    if rule.interface_out:
-        oif = names.only(rule.interface_out)
-    boxes: list[_Box] = []
-    for proto, dport, sport in _port_entries(rule, ruleset):
-        has_ports = dport not in (None, "any") or sport not in (None, "any")
-        boxes.append((src, _port_set(sport), dst, _port_set(dport), _proto_set(proto, ports=has_ports), iif, oif))
-    return boxes
-
-
-def _port_entries(rule: UfwRule, ruleset: Ruleset) -> list[tuple[str | None, str | None, str | None]]:
-    """(proto, dport, sport) triples of a rule; an application rule through its tuple or its profiles.
-
-    Profiles are expanded as ``backend.get_app_rules_from_template``: one entry per port item, and for
-    a rule naming two profiles every pair (the same item twice when both name the same profile).
-    """
-    if not (rule.app or rule.source_app):
-        return [(rule.proto, rule.port, rule.sport)]
-    if rule.app_ports is not None:
-        return [rule.app_ports]
-    dports = _profile_ports(ruleset, rule.app) if rule.app else [(rule.proto, rule.port)]
-    sports = _profile_ports(ruleset, rule.source_app) if rule.source_app else [(rule.proto, rule.sport)]
-    if rule.app and rule.source_app:
-        if rule.app == rule.source_app:
-            return [(p, ports, ports) for p, ports in dports]
-        return [(sp if sp is not None else dp, d, s) for dp, d in dports for sp, s in sports]
-    if rule.app:
-        return [(p, d, rule.sport) for p, d in dports]
-    return [(p, rule.port, s) for p, s in sports]
-
-
-def _profile_ports(ruleset: Ruleset, name: str) -> list[tuple[str | None, str]]:
-    profile = ruleset.profile(name)
-    if profile is None:
-        raise UnknownProfile(name)
-    return list(profile.entries)
-
-
-class UnknownProfile(ValueError):
-    """A rule names an application profile that the given applications.d files do not define."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"application profile {name!r} is not defined in the applications.d files given")
-        self.name = name
-
-
-def _profile_entry(item: str) -> tuple[str | None, str]:
-    """Check one ``ports=`` item as ``applications.verify_profile`` does."""
-    port, _, proto = item.strip().partition("/")
-    if "/" in proto:
-        raise ValueError(item)
-    if proto not in ("", "tcp", "udp"):
-        raise ValueError(item)  # portless or unknown protocols carry no ports
-    if not proto and (":" in port or "," in port):
-        raise ValueError(item)
-    if port.count(",") + port.count(":") > 14 or port.startswith((",", ":")) or port.endswith((",", ":")):
-        raise ValueError(item)
-    _port_set(port)
-    return (proto or None, port)
-
-
-# -- sets of numbers ---------------------------------------------------------------------------
-
-
-def _norm(intervals: Iterable[tuple[int, int]]) -> _IntSet:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(intervals):
-        if lo > hi:
-            continue
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return tuple(out)
-
-
-def _and(a: _IntSet, b: _IntSet) -> _IntSet:
-    out = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if lo <= hi:
-            out.append((lo, hi))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tuple(out)
-
-
-def _minus(a: _IntSet, b: _IntSet) -> _IntSet:
-    out = []
-    for lo, hi in a:
-        for blo, bhi in b:
-            if bhi < lo or blo > hi:
-                continue
-            if blo > lo:
-                out.append((lo, blo - 1))
-            lo = bhi + 1
-            if lo > hi:
-                break
-        if lo <= hi:
-            out.append((lo, hi))
-    return _norm(out)
-
-
-def _and_box(a: _Box, b: _Box) -> _Box | None:
-    out = tuple(_and(x, y) for x, y in zip(a, b, strict=True))
-    return None if any(not s for s in out) else out
-
-
-def _minus_box(a: _Box, b: _Box) -> list[_Box]:
-    """``a`` without ``b``, as disjoint boxes (the usual one-dimension-at-a-time split)."""
-    out = []
-    for k in range(len(a)):
-        rest = _minus(a[k], b[k])
-        if rest:
-            out.append(tuple(_and(a[i], b[i]) for i in range(k)) + (rest,) + a[k + 1:])
-    return out
-
-
-def _port_set(spec: str | None) -> _IntSet:
-    """``31695``, ``30000:32767``, ``80,443`` (or None / ``any``: every port) as a set."""
-    if spec in (None, "any"):
-        return _ALL_PORTS
-    out = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition(":")
-        if not (lo.isdigit() and (hi.isdigit() or not hi)):
-            raise ValueError(f"bad port spec {spec!r}")
-        a, b = int(lo), int(hi or lo)
-        if not 1 <= a <= b <= 65535:
-            raise ValueError(f"bad port spec {spec!r}")
-        out.append((a, b))
-    return _norm(out)
-
-
-def _proto_set(proto: str | None, *, ports: bool) -> _IntSet:
-    """A protocol; none given: tcp and udp when the rule has ports (ufw writes both), else every protocol."""
-    if proto in (None, "any"):
-        return _TCP_UDP if ports else _ALL_PROTOS
-    if proto not in _PROTOS:
-        return ()  # another protocol (esp, gre, …): never a TCP or UDP packet
-    return ((_PROTOS[proto],) * 2,)
-
-
-def _family(value: str) -> int:
-    return ipaddress.ip_network(value, strict=False).version
-
-
-def _net_set(value: str, family: int) -> _IntSet:
-    if value == ANY:
-        return _FULL_NET[family]
-    net = ipaddress.ip_network(value, strict=False)  # iptables masks host bits the same way
-    if net.version != family:
-        return ()
-    return ((int(net.network_address), int(net.broadcast_address)),)
-
-
-def _networks(ranges: _IntSet, family: int) -> tuple[str, ...]:
-    if ranges == _FULL_NET[family]:
-        return (ANY,)
-    make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
-    out: list[str] = []
-    for lo, hi in ranges:
-        for net in ipaddress.summarize_address_range(make(lo), make(hi)):
-            out.append(str(net) if net.prefixlen != net.max_prefixlen else str(net.network_address))
-    return tuple(out)
-
-
-def _spec(ports: _IntSet) -> str:
-    return ",".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in ports)
-
-
-def _narrowing(box: _Box, flow: _Box, names: _Ifaces, family: int) -> tuple[str, ...]:
-    """Say where a piece is narrower than its flow, other than in its sources."""
-    out = []
-    if box[_PROTO] != flow[_PROTO]:  # flows are tcp and/or udp: a piece is one of them
-        out.append("+".join({TCP: "tcp", UDP: "udp"}.get(lo, str(lo)) for lo, _ in box[_PROTO]))
-    if box[_DPORT] != flow[_DPORT]:
-        out.append(f"port {_spec(box[_DPORT])}")
-    if box[_SPORT] != flow[_SPORT]:
-        out.append(f"source port {_spec(box[_SPORT])}")
-    if box[_DST] != flow[_DST]:
-        out.append("to " + ", ".join(_networks(box[_DST], family)))
-    if box[_IIF] != flow[_IIF]:
-        out.append("arriving " + names.describe(box[_IIF]))
-    if box[_OIF] != flow[_OIF]:
-        out.append("leaving " + names.describe(box[_OIF]))
-    return tuple(out)
 
 
 def _same_match(existing: UfwRule, rule: UfwRule) -> bool:
