@@ -322,7 +322,7 @@ class Ruleset:
                 rules.insert(0, rule)
             elif fam == 4 or len(families) == 1:
                 at = position - 1 if fam == 4 else position - 1 - len(self.rules4)
-                if not 0 <= at <= len(rules):
+                if not 0 <= at < len(rules):  # ufw inserts before an existing rule, never past the end
                     raise ValueError(f"ufw insert {position}: no such position for IPv{fam}")
                 rules.insert(at, rule)
             else:

@@ -377,6 +377,10 @@ def test_insert_puts_the_v6_copy_next_to_the_v4_rules_twin() -> None:
     assert at2.rules4[1] == at2.rules6[0] == UfwRule(port="31695", proto="tcp")
     at1 = rs.add(UfwRule(port="31695", proto="tcp"), position=1).ruleset
     assert at1.rules4[0] == UfwRule(port="31695", proto="tcp") and at1.rules6[-1] == UfwRule(port="31695", proto="tcp")
+    with pytest.raises(ValueError, match="position"):
+        Ruleset().add(UfwRule(port="31695", proto="tcp"), position=1)  # ufw: Invalid position '1'
+    v6_only = rs.add(UfwRule(port="31695", proto="tcp", source="fd00::/8"), position=3).ruleset
+    assert v6_only.rules6[0].source == "fd00::/8"  # 3 = the first v6 rule in ufw status numbered
 
 
 def test_flows_are_checked() -> None:
