@@ -19,8 +19,9 @@ The facts and where they come from (ufw 0.36, the Debian/Ubuntu package: ``src/b
   ``--update --seconds 30 --hitcount 6 -j ufw-user-limit`` (log + ``REJECT``), else
   ``-j ufw-user-limit-accept`` (``ACCEPT``). A source's 6th new connection (conntrack NEW) within
   30 s is rejected; earlier ones pass. The count lives in xt_recent's one ``DEFAULT`` list, per
-  source address and shared by every limit rule. A UDP stream whose replies use other ports (VXLAN)
-  is NEW on every packet, so it is throttled to 5 packets per 30 s.
+  source address and shared by every limit rule, ``ufw route limit`` ones too: a source that meets
+  two limit rules has 5 new connections for both together. A UDP stream whose replies use other
+  ports (VXLAN) is NEW on every packet, so it is throttled to 5 packets per 30 s.
 - **reject** is ``REJECT`` (ICMP port unreachable), with ``--reject-with tcp-reset`` for a tcp rule
   and for the tcp half of a rule with ports but no protocol. A rule with ports and no protocol is
   two iptables lines, tcp and udp; one without ports matches every protocol.

@@ -251,6 +251,11 @@ NAMED: dict[str, Case] = {
                                        ("allow", "from", "::/0", "to", "any", "port", "8472", "proto", "udp"))),
     "issue-4-default-accept": Case(rules=(_SSH,), incoming="allow"),
     "issue-5-interface": Case(rules=(_SSH, ("allow", "in", "on", "enp7s0", "from", "198.19.2.0/24"))),
+    # Every flow of 198.19.1.10 meets a limit rule: the 6 first attempts, sent at once, shared one budget
+    # of 5 new connections (one xt_recent list for all limit rules, INPUT and FORWARD) and the 6th was
+    # refused, where each flow alone is limited. The test now sends at most 3 at once per source.
+    "found-limit-budget-shared-by-all-limit-rules": Case(
+        rules=(("limit", "from", "198.19.1.0/24"), ("route", "limit", "from", "198.19.1.0/24", "to", "any"))),
     # IPv6 TCP meets an ICMPv6 port unreachable (the REJECT of a policy or of a rule without tcp):
     # Linux keeps retrying the SYN instead of failing connect(), so the packets looked like DROP.
     "found-ipv6-tcp-reject-is-icmpv6": Case(rules=(("reject", "from", "::/0"),), incoming="reject"),
@@ -359,11 +364,22 @@ class Topology:
                                 "ipv6": case.ipv6, "active": case.active, "check": check})
 
     def observe(self, probes: Sequence[Probe]) -> dict[str, tuple[str, str]]:
-        """Send every probe; return (verdict the packets show, detail) per probe id."""
-        first = self.prober.ask({"op": "probe", "flows": [p.wire() for p in probes], "timeout": TIMEOUT})
-        kinds = self._late([(p, *first[p.id]) for p in probes])  # type: ignore[misc]
+        """Send every probe; return (verdict the packets show, detail) per probe id.
+
+        One attempt per flow, all at once, in two rounds: to T, then through T. A source gets 5 new
+        connections per 30 s from all limit rules together (one xt_recent list, INPUT and FORWARD
+        alike); six flows of one source at once would use up the budget of one another.
+        """
+        kinds: dict[str, str] = {}
+        for routed in (False, True):
+            batch = [p for p in probes if p.routed == routed]
+            self.target.ask({"op": "clear-recent"})
+            first = self.prober.ask({"op": "probe", "flows": [p.wire() for p in batch], "timeout": TIMEOUT})
+            got = self._late([(p, *first[p.id]) for p in batch])  # type: ignore[misc]
+            kinds.update({p.id: kind for p, kind in zip(batch, got, strict=True)})
         out: dict[str, tuple[str, str]] = {}
-        for p, kind in zip(probes, kinds, strict=True):
+        for p in probes:
+            kind = kinds[p.id]
             if kind == "refused":
                 out[p.id] = ("reject", "refused")
             elif kind == "timeout":
