@@ -1,0 +1,156 @@
+"""Every network wait has a deadline: misbehaving servers on 127.0.0.1 cannot stretch an attempt.
+
+Each test bounds the elapsed time loosely (the timeout plus 2 s): the bound is the behaviour under
+test, not a speed claim.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from keybuzz_fix.checks import http as probe
+from keybuzz_fix.checks.http import HttpOptions
+from tests.lab import slow_server as slow
+from tests.lab.slow_server import SlowServer
+
+SLACK = 2.0
+
+
+@pytest.fixture()
+def server() -> Iterator:
+    made: list[SlowServer] = []
+
+    def make(behaviour: slow.Behaviour, **kwargs: object) -> SlowServer:
+        s = SlowServer(behaviour, **kwargs)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def opts(timeout: float, **kwargs: object) -> HttpOptions:
+    return HttpOptions(**{"timeout": timeout, "retries": 0, "retry_delay": 0.01, **kwargs})  # type: ignore[arg-type]
+
+
+def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    out = fn(*args, **kwargs)
+    return out, time.monotonic() - start
+
+
+def test_a_trickling_body_is_not_read_the_status_is_the_answer(server) -> None:
+    s = server(slow.trickling_body)
+    answer, took = timed(probe.http_get, f"http://127.0.0.1:{s.port}/", opts(3.0))
+    assert (answer.status, answer.reason) == (200, "OK")
+    assert took < 3.0 + SLACK
+
+
+def test_a_round_against_a_trickling_body_ends_within_the_timeout(server) -> None:
+    s = server(slow.trickling_body)
+    result, took = timed(probe.http_round, f"http://127.0.0.1:{s.port}/", opts(3.0), count=4)
+    assert result.ok and result.rounds == 1 and len(result.answers) == 4
+    assert took < 3.0 + SLACK
+
+
+def test_headers_sent_line_by_line_are_cut_at_the_deadline(server) -> None:
+    s = server(slow.slow_headers)
+    answer, took = timed(probe.http_get, f"http://127.0.0.1:{s.port}/", opts(1.5, retries=1))
+    assert answer.status is None and answer.attempts == 2
+    assert answer.reason == "timed out after 1.5 s (got 'HTTP/1.1 200 OK', the headers never ended)"
+    assert 2 * 1.5 <= took < 2 * 1.5 + SLACK  # two whole attempts, each cut at its deadline
+
+
+def test_a_status_line_dripped_byte_by_byte_is_cut_at_the_deadline(server) -> None:
+    s = server(slow.slow_status_line)
+    answer, took = timed(probe.http_get, f"http://127.0.0.1:{s.port}/", opts(1.0))
+    assert answer.status is None and answer.reason.startswith("timed out after 1 s")
+    assert took < 1.0 + SLACK
+
+
+def test_a_server_that_accepts_and_never_answers(server) -> None:
+    s = server(slow.silent)
+    answer, took = timed(probe.http_get, f"http://127.0.0.1:{s.port}/", opts(1.0))
+    assert (answer.status, answer.reason) == (None, "timed out after 1 s")
+    assert took < 1.0 + SLACK
+    tls, took = timed(probe.http_get, f"https://127.0.0.1:{s.port}/", opts(1.0, insecure=True))
+    assert (tls.status, tls.reason) == (None, "timed out after 1 s")  # the TLS handshake never starts
+    assert took < 1.0 + SLACK
+
+
+def test_a_tls_handshake_that_stalls_mid_record(server) -> None:
+    s = server(slow.stalled_tls_handshake)
+    answer, took = timed(probe.http_get, f"https://127.0.0.1:{s.port}/", opts(1.0, insecure=True))
+    assert (answer.status, answer.reason) == (None, "timed out after 1 s")
+    assert took < 1.0 + SLACK
+
+
+def test_an_interim_1xx_head_is_skipped(server) -> None:
+    def early_hints(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+        slow.read_request(conn, stop)
+        conn.sendall(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 302 Found\r\nLocation: /login\r\n\r\n"
+        )
+        stop.wait(60)
+
+    s = server(early_hints)
+    answer = probe.http_get(f"http://127.0.0.1:{s.port}/", opts(2.0))
+    assert (answer.status, answer.reason, answer.location) == (302, "Found", "/login")
+
+
+def test_garbage_and_a_closed_connection_are_named(server) -> None:
+    def garbage(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+        slow.read_request(conn, stop)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    def closes(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+        slow.read_request(conn, stop)
+        conn.close()
+
+    a = probe.http_get(f"http://127.0.0.1:{server(garbage).port}/", opts(2.0))
+    assert (a.status, a.reason) == (None, "not an HTTP answer: 'SSH-2.0-OpenSSH_9.6'")
+    b = probe.http_get(f"http://127.0.0.1:{server(closes).port}/", opts(2.0))
+    assert (b.status, b.reason) == (None, "connection closed without an answer")
+
+
+def test_a_tcp_check_against_a_full_accept_queue_is_bounded(server) -> None:
+    # backlog 0 and nobody accepting: once the queue is full the kernel drops new SYNs, as a firewall would
+    s = server(slow.silent, backlog=0, accept=False)
+    held = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", s.port))
+        held.append(c)
+    time.sleep(0.2)
+    try:
+        (ok, detail), took = timed(probe.tcp_open, "127.0.0.1", s.port, 1.0)
+    finally:
+        for c in held:
+            c.close()
+    assert not ok and detail == f"127.0.0.1:{s.port}: no answer in 1 s (dropped by a firewall?)"
+    assert took < 1.0 + SLACK
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\n", (200, "OK", {})),
+        (b"HTTP/1.0 504 Gateway Time-out\r\nServer: x\r\n\r\nbody", (504, "Gateway Time-out", {"server": "x"})),
+        (b"HTTP/1.1 301 \r\nLocation: /a\r\nlocation: /b\r\n\r\n", (301, "", {"location": "/a"})),
+        (b"HTTP/2 204\r\n\r\n", (204, "", {})),
+    ],
+)
+def test_parse_head(head: bytes, expected: tuple) -> None:
+    assert probe.parse_head(head) == expected
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1 2000 OK\r\n\r\n", b"hello\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n"])
+def test_parse_head_refuses(head: bytes) -> None:
+    with pytest.raises(probe.BadAnswer):
+        probe.parse_head(head)
