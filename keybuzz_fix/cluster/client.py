@@ -68,7 +68,11 @@ RESOURCES: dict[str, Resource] = {
     "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
+    "IngressClass": Resource("networking.k8s.io/v1", "ingressclasses", namespaced=False),
+    "Secret": Resource("v1", "secrets"),
 }
+# Asks for an object's metadata only: whether a Secret exists, never its keys.
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,17 @@ class Kube:
         return self._request(
             "GET", RESOURCES[kind].path(namespace, name), what=("get", kind, namespace, name), missing_ok=True
         )
+
+    def exists(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Whether an object exists; only its metadata crosses the wire (a Secret's data never does)."""
+        found = self._request(
+            "GET",
+            RESOURCES[kind].path(namespace, name),
+            what=("get", kind, namespace, name),
+            missing_ok=True,
+            accept=_METADATA_ONLY,
+        )
+        return found is not None
 
     def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[Obj]:
         """Return every object of ``kind`` (in ``namespace``), each with its kind set."""
@@ -261,8 +276,8 @@ class Kube:
         return body
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "keybuzz-fix"}
+    def _headers(self, content_type: str | None = None, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "keybuzz-fix"}
         if content_type:
             headers["Content-Type"] = content_type
         if self.endpoint.token:
@@ -279,6 +294,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         missing_ok: bool = False,
+        accept: str = "application/json",
     ) -> Obj | None:
         import urllib3
 
@@ -289,7 +305,7 @@ class Kube:
                 method,
                 url,
                 body=data,
-                headers=self._headers(content_type if data else None),
+                headers=self._headers(content_type if data else None, accept),
                 timeout=urllib3.Timeout(total=self.timeout),
                 retries=False,
             )
