@@ -10,9 +10,12 @@ a 403 names the verb, resource and namespace that were refused.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import re
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -300,6 +303,8 @@ class Kube:
 
         url = self.endpoint.server + path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
+        deadline = _Deadline(self.timeout)
+        _CURRENT.deadline = deadline
         try:
             resp = self._http.request(
                 method,
@@ -310,7 +315,14 @@ class Kube:
                 retries=False,
             )
         except urllib3.exceptions.HTTPError as e:
+            if deadline.expired:
+                raise self._too_slow(what) from e
             raise self._unreachable(e) from e
+        finally:
+            deadline.cancel()
+            _CURRENT.deadline = None
+        if deadline.expired:  # cut mid-answer: what arrived may look whole (headers ended by the cut)
+            raise self._too_slow(what)
         if resp.status == 404 and missing_ok:
             return None
         if resp.status >= 400:
@@ -320,6 +332,12 @@ class Kube:
         except ValueError as e:
             raise ClusterError(f"{self.endpoint.server}{path}: the server did not answer JSON") from e
         return result
+
+    def _too_slow(self, what: tuple[str, str, str | None, str | None]) -> ClusterError:
+        return ClusterError(
+            f"no complete answer from the Kubernetes API at {self.endpoint.server} within "
+            f"{self.timeout:g} s ({self.endpoint.source}): cannot {what[0]} {what[1]}"
+        )
 
     def _unreachable(self, e: Exception) -> ClusterError:
         reason = getattr(e, "reason", None) or e
@@ -376,6 +394,59 @@ class Kube:
         raise ClusterError(f"cannot {verb} {target}{where}: {status} {message}")
 
 
+class _Deadline:
+    """Shut a request's sockets down when its time is up, whatever the server does.
+
+    urllib3's timeouts bound each wait for a byte, not the request: a server that sends its headers
+    or its body a few bytes at a time keeps a request alive for ever. The connection classes of
+    :func:`_pool` hand their sockets to the deadline of the request under way in their thread.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                _shut(sock)
+            else:
+                self._socks.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._socks = []
+
+
+_CURRENT = threading.local()  # the _Deadline of the request this thread is making
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake whatever waits on ``sock`` (a TLS socket too: the plain shutdown, not the TLS one)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _watched(sock: Any) -> None:
+    deadline: _Deadline | None = getattr(_CURRENT, "deadline", None)
+    if deadline is not None and isinstance(sock, socket.socket):
+        deadline.watch(sock)
+
+
 def _write_query(dry_run: bool, **extra: str) -> dict[str, str]:
     """Return the query of a write: field manager keybuzz-fix, and the server-side dry run when asked."""
     return {"fieldManager": FIELD_MANAGER, **extra, **({"dryRun": "All"} if dry_run else {})}
@@ -405,4 +476,42 @@ def _pool(endpoint: Endpoint) -> urllib3.PoolManager:
         kwargs.update(cert_reqs="CERT_NONE", assert_hostname=False)
     if endpoint.tls_server_name:
         kwargs["server_hostname"] = endpoint.tls_server_name
-    return urllib3.PoolManager(num_pools=4, maxsize=16, ssl_context=ctx, **kwargs)
+    manager = urllib3.PoolManager(num_pools=4, maxsize=16, ssl_context=ctx, **kwargs)
+    http_pool, https_pool = _watching_pools()
+    manager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+    return manager
+
+
+@functools.cache
+def _watching_pools() -> tuple[Any, Any]:
+    """Connection pools whose connections put their sockets under the current request's deadline."""
+    import urllib3
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class WatchedHttp(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            _watched(sock)  # the TCP connect is bounded; this covers the TLS handshake after it
+            return sock
+
+        def getresponse(self) -> Any:
+            _watched(self.sock)
+            return super().getresponse()
+
+    class WatchedHttps(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            _watched(sock)
+            return sock
+
+        def getresponse(self) -> Any:
+            _watched(self.sock)
+            return super().getresponse()
+
+    class HttpPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = WatchedHttp
+
+    class HttpsPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = WatchedHttps
+
+    return HttpPool, HttpsPool

@@ -154,3 +154,66 @@ def test_parse_head(head: bytes, expected: tuple) -> None:
 def test_parse_head_refuses(head: bytes) -> None:
     with pytest.raises(probe.BadAnswer):
         probe.parse_head(head)
+
+
+# -- API calls -------------------------------------------------------------------------------------
+
+
+def trickling_json(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+    slow.read_request(conn, stop)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+    while not stop.wait(0.2):
+        conn.sendall(b" ")
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "scheme"),
+    [
+        (trickling_json, "http"),  # a body that never ends
+        (slow.slow_headers, "http"),  # headers line by line
+        (slow.silent, "http"),  # accepts, never answers
+        (slow.silent, "https"),  # the TLS handshake never starts
+        (slow.stalled_tls_handshake, "https"),  # the handshake stalls mid-record
+    ],
+)
+def test_an_api_call_ends_within_its_timeout(server, behaviour, scheme: str) -> None:
+    from keybuzz_fix.cluster.client import Endpoint, Kube
+    from keybuzz_fix.errors import ClusterError
+
+    s = server(behaviour)
+    kube = Kube(Endpoint(f"{scheme}://127.0.0.1:{s.port}", verify=False, source="test"), timeout=1.5)
+    start = time.monotonic()
+    with pytest.raises(ClusterError) as caught:
+        kube.list("Ingress")
+    took = time.monotonic() - start
+    assert took < 1.5 + SLACK
+    assert str(caught.value).startswith(f"no complete answer from the Kubernetes API at {scheme}://127.0.0.1:") or (
+        "cannot reach the Kubernetes API" in str(caught.value) and "timed out" in str(caught.value).lower()
+    )
+    assert "\n" not in str(caught.value)
+
+
+def test_an_api_call_after_a_cut_one_works_again(server) -> None:
+    """The connection the deadline cut is not reused: the next call on the same client gets its answer."""
+    from keybuzz_fix.cluster.client import Endpoint, Kube
+    from keybuzz_fix.errors import ClusterError
+
+    calls = []
+
+    def first_slow_then_fine(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            trickling_json(conn, stop)
+            return
+        slow.read_request(conn, stop)
+        body = b'{"items": [{"metadata": {"name": "a"}}]}'
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        stop.wait(60)
+
+    s = server(first_slow_then_fine)
+    kube = Kube(Endpoint(f"http://127.0.0.1:{s.port}", source="test"), timeout=1.0)
+    with pytest.raises(ClusterError):
+        kube.list("Ingress")
+    assert [i["metadata"]["name"] for i in kube.list("Ingress")] == ["a"]
