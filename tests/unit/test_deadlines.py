@@ -217,3 +217,48 @@ def test_an_api_call_after_a_cut_one_works_again(server) -> None:
     with pytest.raises(ClusterError):
         kube.list("Ingress")
     assert [i["metadata"]["name"] for i in kube.list("Ingress")] == ["a"]
+
+
+# -- SSH connections ---------------------------------------------------------------------------------
+
+
+def banner_then_silence(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")  # then no key exchange, ever
+    stop.wait(60)
+
+
+def kexinit_dripped(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+    slow.drip(conn, stop, b"\x00\x00\x04\x00" + b"\x00" * 1024, 0.2)  # a 1 KiB packet, a byte every 0.2 s
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        slow.silent,  # no banner
+        lambda conn, stop: slow.drip(conn, stop, b"SSH-2.0-" + b"x" * 200 + b"\r\n", 0.2),  # a banner dripped
+        banner_then_silence,  # the key exchange never starts
+        kexinit_dripped,  # the key exchange dripped
+    ],
+    ids=["silent", "banner-dripped", "no-key-exchange", "key-exchange-dripped"],
+)
+def test_an_ssh_connection_ends_within_its_timeout(server, behaviour, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from keybuzz_fix.errors import HostUnreachable
+    from keybuzz_fix.hosts.ssh import SshOptions, open_session
+    from keybuzz_fix.inventory import Host
+
+    s = server(behaviour)
+    host = Host("k8s-worker-01", "127.0.0.1", None, "root", "prod", "k3s", "worker")
+    options = SshOptions(
+        known_hosts=tmp_path / "known_hosts",
+        accept_new_host_keys=True,
+        connect_timeout=1.5,
+        port=s.port,
+        ssh_config=None,
+    )
+    start = time.monotonic()
+    with pytest.raises(HostUnreachable) as caught:
+        open_session(host, options)
+    took = time.monotonic() - start
+    assert took < 1.5 + SLACK
+    assert "no SSH answer within 1.5s (--timeout)" in str(caught.value)
