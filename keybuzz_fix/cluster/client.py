@@ -157,6 +157,10 @@ class Kube:
         if selector:
             query["labelSelector"] = selector
         url = self.endpoint.server + RESOURCES[kind].path(namespace) + "?" + urlencode(query)
+        # The server ends the watch after timeoutSeconds; a stream that trickles on past that (a
+        # proxy in between, a broken server) is cut 10 s later, and the watch ends as if it had.
+        deadline = _Deadline(timeout + 10)
+        _CURRENT.deadline = deadline
         try:
             resp = self._http.request(
                 "GET",
@@ -166,21 +170,29 @@ class Kube:
                 timeout=urllib3.Timeout(connect=self.timeout, read=timeout + 10),
             )
         except urllib3.exceptions.HTTPError as e:
+            deadline.cancel()
             raise self._unreachable(e) from e
+        finally:
+            _CURRENT.deadline = None
         try:
             if resp.status >= 400:
                 self._raise(resp.status, resp.read(), ("watch", kind, namespace, None))
             buf = b""
             for chunk in resp.stream(65536):
                 buf += chunk
-                while b"\n" in buf:
+                while b"\n" in buf and not deadline.expired:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
                         event = json.loads(line)
                         yield event["type"], event["object"]
+                if deadline.expired:
+                    return
         except urllib3.exceptions.HTTPError as e:
+            if deadline.expired:
+                return
             raise self._unreachable(e) from e
         finally:
+            deadline.cancel()
             resp.release_conn()
 
     # -- writes -----------------------------------------------------------------------------

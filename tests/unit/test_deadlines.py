@@ -262,3 +262,23 @@ def test_an_ssh_connection_ends_within_its_timeout(server, behaviour, tmp_path) 
     took = time.monotonic() - start
     assert took < 1.5 + SLACK
     assert "no SSH answer within 1.5s (--timeout)" in str(caught.value)
+
+
+def test_a_watch_that_trickles_past_its_time_ends(server) -> None:
+    """The API server ends a watch after timeoutSeconds; a stream that trickles on is cut 10 s later."""
+    from keybuzz_fix.cluster.client import Endpoint, Kube
+
+    def bookmarks_forever(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
+        slow.read_request(conn, stop)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        event = b'{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}}\n'
+        while not stop.wait(0.2):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+
+    s = server(bookmarks_forever)
+    kube = Kube(Endpoint(f"http://127.0.0.1:{s.port}", source="test"), timeout=2.0)
+    start = time.monotonic()
+    events = list(kube.watch("DaemonSet", "keybuzz", resource_version="1", timeout=1.0))
+    took = time.monotonic() - start
+    assert events and all(kind == "BOOKMARK" for kind, _ in events)
+    assert 1.0 + 10 <= took < 1.0 + 10 + SLACK
