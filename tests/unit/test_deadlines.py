@@ -282,3 +282,22 @@ def test_a_watch_that_trickles_past_its_time_ends(server) -> None:
     took = time.monotonic() - start
     assert events and all(kind == "BOOKMARK" for kind, _ in events)
     assert 1.0 + 10 <= took < 1.0 + 10 + SLACK
+
+
+def test_a_resolver_that_never_answers_is_cut_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system resolver has no timeout of its own: the lookup runs aside and the attempt stops waiting."""
+    import threading
+
+    release = threading.Event()
+
+    def stuck(*args: object, **kwargs: object) -> list:
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    try:
+        answer, took = timed(probe.http_get, "http://platform.keybuzz.io/", opts(1.0))
+    finally:
+        release.set()
+    assert (answer.status, answer.reason) == (None, "timed out after 1 s")
+    assert took < 1.0 + SLACK
