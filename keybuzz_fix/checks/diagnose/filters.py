@@ -1,0 +1,218 @@
+"""How a node's filters judge one flow: UFW's verdict, and iptables' (either backend) (pure code).
+
+:func:`ufw_verdict` is the one place the diagnosis asks UFW: first matching rule wins, interface
+rules match only on their interface, ``limit`` lets a flow in (throttled), with no match the
+default policy decides. It takes the parsed UFW facts and a flow and returns the verdict and the
+rule (or policy) that decided it — the seam where the shared UFW verdict model plugs in.
+
+:func:`iptables_verdict` walks one backend's ``filter`` table as ``iptables-save`` printed it: the
+rules of a chain in order, jumps followed, the built-in chain's policy at the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from keybuzz_fix.hosts.flannel.capture import Tables
+from keybuzz_fix.hosts.ufw.facts import UfwFacts
+from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule
+
+TERMINAL = ("ACCEPT", "DROP", "REJECT")
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A new flow arriving at a node: from where, to where, what, on which interface."""
+
+    src: str | None
+    proto: str  # tcp, udp, icmp
+    dport: int | None
+    iface: str | None
+    dst: str | None = None
+    chain: str = "INPUT"
+
+    def describe(self) -> str:
+        """Return the flow in a few words (``udp/8472 from 10.0.0.3 on enp7s0``)."""
+        what = f"{self.proto}/{self.dport}" if self.dport else self.proto
+        to = f" to {self.dst}" if self.dst else ""
+        on = f" on {self.iface}" if self.iface else ""
+        return f"{what} from {self.src or 'any'}{to}{on} ({self.chain})"
+
+
+@dataclass(frozen=True)
+class UfwVerdict:
+    """UFW's answer for one flow, and what decided it."""
+
+    allowed: bool
+    decided_by: str  # the rule (as ufw prints it) or the policy
+    rule: UfwRule | None = None
+    throttled: bool = False
+
+
+def ufw_verdict(ufw: UfwFacts, flow: Flow) -> UfwVerdict:
+    """Return UFW's verdict on an incoming flow: first match wins; interface rules only on their interface."""
+    if not ufw.installed or not ufw.active:
+        return UfwVerdict(True, "ufw inactive")
+    if flow.chain == "FORWARD":
+        return UfwVerdict(True, "not judged here (routed traffic: see the FORWARD policy)")
+    if flow.proto == "icmp":
+        return UfwVerdict(True, "ufw's before.rules accept ICMP echo requests")
+    family = _family(flow.src)
+    for rule in ufw.rules:
+        if rule.route or rule.direction != "in" or not _ufw_matches(rule, flow, family):
+            continue
+        text = rule.raw or rule.command()
+        if rule.action in ("allow", "limit"):
+            return UfwVerdict(True, text, rule, throttled=rule.action == "limit")
+        return UfwVerdict(False, text, rule)
+    policy = ufw.default_incoming or "deny"
+    return UfwVerdict(policy == "allow", f"default {policy} (incoming)")
+
+
+def _ufw_matches(rule: UfwRule, flow: Flow, family: int | None) -> bool:
+    if rule.interface and rule.interface != flow.iface:
+        return False
+    if rule.sport or rule.source_app:
+        return False
+    if rule.proto and rule.proto != flow.proto:
+        return False
+    ports = rule.ports()
+    if ports is not None and (flow.dport is None or flow.dport not in ports):
+        return False
+    for net, addr in ((rule.source, flow.src), (rule.dest, flow.dst)):
+        if net == ANY:
+            continue
+        if addr is None:
+            return False
+        try:
+            n = ipaddress.ip_network(net, strict=False)
+            if n.version != family or ipaddress.ip_address(addr) not in n:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def _family(address: str | None) -> int | None:
+    try:
+        return ipaddress.ip_address(address or "").version
+    except ValueError:
+        return 4
+
+
+@dataclass(frozen=True)
+class IptVerdict:
+    """One backend's answer: ACCEPT, DROP, REJECT (or None: not decided), the line that decided it."""
+
+    verdict: str
+    line: str
+    chain: str
+
+
+def iptables_verdict(tables: Tables, flow: Flow, skip: Sequence[str] = ()) -> IptVerdict:
+    """Walk the built-in chain of ``flow`` in one backend; chains starting with a ``skip`` prefix are not followed."""
+    found = _walk(tables, flow.chain, flow, tuple(skip), 0)
+    if found is not None:
+        return found
+    policy = tables.policy(flow.chain) or "ACCEPT"
+    return IptVerdict(policy, f":{flow.chain} {policy} (the chain's policy)", flow.chain)
+
+
+def _walk(tables: Tables, chain: str, flow: Flow, skip: tuple[str, ...], depth: int) -> IptVerdict | None:
+    if depth > 10:
+        return None
+    for line in tables.rules(chain):
+        target, matched = _rule(line, flow)
+        if not matched or target is None:
+            continue
+        if target in TERMINAL:
+            return IptVerdict(target, line, chain)
+        if target == "RETURN":
+            return None
+        if target.startswith(skip) or target not in _chains(tables):
+            continue
+        found = _walk(tables, target, flow, skip, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _chains(tables: Tables) -> set[str]:
+    return {line.split()[0][1:] for line in tables.filter if line.startswith(":")}
+
+
+def _rule(line: str, flow: Flow) -> tuple[str | None, bool]:
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        return None, False
+    target = None
+    ok = True
+    i, neg = 2, False
+    while i < len(words):
+        w = words[i]
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if w == "!":
+            neg, i = True, i + 1
+            continue
+        hit: bool | None = None
+        step = 2
+        if w in ("-j", "--jump", "-g", "--goto"):
+            target = nxt
+        elif w in ("-s", "--source"):
+            hit = _in(flow.src, nxt)
+        elif w in ("-d", "--destination"):
+            hit = _in(flow.dst, nxt)
+        elif w in ("-i", "--in-interface"):
+            hit = _iface(flow.iface, nxt)
+        elif w in ("-o", "--out-interface"):
+            hit = None if flow.chain == "FORWARD" else True
+        elif w in ("-p", "--protocol"):
+            hit = nxt in ("all", "0") or nxt == flow.proto
+        elif w in ("--dport", "--destination-port", "--dports", "--destination-ports"):
+            hit = flow.dport is not None and _port_in(flow.dport, nxt)
+        elif w in ("--ctstate", "--state"):
+            hit = "NEW" in nxt.split(",")
+        elif w == "--mark":
+            hit = False
+        elif w == "--match-set":
+            hit, step = False, 3
+        elif w in ("--physdev-is-bridged", "--physdev-is-in", "--physdev-is-out"):
+            hit, step = False, 1
+        elif w == "--dst-type":
+            hit = (nxt == "LOCAL") == (flow.chain == "INPUT")
+        elif w.startswith("-") and (not nxt or nxt.startswith("-") or nxt == "!"):
+            step = 1
+        if hit is not None:
+            if neg:
+                hit = not hit
+            ok = ok and hit
+        neg = False
+        i += step
+    return target, ok
+
+
+def _in(address: str | None, net: str) -> bool:
+    if address is None:
+        return True
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return False
+
+
+def _iface(iface: str | None, pattern: str) -> bool:
+    if iface is None:
+        return True
+    return iface.startswith(pattern[:-1]) if pattern.endswith("+") else iface == pattern
+
+
+def _port_in(port: int, spec: str) -> bool:
+    for part in spec.split(","):
+        lo, _, hi = part.partition(":")
+        if lo.isdigit() and int(lo) <= port <= int(hi or lo):
+            return True
+    return False
