@@ -476,3 +476,17 @@ def three_nodes(**kw: object) -> list[NodeSpec]:
 def remote(src: NodeSpec, backends: list[NodeSpec]) -> bool:
     """Whether every backend is on another node (the traffic crosses the overlay)."""
     return bool(backends) and all(b is not src for b in backends)
+
+
+def ufw_text(rules: Sequence[str], default: str = "deny", active: bool = True, routed: str = "deny") -> str:
+    """The UFW part of a capture: ``ufw status verbose`` and ``ufw show added`` as the probe prints them."""
+    status = (
+        f"Status: active\nLogging: on (low)\nDefault: {default} (incoming), allow (outgoing), {routed} (routed)\n"
+        if active
+        else "Status: inactive\n"
+    )
+    added = "".join(f"{r}\n" for r in rules)
+    return (
+        f"{M} ssh\n10.0.0.99 51234 10.0.0.2 22\n{M} status\n{status}\n"
+        f"{M} added\nAdded user rules (see 'ufw status' for running firewall):\n{added}{M} end\n"
+    )

@@ -216,3 +216,152 @@ def _port_in(port: int, spec: str) -> bool:
         if lo.isdigit() and int(lo) <= port <= int(hi or lo):
             return True
     return False
+
+
+# -- nftables' own tables (firewalld's, or an operator's), not iptables-nft's -------------------------------
+
+_IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
+
+
+@dataclass(frozen=True)
+class NftChain:
+    """One chain of ``nft list ruleset``: its table, hook and policy (base chains), its rules."""
+
+    table: str
+    name: str
+    hook: str | None
+    policy: str
+    rules: tuple[str, ...]
+
+
+def nft_chains(lines: Sequence[str]) -> dict[str, NftChain]:
+    """Parse ``nft list ruleset`` into chains (``family table/chain``), leaving out iptables-nft's own tables."""
+    chains: dict[str, NftChain] = {}
+    table = chain = None
+    hook: str | None = None
+    policy = "accept"
+    rules: list[str] = []
+    depth = 0
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("table ") and line.endswith("{"):
+            words = line.split()
+            table = f"{words[1]} {words[2]}" if len(words) >= 4 else words[1]
+            depth = 1
+        elif line.startswith("chain ") and line.endswith("{") and table:
+            chain, hook, policy, rules, depth = line.split()[1], None, "accept", [], 2
+        elif line == "}":
+            if depth == 2 and table and chain:
+                family, _, name = table.partition(" ")
+                if not (family in ("ip", "ip6") and name in _IPTABLES_TABLES):
+                    chains[f"{table}/{chain}"] = NftChain(table, chain, hook, policy, tuple(rules))
+                chain = None
+            depth -= 1
+        elif chain is not None:
+            if line.startswith("type "):
+                words = line.replace(";", " ").split()
+                hook = words[words.index("hook") + 1] if "hook" in words else None
+                if "policy" in words:
+                    policy = words[words.index("policy") + 1]
+            elif line:
+                rules.append(line)
+    return chains
+
+
+def nft_verdict(lines: Sequence[str], flow: Flow) -> IptVerdict | None:
+    """Return the verdict of nftables' own base chains on the flow's hook: the first that drops, else None."""
+    chains = nft_chains(lines)
+    hook = flow.chain.lower()
+    for key, c in chains.items():
+        if c.hook != hook:
+            continue
+        found = _nft_walk(chains, key, flow, 0)
+        if found is None:
+            found = IptVerdict(c.policy.upper(), f"{key}: policy {c.policy}", key)
+        if found.verdict in ("DROP", "REJECT"):
+            return found
+    return None
+
+
+def _nft_walk(chains: dict[str, NftChain], key: str, flow: Flow, depth: int) -> IptVerdict | None:
+    c = chains.get(key)
+    if c is None or depth > 10:
+        return None
+    for rule in c.rules:
+        verdict, target = _nft_rule(rule, flow)
+        if verdict is None:
+            continue
+        if verdict in ("accept", "drop", "reject"):
+            return IptVerdict(verdict.upper(), f"{key}: {rule}", key)
+        if verdict == "return":
+            return None
+        if verdict in ("jump", "goto") and target:
+            found = _nft_walk(chains, f"{c.table}/{target}", flow, depth + 1)
+            if found is not None or verdict == "goto":
+                return found
+    return None
+
+
+def _nft_rule(rule: str, flow: Flow) -> tuple[str | None, str | None]:
+    """Return the rule's verdict (and jump target) when it matches the flow, else (None, None)."""
+    words = rule.replace("{", " { ").replace("}", " } ").replace(",", " ").split()
+    verdict = target = None
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in ("accept", "drop", "reject", "return"):
+            verdict = w
+            break
+        if w in ("jump", "goto") and i + 1 < len(words):
+            verdict, target = w, words[i + 1]
+            break
+        values, j = _nft_values(words, i + 2) if i + 1 < len(words) else ([], i + 1)
+        neg = bool(values) and values[0] == "!="
+        if neg:
+            values, j = _nft_values(words, i + 3)
+        hit: bool | None = None
+        if w == "ct" and words[i + 1] == "state":
+            hit = "new" in values
+        elif w in ("iif", "iifname"):
+            values, j = _nft_values(words, i + 1)
+            neg = bool(values) and values[0] == "!="
+            if neg:
+                values, j = _nft_values(words, i + 2)
+            hit = flow.iface is None or any(
+                flow.iface == v.strip('"') or v.endswith('*"') and flow.iface.startswith(v.strip('"*')) for v in values
+            )
+        elif w in ("ip",) and words[i + 1] in ("saddr", "daddr"):
+            addr = flow.src if words[i + 1] == "saddr" else flow.dst
+            hit = addr is None or any(_in(addr, v) for v in values)
+        elif w in ("tcp", "udp", "th") and words[i + 1] in ("dport", "sport"):
+            if words[i + 1] == "sport":
+                hit = True
+            else:
+                hit = (
+                    (w == "th" or flow.proto == w)
+                    and flow.dport is not None
+                    and any(_port_in(flow.dport, v.replace("-", ":")) for v in values)
+                )
+        elif w == "meta" and words[i + 1] == "l4proto":
+            hit = flow.proto in values
+        elif w == "ip" and words[i + 1] == "protocol":
+            hit = flow.proto in values
+        else:
+            j = i + 1
+        if hit is not None:
+            if neg:
+                hit = not hit
+            if not hit:
+                return None, None
+        i = max(j, i + 1)
+    return verdict, target
+
+
+def _nft_values(words: Sequence[str], i: int) -> tuple[list[str], int]:
+    """Return the value (or the set of values) at ``words[i]`` and the index after it."""
+    if i >= len(words):
+        return [], i
+    if words[i] == "{":
+        end = words.index("}", i) if "}" in words[i:] else len(words)
+        return list(words[i + 1 : end]), end + 1
+    return [words[i]], i + 1

@@ -129,6 +129,9 @@ def judge(c: Candidate, paths: Sequence[Path]) -> Finding:
     may = c.may_break or must
     explains = tuple(p.id for p in paths if p.failed and (may(p) or must(p)))
     contradicts = tuple(p.id for p in paths if p.ok and must(p))
+    if contradicts and not explains:  # what the probes saw beats what the rules say
+        summary = f"{c.summary}; but the {len(contradicts)} path(s) it would break work: not a cause here"
+        return Finding(c.cause, Status.OK, summary, "", c.hosts, c.evidence, c.not_checked, (), contradicts)
     status = Status.CONFIRMED if explains and not contradicts and c.seen and not c.inferred else Status.LIKELY
     summary = c.summary
     if contradicts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, iptables_verdict, ufw_verdict
+from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, iptables_verdict, nft_verdict, ufw_verdict
 from keybuzz_fix.checks.diagnose.findings import Candidate, Cause
 from keybuzz_fix.checks.diagnose.paths import Leg, Path, Topology, services
 from keybuzz_fix.checks.diagnose.views import NodeView
@@ -71,6 +71,10 @@ def judge_leg(c: Capture, leg: Leg) -> Drop | None:
             continue  # a zone firewall's rules match by interface: cni0 to cni0 stays inside its zone
         if not v.line.split(" ", 2)[1:2] or not v.line.split()[1].startswith(_K3S):
             return Drop(Cause.OTHER_FIREWALL, lines)
+    if c.nft is not None and not leg.bridged:
+        n = nft_verdict(c.nft, flow)
+        if n is not None:
+            return Drop(Cause.OTHER_FIREWALL, ("$ nft list ruleset", f"{flow.describe()}: {n.verdict} by {n.line}"))
     return None
 
 
@@ -183,7 +187,9 @@ def _not_checked(nodes: Sequence[NodeView], cause: Cause) -> dict[str, str]:
             out[n.name] = n.error or "not probed"
         elif cause in (Cause.UFW_VXLAN, Cause.HOST_FIREWALL) and c.ufw is None:
             out[n.name] = f"ufw not read: {c.ufw_error}"
-        elif cause in (Cause.FORWARD_DROP, Cause.BACKEND_SPLIT, Cause.OTHER_FIREWALL) and not c.tables:
+        elif cause in (Cause.FORWARD_DROP, Cause.BACKEND_SPLIT) and not c.tables:
+            out[n.name] = "iptables not found on the node (neither iptables-save nor K3s' own)"
+        elif cause is Cause.OTHER_FIREWALL and not c.tables and c.nft is None:
             out[n.name] = "iptables not found on the node (neither iptables-save nor K3s' own)"
     return out
 

@@ -173,6 +173,7 @@ def vtep(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> tup
 def mtu(nodes: Sequence[NodeView], topo: Topology) -> Candidate:
     """The overlay MTU does not fit the NIC, or the NIC's MTU does not fit the path (full-size DF pings fail)."""
     bad: dict[str, list[str]] = {}
+    path_bad: set[str] = set()  # the underlay itself drops full-size packets (not only the overlay's setting)
     skipped: dict[str, str] = {}
     for n in nodes:
         c, t = n.capture, topo.tunnels.get(n.name)
@@ -198,13 +199,16 @@ def mtu(nodes: Sequence[NodeView], topo: Topology) -> Candidate:
             if p.kind.endswith("-big") and p.result == "fail":
                 small = next((q for q in c.probes if q.kind == p.kind[:-4] and q.target == p.target), None)
                 if small is not None and small.result == "ok":
+                    if p.kind == "underlay-big":
+                        path_bad.add(n.name)
                     bad.setdefault(n.name, []).extend([f"$ {small.command}", small.detail, f"$ {p.command}", p.detail])
     for n in nodes:
         if n.name in bad and nodes:
             bad[n.name] = list(dict.fromkeys(bad[n.name]))[:12]
 
     def must(p: Path) -> bool:
-        return p.big and p.all_hops(lambda h: bool(_pair(p, h) & set(bad)))
+        hit = path_bad if p.kind == "underlay-big" else set(bad)
+        return p.big and p.all_hops(lambda h: bool(_pair(p, h) & hit))
 
     return Candidate(
         Cause.MTU,
