@@ -60,7 +60,7 @@ def cells(paths: tuple[Path, ...]) -> dict[str, dict[str, tuple[int, int]]]:
 
 
 def diagnosis_text(console: Console, found: Diagnosis) -> None:
-    """Print the path matrix and the ranked findings with their evidence and fixes."""
+    """Print the path matrix, the problem findings with their evidence and fixes, then what was ruled out."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -71,49 +71,66 @@ def diagnosis_text(console: Console, found: Diagnosis) -> None:
         Status.OK: "green",
     }
     grid = cells(found.paths)
-    used = [c for c in COLUMNS if any(f"{c[0]}/{c[1]}" in row for row in grid.values())]
-    table = Table(title="paths: from a pod / from the node (ok/probed)", title_justify="left")
-    table.add_column("node")
-    for source, kind in used:
-        table.add_column(f"{source}→{HEADS[kind]}", justify="center")
-    for node, row in grid.items():
-        shown = []
-        for source, kind in used:
-            ok, total = row.get(f"{source}/{kind}", (0, 0))
-            shown.append(
-                "[dim]-[/]" if not total else f"[green]{ok}/{total}[/]" if ok == total else f"[bold red]{ok}/{total}[/]"
-            )
-        table.add_row(node, *shown)
+    nodes = list(grid)
     if grid:
+        table = Table(title="paths probed, from a pod and from the node (ok/probed)", title_justify="left")
+        table.add_column("path")
+        for node in nodes:
+            table.add_column(node, justify="center")
+        for source, kind in COLUMNS:
+            key = f"{source}/{kind}"
+            if not any(key in row for row in grid.values()):
+                continue
+            shown = []
+            for node in nodes:
+                ok, total = grid[node].get(key, (0, 0))
+                shown.append(
+                    "[dim]-[/]"
+                    if not total
+                    else f"[green]{ok}/{total}[/]"
+                    if ok == total
+                    else f"[bold red]{ok}/{total}[/]"
+                )
+            table.add_row(f"{source} → {HEADS[kind]}", *shown)
         console.print(table)
     for n in found.nodes:
         if n.error:
             console.print(f"[bold red]{escape(n.name)}[/]: {escape(n.error)}")
         elif n.capture is not None and not n.capture.pod:
-            console.print(f"[yellow]{escape(n.name)}[/]: no pod network namespace found: probed from the node only")
+            console.print(
+                f"[yellow]{escape(n.name)}[/]: no pod network namespace (/var/run/netns/cni-*): "
+                "probed from the node only"
+            )
     if found.cluster.error:
         console.print(f"[yellow]API side not read[/]: {escape(found.cluster.error)}")
-    for i, f in enumerate(found.findings, start=1):
+    problems = [f for f in found.findings if f.problem]
+    for i, f in enumerate(problems, start=1):
         console.print(
             f"\n[bold]{i}. {f.cause.value}[/] — {escape(f.title)} — "
-            f"[{styles[f.status]}]{'info' if f.info else f.status.value}[/]: {escape(f.summary)}"
+            f"[{styles[f.status]}]{f.status.value}[/]: {escape(f.summary)}"
         )
-        if f.problem or f.info:
-            for where, lines in f.evidence.items():
-                console.print(f"   [bold]{escape(where)}[/]")
-                for line in lines[:12]:
-                    console.print(f"     {escape(line)}")
-        if f.problem:
-            console.print(f"   [bold]fix:[/] {escape(f.fix)}")
-        for host, why in f.not_checked.items():
-            console.print(f"   [yellow]not checked[/] on {escape(host)}: {escape(why)}")
+        for where, lines in f.evidence.items():
+            console.print(f"   [bold]{escape(where)}[/]")
+            for line in lines[:12]:
+                console.print(f"     {escape(line)}")
+        console.print(f"   [bold]fix:[/] {escape(f.fix)}")
+    rest = [f for f in found.findings if not f.problem]
+    if rest:
+        console.print("\n[bold]also checked[/]")
+    for f in rest:
+        state = "info" if f.info else f.status.value
+        style = "cyan" if f.info else styles[f.status]
+        why = "; ".join(f"{h}: {w}" for h, w in f.not_checked.items())
+        console.print(
+            f"   [{style}]{state:11}[/] {f.cause.value}: {escape(f.summary)}" + (f" ({escape(why)})" if why else "")
+        )
     for host, key in found.accepted:
         console.print(f"[yellow]accepted new host key[/] for {host}: {key}")
     failed = sum(p.failed for p in found.paths)
     verdict = "[bold green]healthy[/]" if healthy(found.findings, found.paths) else "[bold red]not healthy[/]"
     console.print(
-        f"\n{verdict}: {sum(f.problem for f in found.findings)} problem finding(s), "
-        f"{failed}/{len(found.paths)} path(s) fail, in {found.seconds:.1f} s"
+        f"\n{verdict}: {len(problems)} problem finding(s), {failed}/{len(found.paths)} path(s) fail, "
+        f"in {found.seconds:.1f} s"
     )
 
 

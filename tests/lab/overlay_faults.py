@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (kube-proxy's rules, written as iptables-save prints them)
 """The overlay fault lab: lab hosts wired like K3s nodes over an underlay namespace, and the faults of diagnose.
 
 Each lab host (sshd, its own UFW, /run and mounts: tests/lab/hosts.py) gets what a K3s node has:

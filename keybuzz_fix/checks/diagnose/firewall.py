@@ -38,14 +38,14 @@ def judge_leg(c: Capture, leg: Leg) -> Drop | None:
     """Return the cause that drops this leg at its node, or None when the node's filters let it in."""
     flow = flow_of(leg)
     if c.ufw is not None and leg.chain == "INPUT":
-        v = ufw_verdict(c.ufw, flow)
-        if not v.allowed:
+        u = ufw_verdict(c.ufw, flow)
+        if not u.allowed:
             cause = Cause.UFW_VXLAN if leg.outer else Cause.HOST_FIREWALL
             return Drop(
                 cause,
                 (
                     "$ ufw show added (read from /etc/ufw/user.rules) ; ufw status verbose",
-                    f"{flow.describe()}: denied by {v.decided_by}",
+                    f"{flow.describe()}: denied by {u.decided_by}",
                 ),
             )
     if leg.bridged and c.sysctl.get("net.bridge.bridge-nf-call-iptables") != "1":

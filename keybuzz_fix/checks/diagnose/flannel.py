@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from keybuzz_fix.checks.diagnose.findings import Candidate, Cause
 from keybuzz_fix.checks.diagnose.paths import Hop, Path, Topology
@@ -142,10 +142,10 @@ def vtep(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> tup
     if mac_bad and not mac_pairs:
         mac_pairs = {frozenset({a, p.name}) for a in mac_bad for p in nodes if p.name != a}
 
-    def hits(pairs: set[frozenset[str]]):  # type: ignore[no-untyped-def]
+    def hits(pairs: set[frozenset[str]]) -> Callable[[Path], bool]:
         return lambda p: p.all_hops(lambda h: h.overlay and _pair(p, h) in pairs)
 
-    addr = Candidate(
+    address = Candidate(
         Cause.VTEP_ADDRESS,
         bool(addr_bad),
         f"on {', '.join(addr_bad)}" if addr_bad else "every VTEP address is unique and where the peers send",
@@ -155,7 +155,7 @@ def vtep(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> tup
         {k: tuple(dict.fromkeys(v)) for k, v in addr_bad.items()},
         breaks=hits(broken_pairs),
     )
-    mac = Candidate(
+    moved = Candidate(
         Cause.VTEP_MAC,
         bool(mac_bad),
         f"on {', '.join(mac_bad)}" if mac_bad else "every VXLAN MAC is the one its peers know",
@@ -167,7 +167,7 @@ def vtep(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> tup
         {k: tuple(dict.fromkeys(v)) for k, v in mac_bad.items()},
         breaks=hits(mac_pairs),
     )
-    return addr, mac
+    return address, moved
 
 
 def mtu(nodes: Sequence[NodeView], topo: Topology) -> Candidate:

@@ -304,7 +304,7 @@ def _hop(
         return Hop(None, False)
     me, peer = topo.tunnels.get(s, Tunnel("none")), topo.tunnels.get(t, Tunnel("none"))
     legs: list[Leg] = []
-    pod_target = topo.is_pod(dst)
+    pod_target = topo.is_pod(dst) or (dst == peer.address and peer.address is not None)  # a pod, or the VTEP
     if pod_ip and t != s:  # leaving the pod's node: the sender's FORWARD (cni0 -> overlay or NIC)
         legs.append(Leg(s, "FORWARD", pod_ip, proto, dport, "cni0", dst=dst))
     if t == s:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from keybuzz_fix.hosts.flannel.facts import parse_features
 from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts
 from keybuzz_fix.hosts.ufw.rules import ParseError
@@ -324,17 +325,6 @@ def parse_fdb(lines: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
         if words and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", words[0]):
             out.append((words[0], _after(words, ("dst",)).get("dst")))
     return tuple(out)
-
-
-def parse_features(text: str) -> dict[str, tuple[bool, bool]]:
-    """Parse ``ethtool -k`` into ``{feature: (on, fixed)}``; empty when the device is missing."""
-    out: dict[str, tuple[bool, bool]] = {}
-    for line in text.splitlines():
-        name, sep, value = line.strip().partition(":")
-        words = value.split()
-        if sep and words and words[0] in ("on", "off") and " " not in name:
-            out[name] = (words[0] == "on", "[fixed]" in words[1:])
-    return out
 
 
 def parse_probes(text: str) -> tuple[Probe, ...]:
