@@ -128,7 +128,10 @@ def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
         print(f"\ndiagnose on {len(names)} hosts, overlay broken: {seconds:.1f} s (tool's own {before['seconds']} s)")
     assert code == 1 and before["healthy"] is False
     first = before["findings"][0]
-    assert (first["cause"], first["status"]) == ("ufw-blocks-vxlan", "confirmed"), (first["summary"], first["contradicts"][:4])
+    assert (first["cause"], first["status"]) == ("ufw-blocks-vxlan", "confirmed"), (
+        first["summary"],
+        first["contradicts"][:4],
+    )
     assert first["hosts"] == names
     assert (
         "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default deny (incoming)"

@@ -407,3 +407,23 @@ def test_text_output_shows_the_matrix_the_cause_the_evidence_and_the_fix() -> No
     assert "1. ufw-blocks-vxlan" in out and "confirmed" in out
     assert "fix:" in out and "8472" in out
     assert "not healthy" in out
+
+
+def test_collect_script_and_from_dir_on_the_command_line(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.tsv"
+    servers.write_text(
+        "ENV\tHOSTNAME\tIP_PRIVEE\tUSER_SSH\tROLE\tSUBROLE\n"
+        "prod\tk3s-master-01\t10.0.0.2\troot\tk3s\tmaster\n"
+        "prod\tk3s-worker-01\t10.0.0.3\troot\tk3s\tworker\n"
+        "prod\tdb-01\t10.0.0.9\troot\tdb\tpostgres\n"
+    )
+    result = CliRunner().invoke(app, ["diagnose", "--collect-script", str(servers)])
+    assert result.exit_code == 0 and result.stdout.startswith("#!/bin/sh\n")
+    assert "NODES='k3s-master-01=10.0.0.2 k3s-worker-01=10.0.0.3'" in result.stdout  # the K3s nodes only
+    assert CliRunner().invoke(app, ["diagnose"]).exit_code == 2
+    assert CliRunner().invoke(app, ["diagnose", str(servers), "--from-dir", str(tmp_path)]).exit_code == 2
+    missing = CliRunner().invoke(app, ["diagnose", "--from-dir", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "not a directory" in missing.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert CliRunner().invoke(app, ["diagnose", "--from-dir", str(empty)]).exit_code == 2
