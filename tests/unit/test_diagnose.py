@@ -427,3 +427,19 @@ def test_collect_script_and_from_dir_on_the_command_line(tmp_path: Path) -> None
     empty = tmp_path / "empty"
     empty.mkdir()
     assert CliRunner().invoke(app, ["diagnose", "--from-dir", str(empty)]).exit_code == 2
+
+
+def test_a_vtep_unreachable_over_the_underlay(tmp_path: Path) -> None:
+    nodes = three_nodes()
+
+    def outcome(src: NodeSpec, where: str, kind: str, target: str, backends: list[NodeSpec]) -> str:
+        cut = nodes[2]  # no route between it and the others' private addresses
+        involved = src is cut or any(b is cut for b in backends)
+        if kind == "api":
+            return "fail" if src is cut else "ok"
+        return "fail" if involved and (remote(src, backends) or kind.startswith("underlay")) else "ok"
+
+    code, data = run(World(nodes, outcome, web_on=["k3s-worker-02"]), tmp_path)
+    top = data["findings"][0]
+    assert top["cause"] == "vtep-address" and "k3s-worker-02" in top["hosts"]
+    assert any("unreachable from" in line for lines in top["evidence"].values() for line in lines)

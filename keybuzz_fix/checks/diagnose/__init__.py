@@ -40,7 +40,7 @@ def find_causes(nodes: Sequence[NodeView], cluster: ClusterView) -> tuple[list[F
     topo = topology(nodes, cluster)
     paths = build_paths(nodes, cluster)
     port = next((t.port for t in topo.tunnels.values() if t.port), None)
-    addr, mac = flannel.vtep(nodes, cluster, topo)
+    addr, mac = flannel.vtep(nodes, cluster, topo, paths)
     candidates = [
         *firewall.firewall_candidates(nodes, paths, topo),
         kernel.br_netfilter(nodes, paths),

@@ -82,8 +82,10 @@ def wrong_interface(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topol
     )
 
 
-def vtep(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> tuple[Candidate, Candidate]:
-    """VTEP addresses duplicated or pointing elsewhere; the VXLAN MAC differs from what peers were told."""
+def vtep(
+    nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology, paths: Sequence[Path] = ()
+) -> tuple[Candidate, Candidate]:
+    """VTEP addresses duplicated, pointing elsewhere or unreachable; the VXLAN MAC differs from what peers know."""
     addr_bad: dict[str, list[str]] = {}
     mac_bad: dict[str, list[str]] = {}
     broken_pairs: set[frozenset[str]] = set()
@@ -139,6 +141,14 @@ def vtep(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> tup
                             ]
                         )
                         broken_pairs.add(frozenset({n.name, p.name}))
+    for path in paths:  # a VTEP's underlay address that its peer cannot reach at all
+        peer = path.hops[0].node if path.hops else None
+        if path.kind == "underlay" and path.failed and peer:
+            t = topo.tunnels.get(peer)
+            if t is not None and t.kind == "vxlan":
+                where = f"{peer}'s VTEP ({t.local or path.probe.target}) unreachable from {path.src}"
+                addr_bad.setdefault(peer, []).extend([*path.evidence(), where])
+                broken_pairs.add(_pair(path, path.hops[0]))
     if mac_bad and not mac_pairs:
         mac_pairs = {frozenset({a, p.name}) for a in mac_bad for p in nodes if p.name != a}
 
