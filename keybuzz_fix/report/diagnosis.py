@@ -171,8 +171,9 @@ def finding_json(finding: Finding) -> dict[str, Any]:
     return {
         "cause": finding.cause.value,
         "title": finding.title,
-        "status": "info" if finding.info else finding.status.value,
+        "status": finding.status.value,
         "problem": finding.problem,
+        "info": finding.info,
         "summary": finding.summary,
         "hosts": list(finding.hosts),
         "evidence": {h: list(lines) for h, lines in finding.evidence.items()},

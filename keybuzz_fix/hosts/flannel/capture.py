@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from keybuzz_fix.hosts.flannel.facts import parse_features
 from keybuzz_fix.hosts.sections import split_sections
@@ -166,8 +166,19 @@ class Capture:
         return next((d for d, addrs in self.addrs.items() if any(a.split("/")[0] == address for a in addrs)), None)
 
     def vxlan(self) -> list[Link]:
-        """Return the VXLAN devices (flannel.1, flannel.4096, ...)."""
-        return [link for link in self.links.values() if link.kind == "vxlan"]
+        """Return the VXLAN devices (flannel.1, flannel.4096, ...).
+
+        A ``flannel.<VNI>`` device listed without its details (an older capture) counts too, with Flannel's
+        port for that VNI: 4789 for rke2's Windows-compatible 4096, else 8472.
+        """
+        out = []
+        for link in self.links.values():
+            if link.kind == "vxlan":
+                out.append(link)
+            elif link.kind is None and re.fullmatch(r"flannel\.\d+", link.name):
+                vni = int(link.name.split(".")[1])
+                out.append(replace(link, kind="vxlan", vni=vni, port=4789 if vni == 4096 else 8472))
+        return out
 
     def csum_errors(self) -> tuple[int, int] | None:
         """Return ``UdpInCsumErrors`` before and after the probes."""
@@ -212,18 +223,21 @@ def parse_capture(text: str) -> Capture:
             key, sep, value = line.partition("=")
             if sep and key in ("active", "state"):
                 firewalld[key] = value.strip()
+    links = parse_links("\n".join(s.get("links", [])))
+    features = {name[10:]: parse_features("\n".join(v)) for name, v in s.items() if name.startswith("ethtool-k ")}
+    _older_probe(s, links, features)
     return Capture(
         hostname=first,
         kernel=_first(s.get("kernel")),
         tools=tools,
         complete="end" in s,
-        links=parse_links("\n".join(s.get("links", []))),
+        links=links,
         addrs=parse_addrs("\n".join(s.get("addrs", []))),
         routes=parse_routes("\n".join(s.get("routes", []))),
         neigh=parse_neigh("\n".join(s.get("neigh", []))),
         neigh_after=parse_neigh("\n".join(s.get("neigh-after", []))),
         fdb={name[4:]: parse_fdb(lines) for name, lines in s.items() if name.startswith("fdb ")},
-        features={name[10:]: parse_features("\n".join(v)) for name, v in s.items() if name.startswith("ethtool-k ")},
+        features=features,
         drivers={
             name[10:]: d for name, v in s.items() if name.startswith("ethtool-i ") and (d := _driver(v)) is not None
         },
@@ -250,6 +264,22 @@ def parse_capture(text: str) -> Capture:
         snmp_before=_snmp(s.get("snmp-before")),
         snmp_after=_snmp(s.get("snmp-after")),
     )
+
+
+def _older_probe(
+    s: Mapping[str, list[str]], links: dict[str, Link], features: dict[str, dict[str, tuple[bool, bool]]]
+) -> None:
+    """Read what the node probe of earlier versions printed: ``ip -d link show flannel.1`` and its ``ethtool -k``.
+
+    A capture an operator saved with an older keybuzz-fix has no probes, but its devices still count.
+    """
+    if "flannel-link" in s:
+        for name, link in parse_links(" ".join(line.strip() for line in s["flannel-link"])).items():
+            links[name] = link
+    if "ethtool" in s:
+        head = next((line for line in s["ethtool"] if line.startswith("Features for ")), None)
+        if head is not None:
+            features.setdefault(head[len("Features for ") :].rstrip(":"), parse_features("\n".join(s["ethtool"])))
 
 
 # -- parsers of single outputs --------------------------------------------------------------------
