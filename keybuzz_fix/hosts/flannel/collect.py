@@ -77,7 +77,10 @@ have() { command -v "$1" >/dev/null 2>&1; }
 t() { if have timeout; then timeout "$@"; else shift; "$@"; fi; }
 P=$(mktemp -d 2>/dev/null || echo /tmp/kbf-collect.$$)
 mkdir -p "$P" || exit 1
-trap 'rm -rf "$P"' EXIT INT TERM
+trap 'rm -rf "$P"' EXIT
+trap 'rm -rf "$P"; exit 124' INT TERM
+( sleep 28; kill -TERM $$ ) >/dev/null 2>&1 &  # the whole run stays under 30 s, whatever hangs
+WD=$!
 sec version; echo @@VERSION@@
 sec hostname; hostname 2>/dev/null || cat /etc/hostname
 sec kernel; uname -r
@@ -101,8 +104,8 @@ if have ip; then
   done
   NICS=$(echo $NICS | tr ' ' '\n' | grep -v '^lo$' | sort -u)
   if have ethtool; then
-    for d in $VX $NICS; do sec "ethtool-k $d"; t 5 ethtool -k "$d" 2>&1; done
-    for d in $NICS; do sec "ethtool-i $d"; t 5 ethtool -i "$d" 2>&1; done
+    for d in $VX $NICS; do sec "ethtool-k $d"; t 3 ethtool -k "$d" 2>&1; done
+    for d in $NICS; do sec "ethtool-i $d"; t 3 ethtool -i "$d" 2>&1; done
   fi
 fi
 if [ -r /run/flannel/subnet.env ]; then sec subnet-env; cat /run/flannel/subnet.env; fi
@@ -122,17 +125,17 @@ for b in legacy nft; do
     case "$b:$v" in legacy:*legacy*|nft:*nf_tables*) s=iptables-save;; legacy:*) case "$v" in *'('*) ;; *) s=iptables-save;; esac;; esac
   fi
   [ -n "$s" ] || continue
-  sec "iptables-$b filter"; t 10 "$s" -t filter 2>&1 | head -n 600
-  sec "iptables-$b count"; t 10 "$s" 2>/dev/null | grep -c '^-A'
+  sec "iptables-$b filter"; t 5 "$s" -t filter 2>&1 | head -n 600
+  sec "iptables-$b count"; t 5 "$s" 2>/dev/null | grep -c '^-A'
   sec "iptables-$b nat"
-  t 10 "$s" -t nat 2>/dev/null | grep -E '^(:|\*)|KUBE-SERVICES|KUBE-NODEPORTS|DNAT|MASQUERADE' | head -n 800
+  t 5 "$s" -t nat 2>/dev/null | grep -E '^(:|\*)|KUBE-SERVICES|KUBE-NODEPORTS|DNAT|MASQUERADE' | head -n 800
 done
-if have nft; then sec nft; t 10 nft list ruleset 2>&1 | grep -v '^\s*$' | head -n 600; fi
+if have nft; then sec nft; t 5 nft list ruleset 2>&1 | grep -v '^\s*$' | head -n 600; fi
 if have firewall-cmd || have systemctl; then
   sec firewalld
-  if have systemctl; then echo "active=$(t 5 systemctl is-active firewalld 2>/dev/null)"; fi
-  if have firewall-cmd; then echo "state=$(t 5 firewall-cmd --state 2>&1)"
-    t 5 firewall-cmd --list-all 2>/dev/null | sed 's/^/|/'; fi
+  if have systemctl; then echo "active=$(t 3 systemctl is-active firewalld 2>/dev/null)"; fi
+  if have firewall-cmd; then echo "state=$(t 3 firewall-cmd --state 2>&1)"
+    t 3 firewall-cmd --list-all 2>/dev/null | sed 's/^/|/'; fi
 fi
 ( @@UFW@@ )
 if dmesg >/dev/null 2>&1; then sec kernel-log; dmesg 2>/dev/null | grep -i 'bad checksum' | tail -n 20; fi
@@ -143,7 +146,7 @@ for f in /var/log/pods/kube-system_coredns-*/coredns/*.log; do [ -f "$f" ] && ta
 
 # -- the probes --------------------------------------------------------------------------------
 me=""; for a in $(ip -o -4 addr show 2>/dev/null | awk '{split($4,x,"/"); print x[1]}'); do me="$me $a "; done
-NAT=$( (iptables-nft-save -t nat 2>/dev/null; iptables-legacy-save -t nat 2>/dev/null; iptables-save -t nat 2>/dev/null) | grep -E 'KUBE-SERVICES|KUBE-NODEPORTS|DNAT' )
+NAT=$( (t 5 iptables-nft-save -t nat; t 5 iptables-legacy-save -t nat; t 5 iptables-save -t nat) 2>/dev/null | grep -E 'KUBE-SERVICES|KUBE-NODEPORTS|DNAT' )
 svc_ip() { echo "$NAT" | grep -- "-A KUBE-SERVICES" | grep -F "\"$1 cluster IP\"" | sed -n 's/.*-d \([0-9.]*\)\/32.*/\1/p' | head -n 1; }
 API=$(svc_ip default/kubernetes:https)
 DNS=$(svc_ip kube-system/kube-dns:dns)
@@ -165,7 +168,7 @@ if have ip; then  # a pod that is no Service's backend (so no probe targets itse
 fi
 sec pod; echo "netns=$POD ip=$POD_IP mtu=$POD_MTU"
 sec targets; echo "api=$API dns=$DNS dnspods=$(echo $DNSPODS) nodeport=$NP"
-i=0
+i=0; JOBS=""
 job() { # job WHERE KIND TARGET SIZE COMMAND...
   i=$((i+1)); w=$1; k=$2; tg=$3; sz=$4; shift 4
   if [ "$w" = pod ]; then
@@ -173,6 +176,7 @@ job() { # job WHERE KIND TARGET SIZE COMMAND...
     set -- ip netns exec "$POD" "$@"
   fi
   ( echo "$M probe $w $k $tg $sz"; echo "\$ $*"; "$@" 2>&1; echo "rc=$?" ) > "$P/p$i" 2>&1 &
+  JOBS="$JOBS $!"
 }
 ping_job() { # WHERE KIND ADDR [SIZE]
   job "$1" "$2" "$3" "${4:--}" ping -n -q -c 2 -i 0.2 -W 1 $([ -n "$4" ] && echo "-M do -s $4") "$3"; }
@@ -228,11 +232,12 @@ for d in $VX; do
     [ -n "$mtu" ] && ping_job node vtep-big "$v" "$((mtu - 28))"
   done
 done
-wait
+for j in $JOBS; do wait "$j"; done  # the probes only, not the watchdog
 sleep 1
 for f in "$P"/p*; do [ -f "$f" ] && cat "$f"; done
 sec snmp-after; grep '^Udp:' /proc/net/snmp
 sec neigh-after; ip -4 neigh show 2>/dev/null
+kill "$WD" 2>/dev/null
 sec end
 """
 
