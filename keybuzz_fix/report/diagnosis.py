@@ -197,4 +197,5 @@ def path_json(p: Path) -> dict[str, Any]:
         "command": p.probe.command,
         "backends": [h.node for h in p.hops],
         "overlay": p.overlay,
+        "masquerade": p.masquerade,
     }

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from keybuzz_fix.checks.diagnose import dns, firewall, flannel, kernel
 from keybuzz_fix.checks.diagnose.findings import TITLES, Cause, Finding, Status, healthy, judge, rank
-from keybuzz_fix.checks.diagnose.paths import Path, build_paths, matrix, topology
+from keybuzz_fix.checks.diagnose.paths import Path, build_paths, topology
 from keybuzz_fix.checks.diagnose.views import ApiNode, ClusterView, NodeView, Objects, api_nodes, split_objects
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "api_nodes",
     "find_causes",
     "healthy",
-    "matrix",
     "split_objects",
 ]
 

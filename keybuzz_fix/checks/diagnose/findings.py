@@ -14,7 +14,7 @@ node *and* a failing path it explains, without contradiction.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from keybuzz_fix.checks.diagnose.paths import Path
@@ -168,8 +168,3 @@ def rank(findings: Sequence[Finding], paths: Sequence[Path]) -> list[Finding]:
 def healthy(findings: Sequence[Finding], paths: Sequence[Path]) -> bool:
     """Whether no problem was found and no probed path failed."""
     return not any(f.problem for f in findings) and not any(p.failed for p in paths)
-
-
-def with_summary(f: Finding, summary: str) -> Finding:
-    """Return the finding with another summary."""
-    return replace(f, summary=summary)

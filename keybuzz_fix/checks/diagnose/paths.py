@@ -57,7 +57,6 @@ class Path:
     hops: tuple[Hop, ...] = ()
     masquerade: bool = False
     service: bool = False  # through a ClusterIP or NodePort (DNAT)
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def id(self) -> str:
@@ -334,11 +333,3 @@ def _hop(
     else:
         legs.append(Leg(t, chain, inner_src, proto, dport, topo.nics.get(t), dst=dst))
     return Hop(t, peer.kind in ("vxlan", "wireguard"), tuple(legs))
-
-
-def matrix(paths: Sequence[Path]) -> dict[str, dict[str, str]]:
-    """Return ``{node: {probe: ok|FAIL|wrong-source}}`` for the report."""
-    out: dict[str, dict[str, str]] = {}
-    for p in paths:
-        out.setdefault(p.src, {})[p.probe.id] = p.probe.result
-    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from keybuzz_fix.cluster.scheduling import internal_ip
@@ -73,7 +73,6 @@ class NodeView:
     address: str | None
     capture: Capture | None = None
     error: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 def api_nodes(objects: Sequence[Mapping[str, Any]]) -> tuple[ApiNode, ...]:
