@@ -101,6 +101,12 @@ def diagnosis_text(console: Console, found: Diagnosis) -> None:
                 f"[yellow]{escape(n.name)}[/]: no pod network namespace (/var/run/netns/cni-*): "
                 "probed from the node only"
             )
+        if n.capture is not None:
+            missing = [p.id for p in n.capture.probes if p.result == "notool"]
+            if missing:
+                console.print(f"[yellow]{escape(n.name)}[/]: not probed (no tool): {escape(', '.join(missing))}")
+            if not n.capture.complete:
+                console.print(f"[yellow]{escape(n.name)}[/]: its capture was cut short")
     if found.cluster.error:
         console.print(f"[yellow]API side not read[/]: {escape(found.cluster.error)}")
     problems = [f for f in found.findings if f.problem]
@@ -147,6 +153,7 @@ def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
                 complete=n.capture.complete,
                 pod_netns=n.capture.pod.get("netns"),
                 tools=sorted(n.capture.tools),
+                not_probed=[p.id for p in n.capture.probes if p.result == "notool"],
             )
         hosts.append(entry)
     return {
