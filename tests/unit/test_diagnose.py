@@ -471,3 +471,22 @@ def test_captures_of_the_older_node_probe_still_show_their_devices(report: Path,
     assert "vxlan" in backend
     if data["expected_top_finding"] == "checksum-offload" and "flannel.4096" not in report.read_text():
         assert finding(out, "checksum-offload")["status"] in ("likely", "confirmed", "not checked")
+
+
+def test_a_v6_only_leftover_rule_lets_no_vxlan_in_over_ipv4(tmp_path: Path) -> None:
+    """realworld ufw-v6-only-leftover-overlay: ``allow 8472/udp`` only in user6.rules; IPv4 VXLAN meets the default."""
+    d = DATA / "realworld" / "ufw-v6-only-leftover-overlay"
+
+    def bar(name: str) -> str:
+        return "".join(f"|{line}\n" for line in (d / name).read_text().splitlines())
+
+    ufw = (
+        "@@keybuzz-fix@@ ssh\n10.0.0.99 51234 10.0.0.2 22\n"
+        f"@@keybuzz-fix@@ defaults\n{bar('ufw.default')}@@keybuzz-fix@@ kernel-ipv6\nyes\n"
+        "@@keybuzz-fix@@ chains\ninput 0\noutput 0\nforward 0\n"
+        f"@@keybuzz-fix@@ rules\n{bar('user.rules')}@@keybuzz-fix@@ rules6\n{bar('user6.rules')}@@keybuzz-fix@@ end\n"
+    )
+    code, data = run(World(three_nodes(ufw=ufw), overlay_fails, web_on=["k3s-worker-02"]), tmp_path)
+    top = data["findings"][0]
+    assert (top["cause"], top["status"]) == ("ufw-blocks-vxlan", "confirmed")
+    assert any("udp/8472" in line and "default deny (incoming)" in line for line in top["evidence"]["k3s-worker-01"])

@@ -9,7 +9,7 @@ each peer, pods to the API server).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, iptables_verdict, nft_verdict, ufw_verdict
 from keybuzz_fix.checks.diagnose.findings import Candidate, Cause
@@ -38,7 +38,10 @@ def judge_leg(c: Capture, leg: Leg) -> Drop | None:
     """Return the cause that drops this leg at its node, or None when the node's filters let it in."""
     flow = flow_of(leg)
     if c.ufw is not None and leg.chain == "INPUT":
-        u = ufw_verdict(c.ufw, flow)
+        # UFW keeps IPv4 and IPv6 rules apart: an IPv4 flow meets user.rules only (a rule left in user6.rules
+        # alone lets nothing in over IPv4), when the files were read; ``ufw show added`` merges both
+        facts = replace(c.ufw, rules=c.ufw_v4) if c.ufw_v4 is not None and ":" not in (flow.src or "") else c.ufw
+        u = ufw_verdict(facts, flow)
         if not u.allowed:
             cause = Cause.UFW_VXLAN if leg.outer else Cause.HOST_FIREWALL
             return Drop(

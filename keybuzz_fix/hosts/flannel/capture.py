@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 
 from keybuzz_fix.hosts.flannel.facts import parse_features
 from keybuzz_fix.hosts.sections import split_sections
+from keybuzz_fix.hosts.ufw import files as ufw_files
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts
-from keybuzz_fix.hosts.ufw.rules import ParseError
+from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Capture:
     firewalld_config: tuple[str, ...] = ()
     ufw: UfwFacts | None = None
     ufw_error: str | None = None
+    ufw_v4: tuple[UfwRule, ...] | None = None  # user.rules alone (IPv4), when UFW's files were read
     kernel_log: tuple[str, ...] | None = None
     resolv: tuple[str, ...] = ()
     k3s_config: tuple[str, ...] = ()
@@ -198,10 +200,13 @@ def parse_capture(text: str) -> Capture:
     s = split_sections(text)
     first = _first(s.get("hostname"))
     tools = frozenset(line.strip() for line in s.get("tools", []) if line.strip())
-    ufw, ufw_error = None, None
+    ufw, ufw_error, ufw_v4 = None, None, None
     if "ssh" in s or "missing" in s:
         try:
             ufw = parse_ufw_facts(text)
+            if "rules" in s:
+                rules = "\n".join(line[1:] for line in s["rules"] if line.startswith("|"))
+                ufw_v4 = tuple(ufw_files.parse_user_rules(rules, ufw_files.RULES_FILE))
         except ParseError as e:
             ufw_error = str(e)
     else:
@@ -254,6 +259,7 @@ def parse_capture(text: str) -> Capture:
         firewalld_config=tuple(line[1:] for line in s.get("firewalld", []) if line.startswith("|")),
         ufw=ufw,
         ufw_error=ufw_error,
+        ufw_v4=ufw_v4,
         kernel_log=tuple(line.strip() for line in s["kernel-log"] if line.strip()) if "kernel-log" in s else None,
         resolv=tuple(line.strip() for line in s.get("resolv", []) if line.strip() and not line.startswith("|")),
         k3s_config=tuple(line[len("|config: ") :] for line in s.get("resolv", []) if line.startswith("|config: ")),
