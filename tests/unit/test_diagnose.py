@@ -490,3 +490,30 @@ def test_a_v6_only_leftover_rule_lets_no_vxlan_in_over_ipv4(tmp_path: Path) -> N
     top = data["findings"][0]
     assert (top["cause"], top["status"]) == ("ufw-blocks-vxlan", "confirmed")
     assert any("udp/8472" in line and "default deny (incoming)" in line for line in top["evidence"]["k3s-worker-01"])
+
+
+@pytest.mark.parametrize(
+    ("route", "shown"),
+    [("", "no route to the other nodes' pod subnets"), ("{cidr} via 10.0.0.1 dev {nic}\n", "host-gw needs via")],
+    ids=["no-route", "via-the-gateway"],
+)
+def test_host_gw_across_a_routed_network_is_the_backend(route: str, shown: str, tmp_path: Path) -> None:
+    """host-gw needs every peer as a direct next hop: on a routed private network (Hetzner's) it cannot work."""
+    nodes = three_nodes(backend="host-gw")
+    w = World(nodes, overlay_fails, web_on=["k3s-worker-02"])
+    d = w.write(tmp_path / "capture")
+    for n in nodes:
+        path = d / f"{n.name}.txt"
+        text = path.read_text()
+        for p in nodes:
+            text = text.replace(f"{p.pod_cidr} via {p.ip} dev {n.nic}\n", route.format(cidr=p.pod_cidr, nic=n.nic))
+        path.write_text(text)
+    code, data = from_dir(d)
+    top = data["findings"][0]
+    assert top["cause"] == "backend" and top["problem"], [(f["cause"], f["summary"]) for f in data["findings"][:3]]
+    assert any(shown in line for lines in top["evidence"].values() for line in lines)
+
+
+def test_a_healthy_cluster_names_its_backend_first(tmp_path: Path) -> None:
+    code, data = run(World(three_nodes(backend="wireguard")), tmp_path)
+    assert code == 0 and data["findings"][0]["cause"] == "backend"

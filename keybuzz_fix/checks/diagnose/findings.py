@@ -142,7 +142,7 @@ def judge(c: Candidate, paths: Sequence[Path]) -> Finding:
 
 
 def rank(findings: Sequence[Finding], paths: Sequence[Path]) -> list[Finding]:
-    """Order findings: problems first, then not checked, then ok (the backend last).
+    """Order findings: problems first, then the backend in use, then not checked, then ok.
 
     Among problems: those explaining every failing path first, then the uncontradicted, confirmed before
     likely, the most failing paths explained.
@@ -150,8 +150,8 @@ def rank(findings: Sequence[Finding], paths: Sequence[Path]) -> list[Finding]:
     failed = {p.id for p in paths if p.failed}
 
     def key(f: Finding) -> tuple[int, int, int, int, int, int]:
-        if not f.problem:
-            return (1, 0, 0, 0, _STATUS[f.status] + (9 if f.info else 0), _CAUSES.index(f.cause))
+        if not f.problem:  # the backend first (it says what every check adapted to), then not checked, then ok
+            return (1, 0 if f.info else 1, 0, 0, _STATUS[f.status], _CAUSES.index(f.cause))
         covers_all = bool(failed) and failed <= set(f.explains)
         return (
             0,

@@ -31,7 +31,59 @@ def backend(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> 
         noted = f"; API backend-type {api.backend_type}" if api and api.backend_type else ""
         lines[n.name] = ("$ ip -d -o link show ; ip -4 route show", f"{what}{noted}")
     summary = " / ".join(sorted(kinds)) or "unknown"
-    return Candidate(Cause.BACKEND, True, f"backend: {summary}", evidence=lines, info=True)
+    bad = _backend_broken(nodes, cluster, topo)
+    if not bad:
+        return Candidate(Cause.BACKEND, True, f"backend: {summary}", evidence=lines, info=True)
+
+    def may(p: Path) -> bool:
+        return p.any_hop(lambda h: h.node is not None and h.node != p.src and bool({p.src, h.node} & set(bad)))
+
+    return Candidate(
+        Cause.BACKEND,
+        True,
+        f"backend: {summary}; not working on {', '.join(bad)}",
+        "Run one backend on every node, one that fits the network: vxlan (K3s' default) where the nodes are not "
+        "on one L2 segment (host-gw needs every peer as a direct next hop: routed cloud networks such as Hetzner's "
+        "are not); set `flannel-backend` on every server, restart k3s, then k3s-agent",
+        tuple(bad),
+        {k: (*lines.get(k, ()), *v) for k, v in bad.items()},
+        may_break=may,
+    )
+
+
+def _backend_broken(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> dict[str, tuple[str, ...]]:
+    """Return the nodes whose backend cannot carry the overlay, and why.
+
+    Another backend than the rest; no device (or route) though the API says Flannel runs; host-gw with a
+    peer's subnet not routed through the peer itself.
+    """
+    bad: dict[str, tuple[str, ...]] = {}
+    seen = [topo.tunnels[n.name].kind for n in nodes if n.capture is not None and n.name in topo.tunnels]
+    common = max(set(seen), key=seen.count) if seen else None
+    for n in nodes:
+        c, t = n.capture, topo.tunnels.get(n.name)
+        if c is None or t is None or not c.links:
+            continue
+        api = cluster.node(n.name, n.address)
+        if t.kind == "none" and api is not None and api.backend_type:
+            what = "no route to the other nodes' pod subnets" if api.backend_type == "host-gw" else "no overlay device"
+            bad[n.name] = (
+                "$ ip -d -o link show ; ip -4 route show",
+                f"backend-type {api.backend_type} in the API, {what}",
+            )
+        elif common and t.kind != common and len(set(seen)) > 1:
+            bad[n.name] = (f"{t.kind} here, {common} on the other nodes",)
+        elif t.kind == "host-gw":
+            peers = {p.name: p for p in nodes if p is not n}
+            for name, p in peers.items():
+                api_p = cluster.node(name, p.address)
+                subnet = api_p.pod_cidr if api_p else None
+                route = next((r for r in c.routes if subnet and r.dest == subnet), None)
+                if subnet and (route is None or route.via not in (p.address, api_p.internal_ip if api_p else None)):
+                    got = f"{route.dest} via {route.via} dev {route.dev}" if route else "no route"
+                    bad.setdefault(n.name, ("$ ip -4 route show",))
+                    bad[n.name] = (*bad[n.name], f"{subnet} of {name}: {got} (host-gw needs via {p.address})")
+    return bad
 
 
 def wrong_interface(nodes: Sequence[NodeView], cluster: ClusterView, topo: Topology) -> Candidate:
