@@ -1,6 +1,6 @@
 """Write one ``diagnose --from-dir`` capture per public outage report of ../shared/realworld/outages.
 
-    PYTHONPATH=. .venv/bin/python tests/data/diagnose/outages/build.py [../shared/realworld/outages]
+    PYTHONPATH=. .venv/bin/python tests/data/diagnose/outages/build.py [DIR of reports, default: reports/]
 
 Each report gives the cluster (nodes, addresses, Flannel's annotations), what today's probe printed
 on each node (kernel, devices, MTUs, offloads, UFW, kernel log, pings) and the evidence of the
@@ -23,7 +23,7 @@ import yaml
 from tests.unit.world import M, NodeSpec, World, healthy_tables, remote
 
 HERE = Path(__file__).parent
-SHARED = Path(__file__).resolve().parents[5] / "shared" / "realworld" / "outages"
+REPORTS = HERE / "reports"  # a copy of ../shared/realworld/outages
 
 
 def _section(text: str, name: str) -> list[str]:
@@ -422,4 +422,4 @@ def main(source: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED)
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else REPORTS)
