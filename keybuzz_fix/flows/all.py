@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from keybuzz_fix.checks.http import HttpOptions
@@ -162,19 +162,20 @@ def run_all(
             steps.describe_ingress_result,
         )
         log.heading(4, "validate")
-        # Just-applied routes and pods take ingress-nginx a moment to serve: a failed URL round is
-        # tried again for a while before it counts.
-        settled = replace(http, settle=max(http.settle, SETTLE)) if routes.changes or converting.pending else http
+        # Just-applied routes, pods and rules take a moment to serve (ingress-nginx reloads, the apps
+        # start): a failed URL round or worker path is tried again for a while before it counts.
+        settle = SETTLE if routes.changes or converting.pending or any(o.changes for o in planned) else 0.0
         card = step(
             "validate",
             lambda: score_cluster(
                 kube,
                 cfg,
                 hosts,
-                http=settled,
+                http=http,
                 threshold=options.threshold,
                 strict=options.strict,
                 access=WorkerAccess(reach.ssh, reach.concurrency),
+                settle=settle,
             ),
             steps.describe_score,
         )

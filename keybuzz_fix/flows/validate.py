@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks import scorecard as sc
@@ -30,7 +30,7 @@ from keybuzz_fix.errors import Forbidden, Interrupted, KeybuzzFixError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.firewall import traffic_rules
 from keybuzz_fix.hosts.parallel import on_each_host
-from keybuzz_fix.hosts.reach import Paths, reach_probe, targets_for
+from keybuzz_fix.hosts.reach import Paths, Reach, reach_probe, targets_for
 from keybuzz_fix.hosts.ssh import SshOptions, connect
 from keybuzz_fix.hosts.ufw.apply import FirewallRun
 from keybuzz_fix.inventory import Host
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 _MAX_THREADS = 64
 PATH_TIMEOUT = 3.0  # seconds for one worker-to-worker connection: on a private network, more is a failure
+_SETTLE_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -113,15 +114,19 @@ def score_cluster(
     strict: bool = False,
     access: WorkerAccess | None = None,
     extended: bool = False,
+    settle: float = 0.0,
 ) -> Scorecard:
     """Run the eight checks (and the ``extended`` rows) concurrently; return the scorecard.
 
     N, the pods each DaemonSet needs, is ``len(workers)``; each URL gets 2 × N requests (at least
     2), each on its own connection, so that a load balancer spreads them over every worker;
     ``threshold`` defaults to the configuration's ``validate.threshold``. Without ``access`` (SSH to
-    the workers), check 8 fails saying so.
+    the workers), check 8 fails saying so. ``settle``: seconds during which the URL rounds and the
+    paths between workers are tried again when they fail (what just changed may take a moment).
     """
     http = http or HttpOptions()
+    if settle > http.settle:
+        http = replace(http, settle=settle)
     ctx = tls_context(http) if any(u.startswith("https:") for u in cfg.validate.urls) else None
     n = len(workers)
     ns, ic = cfg.namespace, cfg.ingress
@@ -139,7 +144,7 @@ def score_cluster(
         "ingress_service": lambda: kube.get("Service", ic.service, ic.namespace),
         "ingress_pods": lambda: kube.list("Pod", ic.namespace),
         "traffic": lambda: _traffic(cfg, facts),
-        "paths": lambda: _paths(workers, facts, access),
+        "paths": lambda: _paths(workers, facts, access, http.settle),
     }
     url_keys = [f"url {u}" for u in cfg.validate.urls]
     for key, url in zip(url_keys, cfg.validate.urls, strict=True):
@@ -219,9 +224,12 @@ def _host_ports(traffic: TrafficPorts) -> list[tuple[int, str]]:
 
 
 def _paths(
-    workers: Sequence[Host], facts: _Facts, access: WorkerAccess | None
+    workers: Sequence[Host], facts: _Facts, access: WorkerAccess | None, settle: float
 ) -> tuple[list[Paths], dict[str, str], list[int]]:
-    """From every worker (over SSH), try every other worker's ingress and app host ports at once."""
+    """From every worker (over SSH), try every other worker's ingress and app host ports at once.
+
+    A try in which a path fails is repeated while ``settle`` seconds have not passed since the first.
+    """
     ports = _host_ports(facts.get(["traffic"])[0]["traffic"])
     numbers = [p for p, _ in ports]
     if access is None:
@@ -235,10 +243,15 @@ def _paths(
             out = session.run(reach_probe(targets, PATH_TIMEOUT), check=False, timeout=PATH_TIMEOUT + 10)
         return Paths.parsed(worker.hostname, targets, out.stdout)
 
-    attempts = on_each_host(workers, probe, concurrency=access.concurrency, label="worker paths")
-    seen = [a.result for a in attempts if a.result is not None]
-    failed = {a.host.hostname: a.error.problem for a in attempts if a.error is not None}
-    return seen, failed, numbers
+    started = time.monotonic()
+    while True:
+        attempts = on_each_host(workers, probe, concurrency=access.concurrency, label="worker paths")
+        seen = [a.result for a in attempts if a.result is not None]
+        failed = {a.host.hostname: a.error.problem for a in attempts if a.error is not None}
+        all_open = not failed and all(o is Reach.OPEN for p in seen for _, o, _ in p.outcomes)
+        if all_open or time.monotonic() - started >= settle:
+            return seen, failed, numbers
+        time.sleep(_SETTLE_PAUSE)
 
 
 def extended_tasks(

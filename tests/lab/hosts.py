@@ -182,6 +182,24 @@ class LabHost:
             raise LabCommandError(self.name, result)
         return result
 
+    def popen(self, argv: Sequence[str], log: str) -> subprocess.Popen[str]:
+        """Start a long-lived helper inside this host: text pipes on stdin/stdout, stderr to ``log`` in its workdir.
+
+        The host's teardown kills it with everything else left in its namespace.
+        """
+        with open(self.workdir / log, "ab") as err:
+            return subprocess.Popen(
+                self._procs.nsenter(list(argv)),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+                env=_HOST_ENV,
+                cwd="/",
+                start_new_session=True,
+            )
+
     def listen(
         self, port: int, vhosts: Iterable[str] | None = None, timeout: float = 10, label: str | None = None
     ) -> None:

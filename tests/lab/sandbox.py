@@ -253,7 +253,7 @@ class Sandbox:
         http = f"{shlex.join(self.world.lb.resolve_args())} --ca-file lb-ca.pem"
         ssh = "--identity id_ed25519 --known-hosts known_hosts"
         tsv = "servers.tsv --config lab.yaml"
-        validate = f"keybuzz-fix validate {tsv} {http}"
+        validate = f"keybuzz-fix validate {tsv} {ssh} {http}"  # check 8 looks from the workers, over SSH
         diagnose = f"keybuzz-fix diagnose {tsv} {ssh}"
         remediate = f"keybuzz-fix all {tsv} {ssh} {http}"
         steps = [
@@ -295,7 +295,7 @@ class Sandbox:
         lines += [
             f"# Any cluster command can read the kubeconfig from {first_master} over SSH instead, as on the "
             "real cluster:",
-            f"{validate} --kubeconfig-from-master servers.tsv {ssh}",
+            f"{validate} --kubeconfig-from-master servers.tsv",
             "# When done: stop it and remove every namespace, process and file it made.",
             f"cd {shlex.quote(str(REPO))} && tests/sandbox down",
         ]
