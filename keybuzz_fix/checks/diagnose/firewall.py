@@ -72,7 +72,7 @@ def judge_leg(c: Capture, leg: Leg) -> Drop | None:
             return Drop(Cause.FORWARD_DROP, lines)
         if leg.bridged:
             continue  # a zone firewall's rules match by interface: cni0 to cni0 stays inside its zone
-        if not v.line.split(" ", 2)[1:2] or not v.line.split()[1].startswith(_K3S):
+        if not v.line.split()[1:2] or not v.line.split()[1].startswith(_K3S):
             return Drop(Cause.OTHER_FIREWALL, lines)
     if c.nft is not None and not leg.bridged:
         n = nft_verdict(c.nft, flow)

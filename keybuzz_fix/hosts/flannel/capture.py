@@ -248,7 +248,7 @@ def parse_capture(text: str) -> Capture:
         },
         subnet_env=_subnet_env(s["subnet-env"]) if "subnet-env" in s else None,
         sysctl=_sysctl(s.get("sysctl", [])),
-        modules=frozenset(line.split()[1] for line in s["modules"] if line.startswith("loaded "))
+        modules=frozenset(w[1] for line in s["modules"] if len(w := line.split()) >= 2 and w[0] == "loaded")
         if "modules" in s
         else None,
         lib_modules=_lib_modules(s.get("modules")),
@@ -450,8 +450,9 @@ def _sysctl(lines: list[str]) -> dict[str, str | None]:
 
 def _lib_modules(lines: list[str] | None) -> bool | None:
     for line in lines or []:
-        if line.startswith("lib-modules "):
-            return line.split()[1] == "yes"
+        words = line.split()
+        if len(words) >= 2 and words[0] == "lib-modules":
+            return words[1] == "yes"
     return None
 
 
