@@ -134,7 +134,7 @@ def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
     )
     assert first["hosts"] == names
     assert (
-        "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default deny (incoming)"
+        "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default incoming policy: deny"
         in (first["evidence"][names[0]])
     )
     assert "keybuzz-fix overlay servers.tsv" in first["fix"]
@@ -202,7 +202,7 @@ def test_diagnose_text_output_names_the_finding_and_the_fix(
     assert result.exit_code == 1, result.output
     out = " ".join(result.output.split())
     assert "1. ufw-blocks-vxlan — UFW drops the overlay's packets from the other nodes — confirmed" in out
-    assert "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default deny (incoming)" in out
+    assert "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default incoming policy: deny" in out
     assert "fix: Allow the overlay port" in out and "keybuzz-fix overlay servers.tsv" in out
     assert "not healthy" in out
 

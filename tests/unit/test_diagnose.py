@@ -14,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from keybuzz_fix.checks.diagnose.filters import Flow, ufw_verdict
+from keybuzz_fix.checks.diagnose.kernel import affected_kernel
 from keybuzz_fix.cli import app
-from keybuzz_fix.hosts.ufw.facts import parse_ufw_facts
+from keybuzz_fix.hosts.flannel.capture import parse_capture
+from keybuzz_fix.hosts.ufw.verdict import Ruleset
 from tests.unit.world import NodeSpec, World, healthy_tables, remote, three_nodes, ufw_text
 
 DATA = Path(__file__).parent.parent / "data" / "diagnose"
@@ -117,22 +119,54 @@ def test_interface_rule_on_the_private_nic_lets_vxlan_in(tmp_path: Path) -> None
     nodes = three_nodes(ufw=ufw_text(added))
     code, data = run(World(nodes), tmp_path)
     assert code == 0 and problems(data) == [], [(f["cause"], f["evidence"]) for f in data["findings"] if f["problem"]]
-    facts = parse_ufw_facts(ufw_text(added))
-    v = ufw_verdict(facts, Flow("10.0.0.3", "udp", 8472, "enp7s0", "10.0.0.2"))
-    assert v.allowed and v.decided_by == "ufw allow in on enp7s0 from 10.0.0.0/16"
-    assert not ufw_verdict(facts, Flow("10.0.0.3", "udp", 8472, "eth1", "10.0.0.2")).allowed  # another NIC
+    rules = ruleset(ufw_text(added))
+    v = ufw_verdict(rules, Flow("10.0.0.3", "udp", 8472, "enp7s0", "10.0.0.2"))
+    assert v.allowed and v.decided_by == "user.rules rule 2: ufw allow in on enp7s0 from 10.0.0.0/16"
+    assert not ufw_verdict(rules, Flow("10.0.0.3", "udp", 8472, "eth1", "10.0.0.2")).allowed  # another NIC
 
 
-def test_ufw_verdict_first_match_wins_and_limit_lets_in() -> None:
-    facts = parse_ufw_facts(ufw_text(["ufw allow from 10.0.0.0/16", "ufw deny 8472/udp", "ufw limit 6443/tcp"]))
-    assert ufw_verdict(facts, Flow("10.0.0.3", "udp", 8472, "eth0")).decided_by == "ufw allow from 10.0.0.0/16"
-    denied = ufw_verdict(facts, Flow("192.0.2.9", "udp", 8472, "eth0"))
-    assert not denied.allowed and denied.decided_by == "ufw deny 8472/udp"
-    limited = ufw_verdict(facts, Flow("192.0.2.9", "tcp", 6443, "eth0"))
-    assert limited.allowed and limited.throttled
-    assert ufw_verdict(facts, Flow("192.0.2.9", "tcp", 80, "eth0")).decided_by == "default deny (incoming)"
-    open_by_default = parse_ufw_facts(ufw_text([], default="allow"))
-    assert ufw_verdict(open_by_default, Flow("192.0.2.9", "udp", 8472, "eth0")).allowed
+def ruleset(ufw: str) -> Ruleset:
+    """The rules a capture's UFW part gives the verdict model."""
+    rules = parse_capture(ufw).ufw_rules
+    assert rules is not None
+    return rules
+
+
+def test_ufw_verdict_asks_the_model_first_match_wins_and_limit() -> None:
+    rules = ruleset(ufw_text(["ufw allow from 10.0.0.0/16", "ufw deny 8472/udp", "ufw limit 6443/tcp", "ufw limit 53"]))
+    assert (
+        ufw_verdict(rules, Flow("10.0.0.3", "udp", 8472, "eth0")).decided_by
+        == "user.rules rule 1: ufw allow from 10.0.0.0/16"
+    )
+    denied = ufw_verdict(rules, Flow("192.0.2.9", "udp", 8472, "eth0"))
+    assert not denied.allowed and denied.decided_by == "user.rules rule 2: ufw deny 8472/udp"
+    assert denied.rule is not None and denied.rule.action == "deny"
+    limited = ufw_verdict(rules, Flow("192.0.2.9", "tcp", 6443, "eth0"))
+    assert limited.allowed and limited.throttled  # a TCP connection is new once
+    udp = ufw_verdict(rules, Flow("192.0.2.9", "udp", 53, "cni0"))
+    assert not udp.allowed and udp.throttled and "5 get in per 30 s" in udp.decided_by  # every datagram is new
+    assert ufw_verdict(rules, Flow("192.0.2.9", "tcp", 80, "eth0")).decided_by == "default incoming policy: deny"
+    assert ufw_verdict(ruleset(ufw_text([], default="allow")), Flow("192.0.2.9", "udp", 8472, "eth0")).allowed
+    assert ufw_verdict(
+        ruleset(ufw_text(["ufw deny 8472/udp"], active=False)), Flow("10.0.0.3", "udp", 8472, "eth0")
+    ).allowed
+
+
+def test_ufw_verdict_judges_only_the_part_of_a_flow_from_its_source() -> None:
+    """A rule for half the private network: the model splits the flow, the verdict is the source's part."""
+    rules = ruleset(ufw_text(["ufw allow from 10.0.0.0/25 to any port 8472 proto udp"]))
+    assert ufw_verdict(rules, Flow("10.0.0.3", "udp", 8472, "eth0", "10.0.0.2")).allowed
+    outside = ufw_verdict(rules, Flow("10.0.0.200", "udp", 8472, "eth0", "10.0.0.2"))
+    assert not outside.allowed and outside.decided_by == "default incoming policy: deny"
+    unknown = ufw_verdict(rules, Flow(None, "udp", 8472, "eth0"))  # source not known: every part counts
+    assert not unknown.allowed and "partly" in unknown.decided_by
+
+
+def test_ufw_verdict_of_an_ipv6_rule_leaves_ipv4_to_the_policy() -> None:
+    """``ufw allow from 2001:db8::/32 to any port 8472 proto udp`` is written to user6.rules only."""
+    rules = ruleset(ufw_text(["ufw allow from 2001:db8::/32 to any port 8472 proto udp"]))
+    assert ufw_verdict(rules, Flow("2001:db8::3", "udp", 8472, "eth0")).allowed
+    assert not ufw_verdict(rules, Flow("10.0.0.3", "udp", 8472, "eth0")).allowed
 
 
 # -- other members of each kind ------------------------------------------------------------------------
@@ -151,7 +185,22 @@ def test_ufw_blocks_rke2s_port_4789_though_8472_is_open(tmp_path: Path) -> None:
     code, data = run(World(nodes, overlay_fails, web_on=["k3s-worker-02"]), tmp_path)
     top = data["findings"][0]
     assert (top["cause"], top["status"]) == ("ufw-blocks-vxlan", "confirmed")
-    assert any("udp/4789" in line and "default deny" in line for line in top["evidence"]["k3s-master-01"])
+    assert any(
+        "udp/4789" in line and "default incoming policy: deny" in line for line in top["evidence"]["k3s-master-01"]
+    )
+
+
+def test_ufw_limit_on_the_vxlan_port_throttles_the_overlay(tmp_path: Path) -> None:
+    """``ufw limit 8472/udp``: each VXLAN datagram is a new flow to conntrack, so 5 get in per 30 s per peer."""
+    ufw = ufw_text(["ufw allow 22/tcp", "ufw limit 8472/udp", "ufw allow from 10.42.0.0/16"])
+    nodes = three_nodes(ufw=ufw)
+    code, data = run(World(nodes, overlay_fails, web_on=["k3s-worker-02"]), tmp_path)
+    top = data["findings"][0]
+    assert (top["cause"], top["status"], code) == ("ufw-blocks-vxlan", "confirmed", 1)
+    assert any(
+        "udp/8472" in line and "throttled by user.rules rule 2: ufw limit 8472/udp" in line
+        for line in top["evidence"]["k3s-master-01"]
+    )
 
 
 def test_ufw_reject_of_6443_from_pods_on_a_multi_node_cluster(tmp_path: Path) -> None:
@@ -319,6 +368,48 @@ def test_the_offload_on_an_old_kernel_without_a_rising_counter_is_not_the_cause(
     code, data = run(World(nodes, overlay_fails, web_on=["k3s-worker-02"]), tmp_path)
     assert finding(data, "checksum-offload")["status"] == "ok"
     assert data["findings"][0]["cause"] == "underlay-drops-vxlan"
+
+
+@pytest.mark.parametrize(
+    ("release", "affected"),
+    [
+        ("3.10.0-1160.el7.x86_64", True),
+        ("4.14.180", True),
+        ("4.14.181", False),
+        ("4.19.122-1", True),
+        ("4.19.123-1-cloud-amd64", False),
+        ("5.4.40", True),
+        ("5.4.41-generic", False),
+        ("5.6.12", True),
+        ("5.6.13", False),
+        ("5.7", False),
+        ("5.15.0-91-generic", False),
+        ("6.8.0-49-generic", True),  # flannel v0.26 on 6.8: flannel-io/flannel#2152
+        ("6.18.44-fc-v657", False),
+        ("", None),
+        ("garbage", None),
+        (None, None),
+    ],
+)
+def test_the_checksum_bugs_kernel_range_counts_the_backports(release: str | None, affected: bool | None) -> None:
+    assert affected_kernel(release) is affected
+
+
+def test_bad_checksum_lines_count_only_for_the_overlay_port(tmp_path: Path) -> None:
+    other = [
+        "[ 9102.000017] UDP: bad checksum. From 198.51.100.7:5353 to 10.0.0.3:5353 ulen 40",
+        "[ 9103.000017] enp7s0: link up 84721",
+    ]
+    vxlan = "[ 8812.301244] UDP: bad checksum. From 10.0.0.2:52312 to 10.0.0.3:8472 ulen 110"
+    nodes = three_nodes(kernel="5.4.0-26-generic")
+    nodes[1].kernel_log = other
+    _, data = run(World(nodes, overlay_fails, web_on=["k3s-worker-02"]), tmp_path / "other")
+    assert finding(data, "checksum-offload")["status"] == "ok"
+    nodes[1].kernel_log = [*other, vxlan]
+    _, data = run(World(nodes, overlay_fails, web_on=["k3s-worker-02"]), tmp_path / "vxlan")
+    f = finding(data, "checksum-offload")
+    assert f["status"] == "confirmed" and vxlan in f["evidence"]["k3s-worker-01"]
+    assert not any(line in f["evidence"]["k3s-worker-01"] for line in other)
 
 
 def test_a_cloud_filter_dropping_wireguard(tmp_path: Path) -> None:
@@ -489,7 +580,9 @@ def test_a_v6_only_leftover_rule_lets_no_vxlan_in_over_ipv4(tmp_path: Path) -> N
     code, data = run(World(three_nodes(ufw=ufw), overlay_fails, web_on=["k3s-worker-02"]), tmp_path)
     top = data["findings"][0]
     assert (top["cause"], top["status"]) == ("ufw-blocks-vxlan", "confirmed")
-    assert any("udp/8472" in line and "default deny (incoming)" in line for line in top["evidence"]["k3s-worker-01"])
+    assert any(
+        "udp/8472" in line and "default incoming policy: deny" in line for line in top["evidence"]["k3s-worker-01"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,8 @@
 """How a node's filters judge one flow: UFW's verdict, and iptables' (either backend) (pure code).
 
-:func:`ufw_verdict` is the one place the diagnosis asks UFW: first matching rule wins, interface
-rules match only on their interface, ``limit`` lets a flow in (throttled), with no match the
-default policy decides. It takes the parsed UFW facts and a flow and returns the verdict and the
-rule (or policy) that decided it — the seam where the shared UFW verdict model plugs in.
+:func:`ufw_verdict` is the one place the diagnosis asks UFW, and it asks the UFW verdict model
+(:func:`keybuzz_fix.hosts.ufw.verdict.judge`, proven against real packets): it takes the rules UFW
+judges by and a flow, and returns the verdict and the rule (or policy) that decided it.
 
 :func:`iptables_verdict` walks one backend's ``filter`` table as ``iptables-save`` printed it: the
 rules of a chain in order, jumps followed, the built-in chain's policy at the end.
@@ -17,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keybuzz_fix.hosts.flannel.capture import Tables
-from keybuzz_fix.hosts.ufw.facts import UfwFacts
+from keybuzz_fix.hosts.ufw import verdict
 from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule
+from keybuzz_fix.hosts.ufw.verdict import Ruleset
 
 TERMINAL = ("ACCEPT", "DROP", "REJECT")
 
@@ -47,60 +47,64 @@ class UfwVerdict:
     """UFW's answer for one flow, and what decided it."""
 
     allowed: bool
-    decided_by: str  # the rule (as ufw prints it) or the policy
+    decided_by: str  # the rule (where it sits in user.rules / user6.rules, as ufw prints it) or the policy
     rule: UfwRule | None = None
     throttled: bool = False
 
 
-def ufw_verdict(ufw: UfwFacts, flow: Flow) -> UfwVerdict:
-    """Return UFW's verdict on an incoming flow: first match wins; interface rules only on their interface."""
-    if not ufw.installed or not ufw.active:
-        return UfwVerdict(True, "ufw inactive")
+def ufw_verdict(ruleset: Ruleset, flow: Flow) -> UfwVerdict:
+    """Return UFW's verdict on an incoming flow, from the UFW verdict model (:mod:`keybuzz_fix.hosts.ufw.verdict`).
+
+    The model walks what the kernel walks: the flow's family only (an IPv4 flow never meets
+    user6.rules), before.rules, the first matching user rule, the default policy. Only the part of
+    the flow from its source counts. ``limit`` lets a TCP flow in (throttled); a UDP stream (VXLAN,
+    DNS) is a new connection on every packet to conntrack, so UFW lets 5 in per 30 s: not allowed.
+    Routed traffic (FORWARD) is left to the FORWARD check.
+    """
     if flow.chain == "FORWARD":
         return UfwVerdict(True, "not judged here (routed traffic: see the FORWARD policy)")
     if flow.proto == "icmp":
+        if not ruleset.active:
+            return UfwVerdict(True, "ufw is inactive: it loads no rule and no policy")
         return UfwVerdict(True, "ufw's before.rules accept ICMP echo requests")
     family = _family(flow.src)
-    for rule in ufw.rules:
-        if rule.route or rule.direction != "in" or not _ufw_matches(rule, flow, family):
-            continue
-        text = rule.raw or rule.command()
-        if rule.action in ("allow", "limit"):
-            return UfwVerdict(True, text, rule, throttled=rule.action == "limit")
-        return UfwVerdict(False, text, rule)
-    policy = ufw.default_incoming or "deny"
-    return UfwVerdict(policy == "allow", f"default {policy} (incoming)")
+    model = verdict.Flow(
+        family,
+        str(flow.dport) if flow.dport else None,
+        flow.proto if flow.proto in ("tcp", "udp") else None,
+        source=_in_family(flow.src, family),
+        dest=_in_family(flow.dst, family),
+        interface=flow.iface,
+    )
+    judgement = verdict.judge(ruleset, model)
+    pieces = judgement.at(model.source) if model.source != ANY else judgement.pieces
+    decisions = tuple(dict.fromkeys(p.decision for p in pieces or judgement.pieces))
+    verdicts = {d.verdict for d in decisions}
+    limited = verdict.Verdict.LIMIT in verdicts
+    allowed = verdicts <= {verdict.Verdict.ALLOW, verdict.Verdict.LIMIT} and not (limited and flow.proto == "udp")
+    if len(decisions) == 1:
+        text = decisions[0].why
+        if limited and flow.proto == "udp":
+            text += " (limit: a UDP stream is new to conntrack on every packet, 5 get in per 30 s)"
+    else:
+        text = judgement.describe()
+    deciding = next((d for d in decisions if d.verdict is not verdict.Verdict.ALLOW), decisions[0])
+    return UfwVerdict(allowed, text, deciding.rule, throttled=limited)
 
 
-def _ufw_matches(rule: UfwRule, flow: Flow, family: int | None) -> bool:
-    if rule.interface and rule.interface != flow.iface:
-        return False
-    if rule.sport or rule.source_app:
-        return False
-    if rule.proto and rule.proto != flow.proto:
-        return False
-    ports = rule.ports()
-    if ports is not None and (flow.dport is None or flow.dport not in ports):
-        return False
-    for net, addr in ((rule.source, flow.src), (rule.dest, flow.dst)):
-        if net == ANY:
-            continue
-        if addr is None:
-            return False
-        try:
-            n = ipaddress.ip_network(net, strict=False)
-            if n.version != family or ipaddress.ip_address(addr) not in n:
-                return False
-        except ValueError:
-            return False
-    return True
-
-
-def _family(address: str | None) -> int | None:
+def _family(address: str | None) -> int:
     try:
         return ipaddress.ip_address(address or "").version
     except ValueError:
         return 4
+
+
+def _in_family(address: str | None, family: int) -> str:
+    """Return the address when it is one of ``family`` (the model's ``any`` otherwise: not known)."""
+    try:
+        return address if address and ipaddress.ip_address(address).version == family else ANY
+    except ValueError:
+        return ANY
 
 
 @dataclass(frozen=True)

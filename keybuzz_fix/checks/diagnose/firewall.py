@@ -9,7 +9,7 @@ each peer, pods to the API server).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, iptables_verdict, nft_verdict, ufw_verdict
 from keybuzz_fix.checks.diagnose.findings import Candidate, Cause
@@ -37,18 +37,17 @@ def flow_of(leg: Leg) -> Flow:
 def judge_leg(c: Capture, leg: Leg) -> Drop | None:
     """Return the cause that drops this leg at its node, or None when the node's filters let it in."""
     flow = flow_of(leg)
-    if c.ufw is not None and leg.chain == "INPUT":
-        # UFW keeps IPv4 and IPv6 rules apart: an IPv4 flow meets user.rules only (a rule left in user6.rules
-        # alone lets nothing in over IPv4), when the files were read; ``ufw show added`` merges both
-        facts = replace(c.ufw, rules=c.ufw_v4) if c.ufw_v4 is not None and ":" not in (flow.src or "") else c.ufw
-        u = ufw_verdict(facts, flow)
+    if c.ufw_rules is not None and leg.chain == "INPUT":
+        # the verdict model keeps IPv4 and IPv6 apart: an IPv4 flow meets user.rules only (a rule left in
+        # user6.rules alone lets nothing in over IPv4)
+        u = ufw_verdict(c.ufw_rules, flow)
         if not u.allowed:
             cause = Cause.UFW_VXLAN if leg.outer else Cause.HOST_FIREWALL
             return Drop(
                 cause,
                 (
-                    "$ ufw show added (read from /etc/ufw/user.rules) ; ufw status verbose",
-                    f"{flow.describe()}: denied by {u.decided_by}",
+                    "$ ufw show added ; ufw status verbose (read from /etc/ufw/user.rules and /etc/default/ufw)",
+                    f"{flow.describe()}: {'throttled' if u.throttled else 'denied'} by {u.decided_by}",
                 ),
             )
     if leg.bridged and c.sysctl.get("net.bridge.bridge-nf-call-iptables") != "1":

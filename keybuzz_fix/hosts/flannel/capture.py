@@ -16,7 +16,8 @@ from keybuzz_fix.hosts.flannel.facts import parse_features
 from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ufw import files as ufw_files
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts
-from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule
+from keybuzz_fix.hosts.ufw.rules import ParseError
+from keybuzz_fix.hosts.ufw.verdict import POLICIES, Ruleset, rule_families
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Capture:
     firewalld_config: tuple[str, ...] = ()
     ufw: UfwFacts | None = None
     ufw_error: str | None = None
-    ufw_v4: tuple[UfwRule, ...] | None = None  # user.rules alone (IPv4), when UFW's files were read
+    ufw_rules: Ruleset | None = None  # what UFW's verdicts come from (None: not installed, or not read)
     kernel_log: tuple[str, ...] | None = None
     resolv: tuple[str, ...] = ()
     k3s_config: tuple[str, ...] = ()
@@ -200,15 +201,13 @@ def parse_capture(text: str) -> Capture:
     s = split_sections(text)
     first = _first(s.get("hostname"))
     tools = frozenset(line.strip() for line in s.get("tools", []) if line.strip())
-    ufw, ufw_error, ufw_v4 = None, None, None
+    ufw, ufw_error, ufw_rules = None, None, None
     if "ssh" in s or "missing" in s:
         try:
             ufw = parse_ufw_facts(text)
-            if "rules" in s:
-                rules = "\n".join(line[1:] for line in s["rules"] if line.startswith("|"))
-                ufw_v4 = tuple(ufw_files.parse_user_rules(rules, ufw_files.RULES_FILE))
-        except ParseError as e:
-            ufw_error = str(e)
+            ufw_rules = ufw_ruleset(s, ufw)
+        except (ParseError, ValueError) as e:
+            ufw, ufw_error = None, str(e)
     else:
         ufw_error = "no ufw section"
     tables = {}
@@ -259,7 +258,7 @@ def parse_capture(text: str) -> Capture:
         firewalld_config=tuple(line[1:] for line in s.get("firewalld", []) if line.startswith("|")),
         ufw=ufw,
         ufw_error=ufw_error,
-        ufw_v4=ufw_v4,
+        ufw_rules=ufw_rules,
         kernel_log=tuple(line.strip() for line in s["kernel-log"] if line.strip()) if "kernel-log" in s else None,
         resolv=tuple(line.strip() for line in s.get("resolv", []) if line.strip() and not line.startswith("|")),
         k3s_config=tuple(line[len("|config: ") :] for line in s.get("resolv", []) if line.startswith("|config: ")),
@@ -270,6 +269,37 @@ def parse_capture(text: str) -> Capture:
         snmp_before=_snmp(s.get("snmp-before")),
         snmp_after=_snmp(s.get("snmp-after")),
     )
+
+
+def ufw_ruleset(s: Mapping[str, list[str]], facts: UfwFacts) -> Ruleset | None:
+    """Return the rules UFW judges packets by, for the verdict model; None when UFW is not installed.
+
+    From UFW's files when the probe read them (user.rules for IPv4, user6.rules for IPv6, the
+    policies of /etc/default/ufw); else from ``ufw show added`` and ``ufw status``, where a rule
+    goes to the families ufw writes it to (``ufw allow 8472/udp``: both).
+    """
+    if not facts.installed:
+        return None
+    if "rules" in s and "defaults" in s and "chains" in s:
+        return Ruleset.from_files(
+            _file(s["rules"]),
+            _file(s["rules6"]) if "rules6" in s else None,
+            _file(s["defaults"]),
+            active=ufw_files.chains_active(s["chains"]),
+            kernel_ipv6="yes" in (line.strip() for line in s.get("kernel-ipv6", [])),
+        )
+    incoming = facts.default_incoming if facts.default_incoming in POLICIES else "deny"
+    return Ruleset(
+        rules4=tuple(r for r in facts.rules if 4 in rule_families(r)),
+        rules6=tuple(r for r in facts.rules if 6 in rule_families(r)),
+        incoming=incoming or "deny",
+        active=facts.active,
+    )
+
+
+def _file(lines: list[str]) -> str:
+    """Undo the ``|`` the probe puts before each line of a file."""
+    return "\n".join(line[1:] for line in lines if line.startswith("|"))
 
 
 def _older_probe(
