@@ -91,7 +91,10 @@ def test_a_healthy_cluster_of_every_backend_is_healthy(spec: dict[str, Any], tmp
 
 
 def test_wireguard_native_with_its_ufw_rules_is_healthy(tmp_path: Path) -> None:
-    """tests/data/diagnose/realworld/diagnose-wireguard-native: 51820/udp allowed, no 8472, no flannel.1."""
+    """vitobotta/hetzner-k3s#79's setup (wireguard-native on Hetzner: public eth0, private enp7s0 at 1450).
+
+    tests/data/diagnose/realworld/diagnose-wireguard-native: 51820/udp allowed, no 8472, no flannel.1.
+    """
     probe = (DATA / "realworld" / "diagnose-wireguard-native" / "node-probe-w0.txt").read_text()
     ufw = probe[probe.index("@@keybuzz-fix@@ ssh") :]
     nodes = [
