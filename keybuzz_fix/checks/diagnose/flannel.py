@@ -142,22 +142,31 @@ def vtep(
     mac_bad: dict[str, list[str]] = {}
     broken_pairs: set[frozenset[str]] = set()
     mac_pairs: set[frozenset[str]] = set()
-    seen_addr: dict[str, str] = {}
+    may_pairs: set[frozenset[str]] = set()
+    holders: dict[str, list[str]] = {}
+    for n in nodes:
+        t = topo.tunnels.get(n.name)
+        if t is not None and t.kind == "vxlan" and t.address:
+            holders.setdefault(t.address, []).append(n.name)
+    for addr, names in holders.items():
+        if len(names) < 2:
+            continue
+        for x in names:
+            device = topo.tunnels[x].device
+            addr_bad.setdefault(x, []).extend([f"$ ip -o -4 addr show {device}", f"{addr} on {' and '.join(names)}"])
+        broken_pairs |= {frozenset({a, b}) for a in names for b in names if a != b}  # each routes it locally
+        for p in nodes:  # a peer sends to the holder its neighbour entry names; the others are cut off from it
+            if p.name in names or p.capture is None:
+                continue
+            macs = {nb.mac.lower() for nb in p.capture.neigh if nb.ip == addr and nb.mac}
+            winners = [x for x in names if (topo.tunnels[x].mac or "").lower() in macs]
+            for x in names:
+                if x not in winners:
+                    (broken_pairs if winners else may_pairs).add(frozenset({x, p.name}))
     for n in nodes:
         t = topo.tunnels.get(n.name)
         if t is None or t.kind != "vxlan":
             continue
-        if t.address:
-            if t.address in seen_addr:
-                other = seen_addr[t.address]
-                for x in (n.name, other):
-                    addr_bad.setdefault(x, []).extend(
-                        [f"$ ip -o -4 addr show {t.device}", f"{t.address} on {n.name} and {other}"]
-                    )
-                broken_pairs |= {frozenset({n.name, p.name}) for p in nodes} | {
-                    frozenset({other, p.name}) for p in nodes
-                }
-            seen_addr[t.address] = n.name
         api = cluster.node(n.name, n.address)
         if t.mac and api is not None and api.vtep_mac and api.vtep_mac != t.mac.lower():
             mac_bad.setdefault(n.name, []).extend(
@@ -173,6 +182,8 @@ def vtep(
                 continue
             c = p.capture
             for nb in c.neigh:
+                if len(holders.get(t.address or "", [])) > 1:
+                    break  # another node holds the address too: the peer knows that one's MAC (vtep-address)
                 if t.address and nb.ip == t.address and nb.mac and t.mac and nb.mac.lower() != t.mac.lower():
                     mac_bad.setdefault(n.name, []).extend(
                         [
@@ -216,6 +227,7 @@ def vtep(
         tuple(addr_bad),
         {k: tuple(dict.fromkeys(v)) for k, v in addr_bad.items()},
         breaks=hits(broken_pairs),
+        may_break=hits(broken_pairs | may_pairs),
     )
     moved = Candidate(
         Cause.VTEP_MAC,

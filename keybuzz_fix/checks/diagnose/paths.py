@@ -128,15 +128,22 @@ class Topology:
     tunnels: Mapping[str, Tunnel]
     private: Mapping[str, str]  # node -> the address peers reach it at
     nics: Mapping[str, str] = field(default_factory=dict)  # node -> the device that holds that address
+    own: Mapping[str, frozenset[str]] = field(default_factory=dict)  # node -> the pod subnets it routes to itself
 
-    def owner(self, address: str) -> str | None:
-        """Return the node that owns an address: one of its own, else the one whose pod subnet holds it."""
+    def owner(self, address: str, near: str | None = None) -> str | None:
+        """Return the node that owns an address: one of its own, else the one whose pod subnet holds it.
+
+        ``near``: the node asking; when its own pod subnet holds the address (a subnet two nodes were
+        given), it routes the address to its own bridge, so it is the owner for it.
+        """
         if address in self.addresses:
             return self.addresses[address]
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return None
+        if near is not None and any(ip in ipaddress.ip_network(c, strict=False) for c in self.own.get(near, ())):
+            return near
         for cidr, node in self.subnets.items():
             if ip in ipaddress.ip_network(cidr, strict=False):
                 return node
@@ -186,6 +193,7 @@ def topology(nodes: Sequence[NodeView], cluster: ClusterView) -> Topology:
     tunnels: dict[str, Tunnel] = {}
     private: dict[str, str] = {}
     nics: dict[str, str] = {}
+    own: dict[str, set[str]] = {}
     for n in nodes:
         api = cluster.node(n.name, n.address)
         c = n.capture
@@ -198,6 +206,7 @@ def topology(nodes: Sequence[NodeView], cluster: ClusterView) -> Topology:
             private.setdefault(n.name, api.internal_ip)
         if api is not None and api.pod_cidr:
             subnets[str(ipaddress.ip_network(api.pod_cidr, strict=False))] = n.name
+            own.setdefault(n.name, set()).add(str(ipaddress.ip_network(api.pod_cidr, strict=False)))
         if c is not None:
             nic = c.iface_of(private.get(n.name, "")) or tunnels[n.name].underlay
             if nic:
@@ -207,13 +216,14 @@ def topology(nodes: Sequence[NodeView], cluster: ClusterView) -> Topology:
                     addresses.setdefault(ip, n.name)
             for a in c.addrs.get("cni0", ()):
                 subnets.setdefault(str(ipaddress.ip_network(a, strict=False)), n.name)
+                own.setdefault(n.name, set()).add(str(ipaddress.ip_network(a, strict=False)))
             sub = (c.subnet_env or {}).get("FLANNEL_SUBNET")
             if sub:
                 try:
                     subnets.setdefault(str(ipaddress.ip_network(sub, strict=False)), n.name)
                 except ValueError:
                     pass
-    return Topology(addresses, subnets, tunnels, private, nics)
+    return Topology(addresses, subnets, tunnels, private, nics, {k: frozenset(v) for k, v in own.items()})
 
 
 def services(c: Capture) -> tuple[dict[str, str], dict[str, list[tuple[str, int]]]]:
@@ -298,7 +308,7 @@ def _hop(
 ) -> Hop:
     """Return the hop from node ``n`` (its pod ``pod_ip``, or itself) to ``dst``."""
     s = n.name
-    t = topo.owner(dst)
+    t = topo.owner(dst, near=s)
     if t is None:
         return Hop(None, False)
     me, peer = topo.tunnels.get(s, Tunnel("none")), topo.tunnels.get(t, Tunnel("none"))
