@@ -468,6 +468,11 @@ def test_a_network_policy_that_lets_no_dns_into_coredns(tmp_path: Path) -> None:
     code, data = run(World(three_nodes(), outcome), tmp_path, [policy])
     top = data["findings"][0]
     assert (top["cause"], top["status"]) == ("network-policy", "confirmed")
+    assert top["evidence"]["cluster"] == [
+        "$ kubectl -n kube-system get networkpolicy lockdown -o yaml",
+        "selects CoreDNS; no ingress rule allows 53",
+    ]
+    assert "53/udp" in top["fix"]
 
 
 def test_kernel_upgraded_and_not_rebooted(tmp_path: Path) -> None:
@@ -480,7 +485,13 @@ def test_kernel_upgraded_and_not_rebooted(tmp_path: Path) -> None:
         return "fail" if involved and not kind.startswith("underlay") else "ok"
 
     code, data = run(World(nodes, outcome, dns_on="k3s-worker-01"), tmp_path)
-    assert "kernel-modules" in problems(data)[:2]
+    top = data["findings"][0]
+    assert (top["cause"], top["status"], top["hosts"]) == ("kernel-modules", "confirmed", ["k3s-worker-01"])
+    assert top["evidence"]["k3s-worker-01"][:2] == [
+        "$ ls -d /lib/modules/$(uname -r)",
+        "No such file or directory (running 6.8.0-49-generic)",
+    ]
+    assert top["fix"].startswith("Reboot k3s-worker-01 into the installed kernel")
 
 
 def test_missing_tools_are_not_checked_never_ok(tmp_path: Path) -> None:
