@@ -176,3 +176,49 @@ def test_the_script_is_posix_sh_and_refuses_what_is_not_a_name_or_an_address(tmp
             collect_script([("k3s-master-01", bad)])
     with pytest.raises(ValueError):
         collect_script([("k3s master'01", "10.0.0.2")])
+
+
+def test_routes_subnet_env_modules_and_ufw_of_a_real_capture() -> None:
+    c = parse_capture(read("lab-healthy/k3s-node-01.txt"))
+    overlay = [(r.dest, r.via, r.dev) for r in c.routes if r.dev == "flannel.1"]
+    assert overlay == [("198.19.4.0/24", "198.19.4.0", "flannel.1"), ("198.19.5.0/24", "198.19.5.0", "flannel.1")]
+    assert [r.via for r in c.routes if r.default] == ["198.18.0.1"]
+    assert c.subnet_env == {
+        "FLANNEL_NETWORK": "198.19.0.0/17",
+        "FLANNEL_SUBNET": "198.19.3.1/24",
+        "FLANNEL_MTU": "1400",
+        "FLANNEL_IPMASQ": "true",
+    }
+    assert c.modules is not None and {"vxlan", "nf_conntrack"} <= c.modules
+    assert c.iptables_version == "iptables v1.8.9 (nf_tables)"
+    # UFW installed, its chains not loaded: the verdict model's ruleset is inactive and lets everything in
+    assert c.ufw_rules is not None and not c.ufw_rules.active and c.ufw_rules.rules4 == ()
+
+
+def test_the_ufw_ruleset_keeps_user_rules_and_user6_rules_apart() -> None:
+    """realworld ufw-v6-only-leftover-overlay: ``allow 8472/udp`` is in user6.rules alone."""
+    d = DATA / "realworld" / "ufw-v6-only-leftover-overlay"
+
+    def bar(name: str) -> str:
+        return "".join(f"|{line}\n" for line in (d / name).read_text().splitlines())
+
+    c = parse_capture(
+        "@@keybuzz-fix@@ ssh\n10.0.0.99 51234 10.0.0.2 22\n"
+        f"@@keybuzz-fix@@ defaults\n{bar('ufw.default')}@@keybuzz-fix@@ kernel-ipv6\nyes\n"
+        "@@keybuzz-fix@@ chains\ninput 0\noutput 0\nforward 0\n"
+        f"@@keybuzz-fix@@ rules\n{bar('user.rules')}@@keybuzz-fix@@ rules6\n{bar('user6.rules')}@@keybuzz-fix@@ end\n"
+    )
+    r = c.ufw_rules
+    assert r is not None and r.active and r.incoming == "deny"
+    assert not any(rule.ports() and 8472 in (rule.ports() or ()) for rule in r.rules4)
+    assert any(rule.ports() and 8472 in (rule.ports() or ()) for rule in r.rules6)
+
+
+def test_an_unreadable_ufw_rule_leaves_ufw_not_checked() -> None:
+    c = parse_capture(
+        "@@keybuzz-fix@@ ssh\n10.0.0.99 51234 10.0.0.2 22\n@@keybuzz-fix@@ status\nStatus: active\n"
+        "Default: deny (incoming), allow (outgoing), deny (routed)\n"
+        "@@keybuzz-fix@@ added\nAdded user rules (see 'ufw status' for running firewall):\nufw frobnicate 8472\n"
+        "@@keybuzz-fix@@ end\n"
+    )
+    assert c.ufw is None and c.ufw_rules is None and c.ufw_error
