@@ -7,6 +7,7 @@ groups (:data:`GROUPS`): a command takes a group as one parameter (``ssh: SshArg
 are imported here: ``--help`` stays fast.
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from keybuzz_fix.flows import Connections
 
 SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
-DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 READY_TIMEOUT = 300.0
 
 
@@ -112,9 +112,16 @@ class SshArgs:
     identity: Annotated[
         Path | None, _opt("--identity -i", "SSH private key (default: ssh-agent, ~/.ssh/config, ~/.ssh/id_*).", SSH)
     ] = None
-    known_hosts: Annotated[Path, _opt("--known-hosts", "known_hosts file the host keys are checked against.", SSH)] = (
-        DEFAULT_KNOWN_HOSTS
-    )
+    known_hosts: Annotated[
+        Path | None,
+        _opt(
+            "--known-hosts",
+            "known_hosts file every host key is checked against (default: ssh_config's UserKnownHostsFile "
+            "and GlobalKnownHostsFile, else ~/.ssh/known_hosts).",
+            SSH,
+            **_HIDDEN,
+        ),
+    ] = None
     accept_new_host_keys: Annotated[
         bool,
         _opt(
@@ -123,6 +130,17 @@ class SshArgs:
             SSH,
         ),
     ] = False
+    ssh_config: Annotated[
+        Path | None,
+        _opt(
+            "--ssh-config",
+            "Read only this ssh_config file, as ssh -F does ('none': none); default ~/.ssh/config then "
+            "/etc/ssh/ssh_config.",
+            SSH,
+            metavar="FILE",
+            **_HIDDEN,
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +283,7 @@ def connections(
     from keybuzz_fix.flows import Connections
     from keybuzz_fix.hosts.ssh import SshOptions
 
+    over_ssh = fleet is not None
     fleet = fleet or FleetArgs()
     timeout = seconds("--timeout", fleet.timeout)
     if ssh.identity is not None and not ssh.identity.expanduser().is_file():
@@ -272,12 +291,20 @@ def connections(
     if not 1 <= fleet.concurrency <= 512:
         raise UsageError(f"--concurrency must be between 1 and 512, got {fleet.concurrency}")
     options = SshOptions(
-        known_hosts=ssh.known_hosts.expanduser(),
+        known_hosts=ssh.known_hosts.expanduser() if ssh.known_hosts else None,
         identity=ssh.identity.expanduser() if ssh.identity else None,
         accept_new_host_keys=ssh.accept_new_host_keys,
         connect_timeout=timeout,
         command_timeout=max(timeout, 30.0),
+        user=ssh.user,
     )
+    if ssh.ssh_config is not None:  # as ssh -F: only this file, and not the system one
+        if str(ssh.ssh_config) != "none" and not ssh.ssh_config.expanduser().is_file():
+            raise UsageError(f"--ssh-config {ssh.ssh_config}: no such file")
+        only = None if str(ssh.ssh_config) == "none" else ssh.ssh_config.expanduser()
+        options = dataclasses.replace(options, ssh_config=only, system_ssh_config=None)
+    if over_ssh or (cluster is not None and cluster.kubeconfig_from_master is not None):
+        options.check_config()  # this command goes over SSH: a bad ssh_config line stops it here
     reach = None
     if cluster is not None:
         reach = ClusterOptions(

@@ -183,9 +183,15 @@ class Hop:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name its key is looked up under in known_hosts: ``host`` or ``[host]:port``."""
-        name = self.host_key_alias or self.hostname
-        return name if self.port == DEFAULT_PORT else f"[{name}]:{self.port}"
+        """The name its key is looked up under in known_hosts: HostKeyAlias, or ``host`` / ``[host]:port``."""
+        if self.host_key_alias is not None:
+            return self.host_key_alias
+        return self.hostname if self.port == DEFAULT_PORT else f"[{self.hostname}]:{self.port}"
+
+    @property
+    def certificate_name(self) -> str:
+        """The name a host certificate must list as a principal: HostKeyAlias, or the host name."""
+        return self.host_key_alias or self.hostname
 
     @property
     def address(self) -> str:
@@ -264,6 +270,15 @@ class SshConfig:
         return cls(files)
 
     # -- answers --------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Read every file through (Includes too) for a name nothing matches: a bad line is an error now.
+
+        No ``Match exec`` command runs for it.
+        """
+        SshConfig(self.files, local=self.local, required=self.required, run_exec=lambda _: 1).found(
+            "keybuzz-fix-config-check.invalid"
+        )
 
     def found(self, name: str, *, user: str | None = None, port: int | None = None, jump: str | None = None) -> Found:
         """Resolve ``name`` as ``ssh [-l user] [-p port] [-J jump] name`` would, before defaults."""
