@@ -23,6 +23,7 @@ from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from keybuzz_fix.config import Config
     from keybuzz_fix.flows import Connections
 
 SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
@@ -159,6 +160,27 @@ class ClusterReadArgs:
         Path | None, _opt("--kubeconfig", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config).", CLUSTER, **_HIDDEN)
     ] = None
     context: Annotated[str | None, _opt("--context", "kubeconfig context.", CLUSTER)] = None
+    namespace: Annotated[
+        str | None,
+        _opt(
+            "--namespace -n",
+            "Namespace of the apps (default: namespace of --config, else the kubeconfig context's, else keybuzz).",
+            CLUSTER,
+            **_HIDDEN,
+        ),
+    ] = None
+    as_user: Annotated[
+        str | None,
+        _opt(
+            "--as", "Impersonate this user (as kubectl --as; default: the kubeconfig user's as:).", CLUSTER, **_HIDDEN
+        ),
+    ] = None
+    as_group: Annotated[
+        list[str] | None,
+        _opt(
+            "--as-group", "Impersonate this group, with --as; repeatable (as kubectl --as-group).", CLUSTER, **_HIDDEN
+        ),
+    ] = None
     kubeconfig_from_master: Annotated[
         Path | None,
         _opt(
@@ -315,6 +337,9 @@ def connections(
             env=env,
             user=ssh.user,
             timeout=api_timeout,
+            impersonate=cluster.as_user,
+            impersonate_groups=tuple(cluster.as_group or ()),
+            namespace=cluster.namespace,
         )
     web = None
     if http is not None:
@@ -322,3 +347,17 @@ def connections(
             http.url_timeout, http.retries, http.resolve or [], http.ca_file, http.insecure, urls
         )
     return Connections(options, fleet.concurrency, reach, web)
+
+
+def namespaced(cfg: "Config", config_file: Path | None, reach: "Connections") -> "Config":
+    """Return ``cfg`` with the apps' namespace kubectl's way: -n, then --config's, then the context's, then keybuzz.
+
+    The context's namespace is read from the kubeconfig (or the pod's, in cluster); nothing connects.
+    """
+    from keybuzz_fix.cluster.connect import context_namespace
+    from keybuzz_fix.config import sets_namespace
+
+    chosen = reach.cluster.namespace if reach.cluster is not None else None
+    if chosen is None and not sets_namespace(config_file) and reach.cluster is not None:
+        chosen = context_namespace(reach.cluster)
+    return dataclasses.replace(cfg, namespace=chosen) if chosen else cfg
