@@ -278,10 +278,11 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
     route = options.route(host)
     for hop in route.hops:
         if hop.strict_host_key_checking == "no" and not options.accept_new_host_keys:
+            role = "" if hop is route.target else _jump_role(hop)
             raise HostKeyError(
                 host.hostname,
-                f"{_role(hop, route)}StrictHostKeyChecking no ({hop.where('stricthostkeychecking')}) would trust any "
-                "host key, even a changed one: keybuzz-fix does not; remove it, or pass --accept-new-host-keys "
+                f"{role}StrictHostKeyChecking no ({hop.where('stricthostkeychecking')}) would trust any host key, "
+                "even a changed one: keybuzz-fix does not; remove it, or pass --accept-new-host-keys "
                 "(new keys are recorded, changed keys still refused)",
             )
     jump = _Jump.acquire(route.jumps, options, accepted, host.hostname) if route.jumps else None
@@ -292,7 +293,7 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
             sock = jump.channel_to(target, options.connect_timeout, host.hostname)
         elif target.proxy_command is not None:
             sock = _proxy_command(target, host.hostname)
-        client = _connect_hop(target, route, options, accepted, sock, host.hostname)
+        client = _connect_hop(target, "", options, accepted, sock, host.hostname, first=not route.jumps)
     except BaseException:
         if jump is not None:
             jump.release()
@@ -300,18 +301,17 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
     return Session(host, client, options, route, jump)
 
 
-def _role(hop: Hop, route: Route) -> str:
-    """How a message names a hop: nothing for the host itself, "jump host NAME: " for the others."""
-    return "" if hop is route.target else f"jump host {hop.name} ({hop.address}): "
+def _jump_role(hop: Hop) -> str:
+    """How a message names a jump host (the host itself needs no name: the error is already its own)."""
+    return f"jump host {hop.name} ({hop.address}): "
 
 
 def _connect_hop(
-    hop: Hop, route: Route, options: SshOptions, accepted: AcceptedKeys | None, sock: Any, label: str
+    hop: Hop, role: str, options: SshOptions, accepted: AcceptedKeys | None, sock: Any, label: str, *, first: bool
 ) -> paramiko.SSHClient:
-    """Connect and authenticate to one hop, its host key checked."""
+    """Connect and authenticate to one hop, its host key checked; ``role`` starts its messages."""
     import paramiko
 
-    role = _role(hop, route)
     check = _HostKeyCheck(hop, options, accepted, label, role)
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(cast(Any, check))  # a MissingHostKeyPolicy by its one method
@@ -343,7 +343,7 @@ def _connect_hop(
         why = _why(e)
         if time.monotonic() - start >= options.connect_timeout:  # paramiko words a slow host's timeouts oddly
             why = f"no SSH answer within {options.connect_timeout:g}s (--timeout): the host is down or too slow"
-        through = " (ProxyCommand)" if hop.proxy_command is not None and hop is route.hops[0] else ""
+        through = " (ProxyCommand)" if hop.proxy_command is not None and first else ""
         raise HostUnreachable(label, f"{role}cannot connect to {hop.address}{through}: {why}") from e
     return client
 
@@ -490,14 +490,13 @@ class _Jump:
                 if jump is not None and jump.active():
                     jump.users += 1
                     return jump
-            route = Route((*hops, hops[-1]))  # messages name each of them as a jump host
             clients: list[paramiko.SSHClient] = []
             try:
                 sock: Any = _proxy_command(hops[0], label) if hops[0].proxy_command is not None else None
                 for i, hop in enumerate(hops):
                     if i > 0:
                         sock = _Jump._channel(clients[-1], hops[i - 1], hop, options.connect_timeout, label)
-                    clients.append(_connect_hop(hop, route, options, accepted, sock, label))
+                    clients.append(_connect_hop(hop, _jump_role(hop), options, accepted, sock, label, first=i == 0))
             except BaseException:
                 for client in reversed(clients):
                     client.close()
