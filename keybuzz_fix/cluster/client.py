@@ -25,6 +25,9 @@ from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, one_line, reda
 FIELD_MANAGER = "keybuzz-fix"
 # How the API server words an RBAC refusal: 'User "x" cannot create resource "ingresses" in API group ...'
 _DENIED = re.compile(r'cannot ([a-z]+) resource "([a-z0-9.-]+)"(?: in API group "([a-z0-9.-]*)")?')
+# ... and a refused impersonation: 'User "x" cannot impersonate resource "users" ...' (1.36 also says
+# 'cannot impersonate-on:user-info:get resource "daemonsets"' for its constrained impersonation)
+_NO_IMPERSONATION = re.compile(r'User "([^"]*)" cannot (impersonate[a-z:-]*) resource "([a-z0-9.-]+)"')
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,14 @@ class Kube:
             )
         if status == 403 and " cannot " not in message:  # admission (quota, pod security), not RBAC
             raise ClusterError(f"cannot {verb} {target}{where}: refused by the API server: {message}")
+        impersonation = _NO_IMPERSONATION.search(message) if status == 403 and self.endpoint.user else None
+        if impersonation:
+            real, denied_verb, resource = impersonation.groups()
+            raise Forbidden(
+                f"forbidden: {real} may not impersonate {self.endpoint.user} (needed to {verb} {target}{where}); "
+                f"grant {real} impersonation, or leave out --as / the kubeconfig's as: {message}",
+                permission=f"{denied_verb} {resource}",
+            )
         if status == 403:
             res = RESOURCES.get(kind)
             verb_name = {"apply": "patch"}.get(verb, verb)

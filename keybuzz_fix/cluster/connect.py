@@ -22,10 +22,13 @@ Only the :class:`~keybuzz_fix.cluster.client.Endpoint` is built here: the reques
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +131,8 @@ def from_kubeconfig(
         )
 
     try:
-        load()
+        with _client_errors() as logged:
+            load()
     except ConfigException as e:
         raise KubeconfigError(f"{source}: {one_line(redact(str(e), secrets))}") from None
     except yaml.YAMLError as e:
@@ -139,6 +143,8 @@ def from_kubeconfig(
         raise KubeconfigError(
             f"{source}: not a usable kubeconfig ({e.__class__.__name__}: {one_line(redact(str(e), secrets))})"
         ) from None
+    if logged and not cfg.api_key:  # an exec plugin failed: the client only logs it
+        raise KubeconfigError(f"{source}: {one_line(redact(logged[-1], secrets))}")
     named = _context(paths, context)
     user = named.get("user_entry") or {}
     reauthorize = None
@@ -216,11 +222,14 @@ def _endpoint(
 
     def authorization() -> str | None:
         try:
-            value = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+            with _client_errors() as logged:
+                value = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
             raise KubeconfigError(
                 f"{source}: cannot refresh the credentials: {one_line(redact(str(e), hidden))}"
             ) from None
+        if logged:  # a refresh (an exec plugin run again) failed; the client only logs it
+            raise KubeconfigError(f"{source}: cannot refresh the credentials: {one_line(redact(logged[-1], hidden))}")
         if not value:
             return None
         value = str(value)
@@ -246,7 +255,10 @@ def _reloader(cfg: Any, load: Callable[[], None], source: str, secrets: builtins
     def reload() -> bool:
         before = dict(cfg.api_key)
         try:
-            load()
+            with _client_errors() as logged:
+                load()
+            if logged:
+                raise ConfigException(logged[-1])
         except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
             raise KubeconfigError(
                 f"{source}: cannot refresh the credentials: {one_line(redact(str(e), secrets))}"
@@ -254,6 +266,36 @@ def _reloader(cfg: Any, load: Callable[[], None], source: str, secrets: builtins
         return dict(cfg.api_key) != before
 
     return reload
+
+
+class _ClientLog(logging.Handler):
+    """What the kubernetes client logs as an error while we wait on it (an exec plugin's failure: it swallows it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        records = getattr(self.local, "records", None)
+        if records is not None:
+            records.append(record.getMessage())
+
+
+_CLIENT_LOG = _ClientLog()
+
+
+@contextmanager
+def _client_errors() -> Iterator[builtins.list[str]]:
+    """Collect the errors the kubernetes client logs in this thread meanwhile (instead of printing them)."""
+    root = logging.getLogger()
+    if _CLIENT_LOG not in root.handlers:
+        root.addHandler(_CLIENT_LOG)  # also keeps logging.error() from adding a stderr handler of its own
+    records: builtins.list[str] = []
+    _CLIENT_LOG.local.records = records
+    try:
+        yield records
+    finally:
+        _CLIENT_LOG.local.records = None
 
 
 def _check_tls(cfg: Any, source: str) -> None:
