@@ -24,6 +24,7 @@ from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 NAME = "k8s-worker-01"
+CORPUS = Path(__file__).resolve().parent.parent / "data" / "ssh" / "known_hosts"
 ALIAS = "k8s-worker-01.lab.example"
 
 
@@ -100,6 +101,9 @@ def test_a_certificate_signed_by_a_trusted_ca_is_accepted(signed: Signed) -> Non
     code, data, _ = ufw(signed, known(signed, ca_line(signed.other_ca, "*.example.org"), ca_line(signed.ca)))
     assert code == 0, data
     assert data["hosts"][0]["status"] == "planned" and data["accepted_host_keys"] == []
+    corpus = CORPUS.read_text().splitlines()  # every odd line OpenSSH accepts, around the CA line
+    code, data, _ = ufw(signed, known(signed, *corpus[:15], ca_line(signed.ca), *corpus[15:]))
+    assert code == 0, data
 
 
 def test_a_certificate_of_another_ca_is_one_line(signed: Signed) -> None:
