@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.timing import CommandFailed, Sample, measure
 from keybuzz_fix import config
-from keybuzz_fix.hosts.ufw.plan import firewall_rules
+from keybuzz_fix.flows.firewall import configured_rules
 from keybuzz_fix.hosts.ufw.rules import UfwRule
 from tests.lab.hosts import HostSpec, Lab
 
@@ -32,8 +32,8 @@ MODES = ("cold", "no-op")
 
 
 def wanted_rules() -> list[UfwRule]:
-    """Return the rules `keybuzz-fix ufw` adds with the shipped defaults."""
-    return firewall_rules(config.load_config().firewall)
+    """Return the rules `keybuzz-fix ufw` adds with the shipped defaults and no cluster to read (the lab has none)."""
+    return configured_rules(config.load_config(), "no kubeconfig").ufw_rules
 
 
 def keybuzz_fix_argv() -> list[str]:

@@ -36,16 +36,17 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class PortRule:
-    """One port the ``ufw`` command opens."""
+    """One port the ``ufw`` command opens when the cluster cannot be read: its UFW comment and why it is needed."""
 
     port: int
     proto: str = "tcp"
     comment: str = ""
+    purpose: str = ""
 
 
 @dataclass(frozen=True)
 class FirewallConfig:
-    """What ``ufw`` opens on the workers, and from where."""
+    """From where ``ufw`` opens the workers, and the ports it opens when the cluster cannot tell it which."""
 
     source: str
     ports: tuple[PortRule, ...]

@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ class HttpOptions:
     resolve: Mapping[tuple[str, int], str] = field(default_factory=dict)
     ca_file: Path | None = None
     insecure: bool = False
+    settle: float = 0.0  # seconds during which a failed round is tried again, beyond ``retries`` (just-applied routes)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def http_get(url: str, options: HttpOptions, ctx: ssl.SSLContext | None = None) 
     """GET ``url`` with retries; return its status or the error, never raise for a network outcome."""
     scheme, host, port, path = split_url(url)
     addr = options.resolve.get((host, port))
-    shown = f"{addr}:{port}" if addr and ":" not in addr else f"[{addr}]:{port}" if addr else f"{host}:{port}"
+    shown = _where(url, options)
     if scheme == "https" and ctx is None:
         ctx = tls_context(options)
     start = time.monotonic()
@@ -152,6 +154,78 @@ def http_get(url: str, options: HttpOptions, ctx: ssl.SSLContext | None = None) 
         if not retry or attempts > options.retries:
             return HttpAnswer(url, status, reason, attempts, time.monotonic() - start, shown, location)
         time.sleep(options.retry_delay)
+
+
+@dataclass(frozen=True)
+class HttpRound:
+    """The outcome of a URL check: ``count`` requests at once, each on its own connection, in its last round.
+
+    A load balancer spreads new connections over the workers, and each worker's path to the app is
+    its own (kube-proxy, then ingress-nginx to an app on any worker): only every request answering
+    proves every path works. ``rounds`` counts how many rounds it took (a failed round is tried again).
+    """
+
+    url: str
+    answers: tuple[HttpAnswer, ...]
+    rounds: int
+    seconds: float
+    address: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether every request of the last round answered 200."""
+        return bool(self.answers) and all(a.ok for a in self.answers)
+
+    def describe(self) -> str:
+        """Return the evidence: ``8/10 answered 200 via 198.18.0.40:443; 2 × 504 Gateway Time-out (1 round, 1.2 s)``."""
+        good = sum(a.ok for a in self.answers)
+        failures: dict[str, int] = {}
+        for a in self.answers:
+            if not a.ok:
+                what = f"{a.status} {a.reason}".strip() if a.status is not None else f"error: {a.reason}"
+                if a.location:
+                    what += f" → {a.location}"
+                failures[what] = failures.get(what, 0) + 1
+        text = f"{good}/{len(self.answers)} answered 200 via {self.address}"
+        if failures:
+            text += "; " + ", ".join(
+                f"{n} × {what}" for what, n in sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))
+            )
+        rounds = "1 round" if self.rounds == 1 else f"{self.rounds} rounds"
+        return f"{text} ({rounds}, {self.seconds:.1f} s)"
+
+
+def http_round(url: str, options: HttpOptions, ctx: ssl.SSLContext | None = None, count: int = 1) -> HttpRound:
+    """GET ``url`` ``count`` times at once, each request on a new connection; try a failed round again.
+
+    A round is tried again up to ``options.retries`` times and, while ``options.settle`` seconds
+    have not passed since the first round, as often as it takes. Each request is one attempt
+    bounded by ``options.timeout``: a round lasts about that long at most.
+    """
+    if url.startswith("https:") and ctx is None:
+        ctx = tls_context(options)
+    shown = _where(url, options)
+    single = HttpOptions(
+        timeout=options.timeout, retries=0, resolve=options.resolve, ca_file=options.ca_file, insecure=options.insecure
+    )
+    start = time.monotonic()
+    rounds = 0
+    with ThreadPoolExecutor(max_workers=max(1, min(count, 32)), thread_name_prefix="url") as pool:
+        while True:
+            rounds += 1
+            answers = tuple(pool.map(lambda _: http_get(url, single, ctx), range(count)))
+            result = HttpRound(url, answers, rounds, time.monotonic() - start, shown)
+            settling = time.monotonic() - start < options.settle
+            if result.ok or (rounds > options.retries and not settling):
+                return result
+            time.sleep(options.retry_delay)
+
+
+def _where(url: str, options: HttpOptions) -> str:
+    """Where a request for ``url`` connects: ``ADDR:PORT`` under ``--resolve``, else ``host:port``."""
+    _scheme, host, port, _path = split_url(url)
+    addr = options.resolve.get((host, port))
+    return f"{addr}:{port}" if addr and ":" not in addr else f"[{addr}]:{port}" if addr else f"{host}:{port}"
 
 
 def _attempt(

@@ -1,4 +1,4 @@
-"""The scorecard: seven checks over what was read from the cluster and the URLs (pure code).
+"""The scorecard: eight checks over what was read from the cluster, the URLs and the workers (pure code).
 
 Each check is a pure function of facts (API objects, HTTP answers) that returns pass or fail
 with its evidence: counts, values, the error. The score is passed / total; it passes at the
@@ -16,6 +16,7 @@ from keybuzz_fix.cluster import scheduling
 from keybuzz_fix.cluster.ingress import route_backends
 from keybuzz_fix.cluster.objects import Obj, name_of, spec_of
 from keybuzz_fix.config import Config
+from keybuzz_fix.hosts.reach import Paths, Reach
 from keybuzz_fix.hosts.ufw.plan import ActionKind, HostOutcome
 
 
@@ -115,7 +116,7 @@ class Scorecard:
         return not self.ok
 
 
-# -- the seven checks ----------------------------------------------------------------------------
+# -- the eight checks ----------------------------------------------------------------------------
 
 
 def check_daemonsets(cfg: Config, daemonsets: Mapping[str, Obj], deployments: Mapping[str, Obj]) -> ScoredCheck:
@@ -233,14 +234,64 @@ def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> ScoredCheck:
 
 
 def check_urls(cfg: Config, answers: Sequence[UrlAnswer]) -> ScoredCheck:
-    """ScoredCheck 7: every URL answers HTTP 200."""
+    """ScoredCheck 7: every URL answers HTTP 200, to every request of its round (each on its own connection)."""
     ok = bool(answers) and all(a.ok for a in answers)
     detail = "; ".join(f"{a.url}: {a.describe()}" for a in answers) or "no URLs configured"
     return ScoredCheck(7, check_name(7, cfg, 0), ok, detail)
 
 
-def check_name(number: int, cfg: Config, workers: int) -> str:
-    """Return the title of check ``number`` (1–7), as the scorecard shows it."""
+def check_paths(
+    cfg: Config, workers: Sequence[str], seen: Sequence[Paths], failed: Mapping[str, str], ports: Sequence[int]
+) -> ScoredCheck:
+    """ScoredCheck 8: from every worker, every other worker's ingress and app host ports open (over SSH).
+
+    These are the connections the traffic makes between workers: kube-proxy forwards a NodePort
+    connection to the ingress controller on any worker, and ingress-nginx proxies to the app on any
+    worker. ``seen`` holds what each worker saw; ``failed`` the workers that could not be asked, and
+    why. A path not tested (no tool on the worker) is no pass.
+    """
+    name = check_name(8, cfg, 0, ports)
+    if len(workers) < 2:
+        return ScoredCheck(8, name, True, "one worker: no path between workers")
+    if not ports:
+        return ScoredCheck(8, name, False, "no ingress or app host port to check (see the UFW plan's notes)")
+    bad: dict[tuple[int, str, str], list[tuple[str, str]]] = {}
+    per_port: dict[int, int] = {}
+    for paths in seen:
+        for target, outcome, _detail in paths.outcomes:
+            per_port[target.port] = per_port.get(target.port, 0) + 1
+            if outcome is not Reach.OPEN:
+                bad.setdefault((target.port, target.what, outcome.value), []).append((paths.source, target.host))
+    total = sum(per_port.values())
+    parts = [
+        f"{port} ({what}) {outcome} on {len(pairs)} of {per_port[port]} paths: {_pairs(pairs, workers)}"
+        for (port, what, outcome), pairs in sorted(bad.items())
+    ]
+    parts += [f"cannot check from {host}: {why}" for host, why in sorted(failed.items())]
+    if not parts:
+        return ScoredCheck(8, name, True, f"{total}/{total} paths open, from every worker to every other")
+    failing = sum(len(p) for p in bad.values())
+    head = f"{failing}/{total} paths fail" if total else "nothing checked"
+    return ScoredCheck(8, name, False, f"{head}: " + "; ".join(parts))
+
+
+def _pairs(pairs: Sequence[tuple[str, str]], workers: Sequence[str], most: int = 8) -> str:
+    """Name failing (from, to) worker pairs briefly: a worker every other one fails to reach is named once."""
+    if len(set(pairs)) == len(workers) * (len(workers) - 1):
+        return "between every pair of workers"
+    shown: list[str] = []
+    for to in sorted({t for _, t in pairs}):
+        sources = sorted(f for f, t in pairs if t == to)
+        if len(sources) == len(workers) - 1:
+            shown.append(f"to {to} from every other worker")
+        else:
+            shown += [f"{f} → {to}" for f in sources]
+    more = f", … ({len(shown) - most} more)" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more
+
+
+def check_name(number: int, cfg: Config, workers: int, host_ports: Sequence[int] = ()) -> str:
+    """Return the title of check ``number`` (1–8), as the scorecard shows it."""
     ic = cfg.ingress
     ports = " / ".join(str(a.node_port) for a in cfg.apps)
     names = {
@@ -250,7 +301,9 @@ def check_name(number: int, cfg: Config, workers: int) -> str:
         4: f"ingress-nginx {ic.namespace}/{ic.controller}: DaemonSet, hostNetwork, ≥ {workers} Running pods",
         5: f"Services {_names(cfg)} are NodePort ({ports})",
         6: f"Ingresses {' and '.join(r.name for r in ic.routes)} exist and point at the Services",
-        7: f"{'Both URLs answer' if len(cfg.validate.urls) == 2 else 'URLs answer'} HTTP 200",
+        7: f"{'Both URLs answer' if len(cfg.validate.urls) == 2 else 'URLs answer'} HTTP 200 to every request",
+        8: "Ingress and app host ports open between workers"
+        + (f" ({', '.join(map(str, host_ports))})" if host_ports else ""),
     }
     return names[number]
 

@@ -14,9 +14,18 @@ from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
 
 def convert(
     ctx: typer.Context,
+    servers: Annotated[
+        Path | None,
+        typer.Argument(
+            help="servers.tsv: each of its workers must get a pod of each DaemonSet (default: the cluster's "
+            "worker Nodes).",
+            show_default=False,
+        ),
+    ] = None,
     config: opt.ConfigOpt = None,
     from_file: opt.FromFileOpt = None,
     keep_port: opt.KeepPortOpt = False,
+    allow_managed: opt.AllowManagedOpt = False,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the DaemonSets to be ready.")
     ] = opt.READY_TIMEOUT,
@@ -36,27 +45,31 @@ def convert(
     as NodePorts.
 
     Each Deployment's pod template is carried over unchanged except for hostNetwork: the app's port
-    moves to its host port (8080 / 3000) with its PORT variable and probes; workers only. Then the
-    Services become NodePort 30080 / 30000 in place (clusterIP kept), and the HPAs and Deployments
-    are deleted. Names and ports come from manifests/defaults.yaml or --config.
+    moves to its host port (8080 / 3000) everywhere the pod names it (every PORT entry, probes,
+    hooks); self anti-affinity and spread constraints are dropped; workers only. Then the Services
+    become NodePort 30080 / 30000 in place (clusterIP kept), and the HPAs and Deployments are
+    deleted. Names and ports come from manifests/defaults.yaml or --config.
 
-    Order: plan (refusing port collisions and ports that cannot move), back up every object it
-    changes (0600, path printed), apply the DaemonSets, wait until every pod is ready (--timeout;
-    too slow: stop, delete nothing, show the stuck pods), switch the Services, delete the HPAs and
-    Deployments. A second run is a no-op; an interrupted run converges when re-run. Undo with
-    `keybuzz-fix rollback --latest`.
+    Order: plan (refusing port collisions, ports written where they cannot move, constraints that
+    leave out a worker, and objects another controller owns or reconciles unless --allow-managed),
+    back up every object it changes (0600, path printed), apply the DaemonSets, wait until every
+    pod is ready (--timeout; too slow: stop, delete nothing, show the stuck pods), switch the
+    Services, delete the HPAs and Deployments. A second run is a no-op; an interrupted run
+    converges when re-run. Undo with `keybuzz-fix rollback --latest`.
 
     Examples:
 
     
         keybuzz-fix convert --dry-run
-        keybuzz-fix convert --kubeconfig ~/.kube/keybuzz.yaml --yes
+        keybuzz-fix convert servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
         keybuzz-fix convert --kubeconfig-from-master servers.tsv -o json --yes
         kubectl get deploy,svc,hpa -n keybuzz -o yaml > state.yaml && keybuzz-fix convert --from-file state.yaml -o yaml
     """
     from keybuzz_fix.config import load_config
+    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
+    workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
     if from_file is not None:
         if cluster.kubeconfig or cluster.kubeconfig_from_master or cluster.context:
             raise UsageError(
@@ -68,7 +81,14 @@ def convert(
             cfg = dataclasses.replace(cfg, namespace=cluster.namespace)
 
         return run_offline(
-            opt.console_of(ctx), from_file, cfg, keep_port=keep_port, show_values=show_values, output=output
+            opt.console_of(ctx),
+            from_file,
+            cfg,
+            keep_port=keep_port,
+            allow_managed=allow_managed,
+            workers=workers,
+            show_values=show_values,
+            output=output,
         )
     if output is PlanOutput.YAML and not dry_run:
         raise UsageError("-o yaml prints the objects convert would apply: use it with --dry-run or --from-file")
@@ -86,6 +106,8 @@ def convert(
         timeout=ready,
         force_conflicts=force_conflicts,
         keep_port=keep_port,
+        allow_managed=allow_managed,
+        workers=workers,
         show_values=show_values,
         output=output,
     )
@@ -224,14 +246,16 @@ def validate(
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
 ) -> Outcome:
-    """Score the cluster: seven checks, each with its evidence.
+    """Score the cluster: eight checks, each with its evidence.
 
     The checks run at once.
 
     1 DaemonSets keybuzz-api and keybuzz-front exist; 2 each has ≥ N Running and Ready pods (N = workers
     in servers.tsv); 3 their pod templates have hostNetwork on; 4 ingress-nginx is a hostNetwork
     DaemonSet with ≥ N Running pods; 5 the Services are NodePort 30080 / 30000; 6 both Ingresses exist
-    and point at them; 7 both URLs answer HTTP 200 (timeout, retries, status or error shown).
+    and point at them; 7 both URLs answer HTTP 200 to 2 × N requests each, on their own connections
+    (statuses or errors shown); 8 from every worker (over SSH), every other worker's ingress and app
+    host ports accept a connection (the failing worker pairs shown).
 
     Exit 0 when the score reaches the threshold (80 %, or 100 % with --strict), 1 below, 2 on bad input.
 
@@ -267,6 +291,7 @@ def all_steps(
     yes: opt.YesOpt = False,
     force_conflicts: opt.ForceConflictsOpt = False,
     keep_port: opt.KeepPortOpt = False,
+    allow_managed: opt.AllowManagedOpt = False,
     ready_timeout: Annotated[
         float, typer.Option("--ready-timeout", help="convert: opt.seconds to wait for the DaemonSets to be ready.")
     ] = opt.READY_TIMEOUT,
@@ -310,6 +335,7 @@ def all_steps(
         ready_timeout=opt.seconds("--ready-timeout", ready_timeout),
         force_conflicts=force_conflicts,
         keep_port=keep_port,
+        allow_managed=allow_managed,
         threshold=opt.percent("--threshold", threshold),
         strict=strict,
     )

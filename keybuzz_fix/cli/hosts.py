@@ -40,7 +40,8 @@ def ufw(
         str | None,
         typer.Option(
             "--ports",
-            help="Ports to open, e.g. 31695/tcp,32720/tcp (default: the ingress-nginx NodePorts from the config).",
+            help="Open exactly these ports, e.g. 31695/tcp,80/tcp (default: the ports the ingress traffic "
+            "arrives on, read from the cluster).",
             show_default=False,
         ),
     ] = None,
@@ -59,13 +60,18 @@ def ufw(
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
+    cluster: opt.ClusterReadArgs,
     output: opt.OutputOpt = Output.TEXT,
     config: opt.ConfigOpt = None,
 ) -> Outcome:
-    """Open the ingress NodePorts in UFW on every worker.
+    """Open in UFW, on every worker, the ports the ingress traffic arrives on.
 
-    The ingress-nginx NodePorts (31695/tcp, 32720/tcp), from the private network, so the load
-    balancers reach them.
+    From the private network: the ingress-nginx NodePorts (31695, 32720) the load balancers
+    connect to; the ports kube-proxy translates them to before UFW sees the packet (ingress-nginx's
+    host ports 80, 443, on this worker or another); and the apps' host ports (8080, 3000), which
+    ingress-nginx on every worker proxies to. The ports are read from the cluster (the ingress
+    Service, its controller, the apps' DaemonSets or what convert will make); without a usable
+    kubeconfig, from the config, and the plan says so. Each rule's purpose is shown.
 
     Reads each worker's rules, shows the plan, asks once, applies and reads back.
 
@@ -74,27 +80,28 @@ def ufw(
 
     Examples:
 
-    
+    \b
         keybuzz-fix ufw servers.tsv --dry-run
-        keybuzz-fix ufw servers.tsv --yes -o json
+        keybuzz-fix ufw servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes -o json
         keybuzz-fix ufw servers.tsv --ports 31695/tcp --source 10.0.0.0/16 --identity ~/.ssh/id_ed25519
     """
     from keybuzz_fix.config import load_config
-    from keybuzz_fix.flows.firewall import run_firewall
-    from keybuzz_fix.hosts.ufw.plan import firewall_rules
+    from keybuzz_fix.flows.firewall import run_firewall, worker_rules
+    from keybuzz_fix.hosts.ufw.plan import ports_given
     from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    allowed_from = opt.parse_source(source) if source is not None else None
-    wanted = firewall_rules(cfg.firewall, opt.parse_ports(ports) if ports is not None else None, allowed_from)
+    allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source
+    given = opt.parse_ports(ports) if ports is not None else None
     hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
-    reach = opt.connections(env, ssh, fleet=fleet)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
         opt.console_of(ctx),
         reach,
         command="ufw",
         hosts=hosts,
-        rules=wanted,
+        wanted=wanted,
         enable=enable,
         dry_run=dry_run,
         yes=yes,
@@ -140,7 +147,7 @@ def overlay(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.firewall import run_firewall
-    from keybuzz_fix.hosts.flannel.plan import OFFLOAD, overlay_rules
+    from keybuzz_fix.hosts.flannel.plan import OFFLOAD, overlay_wanted
     from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
@@ -151,7 +158,7 @@ def overlay(
         reach,
         command="overlay",
         hosts=hosts,
-        rules=overlay_rules(cfg.overlay),
+        wanted=overlay_wanted(cfg.overlay),
         enable=enable,
         dry_run=dry_run,
         yes=yes,

@@ -65,6 +65,15 @@ KeepPortOpt = Annotated[
         "(for an app whose port cannot move).",
     ),
 ]
+AllowManagedOpt = Annotated[
+    bool,
+    _opt(
+        "--allow-managed",
+        "Convert even objects another controller owns or reconciles (a KEDA ScaledObject, Helm, Argo CD, Flux); "
+        "the plan names each one and what that controller will undo.",
+        SAFETY,
+    ),
+]
 ThresholdOpt = Annotated[
     int | None,
     _opt(

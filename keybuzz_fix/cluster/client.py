@@ -67,6 +67,7 @@ RESOURCES: dict[str, Resource] = {
     "Event": Resource("v1", "events"),
     "Node": Resource("v1", "nodes", namespaced=False),
     "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
     "Namespace": Resource("v1", "namespaces", namespaced=False),
 }

@@ -1,14 +1,18 @@
 """A Deployment's pod template carried over to a hostNetwork DaemonSet (pure code).
 
-Unchanged except for what hostNetwork needs: ``hostNetwork``, ``dnsPolicy``, the app's port moved
-to the host port together with the env variable that tells the app where to listen and its probe
-and lifecycle ports, a required node affinity that keeps it off the control plane, and a rolling
-update that never surges. An app whose port cannot move is :class:`Unconvertible`, with the reason.
+Unchanged except for what hostNetwork and a DaemonSet need: ``hostNetwork``, ``dnsPolicy``, the
+app's port moved to the host port everywhere the pod names it (:mod:`keybuzz_fix.cluster.podports`),
+one env entry per name (server-side apply refuses duplicates), scheduling fit for one pod per
+worker (:mod:`keybuzz_fix.cluster.placement`), a required node affinity that keeps it off the
+control plane, and a rolling update that never surges. The DaemonSet's own metadata never carries
+the Deployment's release or GitOps tracking metadata (:mod:`keybuzz_fix.cluster.owners`). An app
+that cannot be converted is :class:`Unconvertible`, with every reason.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 from keybuzz_fix.cluster.objects import (
     LAST_APPLIED,
@@ -21,21 +25,50 @@ from keybuzz_fix.cluster.objects import (
     name_of,
     spec_of,
 )
-from keybuzz_fix.cluster.scheduling import CONTROL_PLANE_LABEL
+from keybuzz_fix.cluster.owners import TRACKING_ANNOTATIONS, TRACKING_LABELS, untracked
+from keybuzz_fix.cluster.placement import fit_for_daemonset
+from keybuzz_fix.cluster.podports import (
+    PortFindings,
+    dedupe_env,
+    move_annotation,
+    move_port,
+    port_conflicts,
+    written_ports,
+)
+from keybuzz_fix.cluster.scheduling import CONTROL_PLANE_LABEL, is_sidecar
 from keybuzz_fix.config import AppConfig
 
-PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
-_HANDLERS = ("httpGet", "tcpSocket", "grpc")
+POD = "spec.template.spec"
 
 
 class Unconvertible(Exception):
-    """One app cannot be converted; the message says why."""
+    """One app cannot be converted; the message says why (``problems``: every reason, one per line)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass
+class Converted:
+    """The DaemonSet replacing a Deployment, its host port, and what converting rewrote or warns about."""
+
+    daemonset: Obj
+    host_port: int
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def daemonset_for(
     deployment: Obj, app: AppConfig, service: Obj, *, keep_port: bool = False
 ) -> tuple[Obj, int, list[str]]:
     """Return the DaemonSet replacing ``deployment``, its host port, and notes on what was rewritten."""
+    done = convert_template(deployment, app, service, keep_port=keep_port)
+    return done.daemonset, done.host_port, done.notes
+
+
+def convert_template(deployment: Obj, app: AppConfig, service: Obj, *, keep_port: bool = False) -> Converted:
+    """Build the DaemonSet replacing ``deployment``; raise :class:`Unconvertible` with every reason it cannot be."""
     ns = meta_of(deployment).get("namespace") or ""
     where = f"Deployment {ns}/{app.name}"
     spec = spec_of(deployment)
@@ -43,40 +76,63 @@ def daemonset_for(
     pod = template.setdefault("spec", {})
     if not pod.get("containers"):
         raise Unconvertible(f"{where} has no containers")
-    container, port = listening_port(pod, service, app, where)
+    listening, port = _listening(pod, service, app, where)
     app_port = int(port["containerPort"])
     host_port = app_port if keep_port else app.host_port
-    notes: list[str] = []
+    found = PortFindings()
+    warnings: list[str] = []
+    tmeta = template.setdefault("metadata", {})
     if app_port != host_port:
-        notes.append(_move_env(container, app, app_port, host_port, where))
-        notes += _move_probes(app.name, container, port, app_port, host_port)
-        notes.append(f"{app.name}: container port {port.get('name') or app_port} {app_port} → {host_port}")
-    for c in pod.get("containers") or []:
-        for p in c.get("ports") or []:
-            if p is port:
-                continue
-            if p.get("hostPort") and p.get("hostPort") != p.get("containerPort"):
-                raise Unconvertible(
-                    f"{where}: container {c.get('name')} port {p.get('containerPort')} has hostPort "
-                    f"{p['hostPort']}; with hostNetwork both must be equal"
-                )
-            if p.get("containerPort") == host_port:
-                raise Unconvertible(f"{where}: container {c.get('name')} already uses port {host_port}")
+        moves = (app_port, host_port)
+        moved = move_port(pod, listening, port, app.port_env, moves, app.name, where, POD)
+        scrape = move_annotation(tmeta.get("annotations") or {}, moves, app.name, f"{where}: spec.template")
+        found.notes += moved.notes + scrape.notes
+        found.problems += moved.problems + scrape.problems
+        found.notes.append(f"{app.name}: container port {port.get('name') or app_port} {app_port} → {host_port}")
+    elif keep_port and app_port != app.host_port:
+        written = [f"{POD}.{at}" for at in written_ports(pod, app.port_env, listening[1], app_port)]
+        written += [
+            f"spec.template.metadata.annotations[{k}]"
+            for k, v in (tmeta.get("annotations") or {}).items()
+            if str(v).strip() == str(app_port)
+        ]
+        warnings += [
+            f"{app.name}: {where}: {at} names port {app_port}: kept as it is, right while the app stays on "
+            f"{app_port} (--keep-port)"
+            for at in written
+        ]
+    dedupe = dedupe_env(pod, f"{where}: {POD}", app.name)
+    found.notes += dedupe.notes
+    found.problems += dedupe.problems
+    found.problems += port_conflicts(pod, port, host_port, where, POD)
+    placement = fit_for_daemonset(pod, dict(tmeta.get("labels") or {}), ns, POD)
+    found.notes += [f"{app.name}: {n}" for n in placement.notes]
+    found.problems += [f"{where}: {p}" for p in placement.problems]
+    if found.problems:
+        raise Unconvertible(*found.problems)
     port["containerPort"] = port["hostPort"] = host_port
     pod["hostNetwork"] = True
     pod["dnsPolicy"] = "ClusterFirstWithHostNet"
     _workers_only(pod)
-    tmeta = template.setdefault("metadata", {})
     tmeta.pop("creationTimestamp", None)
     tmeta["labels"] = {**(tmeta.get("labels") or {}), MANAGED_BY: MANAGER}
-    dmeta: Obj = {"name": app.name, "namespace": ns, "labels": {**labels_of(deployment), MANAGED_BY: MANAGER}}
-    annotations = {
-        k: v
-        for k, v in (meta_of(deployment).get("annotations") or {}).items()
-        if k not in SERVER_ANNOTATIONS and k != LAST_APPLIED
-    }
+    labels, dropped = untracked(labels_of(deployment), TRACKING_LABELS)
+    dmeta: Obj = {"name": app.name, "namespace": ns, "labels": {**labels, MANAGED_BY: MANAGER}}
+    annotations, dropped_annotations = untracked(
+        {
+            k: v
+            for k, v in (meta_of(deployment).get("annotations") or {}).items()
+            if k not in SERVER_ANNOTATIONS and k != LAST_APPLIED
+        },
+        TRACKING_ANNOTATIONS,
+    )
     if annotations:
         dmeta["annotations"] = annotations
+    untracked_keys = [k for k in dropped if k != MANAGED_BY] + dropped_annotations
+    if untracked_keys:
+        found.notes.append(
+            f"{app.name}: not carried over to the DaemonSet (release and GitOps tracking): {', '.join(untracked_keys)}"
+        )
     ds_spec: Obj = {
         "selector": copy.deepcopy(spec.get("selector")),
         "template": template,
@@ -85,7 +141,8 @@ def daemonset_for(
     for key in ("minReadySeconds", "revisionHistoryLimit"):
         if key in spec:
             ds_spec[key] = spec[key]
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": dmeta, "spec": ds_spec}, host_port, notes
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": dmeta, "spec": ds_spec}
+    return Converted(ds, host_port, found.notes, warnings)
 
 
 def service_entry(service: Obj, app: AppConfig) -> Obj:
@@ -101,19 +158,31 @@ def service_entry(service: Obj, app: AppConfig) -> Obj:
 
 def listening_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
     """Return the container and container port the Service sends traffic to; it must say its number."""
-    container, port = _target_port(pod, service, app, where)
+    (_path, container), port = _listening(pod, service, app, where)
+    return container, port
+
+
+def _listening(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[tuple[str, Obj], Obj]:
+    (path, container), port = _target_port(pod, service, app, where)
     if "containerPort" not in port:  # its type, when present, is checked on parsing
         raise Unconvertible(
             f"{where}: container {container.get('name')} has a port entry without a containerPort "
             f"({port!r}), so where the app listens is unclear"
         )
-    return container, port
+    return (path, container), port
 
 
-def _target_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Obj, Obj]:
+def _target_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[tuple[str, Obj], Obj]:
+    """The port entry the Service targets: in a container, else in a sidecar (restartable init container)."""
     entry = service_entry(service, app)
     target = entry.get("targetPort", entry.get("port"))
-    ports = [(c, p) for c in pod.get("containers") or [] for p in c.get("ports") or []]
+    ports = [
+        ((f"{key}[{i}]", c), p)
+        for key in ("containers", "initContainers")
+        for i, c in enumerate(pod.get(key) or [])
+        if key == "containers" or is_sidecar(c)
+        for p in c.get("ports") or []
+    ]
     for c, p in ports:
         if (isinstance(target, str) and p.get("name") == target) or p.get("containerPort") == target:
             return c, p
@@ -124,56 +193,6 @@ def _target_port(pod: Obj, service: Obj, app: AppConfig, where: str) -> tuple[Ob
     if len(ports) == 1:
         return ports[0]
     raise Unconvertible(f"cannot tell which container port of {where} the Service's targetPort {target!r} means")
-
-
-def _move_env(container: Obj, app: AppConfig, app_port: int, host_port: int, where: str) -> str:
-    """Rewrite the variable telling the app where to listen, or refuse when there is none."""
-    hint = f"--keep-port runs it on {app_port} instead, or name the variable in the config (apps[].port_env)"
-    for var in container.get("env") or []:
-        if var.get("name") != app.port_env:
-            continue
-        if "value" not in var:
-            raise Unconvertible(
-                f"{where} listens on {app_port} and its {app.port_env} comes from a reference "
-                f"(valueFrom) the tool cannot rewrite to {host_port}; {hint}"
-            )
-        if str(var["value"]).strip() == str(host_port):
-            return f"{app.name}: env {app.port_env} is already {host_port}"
-        if str(var["value"]).strip() != str(app_port):
-            raise Unconvertible(
-                f"{where}: env {app.port_env} is {var['value']!r} but the Service targets port "
-                f"{app_port}, so where the app listens is unclear; {hint}"
-            )
-        var["value"] = str(host_port)
-        return f"{app.name}: env {app.port_env} {app_port} → {host_port}"
-    raise Unconvertible(
-        f"{where} listens on {app_port} and nothing in its env tells it where to listen "
-        f"(no {app.port_env} variable), so it cannot move to host port {host_port}; {hint}"
-    )
-
-
-def _move_probes(app: str, container: Obj, port: Obj, app_port: int, host_port: int) -> list[str]:
-    """Point numeric probe and lifecycle ports at the host port; named ones follow the port itself."""
-    notes = []
-    handlers = [(key, container.get(key)) for key in PROBES]
-    for hook in ("postStart", "preStop"):
-        handlers.append((f"lifecycle.{hook}", (container.get("lifecycle") or {}).get(hook)))
-    for key, probe in handlers:
-        if not isinstance(probe, dict):
-            continue
-        for handler in _HANDLERS:
-            action = probe.get(handler)
-            if not isinstance(action, dict) or "port" not in action:
-                continue
-            if action["port"] == app_port:
-                action["port"] = host_port
-                notes.append(f"{app}: container {container.get('name')} {key} port {app_port} → {host_port}")
-            elif action["port"] == port.get("name"):
-                notes.append(
-                    f"{app}: container {container.get('name')} {key} port {action['port']!r} now "
-                    f"resolves to {host_port}"
-                )
-    return notes
 
 
 def _workers_only(pod: Obj) -> None:

@@ -237,10 +237,21 @@ _META: Obj = {
     "resourceVersion": str,
     "labels": _STRINGS,
     "annotations": _STRINGS,
+    "ownerReferences": [{"kind": str, "name": str, "controller": bool}],
+    "managedFields": [{"manager": str, "subresource": str}],
 }
-_HANDLER: Obj = {"httpGet": {"port": _PORT}, "tcpSocket": {"port": _PORT}, "grpc": {"port": int}}
+_TEXT = [(str, int, float)]  # args, command: the API wants strings; a YAML file may hold bare numbers
+_HANDLER: Obj = {
+    "httpGet": {"port": _PORT, "httpHeaders": [{"name": str, "value": str}]},
+    "tcpSocket": {"port": _PORT},
+    "grpc": {"port": int},
+    "exec": {"command": _TEXT},
+}
 _CONTAINER: Obj = {
     "name": str,
+    "restartPolicy": str,
+    "command": _TEXT,
+    "args": _TEXT,
     "env": [{"name": str, "value": (str, int, float, bool), "valueFrom": dict}],
     "envFrom": [dict],
     "ports": [{"containerPort": int, "hostPort": int, "name": str, "protocol": str}],
@@ -250,6 +261,12 @@ _CONTAINER: Obj = {
     "lifecycle": {"postStart": _HANDLER, "preStop": _HANDLER},
 }
 _TERM: Obj = {"matchExpressions": [{"key": str, "operator": str, "values": list}], "matchFields": [dict]}
+_SELECTOR: Obj = {"matchLabels": _STRINGS, "matchExpressions": [{"key": str, "operator": str, "values": list}]}
+_POD_TERM: Obj = {"labelSelector": _SELECTOR, "namespaceSelector": _SELECTOR, "namespaces": [str], "topologyKey": str}
+_POD_AFFINITY: Obj = {
+    "requiredDuringSchedulingIgnoredDuringExecution": [_POD_TERM],
+    "preferredDuringSchedulingIgnoredDuringExecution": [{"podAffinityTerm": _POD_TERM}],
+}
 _POD: Obj = {
     "containers": [_CONTAINER],
     "initContainers": [_CONTAINER],
@@ -258,7 +275,12 @@ _POD: Obj = {
     "nodeSelector": _STRINGS,
     "nodeName": str,
     "tolerations": [{"key": str, "operator": str, "value": str, "effect": str}],
-    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_TERM]}}},
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_TERM]}},
+        "podAffinity": _POD_AFFINITY,
+        "podAntiAffinity": _POD_AFFINITY,
+    },
+    "topologySpreadConstraints": [{"labelSelector": _SELECTOR, "topologyKey": str, "whenUnsatisfiable": str}],
 }
 _WORKLOAD: Obj = {
     "metadata": _META,
@@ -280,6 +302,10 @@ _SHAPES: dict[str, Obj] = {
         },
     },
     "HorizontalPodAutoscaler": {"metadata": _META, "spec": {"scaleTargetRef": {"kind": str, "name": str}}},
+    "PodDisruptionBudget": {
+        "metadata": _META,
+        "spec": {"selector": _SELECTOR, "minAvailable": (int, str), "maxUnavailable": (int, str)},
+    },
     "Node": {
         "metadata": _META,
         "spec": {"podCIDR": str, "taints": [{"key": str, "value": str, "effect": str}]},

@@ -4,7 +4,8 @@
 audit log; the run counts a change as done once the API took it. :func:`wait_ready` waits for
 DaemonSets or Deployments by watching, never by sleeping: list once, then watch from that
 resourceVersion until every named workload's status says all its pods are updated and ready, or
-the deadline passes. On timeout, the pods that are not ready are reported with their waiting
+the deadline passes; :func:`wait_handover` waits for the DaemonSet pods that can start while the
+Deployment they replace still runs. On timeout, the pods that are not ready are reported with their waiting
 reasons and their latest events, and nothing else happens: deciding what to do next is the
 caller's job. (On the test control plane kwok plays the kubelet: its pods are not processes, they
 turn Running and Ready as kwok's stages say.)
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from keybuzz_fix import storage
 from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.objects import Obj, meta_of, name_of, selector_string, spec_of, status_of
-from keybuzz_fix.cluster.scheduling import is_ready
+from keybuzz_fix.cluster.placement import Handover, held_off
+from keybuzz_fix.cluster.scheduling import is_ready, node_of
 from keybuzz_fix.errors import Forbidden, KeybuzzFixError, NotReady
 
 if TYPE_CHECKING:
@@ -136,9 +138,10 @@ def wait_ready(
     names: Collection[str],
     *,
     timeout: float,
+    ready: Callable[[Obj | None], bool] | None = None,
 ) -> dict[str, Obj]:
-    """Watch until every named workload is ready; raise :class:`Stuck` after ``timeout`` seconds."""
-    ready = READY[kind]
+    """Watch until every named workload is ready (or ``ready`` says so); raise :class:`Stuck` after ``timeout`` s."""
+    ready = ready or READY[kind]
     wanted = set(names)
     deadline = time.monotonic() + timeout
     objs: dict[str, Obj] = {}
@@ -167,6 +170,67 @@ def wait_ready(
                 return objs
             if time.monotonic() >= deadline:
                 break
+
+
+def wait_handover(
+    kube: Kube, namespace: str, names: Collection[str], handovers: Collection[Handover], *, timeout: float
+) -> dict[str, Obj]:
+    """Watch until each DaemonSet is ready but for the pods its Deployment's own pods hold off (at least one ready).
+
+    Those wait for the Deployment to be deleted: its pods' required anti-affinity selects them.
+    """
+    by_name = {h.daemonset: h for h in handovers}
+
+    def ready_but_held(ds: Obj | None) -> bool:
+        if daemonset_ready(ds) or ds is None or name_of(ds) not in by_name:
+            return daemonset_ready(ds)
+        status = status_of(ds)
+        if int(status.get("observedGeneration") or 0) < int(meta_of(ds).get("generation") or 0):
+            return False
+        if int(status.get("numberReady") or 0) < 1:
+            return False
+        return not not_held(kube, namespace, ds, by_name[name_of(ds)])
+
+    return wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout, ready=ready_but_held)
+
+
+def not_held(kube: Kube, namespace: str, ds: Obj, handover: Handover) -> list[str]:
+    """Return the DaemonSet's pods that are not ready for another reason than the Deployment's anti-affinity."""
+    uid = meta_of(ds).get("uid")
+    match = (spec_of(ds).get("selector") or {}).get("matchLabels") or {}
+    pods = kube.list("Pod", namespace, selector=selector_string(match) if match else None)
+    mine = [p for p in pods if any(o.get("uid") == uid for o in meta_of(p).get("ownerReferences") or [])]
+    theirs = [
+        p
+        for p in kube.list("Pod", namespace, selector=selector_string(dict(handover.selector)))
+        if any(
+            o.get("kind") == "ReplicaSet" and str(o.get("name", "")).startswith(handover.deployment + "-")
+            for o in meta_of(p).get("ownerReferences") or []
+        )
+    ]
+    holding = {node_of(p) for p in theirs if node_of(p)}
+    nodes = {name_of(n): n for n in kube.list("Node")}
+    holders = [nodes[n] for n in holding if n in nodes]
+    left = []
+    for pod in mine:
+        if is_ready(pod):
+            continue
+        target = node_of(pod) or _target_node(pod)
+        if node_of(pod) or target not in nodes or not held_off(nodes[target], holders, handover.topology_keys):
+            left.append(name_of(pod))
+    return left
+
+
+def _target_node(pod: Obj) -> str | None:
+    """The node the DaemonSet controller meant an unscheduled pod for (its matchFields metadata.name)."""
+    required = ((spec_of(pod).get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for f in term.get("matchFields") or []:
+            if f.get("key") == "metadata.name" and len(f.get("values") or []) == 1:
+                return str(f["values"][0])
+    return None
 
 
 def stuck_report(kube: Kube, kind: str, namespace: str, objs: dict[str, Obj | None], timeout: float) -> Stuck:

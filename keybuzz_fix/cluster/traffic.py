@@ -16,11 +16,25 @@ configured ports (``firewall.ports``) and says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 from keybuzz_fix.cluster.objects import Obj, containers, describe_object, name_of, pod_spec
 from keybuzz_fix.config import AppConfig, Config
+
+
+class Hop(str, Enum):
+    """Which hop of the traffic a port serves."""
+
+    NODE_PORT = "NodePort"  # the load balancers → a worker
+    INGRESS = "ingress host port"  # kube-proxy on a worker → the ingress controller on a worker
+    APP = "app host port"  # ingress-nginx on a worker → the app on a worker
+
+    @property
+    def between_workers(self) -> bool:
+        """Whether the hop goes from one worker to another (what validate checks from the workers)."""
+        return self is not Hop.NODE_PORT
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class TrafficPort:
     comment: str
     purpose: str
     source: str  # the object or config key the port was read from
+    hop: Hop = Hop.NODE_PORT
 
 
 @dataclass(frozen=True)
@@ -50,8 +65,8 @@ class TrafficPorts:
 class ClusterFacts:
     """The objects the ports are read from (None: not found).
 
-    ``app_daemonsets`` maps an app's name to its DaemonSet; ``planned_host_ports`` maps an app that
-    is not converted yet to the host port convert will give it.
+    ``app_daemonsets`` and ``app_services`` map an app's name to its DaemonSet and Service; the
+    apps named in ``planned`` have them as convert will make them, not as the cluster holds them.
     """
 
     ingress_service: Obj | None
@@ -59,7 +74,7 @@ class ClusterFacts:
     ingress_deployment: Obj | None
     app_daemonsets: Mapping[str, Obj]
     app_services: Mapping[str, Obj]
-    planned_host_ports: Mapping[str, int]
+    planned: frozenset[str] = frozenset()
 
 
 def from_config(cfg: Config, why: str) -> TrafficPorts:
@@ -69,12 +84,20 @@ def from_config(cfg: Config, why: str) -> TrafficPorts:
             r.port,
             r.proto,
             r.comment,
-            r.comment.removeprefix("keybuzz-fix: ") or f"port {r.port}/{r.proto}",
+            r.purpose or r.comment.removeprefix("keybuzz-fix: ") or f"port {r.port}/{r.proto}",
             f"config firewall.ports[{i}]",
+            _configured_hop(cfg, r.port),
         )
         for i, r in enumerate(cfg.firewall.ports)
     )
     return TrafficPorts(ports, (f"{why}: the ports come from the configuration (firewall.ports)",), False)
+
+
+def _configured_hop(cfg: Config, port: int) -> Hop:
+    """The hop a configured port serves: a NodePort of the ingress, an app's host port, else the ingress's."""
+    if port in (cfg.ingress.http_node_port, cfg.ingress.https_node_port):
+        return Hop.NODE_PORT
+    return Hop.APP if port in {a.host_port for a in cfg.apps} else Hop.INGRESS
 
 
 def from_cluster(cfg: Config, facts: ClusterFacts) -> TrafficPorts:
@@ -184,6 +207,7 @@ def _ingress_host_ports(
                 f"ingress-nginx {label} host port: kube-proxy translates NodePort {node_port.port} to it before UFW "
                 "sees the packet, on this worker or forwarded from another one",
                 source,
+                Hop.INGRESS,
             )
         )
     return out
@@ -199,33 +223,32 @@ def _container_port(workload: Obj, target: object) -> int | None:
 
 
 def _app_host_port(cfg: Config, app: AppConfig, facts: ClusterFacts, notes: list[str]) -> TrafficPort | None:
-    """The app's host port: from its hostNetwork DaemonSet, or the one convert will give it."""
+    """The app's host port: from its hostNetwork DaemonSet (or the one convert will make), else the configured one."""
     purpose = (
         f"{app.name} host port: ingress-nginx on every worker proxies to the app on every worker "
         "(its endpoints are the workers' addresses)"
     )
     comment = f"keybuzz-fix: {app.name} host port"
     ds = facts.app_daemonsets.get(app.name)
-    if ds is not None and pod_spec(ds).get("hostNetwork"):
-        service = facts.app_services.get(app.name)
-        entry = next(
-            (p for p in ((service or {}).get("spec") or {}).get("ports") or [] if p.get("port") == app.service_port),
-            None,
-        )
-        number = _container_port(ds, entry.get("targetPort", entry.get("port"))) if entry else None
-        if number is None:
-            number = app.host_port
-            notes.append(
-                f"{describe_object(ds)}: the port its Service targets is not among its container ports; "
-                f"host port {number} from the configuration"
-            )
-        return TrafficPort(number, "tcp", comment, purpose, describe_object(ds))
-    if ds is not None:
-        notes.append(f"{describe_object(ds)} does not use hostNetwork: no host port is opened for {app.name}")
+    if ds is None:
+        where = f"config apps[].host_port of {app.name}"
+        return TrafficPort(app.host_port, "tcp", comment, purpose + ", once convert has run", where, Hop.APP)
+    source = describe_object(ds) + (" as convert will make it" if app.name in facts.planned else "")
+    if not pod_spec(ds).get("hostNetwork"):
+        notes.append(f"{source} does not use hostNetwork: no host port is opened for {app.name}")
         return None
-    planned = facts.planned_host_ports.get(app.name, app.host_port)
-    source = "the convert plan" if app.name in facts.planned_host_ports else f"config apps[].host_port of {app.name}"
-    return TrafficPort(planned, "tcp", comment, purpose + "; once convert has run", source)
+    service = facts.app_services.get(app.name)
+    entry = next(
+        (p for p in ((service or {}).get("spec") or {}).get("ports") or [] if p.get("port") == app.service_port), None
+    )
+    number = _container_port(ds, entry.get("targetPort", entry.get("port"))) if entry else None
+    if number is None:
+        number = app.host_port
+        notes.append(
+            f"{source}: the port its Service targets is not among its container ports; "
+            f"host port {number} from the configuration"
+        )
+    return TrafficPort(number, "tcp", comment, purpose, source, Hop.APP)
 
 
 def facts_from_objects(
@@ -236,15 +259,17 @@ def facts_from_objects(
     ingress_deployment: Obj | None,
     daemonsets: list[Obj],
     services: list[Obj],
-    planned_host_ports: Mapping[str, int] | None = None,
+    planned: Sequence[Obj] = (),
 ) -> ClusterFacts:
-    """Collect the facts from listed objects of the app namespace (DaemonSets and Services)."""
+    """Collect the facts from listed objects of the app namespace (DaemonSets and Services).
+
+    ``planned`` holds the DaemonSets and Services as convert will make them: they stand in for
+    the apps' objects, so the ports are the ones the traffic will use once convert has run.
+    """
     names = {a.name for a in cfg.apps}
-    return ClusterFacts(
-        ingress_service,
-        ingress_daemonset,
-        ingress_deployment,
-        {name_of(d): d for d in daemonsets if name_of(d) in names},
-        {name_of(s): s for s in services if name_of(s) in names},
-        dict(planned_host_ports or {}),
-    )
+    daemonset = {name_of(d): d for d in daemonsets if name_of(d) in names}
+    service = {name_of(s): s for s in services if name_of(s) in names}
+    future = {name_of(o) for o in planned if name_of(o) in names}
+    daemonset |= {name_of(o): o for o in planned if o.get("kind") == "DaemonSet" and name_of(o) in names}
+    service |= {name_of(o): o for o in planned if o.get("kind") == "Service" and name_of(o) in names}
+    return ClusterFacts(ingress_service, ingress_daemonset, ingress_deployment, daemonset, service, frozenset(future))

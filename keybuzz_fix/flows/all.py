@@ -20,19 +20,21 @@ from keybuzz_fix.checks.http import HttpOptions
 from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.cluster.changes import ChangeRun
-from keybuzz_fix.cluster.convert import ConvertPlan
+from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
+from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.flows import Connections
-from keybuzz_fix.flows.convert import apply_confirmed, check_plan
+from keybuzz_fix.flows.convert import apply_confirmed, check_plan, read_convert_state
+from keybuzz_fix.flows.firewall import worker_rules
 from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
-from keybuzz_fix.flows.validate import score_cluster
+from keybuzz_fix.flows.validate import WorkerAccess, score_cluster
 from keybuzz_fix.hosts.ufw.apply import FirewallRun
-from keybuzz_fix.hosts.ufw.plan import HostOutcome, firewall_rules
+from keybuzz_fix.hosts.ufw.plan import HostOutcome, Wanted
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView
-from keybuzz_fix.report.hosts import firewall_plans, firewall_summary
+from keybuzz_fix.report.hosts import firewall_plans, firewall_summary, wanted_rules
 from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
 from keybuzz_fix.report.output import PlanOutput, confirm, progress_bar
 from keybuzz_fix.report.scorecard import scorecard_table
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from keybuzz_fix.cluster.client import Kube
 
 Result = TypeVar("Result")
+SETTLE = 30.0  # seconds the URL checks allow ingress-nginx to serve routes and endpoints that just changed
 
 
 class StepFailed(KeybuzzFixError):
@@ -59,6 +62,7 @@ class AllOptions:
     ready_timeout: float = 300.0
     force_conflicts: bool = False
     keep_port: bool = False
+    allow_managed: bool = False
     threshold: int | None = None
     strict: bool = False
 
@@ -87,7 +91,8 @@ def run_all(
     kube = reach.kube()
     http = reach.http or HttpOptions()
     log = steps.StepLog(console)
-    rules = firewall_rules(cfg.firewall)
+    wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
+    rules = wanted.ufw_rules
     fw = FirewallRun(
         hosts=hosts,
         desired=lambda _h: rules,
@@ -111,12 +116,21 @@ def run_all(
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
         log.heading(1, "ufw", "plan")
-        planned = step("ufw", lambda: _plan_firewall(console, fw), steps.describe_firewall_plan)
+        planned = step("ufw", lambda: _plan_firewall(console, fw, wanted), steps.describe_firewall_plan)
         log.heading(2, "convert", "plan")
         checked = ChangeRun("convert", dry_run=True)
         converting = step(
             "convert",
-            lambda: check_plan(kube, cfg, checked, view, keep_port=options.keep_port, force=options.force_conflicts),
+            lambda: check_plan(
+                kube,
+                cfg,
+                checked,
+                view,
+                keep_port=options.keep_port,
+                force=options.force_conflicts,
+                allow_managed=options.allow_managed,
+                workers=hosts,
+            ),
             lambda _plan: steps.describe_convert(checked),
         )
         log.heading(3, "ingress", "plan")
@@ -140,7 +154,7 @@ def run_all(
         log.heading(1, "ufw")
         step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
         log.heading(2, "convert")
-        step("convert", lambda: _apply_convert(kube, cfg, converting, view, options), steps.describe_convert)
+        step("convert", lambda: _apply_convert(kube, cfg, converting, view, options, hosts), steps.describe_convert)
         log.heading(3, "ingress")
         step(
             "ingress",
@@ -148,9 +162,21 @@ def run_all(
             steps.describe_ingress_result,
         )
         log.heading(4, "validate")
+        # Just-applied routes, pods and rules take a moment to serve (ingress-nginx reloads, the apps
+        # start): a failed URL round or worker path is tried again for a while before it counts.
+        settle = SETTLE if routes.changes or converting.pending or any(o.changes for o in planned) else 0.0
         card = step(
             "validate",
-            lambda: score_cluster(kube, cfg, hosts, http=http, threshold=options.threshold, strict=options.strict),
+            lambda: score_cluster(
+                kube,
+                cfg,
+                hosts,
+                http=http,
+                threshold=options.threshold,
+                strict=options.strict,
+                access=WorkerAccess(reach.ssh, reach.concurrency),
+                settle=settle,
+            ),
             steps.describe_score,
         )
         scorecard_table(console, card)
@@ -168,7 +194,19 @@ def run_all(
     return Remediation(card)
 
 
-def _plan_firewall(console: Console, fw: FirewallRun) -> list[HostOutcome]:
+def _as_converted(kube: Kube, cfg: Config, hosts: Sequence[Host], options: AllOptions) -> list[Obj]:
+    """The DaemonSets and Services as convert will make them: the firewall is planned for the cluster after convert."""
+    plan = plan_convert(
+        cfg,
+        read_convert_state(kube, cfg, hosts),
+        keep_port=options.keep_port,
+        allow_managed=options.allow_managed,
+    )
+    return [c.after for c in plan.daemonsets + plan.services if c.after is not None]
+
+
+def _plan_firewall(console: Console, fw: FirewallRun, wanted: Wanted) -> list[HostOutcome]:
+    wanted_rules(console, wanted)
     planned = fw.plan(progress_bar(console))
     firewall_plans(console, planned)
     stuck = [o.host.hostname for o in planned if o.error] + [o.host.hostname for o in planned if o.ok and o.blocked]
@@ -187,7 +225,9 @@ def _apply_firewall(console: Console, fw: FirewallRun, planned: Sequence[HostOut
     return applied
 
 
-def _apply_convert(kube: Kube, cfg: Config, confirmed: ConvertPlan, view: ChangeView, options: AllOptions) -> ChangeRun:
+def _apply_convert(
+    kube: Kube, cfg: Config, confirmed: ConvertPlan, view: ChangeView, options: AllOptions, hosts: Sequence[Host]
+) -> ChangeRun:
     run = ChangeRun("convert", dry_run=False)
     apply_confirmed(
         kube,
@@ -198,6 +238,8 @@ def _apply_convert(kube: Kube, cfg: Config, confirmed: ConvertPlan, view: Change
         keep_port=options.keep_port,
         timeout=options.ready_timeout,
         force=options.force_conflicts,
+        allow_managed=options.allow_managed,
+        workers=hosts,
     )
     return run
 

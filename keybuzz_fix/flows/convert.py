@@ -13,7 +13,8 @@ when re-run. ``all`` plans with :func:`check_plan` and applies the confirmed pla
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,12 +23,13 @@ from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun, sent
 from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.convert import ConvertPlan, Observed, observed_from_objects, plan_convert
-from keybuzz_fix.cluster.objects import meta_of, parse_objects
+from keybuzz_fix.cluster.objects import Obj, meta_of, parse_objects
 from keybuzz_fix.cluster.rbac import permissions, preflight
-from keybuzz_fix.cluster.rollout import Stuck, send, wait_ready
+from keybuzz_fix.cluster.rollout import Stuck, send, wait_handover, wait_ready
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
+from keybuzz_fix.errors import Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
 from keybuzz_fix.flows import Connections
+from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.changes import ChangeView, offline_plan
 from keybuzz_fix.report.output import PlanOutput
 
@@ -38,8 +40,11 @@ CONVERT = "convert"
 DEFAULT_TIMEOUT = 300.0
 
 
-def read_convert_state(kube: Kube, cfg: Config) -> Observed:
-    """Read what the plan needs: workloads and Services everywhere (for collisions), HPAs, nodes."""
+def read_convert_state(kube: Kube, cfg: Config, workers: Sequence[Host] | None = None) -> Observed:
+    """Read what the plan needs: workloads and Services everywhere (for collisions), HPAs, PDBs, nodes.
+
+    ``workers`` (servers.tsv's) are the nodes each DaemonSet must reach; None: the cluster's workers.
+    """
     return Observed(
         namespace=cfg.namespace,
         deployments=kube.list("Deployment"),
@@ -49,7 +54,17 @@ def read_convert_state(kube: Kube, cfg: Config) -> Observed:
         hpas=kube.list("HorizontalPodAutoscaler", cfg.namespace),
         nodes=kube.list("Node"),
         service_cidr=cfg.overlay.service_cidr,
+        pdbs=_disruption_budgets(kube, cfg.namespace),
+        workers=workers,
     )
+
+
+def _disruption_budgets(kube: Kube, namespace: str) -> list[Obj]:
+    """The namespace's PodDisruptionBudgets: only shown in the plan, so a Role without them goes on without."""
+    try:
+        return kube.list("PodDisruptionBudget", namespace)
+    except Forbidden:
+        return []
 
 
 def run_convert(
@@ -62,6 +77,8 @@ def run_convert(
     timeout: float = DEFAULT_TIMEOUT,
     force_conflicts: bool = False,
     keep_port: bool = False,
+    allow_managed: bool = False,
+    workers: Sequence[Host] | None = None,
     show_values: bool = False,
     output: PlanOutput = PlanOutput.TEXT,
 ) -> ChangeRun:
@@ -73,7 +90,16 @@ def run_convert(
     kube = reach.kube()
     view = ChangeView(console, output, CONVERT, show_values=show_values)
     run = ChangeRun(CONVERT, dry_run)
-    plan = check_plan(kube, cfg, run, view, keep_port=keep_port, force=force_conflicts)
+    plan = check_plan(
+        kube,
+        cfg,
+        run,
+        view,
+        keep_port=keep_port,
+        force=force_conflicts,
+        allow_managed=allow_managed,
+        workers=workers,
+    )
     if plan.pending and not dry_run:
         with _stopping(view, run):
             view.confirm(f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}?", yes=yes)
@@ -83,11 +109,20 @@ def run_convert(
 
 
 def check_plan(
-    kube: Kube, cfg: Config, run: ChangeRun, view: ChangeView, *, keep_port: bool, force: bool
+    kube: Kube,
+    cfg: Config,
+    run: ChangeRun,
+    view: ChangeView,
+    *,
+    keep_port: bool,
+    force: bool,
+    allow_managed: bool = False,
+    workers: Sequence[Host] | None = None,
 ) -> ConvertPlan:
     """Plan and show it; refuse, or check the permissions (a dry run sends every change as a server-side dry run)."""
     with _stopping(view, run):
-        plan = plan_convert(cfg, read_convert_state(kube, cfg), keep_port=keep_port)
+        state = read_convert_state(kube, cfg, workers)
+        plan = plan_convert(cfg, state, keep_port=keep_port, allow_managed=allow_managed)
         _record(run, plan)
         if plan.refusals:
             _show(view, f"{CONVERT}: refused", plan)
@@ -114,6 +149,8 @@ def apply_confirmed(
     keep_port: bool,
     timeout: float,
     force: bool,
+    allow_managed: bool = False,
+    workers: Sequence[Host] | None = None,
 ) -> None:
     """Carry out a plan confirmed earlier, once the cluster, read again, still plans exactly the same changes.
 
@@ -121,7 +158,8 @@ def apply_confirmed(
     would the plan: then nothing is changed and the run stops, to be re-run (and re-confirmed).
     """
     with _stopping(view, run):
-        fresh = plan_convert(cfg, read_convert_state(kube, cfg), keep_port=keep_port)
+        state = read_convert_state(kube, cfg, workers)
+        fresh = plan_convert(cfg, state, keep_port=keep_port, allow_managed=allow_managed)
         if sent(fresh.changes) != sent(confirmed.changes) or fresh.refusals != confirmed.refusals:
             raise PlanRefused(
                 "convert: the cluster changed after the plan was confirmed, so the plan would change too; "
@@ -133,18 +171,42 @@ def apply_confirmed(
 
 
 def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *, timeout: float, force: bool) -> None:
-    """Back up, apply the DaemonSets, wait until they are ready, then switch the Services and delete the rest."""
+    """Back up, apply the DaemonSets, wait until they are ready, then switch the Services and delete the rest.
+
+    A DaemonSet whose pods the Deployment's own pods hold off (required anti-affinity) is waited for
+    but those pods; once the rest are switched and deleted, they start, and the run waits for them.
+    """
+    namespace = plan.daemonsets[0].namespace
+    names = [c.name for c in plan.daemonsets]
+    deadline = time.monotonic() + timeout
     with _stopping(view, run):
-        run.backup = _write_backup(kube, plan, plan.daemonsets[0].namespace)
+        run.backup = _write_backup(kube, plan, namespace)
         run.mark("backed_up")
         view.say(f"backup: {run.backup}")
         send(kube, run, plan.daemonsets, force=force)
         run.mark("applied")
-        names = [c.name for c in plan.daemonsets]
         view.waiting("DaemonSet", names, timeout)
-        wait_ready(kube, "DaemonSet", plan.daemonsets[0].namespace, names, timeout=timeout)
-        run.mark("ready")
+        if plan.handovers:
+            wait_handover(kube, namespace, names, plan.handovers, timeout=timeout)
+            run.mark("handed_over")
+        else:
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout)
+            run.mark("ready")
         send(kube, run, plan.services + plan.hpas + plan.deployments, force=force)
+    if plan.handovers:
+        held = ", ".join(h.daemonset for h in plan.handovers)
+        with stopping(
+            view,
+            run,
+            resume="re-run convert to finish (it converges)",
+            interrupted="re-run convert to finish: it converges",
+            stuck=f"the Services are switched and the Deployments deleted; the other pods of {held} serve the app; "
+            "re-run convert once the pods run, or roll back with: keybuzz-fix rollback --backup {backup}",
+        ):
+            remaining = max(deadline - time.monotonic(), 1.0)
+            view.say(f"the Deployment's pods are gone: waiting for the rest of {held}…")
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=remaining)
+            run.mark("ready")
     run.mark("done")
     view.result(run)
 
@@ -232,14 +294,20 @@ def run_offline(
     cfg: Config,
     *,
     keep_port: bool = False,
+    allow_managed: bool = False,
+    workers: Sequence[Host] | None = None,
     show_values: bool = False,
     output: PlanOutput = PlanOutput.TEXT,
 ) -> ConvertPlan:
-    """Plan from a state file (a ``kubectl get -o yaml`` List or a YAML stream); touch no cluster."""
+    """Plan from a state file (a ``kubectl get -o yaml`` List or a YAML stream); touch no cluster.
+
+    The workers are checked against the file's Nodes, when it holds some.
+    """
     objects = parse_objects(read_input(path), str(path))
     if not objects:
         raise InputError(str(path), "holds no Kubernetes object")
-    plan = plan_convert(cfg, observed_from_objects(objects, cfg), keep_port=keep_port)
+    state = observed_from_objects(objects, cfg, workers)
+    plan = plan_convert(cfg, state, keep_port=keep_port, allow_managed=allow_managed)
     if plan.refusals:
         _show(ChangeView(console, output, CONVERT, show_values=show_values), f"{CONVERT}: refused ({path})", plan)
         raise PlanRefused(f"{path}: convert refused: {'; '.join(plan.refusals)}")

@@ -163,7 +163,7 @@ def change_plan(
             style = _DIFF_STYLE.get(line[:2], _DIFF_STYLE.get(line[:1], "dim"))
             console.print(f"      [{style}]{escape(line)}[/]", soft_wrap=True)
     for n in notes:
-        console.print(f"  [cyan]rewritten[/] {escape(n)}")
+        console.print(f"  [cyan]note[/] {escape(n)}")
     for w in warnings:
         console.print(f"  [bold yellow]warning[/] {escape(w)}")
     for r in refusals:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.errors import ExitCode
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, FirewallResult, HostOutcome, tally
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, FirewallResult, HostOutcome, Wanted, tally
 from keybuzz_fix.inventory import Host, Role
 from keybuzz_fix.report.output import STATUS_STYLE, Output, confirm, print_json, progress_bar
 
@@ -67,6 +67,11 @@ class FirewallView:
         """Return the progress bar of the hosts (none with ``-o json``)."""
         return None if self.quiet else progress_bar(self.console)
 
+    def wanted(self, wanted: Wanted) -> None:
+        """Show the rules wanted on every host and why, before anything is read from the hosts."""
+        if not self.quiet:
+            wanted_rules(self.console, wanted)
+
     def plans(self, outcomes: Sequence[HostOutcome]) -> None:
         """Show each host's plan, before the confirmation."""
         if not self.quiet:
@@ -86,6 +91,42 @@ class FirewallView:
         firewall_summary(self.console, result.outcomes, title)
         for host, key in result.accepted:
             self.console.print(f"[yellow]accepted new host key[/] for {host}: {key} (recorded in {result.known_hosts})")
+
+
+_READ_FROM = {"cluster": "read from the cluster", "config": "from the configuration", "--ports": "given with --ports"}
+
+
+def wanted_rules(console: Console, wanted: Wanted) -> None:
+    """Print the rules wanted on every host: each with its purpose and where it was read; then the notes."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(
+        title=f"{len(wanted.rules)} rule(s) wanted on every host, {_READ_FROM.get(wanted.read_from, wanted.read_from)}",
+        title_justify="left",
+    )
+    for col in ("RULE", "WHY", "READ FROM"):
+        table.add_column(col, overflow="fold")
+    for w in wanted.rules:
+        table.add_row(escape(w.rule.describe()), escape(w.purpose), escape(w.read_from))
+    console.print(table)
+    for note in wanted.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+
+
+def wanted_json(wanted: Wanted) -> list[dict[str, Any]]:
+    """Return the wanted rules as JSON: the rule, its port, protocol and source network, why, and where it was read."""
+    return [
+        {
+            "rule": w.rule.describe(),
+            "port": int(w.rule.port) if w.rule.port and w.rule.port.isdigit() else w.rule.port,
+            "proto": w.rule.proto,
+            "from": w.rule.source,
+            "purpose": w.purpose,
+            "read_from": w.read_from,
+        }
+        for w in wanted.rules
+    ]
 
 
 def firewall_plans(console: Console, outcomes: Sequence[HostOutcome]) -> None:
@@ -147,13 +188,15 @@ def firewall_json(result: FirewallResult) -> dict[str, Any]:
             assert o.facts is not None
             entry.update(status=o.status.value, actions=[action_json(a) for a in o.actions], ufw_active=o.facts.active)
         hosts.append(entry)
-    return {
+    out: dict[str, Any] = {
         "dry_run": result.dry_run,
         "exit_code": int(ExitCode.of(result)),
         "summary": tally(result.outcomes),
-        "hosts": hosts,
-        "accepted_host_keys": [{"host": h, "key": k} for h, k in result.accepted],
     }
+    if result.wanted is not None:
+        out.update(rules=wanted_json(result.wanted), read_from=result.wanted.read_from, notes=list(result.wanted.notes))
+    out.update(hosts=hosts, accepted_host_keys=[{"host": h, "key": k} for h, k in result.accepted])
+    return out
 
 
 def host_entry(host: Host) -> dict[str, Any]:

@@ -59,3 +59,34 @@ def test_golden_refusals(case):
         assert needle in line
     assert result.stdout == ""  # no objects for a refused state
     assert "Traceback" not in result.output
+
+
+SERVERS = (
+    "ENV\tIP_PUBLIQUE\tHOSTNAME\tIP_PRIVEE\tFQDN\tUSER_SSH\tPOOL\tROLE\tSUBROLE\n"
+    "prod\t203.0.113.1\tmaster-a\t10.0.0.1\tm.example\troot\tk3s\tk3s\tmaster\n"
+    "prod\t203.0.113.2\t{worker}\t10.0.0.2\tw.example\troot\tk3s\tk3s\tworker\n"
+)
+
+
+@pytest.mark.parametrize("worker,refused", [("worker-a", True), ("worker-b", False)])
+def test_servers_tsv_names_the_workers_to_reach(tmp_path, worker, refused):
+    """19-refused-worker-left-out: keybuzz-front does not tolerate worker-a's taint; servers.tsv's workers count."""
+    servers = tmp_path / "servers.tsv"
+    servers.write_text(SERVERS.format(worker=worker))
+    state = DATA / "19-refused-worker-left-out" / "state.yaml"
+    result = runner.invoke(app, ["convert", str(servers), "--from-file", str(state), "-o", "json"])
+    if refused:
+        assert result.exit_code == 1
+        assert (
+            "keybuzz-front: its DaemonSet would leave out worker(s) worker-a (servers.tsv): taint "
+            "dedicated=api:NoSchedule is not tolerated" in result.stderr
+        )
+    else:
+        assert result.exit_code == 0, result.output
+        assert not any("worker" in w for w in json.loads(result.stdout)["warnings"])
+
+
+def test_allow_managed_is_documented():
+    result = runner.invoke(app, ["convert", "--help"])
+    assert "--allow-managed" in result.stdout and "[servers]" in result.stdout
+    assert "--allow-managed" in runner.invoke(app, ["all", "--help"]).stdout

@@ -176,6 +176,8 @@ class ControlPlane:
 
     With ``die_with_parent`` the kernel SIGKILLs the components when the thread that started them
     exits, so even a killed test run leaves no process behind (its temporary directory stays).
+    ``serving_addresses`` adds IP addresses to the API server's certificate (loopback is always in
+    it), for clients that reach it through a forwarder on another address, as at a K3s master's.
     """
 
     def __init__(
@@ -185,8 +187,10 @@ class ControlPlane:
         *,
         extra_args: Mapping[str, Sequence[str]] | None = None,
         die_with_parent: bool = True,
+        serving_addresses: Sequence[str] = (),
     ) -> None:
         self.bin_dir = Path(bin_dir)
+        self.serving_addresses = tuple(serving_addresses)
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="keybuzz-fix-cp-")) if workdir is None else Path(workdir)
         self.logs_dir = self.workdir / "logs"
@@ -312,7 +316,9 @@ class ControlPlane:
         self._ca = ca = pki.CertificateAuthority()
         ca.pair.write(self.pki_dir, "ca")
         pki.service_account_keys().write(self.pki_dir, "sa")
-        ca.issue("kube-apiserver", server=True, client=False).write(self.pki_dir, "apiserver")
+        ca.issue("kube-apiserver", server=True, client=False, addresses=self.serving_addresses).write(
+            self.pki_dir, "apiserver"
+        )
         for name in ("kube-controller-manager", "kube-scheduler"):
             ca.issue(name, server=True, client=False).write(self.pki_dir, f"{name}-serving")
         # Admin and component identities: system:masters, each under its own name in audit and logs.

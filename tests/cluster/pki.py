@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +97,9 @@ class CertificateAuthority:
         *,
         server: bool = False,
         client: bool = True,
+        addresses: Sequence[str] = (),
     ) -> KeyPair:
-        """Issue a certificate; a serving one gets the SANs 127.0.0.1, ::1 and localhost."""
+        """Issue a certificate; a serving one gets the SANs 127.0.0.1, ::1, localhost and ``addresses``."""
         key = _new_key()
         now = dt.datetime.now(dt.UTC)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
@@ -135,6 +137,7 @@ class CertificateAuthority:
                 x509.IPAddress(ipaddress.ip_address("::1")),
                 x509.DNSName("localhost"),
                 x509.DNSName(common_name),
+                *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses),
             ]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())

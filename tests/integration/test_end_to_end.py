@@ -1,21 +1,24 @@
-"""The outage and its first repair, end to end: lab workers, the seeded control plane, a real load balancer.
+"""The outage and its repair, end to end, on a lab whose data path is the cluster's.
 
-What is real: five worker hosts with their own sshd and UFW (default deny incoming, so the
-ingress NodePort 31695 is dropped, as in the outage); Debian's nginx as the load balancer on
-a lab address, terminating TLS for platform.keybuzz.io and platform-api.keybuzz.io (certificate
-from a test CA, passed with --ca-file) and forwarding both to the workers' NodePort with a short
-upstream timeout, answering 504 when no worker answers, as the Hetzner load balancers do; the
-API server the cluster checks read. What stands in: each worker's NodePort is a small HTTP
-listener answering 200 for both sites, not ingress-nginx; the Kubernetes pods are kwok objects,
-not processes, so the cluster and the hosts agree only by construction (same names and
-addresses). The URL checks reach the load balancer through --resolve, exactly as an operator
-would aim them at one Hetzner load balancer.
+What is real: five worker hosts with their own sshd and UFW (default deny incoming, as in
+production); on each of them the real kube-proxy, programming the ingress NodePorts from the
+control plane's EndpointSlices; an ingress stand-in (Debian's nginx) where the ingress-nginx pods
+run, proxying by Host header to the app endpoints on every worker; the apps' processes where the
+API shows their hostNetwork pods; Debian's nginx as the load balancer in front of the workers'
+NodePorts 31695 (HTTP) and 32720 (HTTPS), answering 504 when no worker answers, as the Hetzner
+load balancers do (tests/lab/outage.py). The URL checks reach the load balancer through --resolve,
+as an operator aims them at one Hetzner load balancer.
+
+The order matters and the tests run in it: the outage (504); what `ufw` plans; the NodePort rules
+alone (the old remediation) leave every request failing; the ingress ports without the app ports
+leave most of them failing; `all` repairs it and a second `all` changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,196 +26,134 @@ from typer.testing import CliRunner, Result
 
 from keybuzz_fix.cli import app
 from tests.cluster.fixtures import KeybuzzCluster
-from tests.lab.hosts import INGRESS_PORT, SUBNET, HostSpec, Lab, free_base_ip
-from tests.lab.loadbalancer import LoadBalancer
+from tests.lab.hosts import INGRESS_HOSTS, SUBNET
+from tests.lab.outage import OutageLab
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 
-
-@pytest.fixture(scope="module")
-def load_balancer(
-    lab_hosts: Lab, lab_factory: Callable[..., Lab], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LoadBalancer]:
-    """nginx in its own lab host, in front of the five workers' NodePort 31695."""
-    spec = HostSpec("lb-01", ufw_active=False, http_listener=False)
-    with (
-        lab_factory([spec], base_ip=free_base_ip(1, start=40)) as lb_lab,
-        LoadBalancer(
-            lb_lab.hosts[0],
-            [h.ip for h in lab_hosts.hosts],
-            tmp_path_factory.mktemp("lb"),
-            connect_timeout=1.0,
-            tries=2,
-        ) as lb,
-    ):
-        yield lb
+WORKERS = 5
+PORTS = ["31695/tcp", "32720/tcp", "80/tcp", "443/tcp", "8080/tcp", "3000/tcp"]
 
 
 @pytest.fixture(scope="module")
-def servers(lab_hosts: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return lab_hosts.servers_tsv(tmp_path_factory.mktemp("inventory") / "servers.tsv")
+def world(keybuzz_cluster: KeybuzzCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageLab]:
+    with OutageLab(keybuzz_cluster.control_plane, tmp_path_factory.mktemp("outage")).start() as w:
+        yield w
 
 
-@pytest.fixture(scope="module")
-def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The lab's private network is 198.18.0.0/24 (10.0.0.0/16 in production)."""
-    path = tmp_path_factory.mktemp("config") / "lab.yaml"
-    path.write_text(f"firewall:\n  source: {SUBNET}\n  ports:\n    - {{port: {INGRESS_PORT}, proto: tcp}}\n")
-    return path
-
-
-def invoke(
-    command: str, cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path, *args: str
-) -> Result:
-    """Run ``command`` against the lab: its cluster, hosts and load balancer (resolved, TLS-checked)."""
-    result = CliRunner().invoke(
-        app,
-        [
-            command,
-            str(servers),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--config",
-            str(config),
-            *lb.resolve_args(),
-            "--ca-file",
-            str(lb.ca_file),
-            "--retries",
-            "1",
-            "--url-timeout",
-            "4",
-            "--identity",
-            str(lab.identity_file),
-            "--known-hosts",
-            str(lab.known_hosts_file),
-            "--timeout",
-            "5",
-            *args,
-        ],
-    )
+def invoke(world: OutageLab, command: str, *args: str) -> Result:
+    """Run ``command`` against the lab as an operator would: its cluster, hosts and load balancer."""
+    lab = world.lab
+    assert lab is not None and world.lb is not None
+    cluster = ["--kubeconfig", str(world.cp.kubeconfig), "--config", str(world.config)]
+    ssh = ["--identity", str(lab.identity_file), "--known-hosts", str(world.known_hosts)]
+    urls = [*world.lb.resolve_args(), "--ca-file", str(world.lb.ca_file)]
+    argv = {
+        "ufw": [str(world.servers), *cluster, *ssh, "--timeout", "5"],
+        "convert": [*cluster, *ssh, "--timeout", "60"],
+        "ingress": [str(world.servers), *cluster, *ssh],
+        "validate": [str(world.servers), *cluster, *ssh, *urls, "--timeout", "5"],
+        "all": [str(world.servers), *cluster, *ssh, *urls, "--timeout", "5"],
+    }[command]
+    result = CliRunner().invoke(app, [command, *argv, *args])
     assert "Traceback" not in result.output
     return result
 
 
-def validate(
-    cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path, *args: str
-) -> tuple[int, dict]:
-    result = invoke("validate", cluster, lab, lb, servers, config, "-o", "json", *args)
+def validate(world: OutageLab, *args: str) -> tuple[int, dict]:
+    result = invoke(world, "validate", "-o", "json", "--retries", "0", "--url-timeout", "4", *args)
     try:
         return result.exit_code, json.loads(result.stdout)
     except ValueError:
         pytest.fail(f"no JSON (exit {result.exit_code}): {result.output}")
 
 
-def rows(card: dict, check: str) -> dict[str, dict]:
-    return {r["host"]: r for r in card["extended"] if r["check"].startswith(check)}
+def statuses(card: dict) -> dict[int, str]:
+    return {c["number"]: c["status"] for c in card["checks"]}
 
 
-def test_before_the_load_balancer_answers_504(
-    keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab, load_balancer: LoadBalancer, servers: Path, lab_config: Path
-) -> None:
-    assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
+def answered(world: OutageLab, count: int = 4 * WORKERS) -> Counter[int | None]:
+    """What ``count`` requests through the load balancer got, for each site: status -> how many."""
+    return Counter(a.status for host in INGRESS_HOSTS for a in world.requests(host, count=count // 2, timeout=3))
 
-    code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--extended")
 
-    assert code == 1
-    assert card["score"] < 80 and card["ok"] is False
-    status = {c["number"]: c["status"] for c in card["checks"]}
-    assert status == {1: "fail", 2: "fail", 3: "fail", 4: "pass", 5: "fail", 6: "fail", 7: "fail"}
+def test_before_the_load_balancer_answers_504(world: OutageLab) -> None:
+    assert answered(world) == Counter({504: 4 * WORKERS})
+    code, card = validate(world, "--extended")
+    assert code == 1 and card["ok"] is False and card["total"] == 8
+    assert statuses(card) == {1: "fail", 2: "fail", 3: "fail", 4: "pass", 5: "fail", 6: "fail", 7: "fail", 8: "fail"}
     urls = card["checks"][6]["detail"]
-    lb = f"{load_balancer.ip}:443"
-    assert f"https://platform.keybuzz.io: 504 Gateway Time-out via {lb} (2 attempts" in urls
-    assert f"https://platform-api.keybuzz.io: 504 Gateway Time-out via {lb} (2 attempts" in urls
-    assert "still a Deployment" in card["checks"][0]["detail"]
-    assert "ClusterIP (expected NodePort 30080)" in card["checks"][4]["detail"]
-    # The 504s are the load balancer's: it tried the workers' NodePort and none answered.
-    answered = [line for line in load_balancer.requests() if " 504 " in line]
-    assert len(answered) == 4 and all(
-        f":{INGRESS_PORT}" in line and 'upstream_status="504, 504"' in line for line in answered
-    )
-    # --extended: per worker, not counted in the score.
-    assert card["passed"] == 1 and card["total"] == 7
-    nodeport = rows(card, f"NodePort {INGRESS_PORT}")
-    assert set(nodeport) == {h.name for h in lab_hosts.hosts}
-    assert all(r["status"] == "fail" and "no answer in 4 s" in r["detail"] for r in nodeport.values())
-    ufw = rows(card, "UFW rules present")
-    assert all(
-        r["status"] == "fail" and f"missing: allow {INGRESS_PORT}/tcp from {SUBNET}" in r["detail"]
-        for r in ufw.values()
-    ), ufw
+    assert f"https://platform.keybuzz.io: 0/{2 * WORKERS} answered 200" in urls
+    assert "504 Gateway Time-out" in urls
+    paths = card["checks"][7]["detail"]
+    assert "80 (ingress-nginx HTTP host port) timed out on 20 of 20 paths: between every pair of workers" in paths
+    assert "8080 (keybuzz-api host port) timed out on 20 of 20 paths" in paths  # UFW drops it: no app, no rule
 
 
-def run_all(
-    cluster: KeybuzzCluster, lab: Lab, lb: LoadBalancer, servers: Path, config: Path, *args: str
-) -> tuple[int, str]:
-    result = invoke("all", cluster, lab, lb, servers, config, "--ready-timeout", "60", *args)
-    return result.exit_code, result.output
+def test_ufw_plans_the_six_ports_the_traffic_uses_with_their_purpose(world: OutageLab) -> None:
+    result = invoke(world, "ufw", "--dry-run", "-o", "json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    rules = plan["rules"]
+    assert [f"{r['port']}/{r['proto']}" for r in rules] == PORTS
+    assert all(r["from"] == str(SUBNET) for r in rules)
+    purpose = {r["port"]: r["purpose"] for r in rules}
+    assert "load balancers" in purpose[31695]
+    assert "before UFW sees the packet" in purpose[80] and "NodePort 31695" in purpose[80]
+    assert "every worker" in purpose[8080]
+    assert plan["read_from"] == "cluster"
+    assert all(len(h["actions"]) == len(PORTS) for h in plan["hosts"])
+    text = invoke(world, "ufw", "--dry-run").output
+    for port in PORTS:
+        assert port in text
 
 
-def step_lines(output: str) -> dict[str, str]:
-    """The line each step printed as it finished: ``ufw: changed — …``."""
-    lines = {}
-    for line in output.splitlines():
-        for step in ("ufw", "convert", "ingress", "validate"):
-            if line.startswith(f"{step}: "):
-                lines[step] = line
-    return lines
+def test_the_nodeport_rules_alone_leave_requests_failing(world: OutageLab) -> None:
+    """The remediation as it was: 31695/32720 opened, the apps converted, the routes applied."""
+    assert invoke(world, "ufw", "--ports", "31695/tcp,32720/tcp", "--yes").exit_code == 0
+    assert invoke(world, "convert", "--yes").exit_code == 0
+    assert invoke(world, "ingress", "--yes").exit_code == 0
+    assert world.data_path is not None
+    world.data_path.settle()
+    assert answered(world) == Counter({504: 4 * WORKERS})  # the NodePort leads to port 80, still dropped
+    code, card = validate(world)
+    assert code == 1 and card["score"] < 80
+    assert statuses(card)[7] == "fail" and statuses(card)[8] == "fail"
+
+    # The ingress ports open, the apps' closed: only requests proxied to the ingress's own worker answer.
+    assert invoke(world, "ufw", "--ports", "80/tcp,443/tcp", "--yes").exit_code == 0
+    got = answered(world)
+    print(f"ingress ports open, app ports closed: {got}")
+    assert got[200] < 4 * WORKERS and got[200] + got[None] + got[504] == 4 * WORKERS, got
+    code, card = validate(world)
+    assert code == 1 and statuses(card)[7] == "fail" and statuses(card)[8] == "fail"
+    paths = card["checks"][7]["detail"]
+    assert "8080 (keybuzz-api host port) timed out on 20 of 20 paths: between every pair of workers" in paths
+    assert "3000 (keybuzz-front host port) timed out on 20 of 20 paths" in paths
+    assert "80 (ingress-nginx" not in paths and "443 (ingress-nginx" not in paths  # those are open now
 
 
-def rules_on(lab: Lab) -> dict[str, str]:
-    return {h.name: h.run("ufw show added").stdout for h in lab.hosts}
+def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, state_dir: Path) -> None:
+    result = invoke(world, "all", "--yes", "--ready-timeout", "60", "--retries", "1", "--url-timeout", "4")
+    print(f"after all --yes: {answered(world)}")
+    assert result.exit_code == 0, result.output
+    assert answered(world) == Counter({200: 4 * WORKERS})
+    code, card = validate(world, "--strict")
+    assert (code, card["passed"], card["total"]) == (0, 8, 8), card
+    assert f"{2 * WORKERS}/{2 * WORKERS} answered 200" in card["checks"][6]["detail"]
+    # Requests crossed workers: an ingress on one worker answered with an app on another.
+    assert world.lab is not None
+    crossed = 0
+    for h in world.lab.hosts:
+        for line in (h.workdir / "ingress" / "access.log").read_text().splitlines():
+            upstream = line.split('upstream="', 1)[-1].split(":", 1)[0]
+            crossed += " 200 " in line and upstream not in ("", h.ip)
+    assert crossed > 0
 
-
-def test_all_dry_run_changes_nothing(
-    keybuzz_cluster: KeybuzzCluster, lab_hosts: Lab, load_balancer: LoadBalancer, servers: Path, lab_config: Path
-) -> None:
-    before = rules_on(lab_hosts)
-    code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--dry-run")
-    assert code == 0, output
-    steps = step_lines(output)
-    assert steps["ufw"].startswith("ufw: planned — 5 rule change(s) on 5 of 5 worker(s)")
-    assert steps["convert"].startswith("convert: planned")
-    assert steps["ingress"].startswith("ingress: planned — 2 route(s) to apply")
-    assert "validate" not in steps
-    assert rules_on(lab_hosts) == before
-    code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config)
-    assert (code, card["passed"]) == (1, 1)  # still the outage
-
-
-def test_all_repairs_the_outage_and_a_rerun_changes_nothing(
-    keybuzz_cluster: KeybuzzCluster,
-    lab_hosts: Lab,
-    load_balancer: LoadBalancer,
-    servers: Path,
-    lab_config: Path,
-    state_dir: Path,
-) -> None:
-    code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--yes")
-    assert code == 0, output
-    steps = step_lines(output)
-    assert steps["ufw"].startswith("ufw: changed — 5 worker(s) changed")
-    assert steps["convert"].startswith("convert: changed")
-    assert steps["ingress"].startswith("ingress: changed — 2 route(s) applied")
-    assert steps["validate"].startswith("validate: pass — score 100 % (7/7)")
-    assert all(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 1.0) for h in lab_hosts.hosts)
-
-    # After: the scorecard is perfect on its own, the URLs answer 200 through the load balancer.
-    code, card = validate(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--strict")
-    assert (code, card["passed"], card["total"]) == (0, 7, 7), card
-    urls = card["checks"][6]["detail"]
-    assert f"https://platform.keybuzz.io: 200 OK via {load_balancer.ip}:443" in urls
-    assert f"https://platform-api.keybuzz.io: 200 OK via {load_balancer.ip}:443" in urls
-    audit = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
-    assert {a["command"] for a in audit} >= {"all", "convert"}
-
-    # Again: every step is a no-op.
-    rules, audited = rules_on(lab_hosts), len(audit)
-    code, output = run_all(keybuzz_cluster, lab_hosts, load_balancer, servers, lab_config, "--yes")
-    assert code == 0, output
-    steps = step_lines(output)
-    assert steps["ufw"].startswith("ufw: unchanged")
-    assert steps["convert"].startswith("convert: unchanged — already converted")
-    assert steps["ingress"].startswith("ingress: unchanged")
-    assert steps["validate"].startswith("validate: pass — score 100 %")
-    assert rules_on(lab_hosts) == rules
+    rules = {h.name: h.run("ufw show added").stdout for h in world.lab.hosts}
+    audited = len((state_dir / "audit.jsonl").read_text().splitlines())
+    again = invoke(world, "all", "--yes", "--ready-timeout", "60", "--retries", "1", "--url-timeout", "4")
+    assert again.exit_code == 0, again.output
+    assert "ufw: unchanged" in again.output and "convert: unchanged" in again.output
+    assert {h.name: h.run("ufw show added").stdout for h in world.lab.hosts} == rules
     assert len((state_dir / "audit.jsonl").read_text().splitlines()) == audited

@@ -113,6 +113,10 @@ def test_ufw_and_overlay_keep_every_existing_rule_in_place(lab_factory: Callable
                 "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",
                 "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp "
                 "comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'",
+                # 80 and 443 are already allowed (allow 80,443/tcp): only the apps' host ports are added
+                "ufw allow from 198.18.0.0/24 to any port 8080 proto tcp comment 'keybuzz-fix: keybuzz-api host port'",
+                "ufw allow from 198.18.0.0/24 to any port 3000 proto tcp "
+                "comment 'keybuzz-fix: keybuzz-front host port'",
                 "ufw allow from 10.0.0.0/16 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
                 "ufw allow from 10.42.0.0/16 comment 'keybuzz-fix: pod network'",
                 # the routed rule for the service network does not let it in: an input rule is added

@@ -124,6 +124,20 @@ class Run:
         return next(h for h in self.data["hosts"] if h["hostname"] == name)
 
 
+def two_ports(folder: Path) -> Path:
+    """A config whose firewall ports are the two NodePorts: the faults land between the two rules.
+
+    The lab has no cluster to read the ports from, so `ufw` uses the configuration's.
+    """
+    path = folder / "two-ports.yaml"
+    ports = [
+        {"port": port, "proto": "tcp", "comment": f"keybuzz-fix: ingress-nginx {name} NodePort"}
+        for port, name in ((HTTP, "HTTP"), (HTTPS, "HTTPS"))
+    ]
+    path.write_text(yaml.safe_dump({"firewall": {"ports": ports}}))
+    return path
+
+
 def start(lab: Lab, servers: Path, state: Path, *args: str, identity: Path | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "KEYBUZZ_FIX_STATE_DIR": str(state)}
     argv = [
@@ -132,6 +146,8 @@ def start(lab: Lab, servers: Path, state: Path, *args: str, identity: Path | Non
         "keybuzz_fix",
         "ufw",
         str(servers),
+        "--config",
+        str(two_ports(servers.parent)),
         "--identity",
         str(identity or lab.identity_file),
         "--known-hosts",

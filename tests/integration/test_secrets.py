@@ -150,16 +150,13 @@ def test_every_change_is_in_the_audit_log(cluster: KeybuzzCluster, lab: Lab, sta
     host: LabHost = lab.hosts[0]
     rules_before = len(host.run("ufw show added").stdout.splitlines())
 
-    assert cli("ufw", servers, *ssh(lab), "--source", "198.18.0.0/24", "--yes").exit_code == 0
+    ports = ("--ports", "31695/tcp,32720/tcp")  # all opens the rest: the ports it reads from the cluster
+    assert cli("ufw", servers, *ssh(lab), "--source", "198.18.0.0/24", *ports, "--yes").exit_code == 0
     assert cli("overlay", servers, *ssh(lab), "--yes").exit_code == 0
     assert cli("convert", "--yes", *kc).exit_code == 0
     assert cli("rollback", "--latest", "--yes", *kc).exit_code == 0
     assert cli("ingress", servers, "--yes", *kc).exit_code == 0
-    config = loopback_config(
-        tmp_path / "all.yaml",
-        source="198.18.0.0/24",
-        ports=[{"port": 31999, "proto": "tcp", "comment": "keybuzz-fix: audit"}],
-    )
+    config = loopback_config(tmp_path / "all.yaml", source="198.18.0.0/24")
     result = cli("all", servers, "--yes", *kc, *ssh(lab), "--config", str(config))
     assert result.exit_code in (0, 1, 3), result.output  # the URL check fails on loopback: the score may be low
 
@@ -172,10 +169,16 @@ def test_every_change_is_in_the_audit_log(cluster: KeybuzzCluster, lab: Lab, sta
         by.setdefault(e["command"], []).append(e)
     rules_added = len(host.run("ufw show added").stdout.splitlines()) - rules_before
     ufw_like = [e for e in entries if e["where"] == host.name]
-    assert len(ufw_like) == rules_added == 2 + 3 + 1  # ufw, overlay, and all's own port
+    assert len(ufw_like) == rules_added == 2 + 3 + 4  # ufw, overlay, and the ports all read from the cluster
     assert [e["action"] for e in by["ufw"]][-2:] == [
-        "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",
-        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'",
+        "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp comment 'keybuzz-fix: port 31695/tcp'",
+        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: port 32720/tcp'",
+    ]
+    assert [e["action"] for e in by["all"]] == [
+        "ufw allow from 198.18.0.0/24 to any port 80 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP host port'",
+        "ufw allow from 198.18.0.0/24 to any port 443 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS host port'",
+        "ufw allow from 198.18.0.0/24 to any port 8080 proto tcp comment 'keybuzz-fix: keybuzz-api host port'",
+        "ufw allow from 198.18.0.0/24 to any port 3000 proto tcp comment 'keybuzz-fix: keybuzz-front host port'",
     ]
     assert [e["action"] for e in by["overlay"]] == [
         "ufw allow from 10.0.0.0/16 to any port 8472 proto udp comment 'keybuzz-fix: flannel VXLAN'",
@@ -202,9 +205,6 @@ def test_every_change_is_in_the_audit_log(cluster: KeybuzzCluster, lab: Lab, sta
         "Ingress keybuzz/keybuzz-api-ingress",
     }
     assert all("after" in e for e in ingress)  # the before/after summary
-    assert [e["action"] for e in by["all"]] == [
-        "ufw allow from 198.18.0.0/24 to any port 31999 proto tcp comment 'keybuzz-fix: audit'"
-    ]
 
 
 # -- kubeconfig credentials ---------------------------------------------------------------------------

@@ -51,7 +51,21 @@ def added(lab: Lab, name: str) -> list[str]:
     return lab.host(name).run("ufw show added").stdout.splitlines()[1:]
 
 
-def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: Path, state_dir: Path) -> None:
+CONFIGURED = [
+    "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",
+    "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'",
+    "ufw allow from 198.18.0.0/24 to any port 80 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP host port'",
+    "ufw allow from 198.18.0.0/24 to any port 443 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS host port'",
+    "ufw allow from 198.18.0.0/24 to any port 8080 proto tcp comment 'keybuzz-fix: keybuzz-api host port'",
+    "ufw allow from 198.18.0.0/24 to any port 3000 proto tcp comment 'keybuzz-fix: keybuzz-front host port'",
+]
+
+
+def test_without_a_cluster_opens_the_configured_ports_restricted_to_the_source(
+    lab_hosts: Lab, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No kubeconfig anywhere: the six configured ports (the NodePorts and the ports behind them), and why."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     servers = lab_hosts.servers_tsv(tmp_path / "servers.tsv")
     names = [h.name for h in lab_hosts.hosts]
     assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
@@ -60,10 +74,14 @@ def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: 
     code, plan = run_ufw(lab_hosts, servers, "--source", "198.18.0.0/24", "--dry-run")
     assert code == 0
     assert {h["status"] for h in plan["hosts"]} == {"planned"}
-    assert [a["command"] for a in plan["hosts"][0]["actions"]] == [
-        "ufw allow from 198.18.0.0/24 to any port 31695 proto tcp comment 'keybuzz-fix: ingress-nginx HTTP NodePort'",
-        "ufw allow from 198.18.0.0/24 to any port 32720 proto tcp comment 'keybuzz-fix: ingress-nginx HTTPS NodePort'",
+    assert [a["command"] for a in plan["hosts"][0]["actions"]] == CONFIGURED
+    assert plan["read_from"] == "config"
+    assert plan["notes"] == [
+        "the cluster could not be read (no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, or use "
+        "--kubeconfig-from-master to read it from the first K3s master over SSH): the ports come from the "
+        "configuration (firewall.ports)"
     ]
+    assert [r["read_from"] for r in plan["rules"]] == [f"config firewall.ports[{i}]" for i in range(6)]
     assert {n: added(lab_hosts, n) for n in names} == before  # the dry run changed nothing
     assert not any(lab_hosts.tcp_reachable(h.ip, INGRESS_PORT, 0.5) for h in lab_hosts.hosts)
 
@@ -79,7 +97,7 @@ def test_opens_the_nodeports_restricted_to_the_source(lab_hosts: Lab, tmp_path: 
             "comment 'keybuzz-fix: ingress-nginx HTTP NodePort'"
         ) in rules
     audit = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
-    assert len(audit) == 2 * len(names) and {a["outcome"] for a in audit} == {"ok"}
+    assert len(audit) == len(CONFIGURED) * len(names) and {a["outcome"] for a in audit} == {"ok"}
     assert {a["where"] for a in audit} == set(names)
 
     after = {n: added(lab_hosts, n) for n in names}

@@ -256,6 +256,7 @@ class DataPath:
         }
         self._informers = {k: _Informer(fn, self.api, self._changed, self._stop) for k, fn in self._lists.items()}
         self._forwarder: subprocess.Popen[bytes] | None = None
+        self.api_address = ""  # "198.18.0.1:PORT": where the lab hosts reach the API server, once started
         self._nginx: dict[str, Nginx] = {}
         self._applied: _Wanted | None = None
         self._error = ""
@@ -270,6 +271,7 @@ class DataPath:
         try:
             self._check_nodes()
             port = self._start_forwarder()
+            self.api_address = f"{GATEWAY}:{port}"
             kubeconfig = self._kube_proxy_kubeconfig(port)
             for host in self.hosts.values():
                 host.run("sysctl -qw net.ipv4.ip_forward=1")  # K3s turns forwarding on; a new netns has it off

@@ -182,6 +182,24 @@ class LabHost:
             raise LabCommandError(self.name, result)
         return result
 
+    def popen(self, argv: Sequence[str], log: str) -> subprocess.Popen[str]:
+        """Start a long-lived helper inside this host: text pipes on stdin/stdout, stderr to ``log`` in its workdir.
+
+        The host's teardown kills it with everything else left in its namespace.
+        """
+        with open(self.workdir / log, "ab") as err:
+            return subprocess.Popen(
+                self._procs.nsenter(list(argv)),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+                env=_HOST_ENV,
+                cwd="/",
+                start_new_session=True,
+            )
+
     def listen(
         self, port: int, vhosts: Iterable[str] | None = None, timeout: float = 10, label: str | None = None
     ) -> None:
@@ -482,7 +500,7 @@ class Lab:
             # Copy in place: the files are bind-mount sources, their inodes must stay the same.
             shutil.copytree(t / "etc-ufw", d / "etc-ufw", dirs_exist_ok=True)
             shutil.copyfile(t / "default-ufw", d / "default-ufw")
-        binds = [*_ufw_binds(d), (d / "hosts", "/etc/hosts")]
+        binds = [*_ufw_binds(d), (d / "hosts", "/etc/hosts"), *_quiet_shell_binds(d)]
         if spec.sudo_users:
             binds += [(d / f, f"/etc/{f}") for f in ("passwd", "shadow", "group", "sudoers.d")]
         script = _binds(binds)
@@ -711,11 +729,13 @@ def free_base_ip(count: int, start: int = 21) -> int:
 
 
 def _start_time(pid: int) -> str | None:
+    """The process's start time, None once it is gone; a zombie is gone (an init that never reaps keeps it)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text.rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    fields = text.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]  # field 3, state; field 22, starttime
 
 
 def _write_record(token: str, workdir: Path | None) -> None:
@@ -845,6 +865,22 @@ def _copy_ufw_files(d: Path) -> None:
     (d / "run" / "sshd").mkdir(parents=True)
     (d / "run" / "lock").mkdir(mode=0o1777)
     (d / "run" / "lock").chmod(0o1777)
+
+
+def _quiet_shell_binds(d: Path) -> list[tuple[Path, str]]:
+    """Empty files over root's shell start-up files inside a host.
+
+    The hosts share this machine's /root, and with it its shell start-up: here ``pyenv init``,
+    whose rehash waits on a lock another session may hold (or a killed one left behind), so an SSH
+    command to a host could wait a minute. A node's root has no such start-up. The rest of /root
+    (the control plane's build cache, among others) stays visible.
+    """
+    empty = d / "empty-rc"
+    empty.touch()
+    return [(empty, str(f)) for f in (Path("/root", n) for n in _SHELL_RC) if f.is_file()]
+
+
+_SHELL_RC = (".bashrc", ".profile", ".bash_profile", ".bash_login")
 
 
 def _ufw_binds(d: Path) -> list[tuple[Path, str]]:

@@ -84,6 +84,9 @@ class OutageLab:
                 self.masters_lab = self._stack.enter_context(
                     Lab([HostSpec(name, http_listener=False) for name, _ in self.masters], base_ip=_base(self.masters))
                 )
+                # One key for every node, as the operator has (cli_args passes the workers' key).
+                with (self.masters_lab.workdir / "authorized_keys").open("a") as keys:
+                    keys.write(self.lab.identity_file.with_suffix(".pub").read_text())
             lb_lab = self._stack.enter_context(
                 Lab([HostSpec("lb-01", ufw_active=False, http_listener=False)], base_ip=LB_OFFSET)
             )

@@ -339,8 +339,10 @@ def test_refuses_when_no_worker_can_run_it():
     objs = seed_objects()
     by_name(objs, "Deployment")["keybuzz-api"]["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "yes"}
     plan = plan_convert(CFG, observed_from_objects(objs + nodes(), CFG))
+    workers = ", ".join(f"k8s-worker-0{i}" for i in range(1, 6))
     assert plan.refusals == (
-        "keybuzz-api: no node can run its DaemonSet (workers only; nodeSelector, affinity and taints leave none)",
+        f"keybuzz-api: its DaemonSet would leave out worker(s) {workers} (the cluster's worker Nodes): "
+        "nodeSelector gpu=yes: no label gpu; the app must run on every worker: widen or remove that constraint",
     )
 
 

@@ -116,6 +116,35 @@ def test_404_and_redirects_are_not_retried_nor_followed(serve) -> None:
     assert "302 Found → https://elsewhere.example/" in a.describe()
 
 
+def test_a_round_sends_every_request_on_its_own_connection(serve) -> None:
+    s = serve([200])
+    r = probe.http_round(f"http://127.0.0.1:{s.port}/", opts(), count=6)
+    assert r.ok and r.rounds == 1 and len(r.answers) == 6 and len(s.seen) == 6
+    assert r.describe().startswith(f"6/6 answered 200 via 127.0.0.1:{s.port} (1 round, ")
+
+
+def test_a_round_with_one_failure_fails_and_is_tried_again_whole(serve) -> None:
+    """A retry is a new round of every request: one good answer after a failure proves nothing."""
+    s = serve([200, 200, 504, 200])  # the last status repeats: the second round is all 200
+    r = probe.http_round(f"http://127.0.0.1:{s.port}/", opts(retries=1), count=3)
+    assert r.ok and r.rounds == 2 and len(s.seen) == 6
+    s = serve([504])
+    r = probe.http_round(f"http://127.0.0.1:{s.port}/", opts(retries=1), count=3)
+    assert not r.ok and r.rounds == 2 and len(s.seen) == 6
+    assert "0/3 answered 200" in r.describe() and "3 × 504 Gateway Timeout" in r.describe()
+
+
+def test_a_404_round_is_tried_again_while_settling(serve) -> None:
+    """Right after routes are applied, ingress-nginx answers 404 until it serves them: `all` waits a while."""
+    s = serve([404, 404, 404, 404, 200])
+    r = probe.http_round(f"http://127.0.0.1:{s.port}/", opts(retries=0, settle=5.0), count=2)
+    assert r.ok and r.rounds == 3
+    s = serve([404])
+    started = time.monotonic()
+    r = probe.http_round(f"http://127.0.0.1:{s.port}/", opts(retries=0, settle=0.3), count=2)
+    assert not r.ok and time.monotonic() - started < 3  # bounded by the settle time, not endless
+
+
 def test_resolve_keeps_the_host_name(serve) -> None:
     s = serve([200])
     resolve = probe.parse_resolve([f"platform.keybuzz.io:{s.port}:127.0.0.1"])

@@ -9,11 +9,13 @@ from typer.testing import CliRunner
 
 from keybuzz_fix import config
 from keybuzz_fix.checks import scorecard as sc
-from keybuzz_fix.checks.http import HttpAnswer
+from keybuzz_fix.checks.http import HttpAnswer, HttpRound
 from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
 from keybuzz_fix.cli import app
 from keybuzz_fix.cluster import ingress
 from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hosts.reach import Paths, Reach, targets_for
+from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.scorecard import scorecard_json, scorecard_junit
 
 ROOT = Path(__file__).parent.parent.parent
@@ -169,19 +171,84 @@ def test_url_check_shows_status_or_error(cfg: config.Config) -> None:
     ok = sc.check_urls(
         cfg, [answer("https://platform.keybuzz.io", 200), answer("https://platform-api.keybuzz.io", 200)]
     )
-    assert ok.passed and ok.name == "Both URLs answer HTTP 200"
+    assert ok.passed and ok.name == "Both URLs answer HTTP 200 to every request"
     assert not sc.check_urls(cfg, []).passed
 
 
+def rounds(url: str, *statuses: int | None) -> HttpRound:
+    answers = tuple(
+        answer(url, s, "OK" if s == 200 else "timed out after 4 s" if s is None else "Gateway Time-out")
+        for s in statuses
+    )
+    return HttpRound(url, answers, 2, 8.4, "198.18.0.40:443")
+
+
+def test_the_url_check_passes_only_when_every_request_of_the_round_answers(cfg: config.Config) -> None:
+    """One worker's broken path fails some requests of a round: that is a failure, not an average."""
+    front, api = "https://platform.keybuzz.io", "https://platform-api.keybuzz.io"
+    partly = sc.check_urls(cfg, [rounds(front, *[200] * 8, None, 504), rounds(api, *[200] * 10)])
+    assert not partly.passed
+    assert (
+        f"{front}: 8/10 answered 200 via 198.18.0.40:443; 1 × 504 Gateway Time-out, "
+        "1 × error: timed out after 4 s (2 rounds, 8.4 s)"
+    ) in partly.detail
+    assert f"{api}: 10/10 answered 200 via 198.18.0.40:443 (2 rounds" in partly.detail
+    assert sc.check_urls(cfg, [rounds(front, *[200] * 10), rounds(api, *[200] * 10)]).passed
+    assert not sc.check_urls(cfg, [rounds(front), rounds(api, 200)]).passed  # no answer is no pass
+
+
+WORKER_NAMES = [f"k8s-worker-0{i}" for i in range(1, 4)]
+PORTS = [(80, "ingress-nginx HTTP host port"), (8080, "keybuzz-api host port")]
+
+
+def paths(source: str, outcome: dict[tuple[str, int], Reach] | None = None) -> Paths:
+    hosts = [Host(n, f"198.18.0.1{i}", None, "root", "prod", "k3s", "worker") for i, n in enumerate(WORKER_NAMES, 1)]
+    me = next(h for h in hosts if h.hostname == source)
+    targets = targets_for(me, hosts, PORTS)
+    got = outcome or {}
+    return Paths(source, tuple((t, got.get((t.host, t.port), Reach.OPEN), "") for t in targets))
+
+
+def test_the_paths_between_workers_pass_only_when_every_one_is_open(cfg: config.Config) -> None:
+    ok = sc.check_paths(cfg, WORKER_NAMES, [paths(n) for n in WORKER_NAMES], {}, [80, 8080])
+    assert ok.passed and ok.detail == "12/12 paths open, from every worker to every other"
+    assert ok.name == "Ingress and app host ports open between workers (80, 8080)"
+
+
+def test_a_worker_whose_app_port_is_closed_is_named(cfg: config.Config) -> None:
+    closed = {("k8s-worker-02", 8080): Reach.TIMEOUT}
+    c = sc.check_paths(cfg, WORKER_NAMES, [paths(n, closed) for n in WORKER_NAMES], {}, [80, 8080])
+    assert not c.passed
+    assert c.detail == (
+        "2/12 paths fail: 8080 (keybuzz-api host port) timed out on 2 of 6 paths: "
+        "to k8s-worker-02 from every other worker"
+    )
+
+
+def test_one_pair_and_an_unreachable_worker_are_named(cfg: config.Config) -> None:
+    seen = [paths("k8s-worker-01", {("k8s-worker-03", 80): Reach.REFUSED}), paths("k8s-worker-02")]
+    c = sc.check_paths(cfg, WORKER_NAMES, seen, {"k8s-worker-03": "SSH: connection timed out"}, [80, 8080])
+    assert not c.passed
+    assert "80 (ingress-nginx HTTP host port) refused on 1 of 4 paths: k8s-worker-01 → k8s-worker-03" in c.detail
+    assert "cannot check from k8s-worker-03: SSH: connection timed out" in c.detail
+
+
+def test_an_untested_path_is_no_pass(cfg: config.Config) -> None:
+    untested = {(n, p): Reach.UNTESTED for n in WORKER_NAMES for p in (80, 8080)}
+    c = sc.check_paths(cfg, WORKER_NAMES, [paths(n, untested) for n in WORKER_NAMES], {}, [80, 8080])
+    assert not c.passed and "untested on 6 of 6 paths: between every pair of workers" in c.detail
+
+
 def test_check_names_are_the_issue_list(cfg: config.Config) -> None:
-    assert [sc.check_name(i, cfg, 5) for i in range(1, 8)] == [
+    assert [sc.check_name(i, cfg, 5) for i in range(1, 9)] == [
         "DaemonSets keybuzz-api and keybuzz-front exist",
         "Each DaemonSet has ≥ 5 Running and Ready pods (N = workers)",
         "Both pod templates have hostNetwork on",
         "ingress-nginx ingress-nginx/ingress-nginx-controller: DaemonSet, hostNetwork, ≥ 5 Running pods",
         "Services keybuzz-api and keybuzz-front are NodePort (30080 / 30000)",
         "Ingresses keybuzz-front-ingress and keybuzz-api-ingress exist and point at the Services",
-        "Both URLs answer HTTP 200",
+        "Both URLs answer HTTP 200 to every request",
+        "Ingress and app host ports open between workers",
     ]
 
 

@@ -45,7 +45,6 @@ def facts(**over: Any) -> traffic.ClusterFacts:
         ingress_deployment=None,
         app_daemonsets={},
         app_services={},
-        planned_host_ports={},
     )
     base.update(over)
     return traffic.ClusterFacts(**base)
@@ -85,10 +84,24 @@ def test_converted_apps_give_their_daemonsets_host_ports() -> None:
     assert by_port[8181].source == "DaemonSet keybuzz/keybuzz-api"
 
 
-def test_planned_host_ports_come_from_the_convert_plan() -> None:
-    found = traffic.from_cluster(CFG, facts(planned_host_ports={"keybuzz-api": 3001}))
+def test_the_host_ports_convert_will_give_come_from_its_plan() -> None:
+    """`all` plans the firewall before convert runs: the DaemonSets as convert will make them count."""
+    planned = [converted("keybuzz-api", 3001), seed("Service", "keybuzz-api")]
+    found = traffic.from_cluster(
+        CFG,
+        traffic.facts_from_objects(
+            CFG,
+            ingress_service=seed("Service", "ingress-nginx-controller"),
+            ingress_daemonset=seed("DaemonSet", "ingress-nginx-controller"),
+            ingress_deployment=None,
+            daemonsets=[],
+            services=[seed("Service", "keybuzz-api")],
+            planned=planned,
+        ),
+    )
     by_port = {p.port: p for p in found.ports}
-    assert by_port[3001].source == "the convert plan"
+    assert by_port[3001].source == "DaemonSet keybuzz/keybuzz-api as convert will make it"
+    assert by_port[3000].source == "config apps[].host_port of keybuzz-front"
 
 
 def test_the_nodeports_lead_to_the_ports_their_target_names() -> None:
@@ -125,4 +138,12 @@ def test_without_cluster_access_the_configured_ports_are_used_and_the_plan_says_
     found = traffic.from_config(CFG, "no kubeconfig found")
     assert not found.from_cluster
     assert found.notes == ("no kubeconfig found: the ports come from the configuration (firewall.ports)",)
-    assert [p.source for p in found.ports][0] == "config firewall.ports[0]"
+    assert [(p.port, p.source) for p in found.ports] == [
+        (31695, "config firewall.ports[0]"),
+        (32720, "config firewall.ports[1]"),
+        (80, "config firewall.ports[2]"),
+        (443, "config firewall.ports[3]"),
+        (8080, "config firewall.ports[4]"),
+        (3000, "config firewall.ports[5]"),
+    ]
+    assert "before UFW sees the packet" in found.ports[2].purpose

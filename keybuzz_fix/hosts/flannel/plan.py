@@ -25,7 +25,7 @@ from keybuzz_fix.hosts.flannel.facts import (
     parse_features,
 )
 from keybuzz_fix.hosts.sections import split_sections
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra, Wanted, WantedRule
 from keybuzz_fix.hosts.ufw.rules import UfwRule
 
 ETHTOOL_OFF = f"ethtool -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off"
@@ -45,6 +45,18 @@ def overlay_rules(cfg: OverlayConfig) -> list[UfwRule]:
         UfwRule(action="allow", source=cfg.pod_cidr, comment="keybuzz-fix: pod network"),
         UfwRule(action="allow", source=cfg.service_cidr, comment="keybuzz-fix: service network"),
     ]
+
+
+def overlay_wanted(cfg: OverlayConfig) -> Wanted:
+    """Return :func:`overlay_rules` with the purpose of each, for the plan."""
+    why = (
+        "Flannel's VXLAN packets between the nodes (the overlay every ClusterIP and CoreDNS lookup crosses)",
+        "traffic from pods to the node (DNS, the API server through the kubernetes Service)",
+        "traffic from Service addresses (kube-proxy's ClusterIPs) to the node",
+    )
+    where = ("config overlay.source, overlay.vxlan_port", "config overlay.pod_cidr", "config overlay.service_cidr")
+    rules = overlay_rules(cfg)
+    return Wanted(tuple(WantedRule(r, w, f) for r, w, f in zip(rules, why, where, strict=True)), "config")
 
 
 def udev_rule(ethtool: str) -> str:

@@ -107,9 +107,9 @@ def parse_tuple(tupl: str) -> UfwRule:
     action = action.split("_")[0]  # allow_log, deny_log-all: the log type does not change what passes
     if action not in ("allow", "deny", "reject", "limit"):
         raise ParseError(f"unknown action {action!r}")
-    direction, interface = "in", None
+    direction, interface, interface_out = "in", None, None
     if len(fields) in (7, 9):
-        direction, interface = _ifaces(fields[-1])
+        direction, interface, interface_out = _ifaces(fields[-1])
     dapp = sapp = None
     if len(fields) >= 8:
         dapp = fields[6].replace("%20", " ") if fields[6] != "-" else None
@@ -126,7 +126,9 @@ def parse_tuple(tupl: str) -> UfwRule:
         route=route,
         sport=None if sapp or sport == "any" else sport,
         source_app=sapp,
+        interface_out=interface_out,
         comment=comment,
+        app_ports=(proto, dport, sport) if dapp or sapp else None,
     )
     checked_ports(rule, f"tuple {tupl.strip()[:120]!r}")
     return replace(rule, raw=rule.command())
@@ -143,13 +145,14 @@ def merge(rules4: list[UfwRule], rules6: list[UfwRule]) -> tuple[UfwRule, ...]:
     return tuple(out)
 
 
-def _ifaces(token: str) -> tuple[str, str | None]:
-    """Split ``in``, ``out_eth0`` or ``in_eth0!out_eth1`` into (direction, interface)."""
+def _ifaces(token: str) -> tuple[str, str | None, str | None]:
+    """Split ``in``, ``out_eth0`` or ``in_eth0!out_eth1`` into (direction, interface, outgoing interface)."""
     direction, _, rest = token.partition("_")
     if direction not in ("in", "out"):
         raise ParseError(f"unknown direction {token!r}")
     if not rest:
-        return direction, None
-    if "!" in rest:  # a route rule with both interfaces: the incoming one names it here
-        rest = rest.split("!")[0]
-    return direction, rest
+        return direction, None, None
+    if "!" in rest:  # a route rule with both interfaces: in_IF1!out_IF2
+        rest, _, out = rest.partition("!")
+        return direction, rest, out.partition("_")[2] or None
+    return direction, rest, None

@@ -13,22 +13,61 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from keybuzz_fix.config import FirewallConfig
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.hosts.ufw.facts import UfwFacts
 from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule, desired_rules
 from keybuzz_fix.inventory import Host
 
 
-def firewall_rules(
-    cfg: FirewallConfig, ports: Sequence[tuple[int, str]] | None = None, source: str | None = None
-) -> list[UfwRule]:
-    """Return the rules ``ufw`` opens: the configured ports and source, or ``--ports`` / ``--source`` instead."""
-    if ports is None:
-        triples = [(r.port, r.proto, r.comment) for r in cfg.ports]
-    else:
-        triples = [(p, proto, f"keybuzz-fix: port {p}/{proto}") for p, proto in ports]
-    return desired_rules(triples, cfg.source if source is None else source)
+@dataclass(frozen=True)
+class WantedRule:
+    """A rule a run wants on every host, why it is needed, and where that was read (a cluster object, a config key)."""
+
+    rule: UfwRule
+    purpose: str
+    read_from: str
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The rules a run wants on every host: each with its purpose, how they were found, and notes for the operator.
+
+    ``read_from`` is ``cluster`` (read from the cluster's objects), ``config`` (the configuration) or
+    ``--ports`` (given on the command line).
+    """
+
+    rules: tuple[WantedRule, ...]
+    read_from: str = "config"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ufw_rules(self) -> list[UfwRule]:
+        """The rules themselves, in order."""
+        return [w.rule for w in self.rules]
+
+    @classmethod
+    def of(
+        cls,
+        ports: Iterable[tuple[int, str, str, str, str]],
+        source: str,
+        read_from: str,
+        notes: Sequence[str] = (),
+    ) -> Wanted:
+        """Build from ``(port, proto, comment, purpose, read from)``, each allowed from ``source``."""
+        rules = []
+        for port, proto, comment, purpose, where in ports:
+            (rule,) = desired_rules([(port, proto, comment)], source)
+            rules.append(WantedRule(rule, purpose, where))
+        return cls(tuple(rules), read_from, tuple(notes))
+
+
+def ports_given(ports: Sequence[tuple[int, str]], source: str) -> Wanted:
+    """Return the rules for ``--ports``: exactly those, from ``source``."""
+    return Wanted.of(
+        [(p, proto, f"keybuzz-fix: port {p}/{proto}", "given with --ports", "--ports") for p, proto in ports],
+        source,
+        "--ports",
+    )
 
 
 class ActionKind(str, Enum):
@@ -201,6 +240,7 @@ class FirewallResult:
     dry_run: bool
     accepted: tuple[tuple[str, str], ...] = ()  # (host, key): host keys recorded under --accept-new-host-keys
     known_hosts: Path | None = None  # where they were recorded
+    wanted: Wanted | None = None  # the rules the run wanted on every host, and why
 
     @property
     def failed(self) -> bool:

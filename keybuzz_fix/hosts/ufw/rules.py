@@ -23,9 +23,11 @@ class UfwRule:
     ``port`` is a UFW port spec (``31695``, ``30000:30100``, ``80,443``) or ``None`` for all
     ports; ``sport`` restricts the source port the same way; ``app`` is an application profile
     (``OpenSSH``) for the destination, ``source_app`` one for the source ports. ``route`` marks a
-    ``ufw route`` rule, which filters forwarded traffic, never traffic to the host itself. The
-    comment does not take part in equality: a rule that exists with another comment is still the
-    same rule.
+    ``ufw route`` rule, which filters forwarded traffic, never traffic to the host itself; one that
+    names both interfaces keeps the outgoing one in ``interface_out``. The comment does not take
+    part in equality: a rule that exists with another comment is still the same rule. Nor does
+    ``app_ports``: for an application rule read from user.rules, the ``(proto, dport, sport)`` its
+    tuple recorded when it was added, which is what iptables enforces even if the profile changed.
     """
 
     action: str = "allow"  # allow, deny, reject, limit
@@ -39,8 +41,10 @@ class UfwRule:
     route: bool = False
     sport: str | None = None
     source_app: str | None = None
+    interface_out: str | None = None
     comment: str = field(default="", compare=False)
     raw: str = field(default="", compare=False)
+    app_ports: tuple[str, str, str] | None = field(default=None, compare=False, repr=False)
 
     def command(self) -> str:
         """Render the rule as the ``ufw`` command that adds it (safely quoted)."""
@@ -49,10 +53,19 @@ class UfwRule:
             words.append(self.direction)
         if self.interface:
             words += ["on", self.interface]
+        if self.interface_out:
+            words += ["out", "on", self.interface_out]
         narrow_source = self.sport or self.source_app
-        if self.app and self.source == ANY and self.dest == ANY and not narrow_source:
+        if self.app and self.source == ANY and self.dest == ANY and not narrow_source and not self.interface_out:
             words.append(self.app)
-        elif self.source == ANY and self.dest == ANY and self.port and not self.interface and not narrow_source:
+        elif (
+            self.source == ANY
+            and self.dest == ANY
+            and self.port
+            and not self.interface
+            and not narrow_source
+            and not self.interface_out
+        ):
             words.append(f"{self.port}/{self.proto}" if self.proto else self.port)
         else:
             words += ["from", self.source]
@@ -154,11 +167,13 @@ def parse_rule_command(line: str) -> UfwRule:
     i = 1
     simple: str | None = None
     side = "to"  # "port" and "app" after "from" name the source's
+    way = "in"  # "on" names the interface of the "in" or "out" before it
     while i < len(words):
         w = words[i]
         nxt = words[i + 1] if i + 1 < len(words) else None
         if w in ("in", "out"):  # a route rule may name both: the first one is its direction
             values.setdefault("direction", w)
+            way = w
             i += 1
             continue
         if w in ("log", "log-all"):
@@ -170,7 +185,9 @@ def parse_rule_command(line: str) -> UfwRule:
             simple = w
             i += 1
             continue
-        if w == "on":
+        if w == "on" and way == "out" and "interface" in values:
+            values.setdefault("iface_out", nxt)  # route … in on IF1 out on IF2
+        elif w == "on":
             values.setdefault("interface", nxt)
         elif w in ("from", "to"):
             values["source" if w == "from" else "dest"], side = nxt, w
@@ -213,6 +230,7 @@ def parse_rule_command(line: str) -> UfwRule:
             route=route,
             sport=values.get("sport"),
             source_app=values.get("sapp"),
+            interface_out=values.get("iface_out"),
             comment=values.get("comment", ""),
             raw=line,
         ),
