@@ -113,3 +113,21 @@ def test_the_cli_reads_both_corpora_without_a_traceback(tmp_path: Path) -> None:
                 assert h["error_type"] == "HostUnreachable" and "cannot connect to 127.0.0.1:1" in h["error"], h
             else:
                 assert h["error_type"] == "HostKeyError" and "does not exist" in h["error"], h
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")
+def test_both_corpora_with_windows_line_endings_read_alike(tmp_path: Path) -> None:
+    """Files saved with CRLF endings (edited on Windows): OpenSSH reads them as with LF, and so does the tool."""
+    known = KNOWN_HOSTS.read_text()
+    crlf_known = parse_known_hosts(known.replace("\n", "\r\n"), "corpus")
+    plain_known = parse_known_hosts(known, "corpus")
+    assert len(crlf_known) == len(plain_known) >= 20
+    assert [(e.marker, e.names, e.key_type, e.blob) for e in crlf_known] == [
+        (e.marker, e.names, e.key_type, e.blob) for e in plain_known
+    ]
+    config = tmp_path / "ssh_config"
+    config.write_bytes(SSH_CONFIG.read_bytes().replace(b"\n", b"\r\n"))
+    for name in NAMES[:2] + NAMES[3:]:
+        expected = ssh_g(config, name)
+        assert expected is not None, f"ssh -G refuses the CRLF corpus for {name}"
+        assert model_g(config, name) == expected == ssh_g(SSH_CONFIG, name), name
