@@ -159,6 +159,12 @@ def test_parse_head_refuses(head: bytes) -> None:
 # -- API calls -------------------------------------------------------------------------------------
 
 
+def pool():  # type: ignore[no-untyped-def]
+    import urllib3
+
+    return urllib3.PoolManager(cert_reqs="CERT_NONE", assert_hostname=False)  # the servers here speak no real TLS
+
+
 def trickling_json(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
     slow.read_request(conn, stop)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
@@ -181,7 +187,7 @@ def test_an_api_call_ends_within_its_timeout(server, behaviour, scheme: str) -> 
     from keybuzz_fix.errors import ClusterError
 
     s = server(behaviour)
-    kube = Kube(Endpoint(f"{scheme}://127.0.0.1:{s.port}", verify=False, source="test"), timeout=1.5)
+    kube = Kube(Endpoint(f"{scheme}://127.0.0.1:{s.port}", pool(), source="test"), timeout=1.5)
     start = time.monotonic()
     with pytest.raises(ClusterError) as caught:
         kube.list("Ingress")
@@ -213,7 +219,7 @@ def test_an_api_call_after_a_cut_one_works_again(server) -> None:
         stop.wait(60)
 
     s = server(first_slow_then_fine)
-    kube = Kube(Endpoint(f"http://127.0.0.1:{s.port}", source="test"), timeout=1.0)
+    kube = Kube(Endpoint(f"http://127.0.0.1:{s.port}", pool(), source="test"), timeout=1.0)
     with pytest.raises(ClusterError):
         kube.list("Ingress")
     assert [i["metadata"]["name"] for i in kube.list("Ingress")] == ["a"]
@@ -249,12 +255,14 @@ def test_an_ssh_connection_ends_within_its_timeout(server, behaviour, tmp_path) 
 
     s = server(behaviour)
     host = Host("k8s-worker-01", "127.0.0.1", None, "root", "prod", "k3s", "worker")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host *\n  Port {s.port}\n")
     options = SshOptions(
         known_hosts=tmp_path / "known_hosts",
         accept_new_host_keys=True,
         connect_timeout=1.5,
-        port=s.port,
-        ssh_config=None,
+        ssh_config=config,
+        system_ssh_config=None,
     )
     start = time.monotonic()
     with pytest.raises(HostUnreachable) as caught:
@@ -276,7 +284,7 @@ def test_a_watch_that_trickles_past_its_time_ends(server) -> None:
             conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
 
     s = server(bookmarks_forever)
-    kube = Kube(Endpoint(f"http://127.0.0.1:{s.port}", source="test"), timeout=2.0)
+    kube = Kube(Endpoint(f"http://127.0.0.1:{s.port}", pool(), source="test"), timeout=2.0)
     start = time.monotonic()
     events = list(kube.watch("DaemonSet", "keybuzz", resource_version="1", timeout=1.0))
     took = time.monotonic() - start
