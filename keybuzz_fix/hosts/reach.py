@@ -79,7 +79,7 @@ def parse_reach(text: str) -> dict[tuple[str, int], tuple[Reach, str]]:
     out: dict[tuple[str, int], tuple[Reach, str]] = {}
     for line in split_sections(text).get(SECTION, []):
         words = line.split(maxsplit=3)
-        if len(words) < 3 or not words[1].isdigit():
+        if len(words) < 3 or not (words[1].isascii() and words[1].isdigit()):
             continue
         outcome = _OUTCOMES.get(words[2], Reach.ERROR)
         detail = words[3].strip() if len(words) > 3 else ""

@@ -119,7 +119,9 @@ def wanted_json(wanted: Wanted) -> list[dict[str, Any]]:
     return [
         {
             "rule": w.rule.describe(),
-            "port": int(w.rule.port) if w.rule.port and w.rule.port.isdigit() else w.rule.port,
+            "port": int(w.rule.port)
+            if w.rule.port and w.rule.port.isascii() and w.rule.port.isdigit()
+            else w.rule.port,
             "proto": w.rule.proto,
             "from": w.rule.source,
             "purpose": w.purpose,

@@ -217,7 +217,7 @@ def _iface(iface: str | None, pattern: str) -> bool:
 def _port_in(port: int, spec: str) -> bool:
     for part in spec.split(","):
         lo, _, hi = part.partition(":")
-        if lo.isdigit() and int(lo) <= port <= int(hi or lo):
+        if lo.isascii() and lo.isdigit() and int(lo) <= port <= int(hi or lo):
             return True
     return False
 

@@ -259,7 +259,7 @@ def mtu(nodes: Sequence[NodeView], topo: Topology) -> Candidate:
         dev_mtu = c.links[t.device].mtu if t.device and t.device in c.links else None
         env = (c.subnet_env or {}).get("FLANNEL_MTU")
         overhead = OVERHEAD.get(t.kind, 0)
-        inner = max([m for m in (dev_mtu, int(env) if env and env.isdigit() else None) if m] or [0])
+        inner = max([m for m in (dev_mtu, int(env) if env and env.isascii() and env.isdigit() else None) if m] or [0])
         if nic_mtu and inner and inner + overhead > nic_mtu:
             bad.setdefault(n.name, []).extend(
                 [

@@ -218,7 +218,7 @@ def parse_capture(text: str) -> Capture:
                 backend,
                 tuple(line.rstrip() for line in s[f"iptables-{backend} filter"]),
                 tuple(line.rstrip() for line in s.get(f"iptables-{backend} nat", [])),
-                int(count) if count and count.isdigit() else None,
+                int(count) if count and count.isascii() and count.isdigit() else None,
             )
     firewalld = None
     if "firewalld" in s:
@@ -289,12 +289,19 @@ def ufw_ruleset(s: Mapping[str, list[str]], facts: UfwFacts) -> Ruleset | None:
             kernel_ipv6="yes" in (line.strip() for line in s.get("kernel-ipv6", [])),
         )
     incoming = facts.default_incoming if facts.default_incoming in POLICIES else "deny"
-    return Ruleset(
+    ruleset = Ruleset(
         rules4=tuple(r for r in facts.rules if 4 in rule_families(r)),
         rules6=tuple(r for r in facts.rules if 6 in rule_families(r)),
         incoming=incoming or "deny",
         active=facts.active,
     )
+    for rule in ruleset.rules4 + ruleset.rules6:
+        # `ufw show added` names a rule's application, not its ports: without the profile (not in the
+        # capture) the rule cannot be judged, and UFW is "not checked" rather than guessed (UnknownProfile)
+        for name in (rule.app, rule.source_app):
+            if name and rule.app_ports is None:
+                ruleset.profile(name)
+    return ruleset
 
 
 def _file(lines: list[str]) -> str:
@@ -352,10 +359,15 @@ def parse_links(text: str) -> dict[str, Link]:
 
 
 def parse_addrs(text: str) -> dict[str, tuple[str, ...]]:
-    """Parse ``ip -o -4 addr show`` into ``{device: ("ip/prefix", ...)}``."""
+    """Parse ``ip -o -4 addr show`` into ``{device: ("ip/prefix", ...)}``; a line that is no address is skipped."""
     out: dict[str, list[str]] = {}
     for m in re.finditer(r"^\d+:\s+(\S+)\s+inet\s+([0-9.]+(?:/\d+)?)", text, re.MULTILINE):
-        out.setdefault(m.group(1), []).append(m.group(2) if "/" in m.group(2) else m.group(2) + "/32")
+        address = m.group(2) if "/" in m.group(2) else m.group(2) + "/32"
+        try:
+            ipaddress.ip_interface(address)
+        except ValueError:
+            continue
+        out.setdefault(m.group(1), []).append(address)
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -466,7 +478,7 @@ def _snmp(lines: list[str] | None) -> dict[str, int] | None:
     rows = [line.split()[1:] for line in lines if line.startswith("Udp:")]
     if len(rows) < 2:
         return None
-    return {k: int(v) for k, v in zip(rows[0], rows[1], strict=False) if v.lstrip("-").isdigit()}
+    return {k: int(v) for k, v in zip(rows[0], rows[1], strict=False) if v.isascii() and v.lstrip("-").isdigit()}
 
 
 def _sysctl(lines: list[str]) -> dict[str, str | None]:

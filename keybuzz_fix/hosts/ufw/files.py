@@ -58,7 +58,7 @@ def chains_active(lines: list[str]) -> bool:
     seen: dict[str, int] = {}
     for line in lines:
         parts = line.split()
-        if len(parts) == 2 and parts[0] in CHAINS and parts[1].isdigit():
+        if len(parts) == 2 and parts[0] in CHAINS and parts[1].isascii() and parts[1].isdigit():
             seen[parts[0]] = int(parts[1])
     for chain in CHAINS:
         if chain not in seen:

@@ -229,7 +229,7 @@ def port_set(spec_: str | None) -> IntSet:
     out = []
     for part in spec_.split(","):
         lo, _, hi = part.partition(":")
-        if not (lo.isdigit() and (hi.isdigit() or not hi)):
+        if not (lo.isascii() and hi.isascii() and lo.isdigit() and (hi.isdigit() or not hi)):
             raise ValueError(f"bad port spec {spec_!r}")
         a, b = int(lo), int(hi or lo)
         if not 1 <= a <= b <= 65535:
