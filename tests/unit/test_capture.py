@@ -222,3 +222,33 @@ def test_an_unreadable_ufw_rule_leaves_ufw_not_checked() -> None:
         "@@keybuzz-fix@@ end\n"
     )
     assert c.ufw is None and c.ufw_rules is None and c.ufw_error
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "ufw allow 0",  # ufw refuses port 0, 70000 and a range that runs backwards
+        "ufw allow 70000/udp",
+        "ufw allow 9000:8000/tcp",
+        "ufw allow ²/tcp",  # a digit to str.isdigit(), not to ufw
+        "ufw allow Frobnicator",  # an application profile the capture does not define
+    ],
+)
+def test_a_rule_ufw_would_refuse_or_cannot_be_judged_leaves_ufw_not_checked(rule: str) -> None:
+    c = parse_capture(
+        "@@keybuzz-fix@@ ssh\n10.0.0.99 51234 10.0.0.2 22\n@@keybuzz-fix@@ status\nStatus: active\n"
+        "Default: deny (incoming), allow (outgoing), deny (routed)\n"
+        f"@@keybuzz-fix@@ added\nAdded user rules (see 'ufw status' for running firewall):\n{rule}\n"
+        "@@keybuzz-fix@@ end\n"
+    )
+    assert c.ufw_rules is None and c.ufw_error
+
+
+def test_counters_and_addresses_that_are_not_numbers_are_skipped() -> None:
+    c = parse_capture(
+        "@@keybuzz-fix@@ snmp-before\nUdp: InDatagrams InCsumErrors\nUdp: ² 3\n"
+        "@@keybuzz-fix@@ addrs\n2: eth0    inet 1/32 scope global eth0\n3: cni0    inet 10.42.1.1/24 scope global cni0\n"
+        "@@keybuzz-fix@@ end\n"
+    )
+    assert c.snmp_before == {"InCsumErrors": 3}
+    assert dict(c.addrs) == {"cni0": ("10.42.1.1/24",)}

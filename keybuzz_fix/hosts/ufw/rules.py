@@ -92,7 +92,10 @@ class UfwRule:
         return f"{'route ' if self.route else ''}{self.action} {what} from {self.source}"
 
     def ports(self) -> set[int] | None:
-        """Return the set of ports the rule matches, or ``None`` for every port."""
+        """Return the set of ports the rule matches, or ``None`` for every port.
+
+        A ValueError for a spec ufw refuses: ports are 1-65535 in ASCII digits, a range ``lo:hi`` with lo ≤ hi.
+        """
         if self.app:
             return set(APP_PORTS.get(self.app, ()))
         if self.port is None:
@@ -100,7 +103,12 @@ class UfwRule:
         out: set[int] = set()
         for part in self.port.split(","):
             lo, _, hi = part.partition(":")
-            out.update(range(int(lo), int(hi or lo) + 1))
+            if not (lo.isascii() and lo.isdigit() and (not hi or hi.isascii() and hi.isdigit())):
+                raise ValueError(f"bad port spec {self.port!r}")
+            first, last = int(lo), int(hi or lo)
+            if not 1 <= first <= last <= 65535:
+                raise ValueError(f"bad port spec {self.port!r}")
+            out.update(range(first, last + 1))
         return out
 
     def covers(self, other: UfwRule) -> bool:
