@@ -136,3 +136,18 @@ def test_read_back_the_rule_let_in_is_changed(monkeypatch, tmp_path):
     run = FirewallRun(hosts=[HOST], desired=lambda _h: [HTTP], ssh=SshOptions())
     (done,) = run.apply(run.plan())
     assert done.status is HostStatus.CHANGED and done.error is None
+
+
+def test_without_arrival_traffic_arrives_where_ssh_came_in():
+    """diagnose plans without a host: the address SSH came in on (IP_PRIVEE) and its interface stand in."""
+    from keybuzz_fix.config import OverlayConfig
+    from keybuzz_fix.hosts.flannel.plan import overlay_rules
+
+    rules = overlay_rules(OverlayConfig("10.0.0.0/16", 8472, "10.42.0.0/16", "10.43.0.0/16"))
+    on_enp7s0 = [SSH4, "allow any any 0.0.0.0/0 any 10.0.0.0/16 in_enp7s0"]
+    facts = parse_ufw_facts(probe(on_enp7s0, [SSH6]))
+    assert facts.ssh_server_ip == "10.0.0.11"
+    vxlan = plan_rules(rules, facts)[0]
+    assert vxlan.kind is ActionKind.NOOP and "ufw allow in on enp7s0 from 10.0.0.0/16" in vxlan.reason
+    elsewhere = plan_rules(rules, parse_ufw_facts(probe(on_enp7s0, [SSH6], iface="enp8s0")))[0]
+    assert elsewhere.kind is ActionKind.ADD

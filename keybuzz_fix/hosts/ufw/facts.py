@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from keybuzz_fix.hosts.sections import MARK, section_header, split_sections
 from keybuzz_fix.hosts.ufw import files as ufw_files
@@ -43,6 +43,7 @@ class UfwFacts:
     rules: tuple[UfwRule, ...] = ()
     ssh_client_ip: str | None = None
     ssh_port: int | None = None
+    ssh_server_ip: str | None = None  # the host's address the SSH connection came in on
     rules4: tuple[UfwRule, ...] | None = None  # None: each rule of ``rules`` in the families ufw writes it to
     rules6: tuple[UfwRule, ...] | None = None
     incoming_policy: str | None = None  # None: ``default_incoming``, else deny
@@ -121,6 +122,17 @@ UFW_PROBE = ufw_probe()
 def parse_ufw_facts(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
     """Parse the output of :func:`ufw_probe`; ``known`` supplies the status a fallback read-back left out."""
     sections = split_sections(text)
+    facts = _parse(sections, known)
+    parts = " ".join(sections.get("ssh", [])).split()
+    if len(parts) == 4 and facts.ssh_client_ip is not None:
+        try:
+            return replace(facts, ssh_server_ip=str(ipaddress.ip_address(parts[2])))
+        except ValueError:
+            pass
+    return facts
+
+
+def _parse(sections: dict[str, list[str]], known: UfwFacts | None) -> UfwFacts:
     client_ip, ssh_port = _parse_ssh_connection(" ".join(sections.get("ssh", [])))
     if "missing" in sections:
         return UfwFacts(installed=False, ssh_client_ip=client_ip, ssh_port=ssh_port)

@@ -167,11 +167,12 @@ def plan_rules(
     decide first, the traffic is blocked, naming that rule, for the operator to decide. Existing
     rules are never removed, reordered or rewritten (ufw rewrites a rule of the same match in place:
     that is blocked too). An inactive UFW is judged as it would be once enabled, and only enabled
-    with ``enable``, after a rule keeps the SSH port we are connected on open.
+    with ``enable``, after a rule keeps the SSH port we are connected on open. Without ``arrival``,
+    traffic is taken to arrive at the address the SSH connection came in on.
     """
     actions: list[Action] = []
     ruleset = facts.ruleset(active=True)
-    where = arrival or Arrival()
+    where = arrival or Arrival(facts.ssh_server_ip, facts.interface_of(facts.ssh_server_ip))
     for want in desired:
         action, ruleset = _plan_one(ruleset, want, where, insert_first)
         actions.append(action)
