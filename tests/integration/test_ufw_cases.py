@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,3 +165,84 @@ def test_the_four_cases_on_real_ufw(lab_factory: Callable[..., Lab], tmp_path: P
 
         code, again = run_ufw(lab, servers, "--yes", "--insert-first")
         assert code == 0 and {h["status"] for h in again["hosts"]} == {"unchanged"}, again
+
+
+UDP_SINK = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0', 8472))\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(2048)\n"
+    "    print('got', data.decode(), flush=True)\n"
+)
+
+
+def vxlan_arrives(host: LabHost, log: Path, token: str) -> bool:
+    """Send UDP datagrams to the host's 8472 from this machine; whether the sink inside saw them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(3):
+            s.sendto(token.encode(), (host.ip, 8472))
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        if f"got {token}" in log.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_case5_an_interface_rule_lets_vxlan_in_where_ip_privee_is(
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
+    """`allow in on eth0 from <private network>` on a node whose IP_PRIVEE is on eth0 (the lab's interface).
+
+    A second node has the same rule for eth1, an interface its traffic does not arrive on. The
+    tool must call the first open (by that rule) and plan the rule on the second; UDP datagrams to
+    8472 must arrive on the first only.
+    """
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"overlay:\n  source: {SOURCE}\n  pod_cidr: 198.19.0.0/17\n  service_cidr: 198.19.128.0/20\n")
+    with lab_factory(["k8s-worker-01", "k8s-worker-02"]) as lab:
+        right, wrong = lab.hosts
+        right.run(f"ufw allow in on eth0 from {SOURCE}")
+        wrong.run(f"ufw allow in on eth1 from {SOURCE}")
+        logs = {}
+        for h in lab.hosts:
+            logs[h.name] = tmp_path / f"{h.name}-udp.log"
+            h.spawn("udp-sink", ["python3", "-c", UDP_SINK], logs[h.name])
+            deadline = time.monotonic() + 10
+            while "ready" not in logs[h.name].read_text():
+                assert time.monotonic() < deadline, logs[h.name].read_text()
+                time.sleep(0.05)
+        assert vxlan_arrives(right, logs[right.name], "before-right")
+        assert not vxlan_arrives(wrong, logs[wrong.name], "before-wrong")
+
+        servers = lab.servers_tsv(tmp_path / "servers.tsv", masters=())
+        result = CliRunner().invoke(
+            app,
+            [
+                "overlay",
+                str(servers),
+                "--identity",
+                str(lab.identity_file),
+                "--known-hosts",
+                str(lab.known_hosts_file),
+                "--timeout",
+                "10",
+                "--config",
+                str(config),
+                "--dry-run",
+                "-o",
+                "json",
+            ],
+        )
+        assert "Traceback" not in result.output
+        hosts = {h["hostname"]: h for h in json.loads(result.stdout)["hosts"]}
+        vxlan_right = hosts[right.name]["actions"][0]
+        assert vxlan_right["kind"] == "noop"
+        assert vxlan_right["reason"] == (
+            f"already open: IPv4 by rule 2 of user.rules: ufw allow in on eth0 from {SOURCE} to any"
+        )
+        vxlan_wrong = hosts[wrong.name]["actions"][0]
+        assert vxlan_wrong["kind"] == "add"
+        assert vxlan_wrong["command"].startswith(f"ufw allow from {SOURCE} to any port 8472 proto udp")
