@@ -64,6 +64,8 @@ RESOURCES: dict[str, Resource] = {
     "ReplicaSet": Resource("apps/v1", "replicasets"),
     "Service": Resource("v1", "services"),
     "Pod": Resource("v1", "pods"),
+    "Endpoints": Resource("v1", "endpoints"),
+    "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "Event": Resource("v1", "events"),
     "Node": Resource("v1", "nodes", namespaced=False),
     "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
