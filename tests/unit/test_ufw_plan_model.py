@@ -139,7 +139,7 @@ def test_read_back_the_rule_let_in_is_changed(monkeypatch, tmp_path):
 
 
 def test_without_arrival_traffic_arrives_where_ssh_came_in():
-    """diagnose plans without a host: the address SSH came in on (IP_PRIVEE) and its interface stand in."""
+    """Planned without a host, the address SSH came in on (IP_PRIVEE) and its interface stand in."""
     from keybuzz_fix.config import OverlayConfig
     from keybuzz_fix.hosts.flannel.plan import overlay_rules
 
