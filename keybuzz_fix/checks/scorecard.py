@@ -340,10 +340,14 @@ def _pod_state(pod: Obj) -> str:
 
 
 def ufw_row(outcome: HostOutcome, name: str, wanted: int) -> Row:
-    """Return the ``--extended`` row of one worker's UFW plan: pass when nothing is missing or blocked."""
+    """Return the ``--extended`` row of one worker's UFW plan: pass when every wanted port is open.
+
+    The plan judged each port with the verdict model (first match per family, limit is not open,
+    the default policy): a rule to add is a port not open yet, a blocked one names what keeps it out.
+    """
     missing = [a.rule.describe() for a in outcome.actions if a.kind is ActionKind.ADD and a.rule is not None]
     blocked = [a.reason for a in outcome.actions if a.kind is ActionKind.BLOCKED]
     if not missing and not blocked:
-        return Row(outcome.host.hostname, name, True, f"{wanted}/{wanted} rules present")
+        return Row(outcome.host.hostname, name, True, f"{wanted}/{wanted} wanted ports open")
     parts = ([f"missing: {', '.join(missing)}"] if missing else []) + blocked
     return Row(outcome.host.hostname, name, False, "; ".join(parts))

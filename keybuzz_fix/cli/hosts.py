@@ -55,6 +55,7 @@ def ufw(
         ),
     ] = None,
     enable: opt.EnableOpt = False,
+    insert_first: opt.InsertFirstOpt = False,
     env: opt.EnvOpt = "prod",
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
@@ -76,8 +77,10 @@ def ufw(
 
     Reads each worker's rules, shows the plan, asks once, applies and reads back.
 
-    Rules already present are left alone; nothing is removed or reordered; UFW is only enabled
-    with --enable, after an SSH allow rule.
+    Each port is judged as UFW decides it (first matching rule, per IPv4/IPv6 list, limit is not
+    open, then the default policy): already open (by which rule or policy), added, or blocked by an
+    earlier rule, named (exit 1). --insert-first puts the allow rules at the top instead. Nothing
+    is removed or reordered; UFW is only enabled with --enable, after an SSH allow rule.
 
     Examples:
 
@@ -104,6 +107,7 @@ def ufw(
         hosts=hosts,
         wanted=wanted,
         enable=enable,
+        insert_first=insert_first,
         dry_run=dry_run,
         yes=yes,
         output=output,
@@ -114,6 +118,7 @@ def overlay(
     ctx: typer.Context,
     servers: opt.ServersArg,
     enable: opt.EnableOpt = False,
+    insert_first: opt.InsertFirstOpt = False,
     checksum_offload_off: Annotated[
         bool,
         typer.Option(
@@ -161,6 +166,7 @@ def overlay(
         hosts=hosts,
         wanted=overlay_wanted(cfg.overlay),
         enable=enable,
+        insert_first=insert_first,
         dry_run=dry_run,
         yes=yes,
         output=output,

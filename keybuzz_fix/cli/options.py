@@ -53,6 +53,14 @@ ConfigOpt = Annotated[Path | None, _opt("--config", "YAML file overriding manife
 DryRunOpt = Annotated[bool, _opt("--dry-run", "Show the plan and change nothing.", SAFETY)]
 YesOpt = Annotated[bool, _opt("--yes -y", "Do not ask for confirmation.", SAFETY)]
 EnableOpt = Annotated[bool, _opt("--enable", "Enable UFW where it is inactive (an SSH allow rule is added first).")]
+InsertFirstOpt = Annotated[
+    bool,
+    _opt(
+        "--insert-first",
+        "Put the tool's allow rules at the top of UFW's lists (ufw prepend), above an operator's broader deny or "
+        "limit rule; shown in the plan. Default: append, and report such a rule as blocking.",
+    ),
+]
 ForceConflictsOpt = Annotated[
     bool,
     _opt("--force-conflicts", "Take over fields another field manager owns (server-side apply with force).", SAFETY),

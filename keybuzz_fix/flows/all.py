@@ -59,6 +59,7 @@ class AllOptions:
     dry_run: bool = False
     yes: bool = False
     enable: bool = False
+    insert_first: bool = False  # the allow rules at the top of UFW's lists (ufw prepend)
     ready_timeout: float = 300.0
     force_conflicts: bool = False
     keep_port: bool = False
@@ -99,6 +100,7 @@ def run_all(
         ssh=reach.ssh,
         command="all",
         enable=options.enable,
+        insert_first=options.insert_first,
         concurrency=reach.concurrency,
     )
     view = ChangeView(console, PlanOutput.TEXT, "convert")

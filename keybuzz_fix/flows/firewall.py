@@ -101,6 +101,7 @@ def run_firewall(
     yes: bool,
     output: Output,
     extra: HostExtra | None = None,
+    insert_first: bool = False,
 ) -> FirewallResult:
     """Open the ``wanted`` rules on every host (plan, show, confirm, apply, read back); return how every host ended."""
     view = FirewallView(console, output)
@@ -111,6 +112,7 @@ def run_firewall(
         ssh=reach.ssh,
         command=command,
         enable=enable,
+        insert_first=insert_first,
         concurrency=reach.concurrency,
         extra=extra,
     )

@@ -168,8 +168,8 @@ def _detail(o: HostOutcome) -> str:
     if o.error is not None:
         return o.error.problem
     if o.applied is not None:
-        return o.message or (f"{len(o.applied)} change(s) applied" if o.applied else "all rules already present")
-    return o.message or (f"{len(o.changes)} change(s) planned" if o.changes else "all rules already present")
+        return o.message or (f"{len(o.applied)} change(s) applied" if o.applied else "every wanted port already open")
+    return o.message or (f"{len(o.changes)} change(s) planned" if o.changes else "every wanted port already open")
 
 
 def firewall_json(result: FirewallResult) -> dict[str, Any]:
@@ -188,7 +188,12 @@ def firewall_json(result: FirewallResult) -> dict[str, Any]:
             )
         else:
             assert o.facts is not None
-            entry.update(status=o.status.value, actions=[action_json(a) for a in o.actions], ufw_active=o.facts.active)
+            entry.update(
+                status=o.status.value,
+                actions=[action_json(a) for a in o.actions],
+                ufw_active=o.facts.active,
+                message=o.message,
+            )
         hosts.append(entry)
     out: dict[str, Any] = {
         "dry_run": result.dry_run,
@@ -213,4 +218,5 @@ def action_json(action: Action) -> dict[str, Any]:
         "rule": action.rule.describe() if action.rule else None,
         "command": action.command,
         "reason": action.reason,
+        "first": action.first,
     }

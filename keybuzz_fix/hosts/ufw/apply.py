@@ -19,7 +19,7 @@ from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host, raise_op
 from keybuzz_fix.hosts.sections import MARK, section_name
 from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts, ufw_probe
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra, HostOutcome, HostStatus, plan_rules
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, Arrival, HostExtra, HostOutcome, HostStatus, plan_rules
 from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule
 from keybuzz_fix.inventory import Host
 
@@ -36,6 +36,7 @@ class FirewallRun:
     ssh: SshOptions
     command: str = "ufw"
     enable: bool = False
+    insert_first: bool = False  # the tool's allow rules go at the top (ufw prepend)
     concurrency: int = 16
     extra: HostExtra | None = None
     accepted: AcceptedKeys = field(default_factory=AcceptedKeys)
@@ -89,7 +90,14 @@ class FirewallRun:
         return (self.extra.probe + "; " if self.extra else "") + ufw_probe(status=status)
 
     def _actions(self, host: Host, facts: UfwFacts, stdout: str) -> list[Action]:
-        actions = plan_rules(self.desired(host), facts, enable=self.enable, ssh_port=facts.ssh_port or 22)
+        actions = plan_rules(
+            self.desired(host),
+            facts,
+            enable=self.enable,
+            ssh_port=facts.ssh_port or 22,
+            arrival=Arrival(host.private_ip, facts.interface_of(host.private_ip)),
+            insert_first=self.insert_first,
+        )
         return actions + (self.extra.plan(stdout) if self.extra else [])
 
     def _plan_host(self, host: Host) -> HostOutcome:
@@ -133,6 +141,10 @@ class FirewallRun:
         left = [a for a in again if a.changes]
         if left:
             raise HostError(host.hostname, "read-back after apply still lacks: " + "; ".join(a.reason for a in left))
+        added = [a.rule for a in planned.changes if a.kind is ActionKind.ADD and a.rule is not None]
+        shadowed = [a.reason for a in again if a.kind is ActionKind.BLOCKED and a.rule in added]
+        if shadowed:
+            raise HostError(host.hostname, "read-back after apply: added but not let in: " + "; ".join(shadowed))
         blocked = [a.reason for a in again if a.kind is ActionKind.BLOCKED]
         status = HostStatus.BLOCKED if blocked else HostStatus.CHANGED
         return HostOutcome(host, status, after, planned.actions, tuple(ran), "; ".join(blocked))

@@ -10,18 +10,32 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from keybuzz_fix.hosts.sections import section_header, split_sections
+from keybuzz_fix.hosts.sections import MARK, section_header, split_sections
 from keybuzz_fix.hosts.ufw import files as ufw_files
+from keybuzz_fix.hosts.ufw.apps import AppProfile, parse_app_profiles
 from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule, parse_rule_command
+from keybuzz_fix.hosts.ufw.verdict import POLICIES, Ruleset, rule_families
 
 IPTABLES = "/usr/sbin/iptables"  # the one ufw runs (ufw.common.iptables_dir)
+APPS_DIR = "/etc/ufw/applications.d"
+_SHIPPED_PROFILES = (
+    AppProfile("OpenSSH", (("tcp", "22"),)),
+)  # openssh-server's /etc/ufw/applications.d/openssh-server
 
 
 @dataclass(frozen=True)
 class UfwFacts:
-    """What one host's UFW looks like."""
+    """What one host's UFW looks like: what ``ufw status`` says, and what the verdict model needs.
+
+    ``rules`` is the list ``ufw show added`` prints (one line per command); ``rules4`` and ``rules6``
+    are user.rules and user6.rules, each in its own order, which is what the kernel judges by.
+    ``default_incoming`` is the policy ufw enforces now (``None`` when inactive, as ``ufw status``
+    says); ``incoming_policy`` and ``routed_policy`` what /etc/default/ufw sets, enforced once
+    active. ``ipv6`` is IPV6=yes on a kernel with IPv6. ``profiles`` are the applications.d
+    profiles; ``addresses`` the host's (interface, address) pairs, to know where traffic arrives.
+    """
 
     installed: bool
     active: bool = False
@@ -29,6 +43,39 @@ class UfwFacts:
     rules: tuple[UfwRule, ...] = ()
     ssh_client_ip: str | None = None
     ssh_port: int | None = None
+    ssh_server_ip: str | None = None  # the host's address the SSH connection came in on
+    rules4: tuple[UfwRule, ...] | None = None  # None: each rule of ``rules`` in the families ufw writes it to
+    rules6: tuple[UfwRule, ...] | None = None
+    incoming_policy: str | None = None  # None: ``default_incoming``, else deny
+    routed_policy: str = "deny"
+    ipv6: bool = True
+    profiles: tuple[AppProfile, ...] = ()
+    addresses: tuple[tuple[str, str], ...] = ()
+
+    def ruleset(self, *, active: bool | None = None) -> Ruleset:
+        """Return the verdict model's view of this host (``active``: as if ufw were, or were not, enabled).
+
+        Facts read without ufw's files (``ufw show added``) put each rule in the families ufw writes
+        it to. A profile the host did not list but ufw ships (OpenSSH) is known.
+        """
+        rules4 = self.rules4 if self.rules4 is not None else tuple(r for r in self.rules if 4 in rule_families(r))
+        rules6 = self.rules6 if self.rules6 is not None else tuple(r for r in self.rules if 6 in rule_families(r))
+        names = {p.name for p in self.profiles}
+        shipped = tuple(p for p in _SHIPPED_PROFILES if p.name not in names)
+        incoming = self.incoming_policy or (self.default_incoming if self.default_incoming in POLICIES else "deny")
+        return Ruleset(
+            rules4=rules4,
+            rules6=rules6 if self.ipv6 else (),
+            incoming=incoming,
+            routed=self.routed_policy,
+            active=self.active if active is None else active,
+            ipv6=self.ipv6,
+            profiles=self.profiles + shipped,
+        )
+
+    def interface_of(self, address: str | None) -> str | None:
+        """Return the interface that holds ``address`` (the host's IP_PRIVEE), if the probe saw it."""
+        return next((iface for iface, a in self.addresses if a == address), None)
 
 
 def ufw_probe(*, status: bool = True) -> str:
@@ -53,11 +100,17 @@ def ufw_probe(*, status: bool = True) -> str:
     asked = (
         f"{section_header('status')}; LC_ALL=C ufw status verbose 2>&1; " if status else ""
     ) + f"{section_header('added')}; LC_ALL=C ufw show added 2>&1; fi"
+    extras = (
+        f"{section_header('addresses')}; ip -o addr show 2>/dev/null | sed 's/^/|/'; "
+        f'for f in {APPS_DIR}/*; do if [ -f "$f" ] && [ -r "$f" ]; then '
+        f'echo "{MARK} app ${{f##*/}}"; sed \'s/^/|/\' "$f"; fi; done'
+    )
     return "; ".join(
         [
             f'{section_header("ssh")}; echo "$SSH_CONNECTION"',
             f"if ! command -v ufw >/dev/null 2>&1; then {section_header('missing')}; exit 0; fi",
             files + asked,
+            extras,
             section_header("end"),
         ]
     )
@@ -69,6 +122,17 @@ UFW_PROBE = ufw_probe()
 def parse_ufw_facts(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
     """Parse the output of :func:`ufw_probe`; ``known`` supplies the status a fallback read-back left out."""
     sections = split_sections(text)
+    facts = _parse(sections, known)
+    parts = " ".join(sections.get("ssh", [])).split()
+    if len(parts) == 4 and facts.ssh_client_ip is not None:
+        try:
+            return replace(facts, ssh_server_ip=str(ipaddress.ip_address(parts[2])))
+        except ValueError:
+            pass
+    return facts
+
+
+def _parse(sections: dict[str, list[str]], known: UfwFacts | None) -> UfwFacts:
     client_ip, ssh_port = _parse_ssh_connection(" ".join(sections.get("ssh", [])))
     if "missing" in sections:
         return UfwFacts(installed=False, ssh_client_ip=client_ip, ssh_port=ssh_port)
@@ -82,16 +146,29 @@ def parse_ufw_facts(text: str, *, known: UfwFacts | None = None) -> UfwFacts:
         raise ParseError((status_text + added_text).strip().splitlines()[-1])
     if "status" in sections:
         active, default = parse_status(status_text)
+        routed = parse_routed(status_text)
     else:
         assert known is not None
-        active, default = known.active, known.default_incoming
+        active, default, routed = known.active, known.default_incoming, known.routed_policy
+    rules = parse_show_added(added_text)
+    try:
+        for r in rules:
+            rule_families(r)  # each in the families ufw writes it to (see UfwFacts.ruleset)
+    except ValueError as e:
+        raise ParseError(f"ufw show added: {e}") from None
+    # Without ufw's files, each rule is taken to be in the families ufw writes it to; a leftover
+    # of one family alone (a v4 twin deleted by number) cannot be told from the command form.
     return UfwFacts(
         installed=True,
         active=active,
         default_incoming=default,
-        rules=parse_show_added(added_text),
+        rules=rules,
         ssh_client_ip=client_ip,
         ssh_port=ssh_port,
+        incoming_policy=default if default in POLICIES else (known.incoming_policy if known else None),
+        routed_policy=routed,
+        profiles=_profiles(sections),
+        addresses=parse_addresses(sections.get("addresses", [])),
     )
 
 
@@ -107,14 +184,47 @@ def _from_files(sections: dict[str, list[str]], client_ip: str | None, ssh_port:
             raise ParseError(f"{ufw_files.RULES6_FILE} is not readable, and IPV6=yes in {ufw_files.DEFAULTS_FILE}")
         rules6 = ufw_files.parse_user_rules(_file(sections["rules6"]), ufw_files.RULES6_FILE)
     active = ufw_files.chains_active(sections["chains"])
+    merged = ufw_files.merge(rules, rules6)
+    derived = UfwFacts(installed=True, rules=merged, ipv6=ipv6).ruleset()
+    # The per-family lists are kept only where they say more than the merged one (a family's twin
+    # deleted, another order): ``rules`` stays what most readers need.
+    per_family = (tuple(rules), tuple(rules6)) != (derived.rules4, derived.rules6)
+    routed = ufw_files.default_incoming({"default_input_policy": defaults.get("default_forward_policy", "drop")})
     return UfwFacts(
         installed=True,
         active=active,  # an inactive ufw enforces no policy: none, as ufw status says
         default_incoming=ufw_files.default_incoming(defaults) if active else None,
-        rules=ufw_files.merge(rules, rules6),
+        rules=merged,
         ssh_client_ip=client_ip,
         ssh_port=ssh_port,
+        rules4=tuple(rules) if per_family else None,
+        rules6=tuple(rules6) if per_family else None,
+        incoming_policy=ufw_files.default_incoming(defaults) or "deny",
+        routed_policy=routed or "deny",
+        ipv6=ipv6,
+        profiles=_profiles(sections),
+        addresses=parse_addresses(sections.get("addresses", [])),
     )
+
+
+def _profiles(sections: dict[str, list[str]]) -> tuple[AppProfile, ...]:
+    """The applications.d profiles the probe printed (one ``app <file>`` section per file)."""
+    files = {name[4:]: _file(lines) for name, lines in sections.items() if name.startswith("app ")}
+    return tuple(parse_app_profiles(files).values())
+
+
+def parse_addresses(lines: list[str]) -> tuple[tuple[str, str], ...]:
+    """Parse ``ip -o addr show`` lines (behind ``|``) into (interface, address) pairs."""
+    out: list[tuple[str, str]] = []
+    for line in lines:
+        fields = line.lstrip("|").split()
+        if len(fields) >= 4 and fields[2] in ("inet", "inet6"):
+            try:
+                address = str(ipaddress.ip_interface(fields[3]).ip)
+            except ValueError:
+                continue
+            out.append((fields[1].split("@", 1)[0], address))
+    return tuple(out)
 
 
 def _file(lines: list[str]) -> str:
@@ -177,3 +287,15 @@ def parse_status(text: str) -> tuple[bool, str | None]:
     if active is None:
         raise ParseError(f"no 'Status:' line in ufw status output: {text.strip()[:200]!r}")
     return active, default
+
+
+def parse_routed(text: str) -> str:
+    """Return the routed policy from ``ufw status verbose`` (``disabled`` routing counts as deny)."""
+    for line in text.splitlines():
+        if line.startswith("Default:"):
+            for part in line.split(":", 1)[1].split(","):
+                words = part.split()
+                if len(words) == 2 and words[1] == "(routed)":
+                    return words[0] if words[0] in POLICIES else "deny"
+            break
+    return "deny"
