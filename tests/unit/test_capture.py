@@ -247,7 +247,8 @@ def test_a_rule_ufw_would_refuse_or_cannot_be_judged_leaves_ufw_not_checked(rule
 def test_counters_and_addresses_that_are_not_numbers_are_skipped() -> None:
     c = parse_capture(
         "@@keybuzz-fix@@ snmp-before\nUdp: InDatagrams InCsumErrors\nUdp: ² 3\n"
-        "@@keybuzz-fix@@ addrs\n2: eth0    inet 1/32 scope global eth0\n3: cni0    inet 10.42.1.1/24 scope global cni0\n"
+        "@@keybuzz-fix@@ addrs\n2: eth0    inet 1/32 scope global eth0\n"
+        "3: cni0    inet 10.42.1.1/24 scope global cni0\n"
         "@@keybuzz-fix@@ end\n"
     )
     assert c.snmp_before == {"InCsumErrors": 3}
