@@ -4,13 +4,20 @@ The file is the operator's single source of truth for dozens of servers of every
 rows with ``ROLE=k3s`` matter here, but the whole file is checked so that a typo is caught where
 it is, with ``file:line``. Values that end up in SSH (hostname, user, address) are validated as
 plain names so they can never reach a shell unquoted.
+
+The file is read as editors and spreadsheets write it: UTF-8 (with or without a BOM), else
+Windows-1252 (Excel's "Text (Tab delimited)" on Windows; :attr:`Inventory.encoding` says which);
+cells quoted with ``"`` may hold tabs, line breaks and doubled quotes (a spreadsheet's export);
+line numbers count ``\n``, ``\r\n`` and a lone ``\r`` only, as editors do, so a U+2028 pasted
+into a cell does not shift the line an error names.
 """
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,6 +31,8 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _WORD = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BYTES = 10 * 1024 * 1024
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+FALLBACK_ENCODING = "cp1252"
 
 
 class Role(str, Enum):
@@ -60,6 +69,7 @@ class Inventory:
 
     path: str
     hosts: tuple[Host, ...]
+    encoding: str = "utf-8"  # or FALLBACK_ENCODING: the file was not UTF-8 (a spreadsheet's export)
 
     def envs(self) -> list[str]:
         """Return the distinct ENV values, in file order."""
@@ -93,18 +103,13 @@ def read_inventory(path: Path | str) -> Inventory:
 
 def parse_inventory(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
     """Parse the bytes (or text) of a servers.tsv file; errors name ``path:line``."""
-    text = _decode(raw, path)
+    text, encoding = _decode(raw, path)
     header: list[str] | None = None
     header_line = 0
     hosts: list[Host] = []
     seen_name: dict[tuple[str, str], int] = {}
     seen_ip: dict[tuple[str, str], int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if "\x00" in line:
-            raise InputError(path, "contains a NUL byte: not a text file", number)
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = [f.strip() for f in line.split("\t")]
+    for number, fields in _records(text, path):
         if header is None:
             header, header_line = _check_header(fields, path, number), number
             continue
@@ -132,7 +137,42 @@ def parse_inventory(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
         hosts.append(host)
     if header is None:
         raise InputError(path, "no header row (the file is empty or holds only comments)")
-    return Inventory(path=path, hosts=tuple(hosts))
+    return Inventory(path=path, hosts=tuple(hosts), encoding=encoding)
+
+
+def _records(text: str, path: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield each row's first line number and its stripped cells; comment and blank lines are skipped.
+
+    The cells are split by :mod:`csv` (a tab, ``"`` quoting with ``""`` for a quote): a quoted cell
+    may span lines. Lines are counted here, as editors count them, not by :meth:`str.splitlines`.
+    """
+    state = {"line": 0, "start": 0, "in_row": False, "ran_out": False}
+
+    def lines() -> Iterator[str]:
+        for physical in _LINES.findall(text):
+            state["line"] += 1
+            if "\x00" in physical:
+                raise InputError(path, "contains a NUL byte: not a text file", state["line"])
+            if not state["in_row"]:
+                if not physical.strip() or physical.lstrip().startswith("#"):
+                    continue
+                state["start"], state["in_row"] = state["line"], True
+            yield physical.rstrip("\r\n") + "\n"
+        if state["in_row"]:
+            state["ran_out"] = True
+
+    reader = csv.reader(lines(), delimiter="\t", quotechar='"', doublequote=True, strict=False)
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(path, f"cannot split the row into cells: {e}", state["start"]) from None
+        if state["ran_out"]:  # the reader asked for more lines inside a row: a quote left open
+            raise InputError(path, 'a quoted cell ("…) is never closed', state["start"])
+        state["in_row"] = False
+        yield state["start"], [c.strip() for c in cells]
 
 
 def select(inventory: Inventory, role: Role = Role.WORKER, env: str = "prod") -> list[Host]:
@@ -163,14 +203,21 @@ def with_user(hosts: Iterable[Host], user: str | None) -> list[Host]:
     return [Host(**{**asdict(h), "user": user}) for h in hosts]
 
 
-def _decode(raw: bytes | str, path: str) -> str:
+def _decode(raw: bytes | str, path: str) -> tuple[str, str]:
+    """Return the text and its encoding: UTF-8 first, then Windows-1252 (what Excel saves on Windows)."""
     if isinstance(raw, str):
-        return raw.removeprefix("\ufeff")
+        return raw.removeprefix("\ufeff"), "utf-8"
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode(FALLBACK_ENCODING), FALLBACK_ENCODING
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise InputError(path, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})", line) from None
+        raise InputError(
+            path, f"neither UTF-8 nor Windows-1252 text (byte 0x{raw[e.start]:02x}): save it as UTF-8", line
+        ) from None
 
 
 def _check_header(fields: Sequence[str], path: str, number: int) -> list[str]:

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome, UsageError
 from keybuzz_fix.inventory import Role
@@ -65,10 +66,9 @@ def convert(
         kubectl get deploy,svc,hpa -n keybuzz -o yaml > state.yaml && keybuzz-fix convert --from-file state.yaml -o yaml
     """
     from keybuzz_fix.config import load_config
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
+    workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
     if from_file is not None:
         if cluster.kubeconfig or cluster.kubeconfig_from_master or cluster.context:
             raise UsageError(
@@ -190,10 +190,9 @@ def ingress(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.ingress import run_ingress
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
+    workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
     reach = opt.connections(env, ssh, cluster=cluster)
     return run_ingress(
         opt.console_of(ctx),
@@ -245,12 +244,11 @@ def validate(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.validate import run_validate
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
     required = opt.percent("--threshold", threshold)
-    workers = read_nodes(servers, Role.WORKER, env, ssh.user)
+    workers = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     return run_validate(
         opt.console_of(ctx), reach, cfg, workers, threshold=required, strict=strict, extended=extended, output=output
     )
@@ -298,7 +296,6 @@ def all_steps(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.all import AllOptions, run_all
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
@@ -313,5 +310,5 @@ def all_steps(
         threshold=opt.percent("--threshold", threshold),
         strict=strict,
     )
-    hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     return run_all(opt.console_of(ctx), reach, hosts, cfg, options)

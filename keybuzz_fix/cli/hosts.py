@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 
+from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome
 from keybuzz_fix.inventory import Role
@@ -27,10 +28,9 @@ def inventory(
         keybuzz-fix inventory servers.tsv
         keybuzz-fix inventory servers.tsv --role all -o json
     """
-    from keybuzz_fix.inventory import read_inventory, select
     from keybuzz_fix.report.hosts import show_inventory
 
-    show_inventory(opt.console_of(ctx), select(read_inventory(servers), role, env), role, env, output)
+    show_inventory(opt.console_of(ctx), inputs.nodes(servers, role, env), role, env, output)
 
 
 def ufw(
@@ -88,12 +88,11 @@ def ufw(
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.firewall import run_firewall, worker_rules
     from keybuzz_fix.hosts.ufw.plan import ports_given
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
     allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source
     given = opt.parse_ports(ports) if ports is not None else None
-    hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
@@ -148,10 +147,9 @@ def overlay(
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.firewall import run_firewall
     from keybuzz_fix.hosts.flannel.plan import OFFLOAD, overlay_wanted
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    hosts = read_nodes(servers, Role.ALL, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user)
     reach = opt.connections(env, ssh, fleet=fleet)
     return run_firewall(
         opt.console_of(ctx),
@@ -197,9 +195,8 @@ def diagnose(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.diagnose import run_diagnose
-    from keybuzz_fix.inventory import read_nodes
 
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
     cfg = load_config(config)
-    hosts = read_nodes(servers, Role.ALL, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user)
     return run_diagnose(opt.console_of(ctx), reach, hosts, cfg, output)

@@ -81,6 +81,11 @@ def error_line(message: str) -> None:
     print(f"keybuzz-fix: error: {' '.join(message.split())}", file=sys.stderr)
 
 
+def note_line(message: str) -> None:
+    """Print a remark that is not an error as the one line ``keybuzz-fix: note: <message>`` on stderr."""
+    print(f"keybuzz-fix: note: {' '.join(message.split())}", file=sys.stderr)
+
+
 def silence_stdout() -> None:
     """Send what is left to print to nowhere: the reader of stdout went away (``| head``)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
