@@ -32,6 +32,23 @@ class ExitCode(IntEnum):
             return cls.FAILURE
         return cls.PARTIAL if isinstance(outcome, PartialOutcome) and outcome.partial else cls.OK
 
+    @classmethod
+    def detailed(cls, outcome: Outcome | None) -> int:
+        """Return the ``--exit-code`` status of a run: 0 nothing to do, 2 changes pending, 1 failed.
+
+        A drift check in CI or cron (``terraform plan -detailed-exitcode``): with ``--exit-code``
+        every error is 1 (:data:`DETAILED_ERROR`), so 2 means only "changes pending".
+        """
+        if outcome is None:
+            return int(cls.OK)
+        if outcome.failed:
+            return DETAILED_ERROR
+        return CHANGES_PENDING if isinstance(outcome, PendingOutcome) and outcome.changes_pending else int(cls.OK)
+
+
+DETAILED_ERROR = 1  # --exit-code: any error (a bad command line too)
+CHANGES_PENDING = 2  # --exit-code: the run planned changes it did not make (--dry-run, --from-file)
+
 
 class Outcome(Protocol):
     """The result object a flow returns: it says whether the run failed, the CLI decides the exit code."""
@@ -49,6 +66,16 @@ class PartialOutcome(Outcome, Protocol):
     @property
     def partial(self) -> bool:
         """Whether the run succeeded only in part."""
+        ...
+
+
+@runtime_checkable
+class PendingOutcome(Outcome, Protocol):
+    """A result that knows whether changes are planned but not made (a dry run; ``--exit-code`` reads it)."""
+
+    @property
+    def changes_pending(self) -> bool:
+        """Whether the run left changes to make (a dry run that found work)."""
         ...
 
 

@@ -151,6 +151,11 @@ class IngressPlan:
         return [r for r in self.routes if r.status.changes]
 
     @property
+    def changes_pending(self) -> bool:
+        """Whether a route is still to be written (a dry run that found work)."""
+        return bool(self.changes)
+
+    @property
     def failed(self) -> bool:
         """Whether the controller is not as wanted or a route cannot be (or was not) applied."""
         return bool(self.mismatches) or any(r.status.problem for r in self.routes)

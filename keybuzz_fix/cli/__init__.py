@@ -24,12 +24,15 @@ from typer.core import TyperGroup
 from keybuzz_fix import __version__
 from keybuzz_fix.cli import cluster, hosts
 from keybuzz_fix.cli.options import GROUPS
-from keybuzz_fix.errors import ExitCode, KeybuzzFixError
+from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError
 from keybuzz_fix.report.output import error_line, new_console, print_line, silence_stdout
 
 
-def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool]) -> int:
-    """Run ``program``; return the exit code of how it ended (``--debug`` lets errors through with their traceback)."""
+def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool], detailed: bool = False) -> int:
+    """Run ``program``; return the exit code of how it ended (``--debug`` lets errors through with their traceback).
+
+    ``detailed`` (``--exit-code``): 0 nothing to do, 2 changes pending, 1 any error (Ctrl-C stays 130).
+    """
     try:
         result = program()
     except typer.Exit as e:  # --help, --version
@@ -38,12 +41,14 @@ def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool]) -> int:
         if debug():
             raise
         error_line(str(e))
-        return int(e.exit_code)
+        if isinstance(e, Interrupted):
+            return int(e.exit_code)
+        return DETAILED_ERROR if detailed else int(e.exit_code)
     except typer.TyperException as e:  # a bad command line: Typer's own usage errors
         if debug():
             raise
         error_line(e.format_message())
-        return int(ExitCode.USAGE)
+        return DETAILED_ERROR if detailed else int(ExitCode.USAGE)
     except (KeyboardInterrupt, typer.Abort):
         if debug():
             raise
@@ -52,7 +57,7 @@ def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool]) -> int:
     except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing more to say
         silence_stdout()
         return int(ExitCode.FAILURE)
-    return int(ExitCode.of(result))
+    return ExitCode.detailed(result) if detailed else int(ExitCode.of(result))
 
 
 class _Group(TyperGroup):
@@ -74,7 +79,10 @@ class _Group(TyperGroup):
                 contexts.append(ctx)
                 return self.invoke(ctx)
 
-        code = raw_main(program, debug=lambda: bool(contexts and contexts[0].params.get("debug")))
+        options = argv[: argv.index("--")] if "--" in argv else argv
+        code = raw_main(
+            program, debug=lambda: bool(contexts and contexts[0].params.get("debug")), detailed="--exit-code" in options
+        )
         if standalone_mode:
             sys.exit(code)
         return code

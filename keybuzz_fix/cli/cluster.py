@@ -31,6 +31,7 @@ def convert(
     ] = opt.READY_TIMEOUT,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     force_conflicts: opt.ForceConflictsOpt = False,
     show_values: opt.ShowValuesOpt = False,
     output: opt.PlanOutputOpt = PlanOutput.TEXT,
@@ -117,6 +118,7 @@ def rollback(
     ] = opt.READY_TIMEOUT,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     output: opt.OutputOpt = Output.TEXT,
     *,
     cluster: opt.ClusterArgs,
@@ -161,6 +163,7 @@ def ingress(
     config: opt.ConfigOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     force_conflicts: opt.ForceConflictsOpt = False,
     output: opt.OutputOpt = Output.TEXT,
     *,
@@ -262,6 +265,7 @@ def all_steps(
     config: opt.ConfigOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     force_conflicts: opt.ForceConflictsOpt = False,
     keep_port: opt.KeepPortOpt = False,
     allow_managed: opt.AllowManagedOpt = False,

@@ -57,6 +57,7 @@ def ufw(
     env: opt.EnvOpt = "prod",
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
@@ -123,6 +124,7 @@ def overlay(
     env: opt.EnvOpt = "prod",
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,

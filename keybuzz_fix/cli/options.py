@@ -51,6 +51,15 @@ ScoreOutputOpt = Annotated[ScoreFormat, _opt("--output -o", "Output format.")]
 ConfigOpt = Annotated[Path | None, _opt("--config", "YAML file overriding manifests/defaults.yaml.", **_HIDDEN)]
 DryRunOpt = Annotated[bool, _opt("--dry-run", "Show the plan and change nothing.", SAFETY)]
 YesOpt = Annotated[bool, _opt("--yes -y", "Do not ask for confirmation.", SAFETY)]
+ExitCodeOpt = Annotated[
+    bool,
+    _opt(
+        "--exit-code",
+        "Exit 0 when there is nothing to do, 2 when changes are pending (with --dry-run or --from-file), "
+        "1 on any error: a drift check for CI or cron.",
+        SAFETY,
+    ),
+]
 EnableOpt = Annotated[bool, _opt("--enable", "Enable UFW where it is inactive (an SSH allow rule is added first).")]
 ForceConflictsOpt = Annotated[
     bool,

@@ -72,6 +72,7 @@ class Remediation:
     """What ``all`` did (the flow's result): every step ran, and the scorecard says how well."""
 
     card: Scorecard | None = None  # None: a dry run, nothing was scored
+    changes_pending: bool = False  # a dry run: whether a step planned changes
 
     @property
     def failed(self) -> bool:
@@ -141,7 +142,9 @@ def run_all(
         )
         if options.dry_run:
             log.summary("all: plan (dry run, nothing changed)")
-            return Remediation()
+            return Remediation(
+                changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
+            )
         changing = [o for o in planned if o.changes]
         confirm(
             f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "

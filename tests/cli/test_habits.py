@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from keybuzz_fix.cli import app
@@ -73,3 +74,55 @@ def test_line_numbers_after_a_multiline_cell_are_the_editors():
     result = runner.invoke(app, ["inventory", str(path)])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"keybuzz-fix: error: {path}:5: IP_PRIVEE '10.0.0.300'")
+
+
+# -- the exit-code contract of a planning run -------------------------------------------------------
+
+CONVERT = ROOT / "tests" / "data" / "convert"
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "code"),
+    [
+        ("01-kubectl-list", [], 0),  # without --exit-code a plan is a success
+        ("01-kubectl-list", ["--exit-code"], 2),  # changes pending
+        ("06-converted", ["--exit-code"], 0),  # nothing to do
+        ("10-refused-no-port-variable", ["--exit-code"], 1),  # an error
+        ("14-not-yaml", ["--exit-code"], 1),  # bad input is 1 too: 2 means only "changes pending"
+        ("14-not-yaml", [], 2),
+    ],
+)
+def test_convert_from_file_exit_code(case, extra, code):
+    result = runner.invoke(app, ["convert", "--from-file", str(CONVERT / case / "state.yaml"), *extra])
+    assert result.exit_code == code, result.output
+
+
+def test_exit_code_bad_command_line_is_1():
+    result = runner.invoke(
+        app, ["convert", "--from-file", str(CONVERT / "06-converted" / "state.yaml"), "--exit-code", "--bogus"]
+    )
+    assert result.exit_code == 1
+    assert "No such option: --bogus" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["ufw", "overlay", "convert", "rollback", "ingress", "all"])
+def test_every_planning_command_takes_exit_code(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--exit-code" in result.stdout
+
+
+def test_firewall_result_exit_codes():
+    from keybuzz_fix.errors import ExitCode
+    from keybuzz_fix.hosts.ufw.plan import FirewallResult, HostOutcome, HostStatus
+    from keybuzz_fix.inventory import Host
+
+    def run(*statuses):
+        hosts = [Host(f"w{i}", f"10.0.0.{i}", None, "root", "prod", "k3s", "worker") for i in range(len(statuses))]
+        outcomes = tuple(HostOutcome(h, s) for h, s in zip(hosts, statuses, strict=True))
+        return FirewallResult("ufw", outcomes, dry_run=True)
+
+    assert ExitCode.detailed(run(HostStatus.UNCHANGED, HostStatus.UNCHANGED)) == 0
+    assert ExitCode.detailed(run(HostStatus.UNCHANGED, HostStatus.PLANNED)) == 2
+    assert ExitCode.detailed(run(HostStatus.PLANNED, HostStatus.FAILED)) == 1
+    assert ExitCode.of(run(HostStatus.UNCHANGED, HostStatus.PLANNED)) == 0

@@ -247,6 +247,11 @@ class FirewallResult:
         """Whether a host failed or needs the operator."""
         return any(o.failed for o in self.outcomes)
 
+    @property
+    def changes_pending(self) -> bool:
+        """Whether a host has changes planned and not made (a dry run)."""
+        return any(o.status is HostStatus.PLANNED for o in self.outcomes)
+
 
 def tally(outcomes: Sequence[HostOutcome]) -> dict[str, int]:
     """Count hosts by status."""
