@@ -274,6 +274,7 @@ def all_steps(
     ] = opt.READY_TIMEOUT,
     threshold: opt.ThresholdOpt = None,
     strict: opt.StrictOpt = False,
+    output: opt.OutputOpt = Output.TEXT,
     *,
     http: opt.HttpArgs,
     cluster: opt.ClusterArgs,
@@ -313,6 +314,10 @@ def all_steps(
         allow_managed=allow_managed,
         threshold=opt.percent("--threshold", threshold),
         strict=strict,
+        json=output is Output.JSON,
     )
     hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
-    return run_all(opt.console_of(ctx), reach, hosts, cfg, options)
+    from keybuzz_fix.report.output import new_console
+
+    console = new_console(stderr=True) if options.json else opt.console_of(ctx)  # stdout carries only the JSON
+    return run_all(console, reach, hosts, cfg, options)

@@ -106,7 +106,8 @@ ShowValuesOpt = Annotated[
     bool,
     _opt(
         "--show-values",
-        "Show env values in the plan, diffs and -o yaml/json (masked by default: they may hold secrets).",
+        "Show env values in the plan and diffs (masked by default: they may hold secrets); "
+        "-o yaml/json always carry them, complete, to be applied.",
         SAFETY,
     ),
 ]

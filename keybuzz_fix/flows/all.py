@@ -36,7 +36,7 @@ from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView
 from keybuzz_fix.report.hosts import firewall_plans, firewall_summary, wanted_rules
 from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
-from keybuzz_fix.report.output import PlanOutput, confirm, progress_bar
+from keybuzz_fix.report.output import PlanOutput, confirm, print_json, progress_bar
 from keybuzz_fix.report.scorecard import scorecard_table
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class AllOptions:
     allow_managed: bool = False
     threshold: int | None = None
     strict: bool = False
+    json: bool = False  # -o json: one document on stdout at the end (the steps' text goes to stderr)
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,26 @@ class Remediation:
 def run_all(
     console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
 ) -> Remediation:
-    """Plan every step, ask once, run the steps in order applying what was confirmed."""
+    """Plan every step, ask once, run the steps in order applying what was confirmed; ``-o json``: one document."""
+    log = steps.StepLog(console)
+    try:
+        result = _run_all(console, reach, hosts, cfg, options, log)
+    except KeybuzzFixError as e:
+        if options.json:
+            print_json(steps.all_json(log, dry_run=options.dry_run, error=e))
+        raise
+    if options.json:
+        print_json(
+            steps.all_json(log, dry_run=options.dry_run, card=result.card, changes_pending=result.changes_pending)
+        )
+    return result
+
+
+def _run_all(
+    console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions, log: steps.StepLog
+) -> Remediation:
     kube = reach.kube()
     http = reach.http or HttpOptions()
-    log = steps.StepLog(console)
     wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
     rules = wanted.ufw_rules
     fw = FirewallRun(

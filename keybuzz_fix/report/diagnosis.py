@@ -83,6 +83,7 @@ def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
         hosts.append(entry)
     cluster = found.cluster
     return {
+        "command": "diagnose",
         "healthy": healthy(found.findings),
         "exit_code": int(ExitCode.of(found)),
         "seconds": round(found.seconds, 3),

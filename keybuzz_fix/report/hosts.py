@@ -189,6 +189,7 @@ def firewall_json(result: FirewallResult) -> dict[str, Any]:
             entry.update(status=o.status.value, actions=[action_json(a) for a in o.actions], ufw_active=o.facts.active)
         hosts.append(entry)
     out: dict[str, Any] = {
+        "command": result.command,
         "dry_run": result.dry_run,
         "exit_code": int(ExitCode.of(result)),
         "summary": tally(result.outcomes),

@@ -54,11 +54,11 @@ STATUS_STYLE = {
 }
 
 
-def new_console() -> Console:
-    """Return the console every command draws on (stdout, no syntax highlighting of numbers and paths)."""
+def new_console(*, stderr: bool = False) -> Console:
+    """Return the console a command draws on (stdout, or stderr when stdout carries JSON; no highlighting)."""
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=stderr, highlight=False)
 
 
 def print_json(data: Any) -> None:

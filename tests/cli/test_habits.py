@@ -126,3 +126,92 @@ def test_firewall_result_exit_codes():
     assert ExitCode.detailed(run(HostStatus.UNCHANGED, HostStatus.PLANNED)) == 2
     assert ExitCode.detailed(run(HostStatus.PLANNED, HostStatus.FAILED)) == 1
     assert ExitCode.of(run(HostStatus.UNCHANGED, HostStatus.PLANNED)) == 0
+
+
+# -- machine output is complete and round-trips ----------------------------------------------------
+
+GOLDEN = sorted(p.name for p in CONVERT.iterdir() if p.is_dir() and not (p / "error.txt").exists())
+
+
+def _containers(obj):
+    spec = obj["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+@pytest.mark.parametrize("case", GOLDEN)
+def test_convert_yaml_round_trips_to_the_source_objects(case):
+    """`convert --from-file -o yaml | kubectl apply -f -` must carry every env value and reference as found."""
+    import yaml
+
+    folder = CONVERT / case
+    args = (folder / "args").read_text().split() if (folder / "args").exists() else []
+    result = runner.invoke(app, ["convert", "--from-file", str(folder / "state.yaml"), *args, "-o", "yaml"])
+    assert result.exit_code == 0, result.output
+    assert "<masked>" not in result.stdout
+    applied = [d for d in yaml.safe_load_all(result.stdout) if d]
+    source = []
+    for doc in yaml.safe_load_all((folder / "state.yaml").read_text()):
+        source += doc.get("items", [doc]) if isinstance(doc, dict) else []
+    # each DaemonSet comes from the Deployment of its name (or is the DaemonSet already there)
+    deployments = {o["metadata"]["name"]: o for o in source if o.get("kind") == "DaemonSet"}
+    deployments.update({o["metadata"]["name"]: o for o in source if o.get("kind") == "Deployment"})
+    daemonsets = [o for o in applied if o["kind"] == "DaemonSet"]
+    compared = 0
+    for ds in daemonsets:
+        before = deployments.get(ds["metadata"]["name"])
+        if before is None:
+            continue
+        old, new = _containers(before), _containers(ds)
+        assert set(old) == set(new)
+        for name, container in old.items():
+            was = {v["name"]: v for v in container.get("env", [])}
+            now = {v["name"]: v for v in new[name].get("env", [])}
+            assert set(was) <= set(now)
+            for var, v in was.items():
+                if "valueFrom" in v:  # a Secret or ConfigMap stays a reference
+                    assert now[var]["valueFrom"] == v["valueFrom"]
+                    compared += 1
+                elif now[var].get("value") == v.get("value"):
+                    compared += 1
+                else:  # only a port variable the tool moves may differ, and only to a port number
+                    assert str(now[var]["value"]).isdigit() and str(v.get("value")).isdigit(), (var, v, now[var])
+            assert new[name].get("envFrom") == container.get("envFrom")
+    assert compared or not any(c.get("env") for d in daemonsets for c in _containers(d).values())
+
+
+def test_convert_json_carries_the_values_the_text_plan_masks():
+    state = str(CONVERT / "03-numeric-probes-affinity" / "state.yaml")
+    text = runner.invoke(app, ["convert", "--from-file", state])
+    assert "s3cret" not in text.stdout and "--show-values" in text.stdout
+    data = json.loads(runner.invoke(app, ["convert", "--from-file", state, "-o", "json"]).stdout)
+    assert "s3cret" in json.dumps(data["apply"]) and "<masked>" not in json.dumps(data)
+
+
+# -- -o json everywhere, one shape -------------------------------------------------------------------
+
+JSON_COMMANDS = ["inventory", "ufw", "overlay", "diagnose", "convert", "rollback", "ingress", "validate", "all"]
+
+
+@pytest.mark.parametrize("command", JSON_COMMANDS)
+def test_every_command_has_o_json(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--output" in result.stdout and "json" in result.stdout
+
+
+def test_all_o_json_is_one_document_even_when_it_stops():
+    kubeconfig = ROOT / "tests" / "data" / "cli" / "kubeconfig-unreachable.yaml"
+    result = runner.invoke(app, ["all", str(EXAMPLE), "--dry-run", "-o", "json", "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)  # stdout holds the JSON document and nothing else
+    assert {"command", "dry_run", "exit_code", "error"} <= set(data)
+    assert data["command"] == "all" and data["exit_code"] == 1 and "127.0.0.1:1" in data["error"]
+    assert [s["step"] for s in data["steps"]] == ["ufw", "convert", "ingress", "validate"]
+    assert {s["status"] for s in data["steps"]} == {"not run"} and data["scorecard"] is None
+    assert result.stderr.startswith("keybuzz-fix: error: cannot reach the Kubernetes API")
+
+
+def test_convert_o_json_has_the_common_keys():
+    state = str(CONVERT / "01-kubectl-list" / "state.yaml")
+    data = json.loads(runner.invoke(app, ["convert", "--from-file", state, "-o", "json"]).stdout)
+    assert (data["command"], data["dry_run"], data["exit_code"]) == ("convert", True, 0)
