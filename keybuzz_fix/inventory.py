@@ -293,3 +293,59 @@ def plain_network(value: str, *, strict: bool = True) -> ipaddress.IPv4Network |
     if "%" in value:
         raise ValueError(f"{value!r} is not a plain network")
     return ipaddress.ip_network(value, strict=strict)
+
+
+def limit(hosts: Sequence[Host], pattern: str | None, option: str = "--limit") -> list[Host]:
+    """Keep the hosts ``pattern`` names, as Ansible's ``--limit`` does; ``None`` keeps them all.
+
+    Comma-separated terms: a hostname or address, a glob (``k8s-worker-0[1-3]``, ``*-01``), ``@FILE``
+    (names one a line: a retry file), and ``!term`` to leave hosts out. Hosts keep the file's order.
+    Matching is case-insensitive on hostnames. A term that matches no host is an error: a typo
+    must not silently run on nothing, or on everything else.
+    """
+    if pattern is None:
+        return list(hosts)
+    include: list[str] = []
+    exclude: list[str] = []
+    for raw in pattern.split(","):
+        term = raw.strip()
+        if not term:
+            continue
+        target = exclude if term.startswith("!") else include
+        term = term.removeprefix("!").strip()
+        if term.startswith("@"):
+            target += _limit_file(term[1:], option)
+        elif term:
+            target.append(term)
+    if not include and not exclude:
+        raise UsageError(f"{option} {pattern!r} names no host")
+    for term in include + exclude:
+        if not any(_matches(h, term) for h in hosts):
+            names = ", ".join(h.hostname for h in hosts)
+            raise UsageError(f"{option}: {term!r} matches none of the selected hosts ({names})")
+    kept = [h for h in hosts if (not include or any(_matches(h, t) for t in include))]
+    kept = [h for h in kept if not any(_matches(h, t) for t in exclude)]
+    if not kept:
+        raise UsageError(f"{option} {pattern!r} leaves no host to work on")
+    return kept
+
+
+def _matches(host: Host, term: str) -> bool:
+    import fnmatch
+
+    name = term.lower()
+    return any(fnmatch.fnmatchcase(value.lower(), name) for value in (host.hostname, host.private_ip) if value)
+
+
+def _limit_file(name: str, option: str) -> list[str]:
+    path = Path(name).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{option} @{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{option} @{name}: cannot read: {e.__class__.__name__}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise UsageError(f"{option} @{name}: the file names no host")
+    return names

@@ -1,5 +1,6 @@
 """The cluster-side commands: ``convert``, ``rollback``, ``ingress``, ``validate`` and ``all``."""
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -262,6 +263,7 @@ def all_steps(
     servers: opt.ServersArg,
     enable: opt.EnableOpt = False,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     config: opt.ConfigOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
@@ -317,6 +319,10 @@ def all_steps(
         json=output is Output.JSON,
     )
     hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
+    if hosts_limit is not None:  # the ufw step works host by host; convert, ingress and validate see every worker
+        from keybuzz_fix.inventory import limit
+
+        options = replace(options, firewall_hosts=tuple(h.hostname for h in limit(hosts, hosts_limit)))
     from keybuzz_fix.report.output import new_console
 
     console = new_console(stderr=True) if options.json else opt.console_of(ctx)  # stdout carries only the JSON

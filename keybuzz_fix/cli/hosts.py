@@ -16,6 +16,7 @@ def inventory(
     servers: opt.ServersArg,
     role: opt.RoleOpt = Role.WORKER,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     output: opt.OutputOpt = Output.TEXT,
 ) -> None:
     """List the K3s nodes selected from servers.tsv.
@@ -30,7 +31,7 @@ def inventory(
     """
     from keybuzz_fix.report.hosts import show_inventory
 
-    show_inventory(opt.console_of(ctx), inputs.nodes(servers, role, env), role, env, output)
+    show_inventory(opt.console_of(ctx), inputs.nodes(servers, role, env, hosts=hosts_limit), role, env, output)
 
 
 def ufw(
@@ -55,6 +56,7 @@ def ufw(
     ] = None,
     enable: opt.EnableOpt = False,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
     exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
@@ -93,7 +95,7 @@ def ufw(
     cfg = load_config(config)
     allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source
     given = opt.parse_ports(ports) if ports is not None else None
-    hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user, hosts_limit)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
@@ -122,6 +124,7 @@ def overlay(
         ),
     ] = False,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
     exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
@@ -151,7 +154,7 @@ def overlay(
     from keybuzz_fix.hosts.flannel.plan import OFFLOAD, overlay_wanted
 
     cfg = load_config(config)
-    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
     reach = opt.connections(env, ssh, fleet=fleet)
     return run_firewall(
         opt.console_of(ctx),
@@ -171,6 +174,7 @@ def diagnose(
     ctx: typer.Context,
     servers: opt.ServersArg,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
@@ -200,5 +204,5 @@ def diagnose(
 
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
     cfg = load_config(config)
-    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
     return run_diagnose(opt.console_of(ctx), reach, hosts, cfg, output)

@@ -5,7 +5,7 @@ A file that was not UTF-8 (Excel's Windows-1252 export) is read, and a note on s
 
 from pathlib import Path
 
-from keybuzz_fix.inventory import FALLBACK_ENCODING, Host, Inventory, Role, read_inventory, select, with_user
+from keybuzz_fix.inventory import FALLBACK_ENCODING, Host, Inventory, Role, limit, read_inventory, select, with_user
 from keybuzz_fix.report.output import note_line
 
 
@@ -17,6 +17,6 @@ def inventory_of(servers: Path) -> Inventory:
     return inv
 
 
-def nodes(servers: Path, role: Role, env: str, user: str | None = None) -> list[Host]:
-    """Return the K3s nodes of ``role`` in ``env`` from the command's servers.tsv, with ``--user`` applied."""
-    return with_user(select(inventory_of(servers), role, env), user)
+def nodes(servers: Path, role: Role, env: str, user: str | None = None, hosts: str | None = None) -> list[Host]:
+    """Return the K3s nodes of ``role`` in ``env`` from the command's servers.tsv: ``--limit``, ``--user`` applied."""
+    return with_user(limit(select(inventory_of(servers), role, env), hosts), user)

@@ -42,6 +42,16 @@ def _opt(names: str, text: str, panel: str | None = None, **kwargs: Any) -> Any:
 _HIDDEN = {"show_default": False}
 ServersArg = Annotated[Path, typer.Argument(help="The operator's servers.tsv inventory.", show_default=False)]
 EnvOpt = Annotated[str, _opt("--env", "Only rows whose ENV column equals this.")]
+LimitOpt = Annotated[
+    str | None,
+    _opt(
+        "--limit -l",
+        "Only these hosts (as Ansible's --limit): hostnames or addresses, globs (k8s-worker-0[1-2]), "
+        "comma lists, !HOST to leave one out, @FILE for names one a line (a retry file).",
+        metavar="PATTERN",
+        show_default=False,
+    ),
+]
 RoleOpt = Annotated[Role, _opt("--role", "Which K3s nodes to select.")]
 OutputOpt = Annotated[Output, _opt("--output -o", "Output format.")]
 PlanOutputOpt = Annotated[

@@ -65,6 +65,7 @@ class AllOptions:
     allow_managed: bool = False
     threshold: int | None = None
     strict: bool = False
+    firewall_hosts: tuple[str, ...] | None = None  # --limit: the workers the ufw step works on (None: all)
     json: bool = False  # -o json: one document on stdout at the end (the steps' text goes to stderr)
 
 
@@ -112,7 +113,7 @@ def _run_all(
     wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
     rules = wanted.ufw_rules
     fw = FirewallRun(
-        hosts=hosts,
+        hosts=[h for h in hosts if options.firewall_hosts is None or h.hostname in options.firewall_hosts],
         desired=lambda _h: rules,
         ssh=reach.ssh,
         command="all",

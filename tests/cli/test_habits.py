@@ -215,3 +215,49 @@ def test_convert_o_json_has_the_common_keys():
     state = str(CONVERT / "01-kubectl-list" / "state.yaml")
     data = json.loads(runner.invoke(app, ["convert", "--from-file", state, "-o", "json"]).stdout)
     assert (data["command"], data["dry_run"], data["exit_code"]) == ("convert", True, 0)
+
+
+# -- --limit, as Ansible's -------------------------------------------------------------------------
+
+
+def _limited(*pattern: str) -> list[str]:
+    result = runner.invoke(app, ["inventory", str(EXAMPLE), "--role", "all", "-o", "json", "--limit", *pattern])
+    assert result.exit_code == 0, result.output
+    return [h["hostname"] for h in json.loads(result.stdout)]
+
+
+def test_limit_names_globs_lists_and_exclusions():
+    assert _limited("k8s-worker-02") == ["k8s-worker-02"]
+    assert _limited("K8S-WORKER-02") == ["k8s-worker-02"]  # host names are not case-sensitive
+    assert _limited("k8s-worker-0[1-2],k8s-master-01") == ["k8s-master-01", "k8s-worker-01", "k8s-worker-02"]
+    assert _limited("k8s-worker-*,!k8s-worker-01,!k8s-worker-05") == ["k8s-worker-02", "k8s-worker-03", "k8s-worker-04"]
+    assert _limited("!k8s-master-*") == WORKERS  # only exclusions: everything else
+    assert _limited("10.0.0.110") == ["k8s-worker-01"]  # an address, as in IP_PRIVEE
+
+
+def test_limit_from_a_file(tmp_path):
+    retry = tmp_path / "ufw.retry"
+    retry.write_text("k8s-worker-03\n\n# a comment\nk8s-worker-01\n")
+    assert _limited(f"@{retry}") == ["k8s-worker-01", "k8s-worker-03"]  # the file's order
+    assert _limited(f"@{retry},!k8s-worker-01") == ["k8s-worker-03"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fragment"),
+    [
+        ("k8s-wroker-01", "--limit: 'k8s-wroker-01' matches none of the selected hosts"),
+        ("k8s-worker-01,!k8s-worker-01", "leaves no host to work on"),
+        ("@/nonexistent/ufw.retry", "--limit @/nonexistent/ufw.retry: no such file"),
+        (",", "names no host"),
+    ],
+)
+def test_limit_typos_are_errors(pattern, fragment):
+    result = runner.invoke(app, ["inventory", str(EXAMPLE), "--limit", pattern])
+    assert result.exit_code == 2
+    assert fragment in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["inventory", "ufw", "overlay", "diagnose", "all"])
+def test_every_host_command_takes_limit(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert "--limit" in result.stdout
