@@ -8,6 +8,7 @@ is the one rule that turns it into an exit code.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -136,6 +137,19 @@ def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "<redacted>")
     return text.split("{'", 1)[0].rstrip(" /") if "{'" in text else text
+
+
+_CREDENTIAL = re.compile(
+    r"(?i)(client-key-data|client-certificate-data|certificate-authority-data|token|password|secret"
+    r"|authorization)(\"?\s*[:=]\s*\"?)(bearer\s+)?[^\s\",}]+"
+)
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
+
+
+def redact_credentials(text: str) -> str:
+    """Replace what looks like a credential (a kubeconfig's keys, a token, a password, a private key) in a trace."""
+    text = _PRIVATE_KEY.sub("<redacted private key>", text)
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
 
 
 class Aborted(KeybuzzFixError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
@@ -25,7 +26,7 @@ from keybuzz_fix import __version__
 from keybuzz_fix.cli import cluster, hosts
 from keybuzz_fix.cli.options import GROUPS
 from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError
-from keybuzz_fix.report.output import error_line, new_console, print_line, silence_stdout
+from keybuzz_fix.report.output import error_line, new_console, print_line, silence_stdout, start_trace
 
 
 def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool], detailed: bool = False) -> int:
@@ -71,7 +72,7 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = _verbosity_first(list(sys.argv[1:] if args is None else args))
         contexts: list[Any] = []
 
         def program() -> Any:
@@ -86,6 +87,19 @@ class _Group(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+_VERBOSE = re.compile(r"^-v+$")
+
+
+def _verbosity_first(argv: list[str]) -> list[str]:
+    """Move ``-v``/``-vv``/``--verbose`` given after the command name to the front (``kubectl … -v`` habit)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if _VERBOSE.match(a) or a == "--verbose"]
+    if not flags:
+        return argv
+    rest = [a for a in argv[:end] if not (_VERBOSE.match(a) or a == "--verbose")]
+    return flags + rest + argv[end:]
 
 
 app = typer.Typer(
@@ -112,11 +126,22 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="-v: each remote command and API request on one line on stderr; -vv: with their output and "
+            "bodies (credentials and env values redacted). Also after the command name.",
+        ),
+    ] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     ctx.obj = new_console()  # --debug is read by raw_main, from the parsed options
+    start_trace(verbose)
 
 
 R = TypeVar("R")

@@ -86,6 +86,24 @@ def note_line(message: str) -> None:
     print(f"keybuzz-fix: note: {' '.join(message.split())}", file=sys.stderr)
 
 
+def start_trace(verbosity: int) -> None:
+    """Send the trace of remote commands and API requests to stderr: ``-v`` one line each, ``-vv`` with bodies."""
+    import logging
+
+    log = logging.getLogger("keybuzz_fix.trace")
+    for old in [h for h in log.handlers if getattr(h, "keybuzz_fix", False)]:
+        log.removeHandler(old)
+    if verbosity <= 0:
+        log.setLevel(logging.WARNING)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.keybuzz_fix = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("keybuzz-fix: trace: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    log.propagate = False
+
+
 def silence_stdout() -> None:
     """Send what is left to print to nowhere: the reader of stdout went away (``| head``)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

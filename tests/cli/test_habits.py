@@ -261,3 +261,50 @@ def test_limit_typos_are_errors(pattern, fragment):
 def test_every_host_command_takes_limit(command):
     result = runner.invoke(app, [command, "--help"])
     assert "--limit" in result.stdout
+
+
+# -- -v / -vv ---------------------------------------------------------------------------------------
+
+UNREACHABLE = ROOT / "tests" / "data" / "cli" / "kubeconfig-unreachable.yaml"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-v", "ingress", "--dry-run", "--kubeconfig", str(UNREACHABLE)],
+        ["ingress", "--dry-run", "--kubeconfig", str(UNREACHABLE), "-v"],  # after the command, as with kubectl
+    ],
+)
+def test_v_traces_each_api_request_on_one_line(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("keybuzz-fix: trace: api GET https://127.0.0.1:1/apis/apps/v1/namespaces/")
+    assert "-> no answer" in lines[0]
+    assert lines[-1].startswith("keybuzz-fix: error: cannot reach the Kubernetes API")
+
+
+def test_no_trace_without_v():
+    result = runner.invoke(app, ["ingress", "--dry-run", "--kubeconfig", str(UNREACHABLE)])
+    assert "trace:" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_traced_bodies_mask_env_values_and_drop_credentials():
+    from keybuzz_fix.cluster.client import _traced_body
+    from keybuzz_fix.errors import redact_credentials
+
+    ds = {
+        "kind": "DaemonSet",
+        "spec": {"template": {"spec": {"containers": [{"name": "a", "env": [{"name": "DB", "value": "pw-9"}]}]}}},
+    }
+    listed = json.dumps({"kind": "List", "items": [ds, {"kind": "Secret", "data": {"k": "c2VjcmV0"}}]}).encode()
+    for body in (ds, listed):
+        text = _traced_body(body)
+        assert "pw-9" not in text and "c2VjcmV0" not in text and '"name": "DB"' in text
+    kubeconfig = "users:\n- user:\n    client-key-data: LS0tS1\n    token: abc.def\n    password: hunter2\n"
+    shown = redact_credentials(kubeconfig + "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----")
+    for secret in ("LS0tS1", "abc.def", "hunter2", "MIIE"):
+        assert secret not in shown
+    assert "client-key-data: <redacted>" in shown and "Authorization: <redacted>" == redact_credentials(
+        "Authorization: Bearer xyz"
+    )
