@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -72,7 +74,9 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        self._main_shell_completion(extra, prog_name or "keybuzz-fix", complete_var)  # exits when completing
         argv = _verbosity_first(list(sys.argv[1:] if args is None else args))
+        extra.setdefault("default_map", option_defaults(self, os.environ))
         contexts: list[Any] = []
 
         def program() -> Any:
@@ -87,6 +91,43 @@ class _Group(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+ENV_PREFIX = "KEYBUZZ_FIX_"
+# Options an environment variable must not set behind the operator's back: each one loosens a safety.
+_NOT_FROM_ENV = {"yes", "force_conflicts", "allow_managed", "enable", "insecure", "accept_new_host_keys", "show_values"}
+
+
+def option_defaults(group: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return Click's ``default_map``: ``KEYBUZZ_FIX_<OPTION>`` variables, and the user's config file.
+
+    ``--known-hosts`` is ``KEYBUZZ_FIX_KNOWN_HOSTS``, ``-v`` is ``KEYBUZZ_FIX_VERBOSE``; a
+    command-line option wins. Without ``--config`` (or ``KEYBUZZ_FIX_CONFIG``),
+    ``$XDG_CONFIG_HOME/keybuzz-fix/config.yaml`` (``~/.config/…``) is used when it exists.
+    """
+
+    def of(command: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for p in command.params:
+            if p.param_type_name != "option" or p.name in _NOT_FROM_ENV or p.name is None:
+                continue
+            long = next((o for o in p.opts if o.startswith("--")), None)
+            if long is None:
+                continue
+            value = environ.get(ENV_PREFIX + long[2:].upper().replace("-", "_"))
+            if value is not None and value != "":
+                found[p.name] = value.split() if p.multiple else value
+        if "config" not in found and any(p.name == "config" for p in command.params):
+            home = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".config")
+            user_config = Path(home) / "keybuzz-fix" / "config.yaml"
+            if user_config.is_file():
+                found["config"] = str(user_config)
+        return found
+
+    defaults = of(group)
+    for name, command in group.commands.items():
+        defaults[name] = of(command)
+    return defaults
 
 
 _VERBOSE = re.compile(r"^-v+$")
@@ -109,7 +150,7 @@ app = typer.Typer(
     "traffic does not pass: open the ingress NodePorts in UFW, run the apps as hostNetwork DaemonSets, "
     "apply the ingress routes, and score the result.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's help renderer would triple the start-up time of --help
     context_settings={"help_option_names": ["-h", "--help"]},

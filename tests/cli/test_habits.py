@@ -308,3 +308,69 @@ def test_traced_bodies_mask_env_values_and_drop_credentials():
     assert "client-key-data: <redacted>" in shown and "Authorization: <redacted>" == redact_credentials(
         "Authorization: Bearer xyz"
     )
+
+
+# -- KEYBUZZ_FIX_* variables, the user's config file, shell completion -------------------------------
+
+
+def test_env_variables_give_option_defaults_and_the_command_line_wins():
+    path = str(SERVERS / "realistic-40.tsv")
+    result = runner.invoke(app, ["inventory", path], env={"KEYBUZZ_FIX_ENV": "staging", "KEYBUZZ_FIX_OUTPUT": "json"})
+    assert result.exit_code == 0, result.output
+    assert [h["env"] for h in json.loads(result.stdout)] == ["staging"]
+    result = runner.invoke(app, ["inventory", path, "--env", "prod"], env={"KEYBUZZ_FIX_ENV": "staging"})
+    assert "ENV=prod" in result.stdout
+    limited = runner.invoke(app, ["inventory", path, "-o", "json"], env={"KEYBUZZ_FIX_LIMIT": "k8s-worker-02"})
+    assert [h["hostname"] for h in json.loads(limited.stdout)] == ["k8s-worker-02"]
+
+
+def test_env_verbose_and_no_safety_option_from_the_environment():
+    from keybuzz_fix.cli import option_defaults
+
+    group = app_group()
+    defaults = option_defaults(group, {"KEYBUZZ_FIX_VERBOSE": "2", "KEYBUZZ_FIX_YES": "1", "KEYBUZZ_FIX_INSECURE": "1"})
+    assert defaults["verbose"] == "2"
+    assert "yes" not in defaults["ufw"] and "insecure" not in defaults["validate"]
+    result = runner.invoke(
+        app, ["ingress", "--dry-run", "--kubeconfig", str(UNREACHABLE)], env={"KEYBUZZ_FIX_VERBOSE": "1"}
+    )
+    assert "keybuzz-fix: trace: api GET" in result.stderr
+
+
+def app_group():
+    import typer.main
+
+    return typer.main.get_command(app)
+
+
+def test_user_config_file_is_used_when_config_is_absent(tmp_path):
+    folder = tmp_path / "keybuzz-fix"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("namespace: [not, a, name]\n")
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    state = str(CONVERT / "01-kubectl-list" / "state.yaml")
+    result = runner.invoke(app, ["convert", "--from-file", state], env=env)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"keybuzz-fix: error: {folder / 'config.yaml'}")
+    explicit = ROOT / "manifests" / "defaults.yaml"
+    assert runner.invoke(app, ["convert", "--from-file", state, "--config", str(explicit)], env=env).exit_code == 0
+    (folder / "config.yaml").unlink()
+    assert runner.invoke(app, ["convert", "--from-file", state], env=env).exit_code == 0
+
+
+def test_shell_completion():
+    import os
+    import subprocess
+    import sys
+
+    assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
+    env = {
+        **os.environ,
+        "_KEYBUZZ_FIX_COMPLETE": "complete_bash",
+        "COMP_WORDS": "keybuzz-fix ufw x --li",
+        "COMP_CWORD": "3",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "keybuzz_fix"], env=env, capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.split() == ["--limit"]
