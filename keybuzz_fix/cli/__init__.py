@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from keybuzz_fix import __version__
 from keybuzz_fix.cli import cluster, hosts
-from keybuzz_fix.cli.options import GROUPS
+from keybuzz_fix.cli.options import FROM_COMMAND_SERVERS, GROUPS
 from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError
 from keybuzz_fix.report.output import error_line, new_console, print_line, silence_stdout, start_trace
 
@@ -75,7 +75,7 @@ class _Group(TyperGroup):
         **extra: Any,
     ) -> Any:
         self._main_shell_completion(extra, prog_name or "keybuzz-fix", complete_var)  # exits when completing
-        argv = _verbosity_first(list(sys.argv[1:] if args is None else args))
+        argv = _bare_from_master(_verbosity_first(list(sys.argv[1:] if args is None else args)))
         extra.setdefault("default_map", option_defaults(self, os.environ))
         contexts: list[Any] = []
 
@@ -128,6 +128,16 @@ def option_defaults(group: Any, environ: Mapping[str, str]) -> dict[str, Any]:
     for name, command in group.commands.items():
         defaults[name] = of(command)
     return defaults
+
+
+def _bare_from_master(argv: list[str]) -> list[str]:
+    """Read a bare ``--kubeconfig-from-master`` (last, or before another option) as "the command's servers.tsv"."""
+    out = list(argv)
+    end = out.index("--") if "--" in out else len(out)
+    for i, arg in enumerate(out[:end]):
+        if arg == "--kubeconfig-from-master" and (i + 1 >= end or out[i + 1].startswith("-")):
+            out[i] = f"--kubeconfig-from-master={FROM_COMMAND_SERVERS}"
+    return out
 
 
 _VERBOSE = re.compile(r"^-v+$")

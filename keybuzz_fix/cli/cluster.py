@@ -64,7 +64,7 @@ def convert(
     
         keybuzz-fix convert --dry-run
         keybuzz-fix convert servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
-        keybuzz-fix convert --kubeconfig-from-master servers.tsv -o json --yes
+        keybuzz-fix convert servers.tsv --kubeconfig-from-master -o json --yes
         kubectl get deploy,svc,hpa -n keybuzz -o yaml > state.yaml && keybuzz-fix convert --from-file state.yaml -o yaml
     """
     from keybuzz_fix.config import load_config
@@ -93,7 +93,7 @@ def convert(
     from keybuzz_fix.flows.convert import run_convert
 
     ready = opt.seconds("--timeout", timeout)
-    reach = opt.connections(env, ssh, cluster=cluster)
+    reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
     return run_convert(
         opt.console_of(ctx),
         reach,
@@ -190,14 +190,14 @@ def ingress(
     
         keybuzz-fix ingress --dry-run
         keybuzz-fix ingress servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
-        keybuzz-fix ingress servers.tsv --kubeconfig-from-master servers.tsv -o json --yes
+        keybuzz-fix ingress servers.tsv -o json --yes --kubeconfig-from-master
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.ingress import run_ingress
 
     cfg = load_config(config)
     workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
-    reach = opt.connections(env, ssh, cluster=cluster)
+    reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
     return run_ingress(
         opt.console_of(ctx),
         reach,
@@ -250,7 +250,7 @@ def validate(
     from keybuzz_fix.flows.validate import run_validate
 
     cfg = load_config(config)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
     required = opt.percent("--threshold", threshold)
     workers = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     return run_validate(
@@ -299,13 +299,13 @@ def all_steps(
     
         keybuzz-fix all servers.tsv --dry-run
         keybuzz-fix all servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --identity ~/.ssh/id_ed25519 --yes
-        keybuzz-fix all servers.tsv --kubeconfig-from-master servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2
+        keybuzz-fix all servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2 --kubeconfig-from-master
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.all import AllOptions, run_all
 
     cfg = load_config(config)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
     options = AllOptions(
         dry_run=dry_run,
         yes=yes,

@@ -96,7 +96,9 @@ def ufw(
     allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source
     given = opt.parse_ports(ports) if ports is not None else None
     hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user, hosts_limit)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    reach = opt.connections(
+        env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
+    )
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
         opt.console_of(ctx),
@@ -197,12 +199,14 @@ def diagnose(
 
     
         keybuzz-fix diagnose servers.tsv
-        keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
+        keybuzz-fix diagnose servers.tsv --kubeconfig-from-master -o json
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.diagnose import run_diagnose
 
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    reach = opt.connections(
+        env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
+    )
     cfg = load_config(config)
     hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
     return run_diagnose(opt.console_of(ctx), reach, hosts, cfg, output)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+FROM_COMMAND_SERVERS = "@servers.tsv"  # a bare --kubeconfig-from-master: the command's own servers.tsv
 READY_TIMEOUT = 300.0
 
 
@@ -174,7 +175,8 @@ class ClusterReadArgs:
         Path | None,
         _opt(
             "--kubeconfig-from-master",
-            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory).",
+            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory); "
+            "alone (last, or before another option), the command's own servers.tsv.",
             CLUSTER,
             metavar="SERVERS_TSV",
             **_HIDDEN,
@@ -287,8 +289,12 @@ def connections(
     api_timeout: float = 30.0,
     http: HttpArgs | None = None,
     urls: Sequence[str] = (),
+    servers: Path | None = None,
 ) -> "Connections":
-    """Check the SSH, cluster and URL options of a command and build what its flow connects with."""
+    """Check the SSH, cluster and URL options of a command and build what its flow connects with.
+
+    ``servers``: the command's servers.tsv, which a bare ``--kubeconfig-from-master`` reads.
+    """
     from keybuzz_fix.checks.http import checked_http_options
     from keybuzz_fix.cluster.connect import ClusterOptions
     from keybuzz_fix.flows import Connections
@@ -309,10 +315,18 @@ def connections(
     )
     reach = None
     if cluster is not None:
+        from_master = cluster.kubeconfig_from_master
+        if from_master is not None and str(from_master) == FROM_COMMAND_SERVERS:
+            if servers is None:
+                raise UsageError(
+                    "--kubeconfig-from-master: this command has no servers.tsv of its own; "
+                    "name one: --kubeconfig-from-master servers.tsv"
+                )
+            from_master = servers
         reach = ClusterOptions(
             kubeconfig=cluster.kubeconfig,
             context=cluster.context,
-            from_master=cluster.kubeconfig_from_master,
+            from_master=from_master,
             save_kubeconfig=cluster.save_kubeconfig if isinstance(cluster, ClusterArgs) else None,
             env=env,
             user=ssh.user,

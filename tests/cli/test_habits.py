@@ -374,3 +374,26 @@ def test_shell_completion():
         [sys.executable, "-m", "keybuzz_fix"], env=env, capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     assert out.split() == ["--limit"]
+
+
+# -- --kubeconfig-from-master as a flag ------------------------------------------------------------
+
+
+def test_bare_kubeconfig_from_master_means_the_commands_servers_tsv():
+    from keybuzz_fix.cli import _bare_from_master
+    from keybuzz_fix.cli.options import FROM_COMMAND_SERVERS
+
+    bare = f"--kubeconfig-from-master={FROM_COMMAND_SERVERS}"
+    assert _bare_from_master(["all", "s.tsv", "--kubeconfig-from-master"]) == ["all", "s.tsv", bare]
+    assert _bare_from_master(["all", "s.tsv", "--kubeconfig-from-master", "--yes"]) == ["all", "s.tsv", bare, "--yes"]
+    kept = ["all", "s.tsv", "--kubeconfig-from-master", "other.tsv"]  # a path is still a path
+    assert _bare_from_master(kept) == kept
+
+
+def test_bare_kubeconfig_from_master_without_servers_is_a_usage_error():
+    result = runner.invoke(app, ["convert", "--dry-run", "--kubeconfig-from-master"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "keybuzz-fix: error: --kubeconfig-from-master: this command has no servers.tsv of its own; "
+        "name one: --kubeconfig-from-master servers.tsv"
+    )

@@ -392,6 +392,23 @@ def test_kubeconfig_from_master_is_saved_private_and_never_printed(
         assert "client-key-data: <redacted>" in traced.stderr and "token: <redacted>" in traced.stderr
         for secret in (TOKEN, k3s["users"][0]["user"]["client-key-data"], pair.key_pem.decode().splitlines()[1]):
             assert secret not in traced.output
+        # the flag alone reads the command's own servers.tsv (named once)
+        flag = cli(
+            "diagnose",
+            str(servers),
+            "--kubeconfig-from-master",
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+            "-o",
+            "json",
+        )
+        cluster_read = json.loads(flag.stdout)["cluster"]
+        assert cluster_read["read"] is False, flag.output
+        assert f"https://{master.ip}:6443 (k8s-master-01:/etc/rancher/k3s/k3s.yaml)" in cluster_read["error"]
+        for secret in (TOKEN, k3s["users"][0]["user"]["client-key-data"]):
+            assert secret not in flag.output
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
         again = yaml.safe_load(saved.read_text())
         assert again["clusters"][0]["cluster"]["server"] == f"https://{master.ip}:6443"
