@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from keybuzz_fix import __version__
 from keybuzz_fix.cli import cluster, hosts
@@ -61,6 +61,33 @@ def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool], detailed:
         silence_stdout()
         return int(ExitCode.FAILURE)
     return ExitCode.detailed(result) if detailed else int(ExitCode.of(result))
+
+
+class _Command(TyperCommand):
+    """A command whose plain help shows its options in their groups (SSH, Cluster, Safety, URL checks).
+
+    Click's own formatter, not rich's: the panels declared on the options, at plain help's speed.
+    """
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        """Write the arguments, the ungrouped options, then one section per option group."""
+        args: list[tuple[str, str]] = []
+        panels: dict[str, list[tuple[str, str]]] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                args.append(record)
+            else:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        for title, records in panels.items():
+            if records:
+                with formatter.section(f"{title} options" if title != "Options" else title):
+                    formatter.write_dl(records)
 
 
 class _Group(TyperGroup):
@@ -237,7 +264,7 @@ for _name, _command in (
     ("overlay", hosts.overlay),
     ("diagnose", hosts.diagnose),
 ):
-    app.command(_name)(option_groups(_command))
+    app.command(_name, cls=_Command)(option_groups(_command))
 
 
 def main(argv: list[str] | None = None) -> None:

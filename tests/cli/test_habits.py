@@ -397,3 +397,22 @@ def test_bare_kubeconfig_from_master_without_servers_is_a_usage_error():
         "keybuzz-fix: error: --kubeconfig-from-master: this command has no servers.tsv of its own; "
         "name one: --kubeconfig-from-master servers.tsv"
     )
+
+
+# -- grouped --help ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "sections"),
+    [
+        ("ufw", ["Options:", "Safety options:", "SSH options:", "Cluster options:"]),
+        ("validate", ["Options:", "URL checks options:", "Cluster options:", "SSH options:"]),
+        ("convert", ["Options:", "Safety options:", "Cluster options:", "SSH options:"]),
+    ],
+)
+def test_help_shows_the_option_groups(command, sections):
+    out = runner.invoke(app, [command, "--help"]).stdout
+    assert all(s in out for s in sections), out
+    assert out.index("SSH options:") < out.index("\n  --known-hosts ")  # each option under its group
+    if "Safety options:" in sections:
+        assert out.index("Safety options:") < out.index("\n  --dry-run ") < out.index("Cluster options:")
