@@ -1,5 +1,6 @@
 """The cluster-side commands: ``convert``, ``rollback``, ``ingress``, ``validate`` and ``all``."""
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -78,6 +79,9 @@ def convert(
             )
         from keybuzz_fix.flows.convert import run_offline
 
+        if cluster.namespace:
+            cfg = dataclasses.replace(cfg, namespace=cluster.namespace)
+
         return run_offline(
             opt.console_of(ctx),
             from_file,
@@ -94,6 +98,7 @@ def convert(
 
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
+    cfg = opt.namespaced(cfg, config, reach)
     return run_convert(
         opt.console_of(ctx),
         reach,
@@ -121,6 +126,14 @@ def rollback(
     yes: opt.YesOpt = False,
     exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     output: opt.OutputOpt = Output.TEXT,
+    force_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--force-cluster",
+            help="Restore a backup taken from another cluster (its kube-system uid differs from this one's).",
+            rich_help_panel=opt.SAFETY,
+        ),
+    ] = False,
     *,
     cluster: opt.ClusterArgs,
     env: opt.EnvOpt = "prod",
@@ -132,7 +145,8 @@ def rollback(
 
     Recreates the Deployments and HPAs that are gone, waits (by watching) until the Deployments are
     ready, restores each Service's type and ports (clusterIP kept), then deletes the DaemonSets
-    convert made. What it changes is backed up first. A second run is a no-op.
+    convert made. What it changes is backed up first. A second run is a no-op. A backup taken from
+    another cluster than the one connected to is refused (--force-cluster).
 
     Examples:
 
@@ -148,7 +162,16 @@ def rollback(
     path = backup_file if backup_file is not None else latest_backup("convert")
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster)
-    return run_rollback(opt.console_of(ctx), reach, path, dry_run=dry_run, yes=yes, timeout=ready, output=output)
+    return run_rollback(
+        opt.console_of(ctx),
+        reach,
+        path,
+        dry_run=dry_run,
+        yes=yes,
+        timeout=ready,
+        output=output,
+        force_cluster=force_cluster,
+    )
 
 
 def ingress(
@@ -198,6 +221,7 @@ def ingress(
     cfg = load_config(config)
     workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
     reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
+    cfg = opt.namespaced(cfg, config, reach)
     return run_ingress(
         opt.console_of(ctx),
         reach,
@@ -251,6 +275,7 @@ def validate(
 
     cfg = load_config(config)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
+    cfg = opt.namespaced(cfg, config, reach)
     required = opt.percent("--threshold", threshold)
     workers = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     return run_validate(
@@ -306,6 +331,7 @@ def all_steps(
 
     cfg = load_config(config)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
+    cfg = opt.namespaced(cfg, config, reach)
     options = AllOptions(
         dry_run=dry_run,
         yes=yes,

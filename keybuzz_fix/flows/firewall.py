@@ -137,9 +137,8 @@ def run_firewall(
 
 
 def _result(run: FirewallRun, outcomes: Sequence[HostOutcome], wanted: Wanted, *, dry_run: bool) -> FirewallResult:
-    result = FirewallResult(
-        run.command, tuple(outcomes), dry_run, tuple(run.accepted.entries), run.ssh.known_hosts, wanted
-    )
+    known_hosts = run.ssh.known_hosts or run.accepted.where
+    result = FirewallResult(run.command, tuple(outcomes), dry_run, tuple(run.accepted.entries), known_hosts, wanted)
     if result.failed_hosts:  # as Ansible's retry files: the summary says how to re-run only these
         return replace(result, retry_file=write_retry(run.command, result.failed_hosts))
     return result
