@@ -8,6 +8,7 @@ is the one rule that turns it into an exit code.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,6 +33,23 @@ class ExitCode(IntEnum):
             return cls.FAILURE
         return cls.PARTIAL if isinstance(outcome, PartialOutcome) and outcome.partial else cls.OK
 
+    @classmethod
+    def detailed(cls, outcome: Outcome | None) -> int:
+        """Return the ``--exit-code`` status of a run: 0 nothing to do, 2 changes pending, 1 failed.
+
+        A drift check in CI or cron (``terraform plan -detailed-exitcode``): with ``--exit-code``
+        every error is 1 (:data:`DETAILED_ERROR`), so 2 means only "changes pending".
+        """
+        if outcome is None:
+            return int(cls.OK)
+        if outcome.failed:
+            return DETAILED_ERROR
+        return CHANGES_PENDING if isinstance(outcome, PendingOutcome) and outcome.changes_pending else int(cls.OK)
+
+
+DETAILED_ERROR = 1  # --exit-code: any error (a bad command line too)
+CHANGES_PENDING = 2  # --exit-code: the run planned changes it did not make (--dry-run, --from-file)
+
 
 class Outcome(Protocol):
     """The result object a flow returns: it says whether the run failed, the CLI decides the exit code."""
@@ -49,6 +67,16 @@ class PartialOutcome(Outcome, Protocol):
     @property
     def partial(self) -> bool:
         """Whether the run succeeded only in part."""
+        ...
+
+
+@runtime_checkable
+class PendingOutcome(Outcome, Protocol):
+    """A result that knows whether changes are planned but not made (a dry run; ``--exit-code`` reads it)."""
+
+    @property
+    def changes_pending(self) -> bool:
+        """Whether the run left changes to make (a dry run that found work)."""
         ...
 
 
@@ -109,6 +137,19 @@ def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "<redacted>")
     return text.split("{'", 1)[0].rstrip(" /") if "{'" in text else text
+
+
+_CREDENTIAL = re.compile(
+    r"(?i)(client-key-data|client-certificate-data|certificate-authority-data|token|password|secret"
+    r"|authorization)(\"?\s*[:=]\s*\"?)(bearer\s+)?[^\s\",}]+"
+)
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
+
+
+def redact_credentials(text: str) -> str:
+    """Replace what looks like a credential (a kubeconfig's keys, a token, a password, a private key) in a trace."""
+    text = _PRIVATE_KEY.sub("<redacted private key>", text)
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
 
 
 class Aborted(KeybuzzFixError):

@@ -4,13 +4,20 @@ The file is the operator's single source of truth for dozens of servers of every
 rows with ``ROLE=k3s`` matter here, but the whole file is checked so that a typo is caught where
 it is, with ``file:line``. Values that end up in SSH (hostname, user, address) are validated as
 plain names so they can never reach a shell unquoted.
+
+The file is read as editors and spreadsheets write it: UTF-8 (with or without a BOM), else
+Windows-1252 (Excel's "Text (Tab delimited)" on Windows; :attr:`Inventory.encoding` says which);
+cells quoted with ``"`` may hold tabs, line breaks and doubled quotes (a spreadsheet's export);
+line numbers count ``\n``, ``\r\n`` and a lone ``\r`` only, as editors do, so a U+2028 pasted
+into a cell does not shift the line an error names.
 """
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,6 +31,8 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _WORD = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BYTES = 10 * 1024 * 1024
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+FALLBACK_ENCODING = "cp1252"
 
 
 class Role(str, Enum):
@@ -60,6 +69,7 @@ class Inventory:
 
     path: str
     hosts: tuple[Host, ...]
+    encoding: str = "utf-8"  # or FALLBACK_ENCODING: the file was not UTF-8 (a spreadsheet's export)
 
     def envs(self) -> list[str]:
         """Return the distinct ENV values, in file order."""
@@ -93,18 +103,13 @@ def read_inventory(path: Path | str) -> Inventory:
 
 def parse_inventory(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
     """Parse the bytes (or text) of a servers.tsv file; errors name ``path:line``."""
-    text = _decode(raw, path)
+    text, encoding = _decode(raw, path)
     header: list[str] | None = None
     header_line = 0
     hosts: list[Host] = []
     seen_name: dict[tuple[str, str], int] = {}
     seen_ip: dict[tuple[str, str], int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if "\x00" in line:
-            raise InputError(path, "contains a NUL byte: not a text file", number)
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = [f.strip() for f in line.split("\t")]
+    for number, fields in _records(text, path):
         if header is None:
             header, header_line = _check_header(fields, path, number), number
             continue
@@ -132,7 +137,42 @@ def parse_inventory(raw: bytes | str, path: str = "servers.tsv") -> Inventory:
         hosts.append(host)
     if header is None:
         raise InputError(path, "no header row (the file is empty or holds only comments)")
-    return Inventory(path=path, hosts=tuple(hosts))
+    return Inventory(path=path, hosts=tuple(hosts), encoding=encoding)
+
+
+def _records(text: str, path: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield each row's first line number and its stripped cells; comment and blank lines are skipped.
+
+    The cells are split by :mod:`csv` (a tab, ``"`` quoting with ``""`` for a quote): a quoted cell
+    may span lines. Lines are counted here, as editors count them, not by :meth:`str.splitlines`.
+    """
+    state = {"line": 0, "start": 0, "in_row": False, "ran_out": False}
+
+    def lines() -> Iterator[str]:
+        for physical in _LINES.findall(text):
+            state["line"] += 1
+            if "\x00" in physical:
+                raise InputError(path, "contains a NUL byte: not a text file", state["line"])
+            if not state["in_row"]:
+                if not physical.strip() or physical.lstrip().startswith("#"):
+                    continue
+                state["start"], state["in_row"] = state["line"], True
+            yield physical.rstrip("\r\n") + "\n"
+        if state["in_row"]:
+            state["ran_out"] = True
+
+    reader = csv.reader(lines(), delimiter="\t", quotechar='"', doublequote=True, strict=False)
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(path, f"cannot split the row into cells: {e}", state["start"]) from None
+        if state["ran_out"]:  # the reader asked for more lines inside a row: a quote left open
+            raise InputError(path, 'a quoted cell ("…) is never closed', state["start"])
+        state["in_row"] = False
+        yield state["start"], [c.strip() for c in cells]
 
 
 def select(inventory: Inventory, role: Role = Role.WORKER, env: str = "prod") -> list[Host]:
@@ -163,14 +203,21 @@ def with_user(hosts: Iterable[Host], user: str | None) -> list[Host]:
     return [Host(**{**asdict(h), "user": user}) for h in hosts]
 
 
-def _decode(raw: bytes | str, path: str) -> str:
+def _decode(raw: bytes | str, path: str) -> tuple[str, str]:
+    """Return the text and its encoding: UTF-8 first, then Windows-1252 (what Excel saves on Windows)."""
     if isinstance(raw, str):
-        return raw.removeprefix("\ufeff")
+        return raw.removeprefix("\ufeff"), "utf-8"
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode(FALLBACK_ENCODING), FALLBACK_ENCODING
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise InputError(path, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})", line) from None
+        raise InputError(
+            path, f"neither UTF-8 nor Windows-1252 text (byte 0x{raw[e.start]:02x}): save it as UTF-8", line
+        ) from None
 
 
 def _check_header(fields: Sequence[str], path: str, number: int) -> list[str]:
@@ -246,3 +293,59 @@ def plain_network(value: str, *, strict: bool = True) -> ipaddress.IPv4Network |
     if "%" in value:
         raise ValueError(f"{value!r} is not a plain network")
     return ipaddress.ip_network(value, strict=strict)
+
+
+def limit(hosts: Sequence[Host], pattern: str | None, option: str = "--limit") -> list[Host]:
+    """Keep the hosts ``pattern`` names, as Ansible's ``--limit`` does; ``None`` keeps them all.
+
+    Comma-separated terms: a hostname or address, a glob (``k8s-worker-0[1-3]``, ``*-01``), ``@FILE``
+    (names one a line: a retry file), and ``!term`` to leave hosts out. Hosts keep the file's order.
+    Matching is case-insensitive on hostnames. A term that matches no host is an error: a typo
+    must not silently run on nothing, or on everything else.
+    """
+    if pattern is None:
+        return list(hosts)
+    include: list[str] = []
+    exclude: list[str] = []
+    for raw in pattern.split(","):
+        term = raw.strip()
+        if not term:
+            continue
+        target = exclude if term.startswith("!") else include
+        term = term.removeprefix("!").strip()
+        if term.startswith("@"):
+            target += _limit_file(term[1:], option)
+        elif term:
+            target.append(term)
+    if not include and not exclude:
+        raise UsageError(f"{option} {pattern!r} names no host")
+    for term in include + exclude:
+        if not any(_matches(h, term) for h in hosts):
+            names = ", ".join(h.hostname for h in hosts)
+            raise UsageError(f"{option}: {term!r} matches none of the selected hosts ({names})")
+    kept = [h for h in hosts if (not include or any(_matches(h, t) for t in include))]
+    kept = [h for h in kept if not any(_matches(h, t) for t in exclude)]
+    if not kept:
+        raise UsageError(f"{option} {pattern!r} leaves no host to work on")
+    return kept
+
+
+def _matches(host: Host, term: str) -> bool:
+    import fnmatch
+
+    name = term.lower()
+    return any(fnmatch.fnmatchcase(value.lower(), name) for value in (host.hostname, host.private_ip) if value)
+
+
+def _limit_file(name: str, option: str) -> list[str]:
+    path = Path(name).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{option} @{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{option} @{name}: cannot read: {e.__class__.__name__}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise UsageError(f"{option} @{name}: the file names no host")
+    return names

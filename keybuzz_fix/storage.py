@@ -50,6 +50,11 @@ def write_private(path: Path, data: str | bytes) -> Path:
     return path
 
 
+def write_retry(command: str, hostnames: list[str]) -> Path:
+    """Write the hosts a run failed on, one a line, to ``retry/<command>.retry`` (for ``--limit @FILE``)."""
+    return write_private(state_dir() / "retry" / f"{command}.retry", "".join(f"{h}\n" for h in hostnames))
+
+
 def timestamp() -> str:
     """Return a UTC timestamp usable in file names (sortable)."""
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")

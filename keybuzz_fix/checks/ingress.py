@@ -151,6 +151,11 @@ class IngressPlan:
         return [r for r in self.routes if r.status.changes]
 
     @property
+    def changes_pending(self) -> bool:
+        """Whether a route is still to be written (a dry run that found work)."""
+        return bool(self.changes)
+
+    @property
     def unserved(self) -> list[RoutePlan]:
         """Return the routes ingress-nginx would not serve as wanted (each with the objects why)."""
         return [r for r in self.routes if r.serving]

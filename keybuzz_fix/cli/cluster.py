@@ -1,11 +1,13 @@
 """The cluster-side commands: ``convert``, ``rollback``, ``ingress``, ``validate`` and ``all``."""
 
 import dataclasses
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome, UsageError
 from keybuzz_fix.inventory import Role
@@ -31,6 +33,7 @@ def convert(
     ] = opt.READY_TIMEOUT,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     force_conflicts: opt.ForceConflictsOpt = False,
     show_values: opt.ShowValuesOpt = False,
     output: opt.PlanOutputOpt = PlanOutput.TEXT,
@@ -62,14 +65,13 @@ def convert(
     
         keybuzz-fix convert --dry-run
         keybuzz-fix convert servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
-        keybuzz-fix convert --kubeconfig-from-master servers.tsv -o json --yes
+        keybuzz-fix convert servers.tsv --kubeconfig-from-master -o json --yes
         kubectl get deploy,svc,hpa -n keybuzz -o yaml > state.yaml && keybuzz-fix convert --from-file state.yaml -o yaml
     """
     from keybuzz_fix.config import load_config
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
+    workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
     if from_file is not None:
         if cluster.kubeconfig or cluster.kubeconfig_from_master or cluster.context:
             raise UsageError(
@@ -95,7 +97,7 @@ def convert(
     from keybuzz_fix.flows.convert import run_convert
 
     ready = opt.seconds("--timeout", timeout)
-    reach = opt.connections(env, ssh, cluster=cluster)
+    reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
     cfg = opt.namespaced(cfg, config, reach)
     return run_convert(
         opt.console_of(ctx),
@@ -122,6 +124,7 @@ def rollback(
     ] = opt.READY_TIMEOUT,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     output: opt.OutputOpt = Output.TEXT,
     force_cluster: Annotated[
         bool,
@@ -184,6 +187,7 @@ def ingress(
     config: opt.ConfigOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     force_conflicts: opt.ForceConflictsOpt = False,
     output: opt.OutputOpt = Output.TEXT,
     *,
@@ -209,15 +213,14 @@ def ingress(
     
         keybuzz-fix ingress --dry-run
         keybuzz-fix ingress servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --yes
-        keybuzz-fix ingress servers.tsv --kubeconfig-from-master servers.tsv -o json --yes
+        keybuzz-fix ingress servers.tsv -o json --yes --kubeconfig-from-master
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.ingress import run_ingress
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
-    reach = opt.connections(env, ssh, cluster=cluster)
+    workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
+    reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
     cfg = opt.namespaced(cfg, config, reach)
     return run_ingress(
         opt.console_of(ctx),
@@ -269,13 +272,12 @@ def validate(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.validate import run_validate
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
     cfg = opt.namespaced(cfg, config, reach)
     required = opt.percent("--threshold", threshold)
-    workers = read_nodes(servers, Role.WORKER, env, ssh.user)
+    workers = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     return run_validate(
         opt.console_of(ctx), reach, cfg, workers, threshold=required, strict=strict, extended=extended, output=output
     )
@@ -287,9 +289,11 @@ def all_steps(
     enable: opt.EnableOpt = False,
     insert_first: opt.InsertFirstOpt = False,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     config: opt.ConfigOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     force_conflicts: opt.ForceConflictsOpt = False,
     keep_port: opt.KeepPortOpt = False,
     allow_managed: opt.AllowManagedOpt = False,
@@ -298,6 +302,7 @@ def all_steps(
     ] = opt.READY_TIMEOUT,
     threshold: opt.ThresholdOpt = None,
     strict: opt.StrictOpt = False,
+    output: opt.OutputOpt = Output.TEXT,
     *,
     http: opt.HttpArgs,
     cluster: opt.ClusterArgs,
@@ -320,14 +325,13 @@ def all_steps(
     
         keybuzz-fix all servers.tsv --dry-run
         keybuzz-fix all servers.tsv --kubeconfig ~/.kube/keybuzz.yaml --identity ~/.ssh/id_ed25519 --yes
-        keybuzz-fix all servers.tsv --kubeconfig-from-master servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2
+        keybuzz-fix all servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2 --kubeconfig-from-master
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.all import AllOptions, run_all
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
     cfg = opt.namespaced(cfg, config, reach)
     options = AllOptions(
         dry_run=dry_run,
@@ -340,6 +344,14 @@ def all_steps(
         allow_managed=allow_managed,
         threshold=opt.percent("--threshold", threshold),
         strict=strict,
+        json=output is Output.JSON,
     )
-    hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
-    return run_all(opt.console_of(ctx), reach, hosts, cfg, options)
+    hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
+    if hosts_limit is not None:  # the ufw step works host by host; convert, ingress and validate see every worker
+        from keybuzz_fix.inventory import limit
+
+        options = replace(options, firewall_hosts=tuple(h.hostname for h in limit(hosts, hosts_limit)))
+    from keybuzz_fix.report.output import new_console
+
+    console = new_console(stderr=True) if options.json else opt.console_of(ctx)  # stdout carries only the JSON
+    return run_all(console, reach, hosts, cfg, options)

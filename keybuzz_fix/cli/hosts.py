@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome
 from keybuzz_fix.inventory import Role
@@ -16,6 +17,7 @@ def inventory(
     servers: opt.ServersArg,
     role: opt.RoleOpt = Role.WORKER,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     output: opt.OutputOpt = Output.TEXT,
 ) -> None:
     """List the K3s nodes selected from servers.tsv.
@@ -28,10 +30,9 @@ def inventory(
         keybuzz-fix inventory servers.tsv
         keybuzz-fix inventory servers.tsv --role all -o json
     """
-    from keybuzz_fix.inventory import read_inventory, select
     from keybuzz_fix.report.hosts import show_inventory
 
-    show_inventory(opt.console_of(ctx), select(read_inventory(servers), role, env), role, env, output)
+    show_inventory(opt.console_of(ctx), inputs.nodes(servers, role, env, hosts=hosts_limit), role, env, output)
 
 
 def ufw(
@@ -57,8 +58,10 @@ def ufw(
     enable: opt.EnableOpt = False,
     insert_first: opt.InsertFirstOpt = False,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
@@ -92,13 +95,14 @@ def ufw(
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.firewall import run_firewall, worker_rules
     from keybuzz_fix.hosts.ufw.plan import ports_given
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
     allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source
     given = opt.parse_ports(ports) if ports is not None else None
-    hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user, hosts_limit)
+    reach = opt.connections(
+        env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
+    )
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
         opt.console_of(ctx),
@@ -128,8 +132,10 @@ def overlay(
         ),
     ] = False,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
+    exit_code: opt.ExitCodeOpt = False,  # read by raw_main (the exit-code contract)
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
@@ -154,10 +160,9 @@ def overlay(
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.firewall import run_firewall
     from keybuzz_fix.hosts.flannel.plan import OFFLOAD, overlay_wanted
-    from keybuzz_fix.inventory import read_nodes
 
     cfg = load_config(config)
-    hosts = read_nodes(servers, Role.ALL, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
     reach = opt.connections(env, ssh, fleet=fleet)
     return run_firewall(
         opt.console_of(ctx),
@@ -181,6 +186,7 @@ def diagnose(
         typer.Argument(help="The operator's servers.tsv inventory (not with --from-dir).", show_default=False),
     ] = None,
     env: opt.EnvOpt = "prod",
+    hosts_limit: opt.LimitOpt = None,
     collect_script: Annotated[
         bool,
         typer.Option(
@@ -222,14 +228,13 @@ def diagnose(
 
     \b
         keybuzz-fix diagnose servers.tsv
-        keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
+        keybuzz-fix diagnose servers.tsv --kubeconfig-from-master -o json
         keybuzz-fix diagnose --collect-script servers.tsv > collect.sh
         keybuzz-fix diagnose --from-dir captures/ -o json
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.errors import UsageError
     from keybuzz_fix.flows.diagnose import print_collect_script, run_diagnose, run_from_dir
-    from keybuzz_fix.inventory import read_nodes
 
     if from_dir is not None:
         if servers is not None or collect_script:
@@ -238,9 +243,11 @@ def diagnose(
     if servers is None:
         raise UsageError("diagnose needs a servers.tsv (or --from-dir DIR)")
     load_config(config)  # a broken --config is refused here as by every command; diagnose reads the nodes
-    hosts = read_nodes(servers, Role.ALL, env, ssh.user)
+    hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
     if collect_script:
         print_collect_script(hosts)
         return None
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    reach = opt.connections(
+        env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
+    )
     return run_diagnose(opt.console_of(ctx), reach, hosts, output)

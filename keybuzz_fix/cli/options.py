@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from keybuzz_fix.flows import Connections
 
 SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
+FROM_COMMAND_SERVERS = "@servers.tsv"  # a bare --kubeconfig-from-master: the command's own servers.tsv
 READY_TIMEOUT = 300.0
 
 
@@ -43,6 +44,16 @@ def _opt(names: str, text: str, panel: str | None = None, **kwargs: Any) -> Any:
 _HIDDEN = {"show_default": False}
 ServersArg = Annotated[Path, typer.Argument(help="The operator's servers.tsv inventory.", show_default=False)]
 EnvOpt = Annotated[str, _opt("--env", "Only rows whose ENV column equals this.")]
+LimitOpt = Annotated[
+    str | None,
+    _opt(
+        "--limit -l",
+        "Only these hosts (as Ansible's --limit): hostnames or addresses, globs (k8s-worker-0[1-2]), "
+        "comma lists, !HOST to leave one out, @FILE for names one a line (a retry file).",
+        metavar="PATTERN",
+        show_default=False,
+    ),
+]
 RoleOpt = Annotated[Role, _opt("--role", "Which K3s nodes to select.")]
 OutputOpt = Annotated[Output, _opt("--output -o", "Output format.")]
 PlanOutputOpt = Annotated[
@@ -52,6 +63,15 @@ ScoreOutputOpt = Annotated[ScoreFormat, _opt("--output -o", "Output format.")]
 ConfigOpt = Annotated[Path | None, _opt("--config", "YAML file overriding manifests/defaults.yaml.", **_HIDDEN)]
 DryRunOpt = Annotated[bool, _opt("--dry-run", "Show the plan and change nothing.", SAFETY)]
 YesOpt = Annotated[bool, _opt("--yes -y", "Do not ask for confirmation.", SAFETY)]
+ExitCodeOpt = Annotated[
+    bool,
+    _opt(
+        "--exit-code",
+        "Exit 0 when there is nothing to do, 2 when changes are pending (with --dry-run or --from-file), "
+        "1 on any error: a drift check for CI or cron.",
+        SAFETY,
+    ),
+]
 EnableOpt = Annotated[bool, _opt("--enable", "Enable UFW where it is inactive (an SSH allow rule is added first).")]
 InsertFirstOpt = Annotated[
     bool,
@@ -106,7 +126,8 @@ ShowValuesOpt = Annotated[
     bool,
     _opt(
         "--show-values",
-        "Show env values in the plan, diffs and -o yaml/json (masked by default: they may hold secrets).",
+        "Show env values in the plan and diffs (masked by default: they may hold secrets); "
+        "-o yaml/json always carry them, complete, to be applied.",
         SAFETY,
     ),
 ]
@@ -202,7 +223,8 @@ class ClusterReadArgs:
         Path | None,
         _opt(
             "--kubeconfig-from-master",
-            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory).",
+            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory); "
+            "alone (last, or before another option), the command's own servers.tsv.",
             CLUSTER,
             metavar="SERVERS_TSV",
             **_HIDDEN,
@@ -315,8 +337,12 @@ def connections(
     api_timeout: float = 30.0,
     http: HttpArgs | None = None,
     urls: Sequence[str] = (),
+    servers: Path | None = None,
 ) -> "Connections":
-    """Check the SSH, cluster and URL options of a command and build what its flow connects with."""
+    """Check the SSH, cluster and URL options of a command and build what its flow connects with.
+
+    ``servers``: the command's servers.tsv, which a bare ``--kubeconfig-from-master`` reads.
+    """
     from keybuzz_fix.checks.http import checked_http_options
     from keybuzz_fix.cluster.connect import ClusterOptions
     from keybuzz_fix.flows import Connections
@@ -346,10 +372,18 @@ def connections(
         options.check_config()  # this command goes over SSH: a bad ssh_config line stops it here
     reach = None
     if cluster is not None:
+        from_master = cluster.kubeconfig_from_master
+        if from_master is not None and str(from_master) == FROM_COMMAND_SERVERS:
+            if servers is None:
+                raise UsageError(
+                    "--kubeconfig-from-master: this command has no servers.tsv of its own; "
+                    "name one: --kubeconfig-from-master servers.tsv"
+                )
+            from_master = servers
         reach = ClusterOptions(
             kubeconfig=cluster.kubeconfig,
             context=cluster.context,
-            from_master=cluster.kubeconfig_from_master,
+            from_master=from_master,
             save_kubeconfig=cluster.save_kubeconfig if isinstance(cluster, ClusterArgs) else None,
             env=env,
             user=ssh.user,

@@ -111,3 +111,8 @@ class ChangeRun:
     def failed(self) -> bool:
         """Whether the run stopped on an error."""
         return self.error is not None
+
+    @property
+    def changes_pending(self) -> bool:
+        """Whether a change is planned and not made (a dry run that found work)."""
+        return any(self.outcome(c) in ("planned", "validated") for c in self.changes)

@@ -14,16 +14,18 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from keybuzz_fix.cluster.objects import Obj, meta_of
-from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, one_line, redact
+from keybuzz_fix.cluster.objects import Obj, mask_values, meta_of
+from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, one_line, redact, redact_credentials
 
 FIELD_MANAGER = "keybuzz-fix"
 # How the API server words an RBAC refusal: 'User "x" cannot create resource "ingresses" in API group ...'
@@ -31,6 +33,9 @@ _DENIED = re.compile(r'cannot ([a-z]+) resource "([a-z0-9.-]+)"(?: in API group 
 # ... and a refused impersonation: 'User "x" cannot impersonate resource "users" ...' (1.36 also says
 # 'cannot impersonate-on:user-info:get resource "daemonsets"' for its constrained impersonation)
 _NO_IMPERSONATION = re.compile(r'User "([^"]*)" cannot (impersonate[a-z:-]*) resource "([a-z0-9.-]+)"')
+
+
+TRACE = logging.getLogger("keybuzz_fix.trace")  # -v: each API request on one line; -vv: and its bodies
 
 
 @dataclass(frozen=True)
@@ -361,6 +366,7 @@ class Kube:
 
         url = self.endpoint.server + path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
+        started = time.monotonic()
         deadline = _Deadline(self.timeout)
         _CURRENT.deadline = deadline
         try:
@@ -374,6 +380,7 @@ class Kube:
                 retries=False,
             )
         except urllib3.exceptions.HTTPError as e:
+            TRACE.info("api %s %s -> no answer (%s)", method, url, self._scrub(str(e)))
             if deadline.expired:
                 raise self._too_slow(what) from e
             raise self._unreachable(e) from e
@@ -382,6 +389,7 @@ class Kube:
             _CURRENT.deadline = None
         if deadline.expired:  # cut mid-answer: what arrived may look whole (headers ended by the cut)
             raise self._too_slow(what)
+        self._trace(method, url, body, resp.status, resp.data, time.monotonic() - started)
         if resp.status == 404 and missing_ok:
             return None
         if resp.status >= 400:
@@ -391,6 +399,17 @@ class Kube:
         except ValueError as e:
             raise ClusterError(f"{self.endpoint.server}{path}: the server did not answer JSON") from e
         return result
+
+    def _trace(self, method: str, url: str, sent: Any, status: int, raw: bytes, seconds: float) -> None:
+        """Log one API request (``-v``), and with ``-vv`` its bodies: env values masked, credentials redacted."""
+        if not TRACE.isEnabledFor(logging.INFO):
+            return
+        TRACE.info("api %s %s -> %s, %.2f s", method, url, status, seconds)
+        if TRACE.isEnabledFor(logging.DEBUG):
+            for name, content in (("request", sent), ("response", raw)):
+                if content is None or content == b"":
+                    continue
+                TRACE.debug("api %s body:\n%s", name, self._scrub(_traced_body(content)))
 
     def _too_slow(self, what: tuple[str, str, str | None, str | None]) -> ClusterError:
         return ClusterError(
@@ -462,6 +481,26 @@ class Kube:
         if status == 409:
             raise Conflict(f"cannot {verb} {target}{where}: {message}")
         raise ClusterError(f"cannot {verb} {target}{where}: {status} {message}")
+
+
+def _traced_body(content: Any) -> str:
+    """Return a request or response body for the ``-vv`` trace: env values masked, Secret data and credentials out."""
+    if isinstance(content, bytes | bytearray):
+        try:
+            content = json.loads(content)
+        except ValueError:
+            return redact_credentials(bytes(content[:2000]).decode("utf-8", "replace"))
+
+    def clean(obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            return obj
+        if obj.get("kind") == "Secret":
+            return {**obj, "data": "<redacted>", "stringData": "<redacted>"}
+        if isinstance(obj.get("items"), builtins.list):
+            return {**obj, "items": [clean(i) for i in obj["items"]]}
+        return mask_values(obj) if isinstance(obj.get("spec"), dict) else obj
+
+    return redact_credentials(json.dumps(clean(content), ensure_ascii=False))
 
 
 class _Deadline:

@@ -107,6 +107,11 @@ class ConvertPlan:
         return [c for c in self.changes if c.changes]
 
     @property
+    def changes_pending(self) -> bool:
+        """Whether the plan changes the cluster (``convert --from-file --exit-code``)."""
+        return bool(self.pending)
+
+    @property
     def to_back_up(self) -> list[Obj]:
         """The objects as read that this plan changes or deletes."""
         return [c.before for c in self.pending if c.before is not None]

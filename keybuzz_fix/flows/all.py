@@ -36,7 +36,7 @@ from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView
 from keybuzz_fix.report.hosts import firewall_plans, firewall_summary, wanted_rules
 from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
-from keybuzz_fix.report.output import PlanOutput, confirm, progress_bar
+from keybuzz_fix.report.output import PlanOutput, confirm, print_json, progress_bar
 from keybuzz_fix.report.scorecard import scorecard_table
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ class AllOptions:
     allow_managed: bool = False
     threshold: int | None = None
     strict: bool = False
+    firewall_hosts: tuple[str, ...] | None = None  # --limit: the workers the ufw step works on (None: all)
+    json: bool = False  # -o json: one document on stdout at the end (the steps' text goes to stderr)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Remediation:
     """What ``all`` did (the flow's result): every step ran, and the scorecard says how well."""
 
     card: Scorecard | None = None  # None: a dry run, nothing was scored
+    changes_pending: bool = False  # a dry run: whether a step planned changes
 
     @property
     def failed(self) -> bool:
@@ -88,14 +91,30 @@ class Remediation:
 def run_all(
     console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
 ) -> Remediation:
-    """Plan every step, ask once, run the steps in order applying what was confirmed."""
+    """Plan every step, ask once, run the steps in order applying what was confirmed; ``-o json``: one document."""
+    log = steps.StepLog(console)
+    try:
+        result = _run_all(console, reach, hosts, cfg, options, log)
+    except KeybuzzFixError as e:
+        if options.json:
+            print_json(steps.all_json(log, dry_run=options.dry_run, error=e))
+        raise
+    if options.json:
+        print_json(
+            steps.all_json(log, dry_run=options.dry_run, card=result.card, changes_pending=result.changes_pending)
+        )
+    return result
+
+
+def _run_all(
+    console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions, log: steps.StepLog
+) -> Remediation:
     kube = reach.kube()
     http = reach.http or HttpOptions()
-    log = steps.StepLog(console)
     wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
     rules = wanted.ufw_rules
     fw = FirewallRun(
-        hosts=hosts,
+        hosts=[h for h in hosts if options.firewall_hosts is None or h.hostname in options.firewall_hosts],
         desired=lambda _h: rules,
         ssh=reach.ssh,
         command="all",
@@ -143,7 +162,9 @@ def run_all(
         )
         if options.dry_run:
             log.summary("all: plan (dry run, nothing changed)")
-            return Remediation()
+            return Remediation(
+                changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
+            )
         changing = [o for o in planned if o.changes]
         confirm(
             f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "

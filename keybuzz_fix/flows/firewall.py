@@ -9,6 +9,7 @@ arrives on, not only the NodePorts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from keybuzz_fix.cluster.objects import Obj
@@ -21,6 +22,7 @@ from keybuzz_fix.hosts.ufw.plan import FirewallResult, HostExtra, HostOutcome, W
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.hosts import FirewallView
 from keybuzz_fix.report.output import Output
+from keybuzz_fix.storage import write_retry
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -138,4 +140,7 @@ def run_firewall(
 
 def _result(run: FirewallRun, outcomes: Sequence[HostOutcome], wanted: Wanted, *, dry_run: bool) -> FirewallResult:
     known_hosts = run.ssh.known_hosts or run.accepted.where
-    return FirewallResult(run.command, tuple(outcomes), dry_run, tuple(run.accepted.entries), known_hosts, wanted)
+    result = FirewallResult(run.command, tuple(outcomes), dry_run, tuple(run.accepted.entries), known_hosts, wanted)
+    if result.failed_hosts:  # as Ansible's retry files: the summary says how to re-run only these
+        return replace(result, retry_file=write_retry(run.command, result.failed_hosts))
+    return result

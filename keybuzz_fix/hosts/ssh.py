@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from keybuzz_fix.errors import AuthError, HostError, HostKeyError, HostUnreachable, RemoteCommandError
+from keybuzz_fix.errors import (
+    AuthError,
+    HostError,
+    HostKeyError,
+    HostUnreachable,
+    RemoteCommandError,
+    redact_credentials,
+)
 from keybuzz_fix.hosts import knownhosts
 from keybuzz_fix.hosts.sshconfig import SYSTEM_CONFIG, Hop, Route, SshConfig
 from keybuzz_fix.inventory import Host
@@ -98,6 +105,9 @@ class AcceptedKeys:
     where: Path | None = None  # the known_hosts file the last one went to
 
 
+TRACE = logging.getLogger("keybuzz_fix.trace")  # -v: each remote command on one line; -vv: and its output
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """Return the OpenSSH-style SHA256 fingerprint of a key."""
     return knownhosts.fingerprint(key.asbytes())
@@ -154,7 +164,9 @@ class Session:
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         """Run a shell script as root (through ``sudo -n`` when needed) and return its output."""
+        started = time.monotonic()
         result = self._in_shell(script, _brief(script), timeout or self._options.command_timeout)
+        _trace_command(self.host, script, result, time.monotonic() - started)
         if self.sudo and result.status != 0 and _sudo_refused(result.stderr):
             raise AuthError(
                 self.host.hostname,
@@ -671,6 +683,28 @@ def _partial(error: HostError, out: bytes | bytearray) -> HostError:
     """Attach what the command printed so far: the caller can tell which of its steps ran."""
     error.partial = bytes(out).decode("utf-8", "replace")
     return error
+
+
+def _trace_command(host: Host, script: str, result: CommandResult, seconds: float) -> None:
+    """Log one remote command (``-v``), and with ``-vv`` its script and output; credentials redacted."""
+    if not TRACE.isEnabledFor(logging.INFO):
+        return
+    lines = len(script.strip().splitlines())
+    more = f" (+{lines - 1} more line(s))" if lines > 1 else ""
+    TRACE.info(
+        "ssh %s@%s (%s): %s%s -> exit %s, %.2f s",
+        host.user,
+        host.hostname,
+        host.private_ip,
+        redact_credentials(_brief(script)),
+        more,
+        result.status,
+        seconds,
+    )
+    if TRACE.isEnabledFor(logging.DEBUG):
+        for name, text in (("script", script), ("stdout", result.stdout), ("stderr", result.stderr)):
+            if text.strip():
+                TRACE.debug("ssh %s %s:\n%s", host.hostname, name, redact_credentials(text.rstrip()))
 
 
 def _brief(script: str) -> str:

@@ -77,7 +77,7 @@ class ChangeView:
     def objects(self, plan: ConvertPlan) -> None:
         """Print the objects the plan would apply (``-o yaml``)."""
         if self.format == "yaml":
-            write_stdout(yaml_stream(plan.applied_objects(show_values=self.show_values)))
+            write_stdout(yaml_stream(plan.applied_objects(show_values=True)))
 
     def say(self, markup: str) -> None:
         """Show one line of progress (text output only)."""
@@ -226,22 +226,34 @@ def change_json(change: Change) -> dict[str, Any]:
     }
 
 
-def offline_json(plan: ConvertPlan, *, show_values: bool = False) -> dict[str, Any]:
-    """Return ``convert --from-file -o json``: what would be applied and deleted, and the warnings."""
+def offline_json(plan: ConvertPlan) -> dict[str, Any]:
+    """Return ``convert --from-file -o json``: what would be applied and deleted, and the warnings.
+
+    Machine output is complete (env values unmasked: it is what would be applied, so it can be
+    piped to ``kubectl apply -f -``); masking is for the human plan. Secrets are never read: a
+    ``secretKeyRef`` stays a reference.
+    """
     deletes = [
         {"kind": c.kind, "namespace": c.namespace, "name": c.name}
         for c in plan.hpas + plan.deployments
         if c.verb is Verb.DELETE
     ]
-    return {"apply": plan.applied_objects(show_values=show_values), "delete": deletes, "warnings": list(plan.warnings)}
+    return {
+        "command": "convert",
+        "dry_run": True,
+        "exit_code": int(ExitCode.of(plan)),
+        "apply": plan.applied_objects(show_values=True),
+        "delete": deletes,
+        "warnings": list(plan.warnings),
+    }
 
 
 def offline_plan(console: Console, plan: ConvertPlan, path: Path, output: PlanOutput, *, show_values: bool) -> None:
     """Show a plan made from a state file, in the format asked for."""
     if output is PlanOutput.YAML:
-        write_stdout(yaml_stream(plan.applied_objects(show_values=show_values)))
+        write_stdout(yaml_stream(plan.applied_objects(show_values=True)))
     elif output is PlanOutput.JSON:
-        print_json(offline_json(plan, show_values=show_values))
+        print_json(offline_json(plan))
     else:
         ChangeView(console, output, "convert", show_values=show_values).plan(
             f"convert: plan from {path} (offline: no cluster touched)",

@@ -157,6 +157,7 @@ def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
             )
         hosts.append(entry)
     return {
+        "command": "diagnose",
         "healthy": healthy(found.findings, found.paths),
         "exit_code": int(ExitCode.of(found)),
         "seconds": round(found.seconds, 3),

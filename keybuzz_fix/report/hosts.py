@@ -91,6 +91,13 @@ class FirewallView:
         firewall_summary(self.console, result.outcomes, title)
         for host, key in result.accepted:
             self.console.print(f"[yellow]accepted new host key[/] for {host}: {key} (recorded in {result.known_hosts})")
+        if result.retry_file is not None:
+            self.console.print(
+                f"[bold red]{len(result.failed_hosts)} host(s) failed[/] ({', '.join(result.failed_hosts)}); "
+                f"their names are in {result.retry_file}: re-run only them with "
+                f"[bold]--limit @{result.retry_file}[/]",
+                soft_wrap=True,
+            )
 
 
 _READ_FROM = {"cluster": "read from the cluster", "config": "from the configuration", "--ports": "given with --ports"}
@@ -196,6 +203,7 @@ def firewall_json(result: FirewallResult) -> dict[str, Any]:
             )
         hosts.append(entry)
     out: dict[str, Any] = {
+        "command": result.command,
         "dry_run": result.dry_run,
         "exit_code": int(ExitCode.of(result)),
         "summary": tally(result.outcomes),
@@ -203,6 +211,7 @@ def firewall_json(result: FirewallResult) -> dict[str, Any]:
     if result.wanted is not None:
         out.update(rules=wanted_json(result.wanted), read_from=result.wanted.read_from, notes=list(result.wanted.notes))
     out.update(hosts=hosts, accepted_host_keys=[{"host": h, "key": k} for h, k in result.accepted])
+    out.update(retry_file=str(result.retry_file) if result.retry_file else None)
     return out
 
 

@@ -66,6 +66,7 @@ def ingress_summary(console: Console, plan: IngressPlan, *, dry_run: bool) -> No
 def ingress_json(plan: IngressPlan, *, dry_run: bool) -> dict[str, Any]:
     """Return the machine-readable outcome of the ingress step."""
     return {
+        "command": "ingress",
         "dry_run": dry_run,
         "exit_code": int(ExitCode.of(plan)),
         "force_conflicts": plan.force_conflicts,

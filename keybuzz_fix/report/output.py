@@ -54,11 +54,11 @@ STATUS_STYLE = {
 }
 
 
-def new_console() -> Console:
-    """Return the console every command draws on (stdout, no syntax highlighting of numbers and paths)."""
+def new_console(*, stderr: bool = False) -> Console:
+    """Return the console a command draws on (stdout, or stderr when stdout carries JSON; no highlighting)."""
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=stderr, highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -79,6 +79,29 @@ def print_line(text: str) -> None:
 def error_line(message: str) -> None:
     """Print an error as the one line ``keybuzz-fix: error: <message>`` on stderr."""
     print(f"keybuzz-fix: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def note_line(message: str) -> None:
+    """Print a remark that is not an error as the one line ``keybuzz-fix: note: <message>`` on stderr."""
+    print(f"keybuzz-fix: note: {' '.join(message.split())}", file=sys.stderr)
+
+
+def start_trace(verbosity: int) -> None:
+    """Send the trace of remote commands and API requests to stderr: ``-v`` one line each, ``-vv`` with bodies."""
+    import logging
+
+    log = logging.getLogger("keybuzz_fix.trace")
+    for old in [h for h in log.handlers if getattr(h, "keybuzz_fix", False)]:
+        log.removeHandler(old)
+    if verbosity <= 0:
+        log.setLevel(logging.WARNING)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.keybuzz_fix = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("keybuzz-fix: trace: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    log.propagate = False
 
 
 def silence_stdout() -> None:

@@ -63,6 +63,7 @@ def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> Non
 def scorecard_json(card: Scorecard) -> dict[str, Any]:
     """Return the scorecard as JSON data (``-o json``)."""
     return {
+        "command": "validate",
         "score": round(card.score, 1),
         "passed": card.passed,
         "total": card.total,

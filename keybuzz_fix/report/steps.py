@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.cluster.changes import ChangeRun
 from keybuzz_fix.cluster.ingress import RouteStatus
+from keybuzz_fix.errors import ExitCode, KeybuzzFixError
 from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
 from keybuzz_fix.report.output import STATUS_STYLE
+from keybuzz_fix.report.scorecard import scorecard_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,3 +100,32 @@ def describe_ingress_result(plan: IngressPlan) -> tuple[str, str]:
 def describe_score(card: Scorecard) -> tuple[str, str]:
     """Say how the validate step scored."""
     return ("pass" if card.ok else "fail"), f"score {card.score:.0f} % ({card.passed}/{card.total})"
+
+
+def all_json(
+    log: StepLog,
+    *,
+    dry_run: bool,
+    card: Scorecard | None = None,
+    changes_pending: bool = False,
+    error: KeybuzzFixError | None = None,
+) -> dict[str, Any]:
+    """Return ``all -o json``: the common keys (command, dry_run, exit_code, error), every step, the scorecard."""
+    done = {r[0] for r in log.rows}
+    rows = [{"step": s, "status": st, "detail": d, "seconds": round(sec, 3)} for s, st, d, sec in log.rows]
+    rows += [{"step": s, "status": "not run", "detail": "", "seconds": None} for s in STEPS if s not in done]
+    if error is not None:
+        code = int(error.exit_code)
+    elif card is not None:
+        code = int(ExitCode.PARTIAL if card.ok and not card.perfect else ExitCode.of(card))
+    else:
+        code = int(ExitCode.OK)
+    return {
+        "command": "all",
+        "dry_run": dry_run,
+        "exit_code": code,
+        "error": str(error) if error is not None else None,
+        "changes_pending": changes_pending,
+        "steps": rows,
+        "scorecard": scorecard_json(card) if card is not None else None,
+    }

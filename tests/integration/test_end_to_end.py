@@ -134,6 +134,12 @@ def test_the_nodeport_rules_alone_leave_requests_failing(world: OutageLab) -> No
 
 
 def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, state_dir: Path) -> None:
+    drift = invoke(world, "all", "--dry-run", "--exit-code", "-o", "json")  # the CI drift check: changes pending
+    assert drift.exit_code == 2, drift.output
+    planned = json.loads(drift.stdout)
+    assert planned["command"] == "all" and planned["changes_pending"] is True and planned["error"] is None
+    steps = {s["step"]: s["status"] for s in planned["steps"]}
+    assert steps["ufw"] == "planned" and steps["validate"] == "not run", steps  # the outage: UFW drops the ports
     result = invoke(world, "all", "--yes", "--ready-timeout", "60", "--retries", "1", "--url-timeout", "4")
     print(f"after all --yes: {answered(world)}")
     assert result.exit_code == 0, result.output
@@ -157,3 +163,6 @@ def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, st
     assert "ufw: unchanged" in again.output and "convert: unchanged" in again.output
     assert {h.name: h.run("ufw show added").stdout for h in world.lab.hosts} == rules
     assert len((state_dir / "audit.jsonl").read_text().splitlines()) == audited
+    settled = invoke(world, "all", "--dry-run", "--exit-code", "-o", "json")  # nothing left to do
+    assert settled.exit_code == 0, settled.output
+    assert json.loads(settled.stdout)["changes_pending"] is False

@@ -3,9 +3,10 @@
 On the real control plane (seeded like KeyBuzz, one Deployment given a literal secret in its env)
 and lab hosts (sshd + ufw):
 
-- no output mode of convert, rollback and all --dry-run prints an env value (they are masked
-  unless --show-values), and neither does the audit log; the backups hold them (a restore must be
-  faithful) and are private;
+- no human output of convert, rollback and all --dry-run prints an env value (they are masked
+  unless --show-values), nor does the -vv trace of the API requests, nor the audit log; the
+  objects of -o yaml hold them (they are what would be applied, for ``kubectl apply -f -``), and
+  so do the backups (a restore must be faithful), which are private;
 - errors from a bad or hostile API server never echo the kubeconfig's token or client key;
 - --kubeconfig-from-master reads k3s.yaml from a master over SSH and --save-kubeconfig writes it
   0600; a failure after that prints none of its credentials;
@@ -113,7 +114,7 @@ def test_no_output_mode_shows_env_values_and_files_are_private(
     outputs = {
         "convert --dry-run": cli("convert", "--dry-run", *kc),
         "convert --dry-run -o json": cli("convert", "--dry-run", "-o", "json", *kc),
-        "convert --dry-run -o yaml": cli("convert", "--dry-run", "-o", "yaml", *kc),
+        "-vv convert --dry-run": cli("-vv", "convert", "--dry-run", *kc),
         "all --dry-run": cli(
             "all",
             str(servers_tsv(lab, tmp_path / "servers.tsv")),
@@ -131,7 +132,11 @@ def test_no_output_mode_shows_env_values_and_files_are_private(
     for name, result in outputs.items():
         assert result.exit_code == 0, (name, result.output)
         assert SECRET not in result.output, name
-    assert "<masked>" in outputs["convert --dry-run -o yaml"].stdout
+    machine = cli("convert", "--dry-run", "-o", "yaml", *kc)
+    assert machine.exit_code == 0 and SECRET in machine.stdout and "<masked>" not in machine.stdout
+    trace = outputs["-vv convert --dry-run"].stderr
+    assert "keybuzz-fix: trace: api GET https://" in trace  # each request on one line
+    assert "keybuzz-fix: trace: api request body:" in trace and "DATABASE_PASSWORD" in trace  # -vv: the bodies
 
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     backups = sorted((state / "backups").iterdir())
@@ -288,6 +293,8 @@ def test_errors_never_echo_kubeconfig_credentials(cluster: KeybuzzCluster, tmp_p
     for args in commands:
         result = cli(*args, "--kubeconfig", str(wrong))
         assert TOKEN not in result.output, args
+        traced = cli("-vv", *args, "--kubeconfig", str(wrong))
+        assert "keybuzz-fix: trace: api " in traced.stderr and TOKEN not in traced.output, args
         assert "rejected the credentials" in result.output, (args, result.output)
 
     key_data = admin["users"][0]["user"]["client-key-data"]
@@ -311,6 +318,8 @@ def test_errors_never_echo_kubeconfig_credentials(cluster: KeybuzzCluster, tmp_p
                 assert TOKEN not in result.output, (status, args, result.output)
             result = cli("convert", "--dry-run", "--kubeconfig", str(echo))
             assert "you sent Bearer <redacted>" in result.stderr, result.stderr  # the server's words, token hidden
+            traced = cli("-vv", "convert", "--dry-run", "--kubeconfig", str(echo))
+            assert "api response body" in traced.stderr and TOKEN not in traced.output, traced.stderr
         finally:
             server.close()
 
@@ -367,6 +376,39 @@ def test_kubeconfig_from_master_is_saved_private_and_never_printed(
             ), line
             for secret in (TOKEN, k3s["users"][0]["user"]["client-key-data"], pair.key_pem.decode().splitlines()[1]):
                 assert secret not in result.output
+        # -vv shows the remote command and its output, with the kubeconfig's credentials redacted
+        traced = cli(
+            "convert",
+            "--dry-run",
+            "-vv",
+            "--kubeconfig-from-master",
+            str(servers),
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+        )
+        assert f"keybuzz-fix: trace: ssh root@k8s-master-01 ({master.ip}): " in traced.stderr, traced.stderr
+        assert "client-key-data: <redacted>" in traced.stderr and "token: <redacted>" in traced.stderr
+        for secret in (TOKEN, k3s["users"][0]["user"]["client-key-data"], pair.key_pem.decode().splitlines()[1]):
+            assert secret not in traced.output
+        # the flag alone reads the command's own servers.tsv (named once)
+        flag = cli(
+            "diagnose",
+            str(servers),
+            "--kubeconfig-from-master",
+            "--identity",
+            str(lab.identity_file),
+            "--known-hosts",
+            str(lab.known_hosts_file),
+            "-o",
+            "json",
+        )
+        cluster_read = json.loads(flag.stdout)["cluster"]
+        assert cluster_read["read"] is False, flag.output
+        assert f"https://{master.ip}:6443 (k8s-master-01:/etc/rancher/k3s/k3s.yaml)" in cluster_read["error"]
+        for secret in (TOKEN, k3s["users"][0]["user"]["client-key-data"]):
+            assert secret not in flag.output
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
         again = yaml.safe_load(saved.read_text())
         assert again["clusters"][0]["cluster"]["server"] == f"https://{master.ip}:6443"

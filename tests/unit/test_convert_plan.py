@@ -384,16 +384,14 @@ def test_to_back_up_holds_what_changes_only():
     assert plan_convert(CFG, conv).to_back_up == []
 
 
-def test_offline_json_shape_masks_unless_asked():
+def test_offline_json_shape_is_complete():
     plan = plan_convert(CFG, seed_state())
-    masked = offline_json(plan)
-    assert set(masked) == {"apply", "delete", "warnings"}
-    env = masked["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    out = offline_json(plan)
+    assert set(out) == {"command", "dry_run", "exit_code", "apply", "delete", "warnings"}
+    env = out["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0] == {"name": "PORT", "value": "8080"}
-    assert env[1] == {"name": "NODE_ENV", "value": "<masked>"}
-    shown = offline_json(plan, show_values=True)["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert shown[1] == {"name": "NODE_ENV", "value": "production"}
-    assert masked["delete"][-1] == {"kind": "Deployment", "namespace": "keybuzz", "name": "keybuzz-front"}
+    assert env[1] == {"name": "NODE_ENV", "value": "production"}  # machine output is never masked
+    assert out["delete"][-1] == {"kind": "Deployment", "namespace": "keybuzz", "name": "keybuzz-front"}
 
 
 @pytest.mark.parametrize(

@@ -203,9 +203,9 @@ def test_text_plan_masks_env_values_unless_asked():
     assert "s3cret" not in masked.output and "postgresql://" not in masked.output
     assert "'8080'" in masked.output  # the port variable the tool rewrites stays readable
     assert "--show-values" in masked.output
-    for fmt in ("yaml", "json"):
+    for fmt in ("yaml", "json"):  # machine output is what would be applied: complete
         out = runner.invoke(app, ["convert", "--from-file", state_file, "-o", fmt]).stdout
-        assert "s3cret" not in out and MASK in out
+        assert "s3cret" in out and MASK not in out
     shown = runner.invoke(app, ["convert", "--from-file", state_file, "--show-values"])
     assert "s3cret" in shown.output
 

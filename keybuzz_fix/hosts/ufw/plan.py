@@ -386,11 +386,22 @@ class FirewallResult:
     accepted: tuple[tuple[str, str], ...] = ()  # (host, key): host keys recorded under --accept-new-host-keys
     known_hosts: Path | None = None  # where they were recorded
     wanted: Wanted | None = None  # the rules the run wanted on every host, and why
+    retry_file: Path | None = None  # the failed hosts' names, for --limit @FILE
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        """Return the names of the hosts that failed or need the operator, in file order."""
+        return [o.host.hostname for o in self.outcomes if o.failed]
 
     @property
     def failed(self) -> bool:
         """Whether a host failed or needs the operator."""
         return any(o.failed for o in self.outcomes)
+
+    @property
+    def changes_pending(self) -> bool:
+        """Whether a host has changes planned and not made (a dry run)."""
+        return any(o.status is HostStatus.PLANNED for o in self.outcomes)
 
 
 def tally(outcomes: Sequence[HostOutcome]) -> dict[str, int]:
