@@ -8,7 +8,7 @@ import typer
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome, UsageError
 from keybuzz_fix.inventory import Role
-from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
+from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat, can_ask
 
 
 def convert(
@@ -92,6 +92,7 @@ def convert(
 
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster)
+    can_ask("convert", yes=yes, dry_run=dry_run)
     return run_convert(
         opt.console_of(ctx),
         reach,
@@ -137,7 +138,7 @@ def rollback(
         keybuzz-fix rollback --latest --dry-run
         keybuzz-fix rollback --backup ~/.local/state/keybuzz-fix/backups/convert-20250101T120000.000000Z.yaml --yes
     """
-    from keybuzz_fix.cluster.backup import latest_backup
+    from keybuzz_fix.cluster.backup import latest_backup, read_backup
     from keybuzz_fix.flows.rollback import run_rollback
 
     if (backup_file is None) == (not latest):
@@ -145,7 +146,9 @@ def rollback(
     path = backup_file if backup_file is not None else latest_backup("convert")
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster)
-    return run_rollback(opt.console_of(ctx), reach, path, dry_run=dry_run, yes=yes, timeout=ready, output=output)
+    saved = read_backup(path)
+    can_ask("rollback", yes=yes, dry_run=dry_run)
+    return run_rollback(opt.console_of(ctx), reach, saved, dry_run=dry_run, yes=yes, timeout=ready, output=output)
 
 
 def ingress(
@@ -195,6 +198,7 @@ def ingress(
     cfg = load_config(config)
     workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
     reach = opt.connections(env, ssh, cluster=cluster)
+    can_ask("ingress", yes=yes, dry_run=dry_run)
     return run_ingress(
         opt.console_of(ctx),
         reach,
@@ -314,4 +318,5 @@ def all_steps(
         strict=strict,
     )
     hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
+    can_ask("all", yes=yes, dry_run=dry_run)
     return run_all(opt.console_of(ctx), reach, hosts, cfg, options)

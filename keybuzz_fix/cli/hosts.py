@@ -7,7 +7,7 @@ import typer
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome
 from keybuzz_fix.inventory import Role
-from keybuzz_fix.report.output import Output
+from keybuzz_fix.report.output import Output, can_ask
 
 
 def inventory(
@@ -95,6 +95,7 @@ def ufw(
     given = opt.parse_ports(ports) if ports is not None else None
     hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    can_ask("ufw", yes=yes, dry_run=dry_run)
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
         opt.console_of(ctx),
@@ -153,6 +154,7 @@ def overlay(
     cfg = load_config(config)
     hosts = read_nodes(servers, Role.ALL, env, ssh.user)
     reach = opt.connections(env, ssh, fleet=fleet)
+    can_ask("overlay", yes=yes, dry_run=dry_run)
     return run_firewall(
         opt.console_of(ctx),
         reach,

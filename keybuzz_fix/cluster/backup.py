@@ -15,6 +15,7 @@ from pathlib import Path
 from keybuzz_fix import storage
 from keybuzz_fix.cluster.objects import Obj, describe_object, meta_of, parse_objects, yaml_stream
 from keybuzz_fix.errors import InputError, UsageError, read_input
+from keybuzz_fix.hints import hint
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def latest_backup(command: str = "convert") -> Path:
     """Return the newest backup of ``command``, or say there is none."""
     found = history(command)
     if not found:
-        raise UsageError(f"no {command} backup in {backups_dir()}; pass --backup FILE")
+        raise UsageError(f"no {command} backup in {backups_dir()}" + hint("--backup", "; pass --backup FILE"))
     return found[0]
 
 

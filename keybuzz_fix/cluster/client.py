@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 from keybuzz_fix.cluster.objects import Obj, meta_of
 from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, KubeconfigError, one_line, redact
+from keybuzz_fix.hints import hint
 
 if TYPE_CHECKING:
     import urllib3
@@ -352,8 +353,8 @@ class Kube:
             )
         if status == 409 and verb == "apply":
             raise Conflict(
-                f"apply of {target}{where} conflicts with fields owned by another manager: {message}; "
-                "re-run with --force-conflicts to take them over"
+                f"apply of {target}{where} conflicts with fields owned by another manager: {message}"
+                + hint("--force-conflicts", "; re-run with --force-conflicts to take them over")
             )
         if status == 409:
             raise Conflict(f"cannot {verb} {target}{where}: {message}")

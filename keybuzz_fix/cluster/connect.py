@@ -20,6 +20,7 @@ from typing import Any
 from keybuzz_fix import storage
 from keybuzz_fix.cluster.client import Endpoint, Kube
 from keybuzz_fix.errors import KubeconfigError, UsageError, one_line, redact
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ssh import SshOptions, connect
 from keybuzz_fix.inventory import Role, read_nodes
 
@@ -76,11 +77,18 @@ def from_kubeconfig(kubeconfig: Path | None = None, context: str | None = None, 
         paths = [p for p in paths if p.is_file()]
         if not paths:
             raise KubeconfigError(
-                "no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, or use "
-                "--kubeconfig-from-master to read it from the first K3s master over SSH"
+                "no kubeconfig found: "
+                + hint(
+                    "--kubeconfig",
+                    "pass --kubeconfig FILE, set KUBECONFIG, or use "
+                    "--kubeconfig-from-master to read it from the first K3s master over SSH",
+                    "set KUBECONFIG or write ~/.kube/config",
+                )
             )
     source = str(paths[0])
     secrets = _kubeconfig_secrets(paths)
+    if context is not None:
+        _check_context(paths, context)
     cfg = client.Configuration()
     try:
         config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -116,6 +124,26 @@ def from_kubeconfig(kubeconfig: Path | None = None, context: str | None = None, 
         source=f"kubeconfig {source}" + (f", context {context}" if context else ""),
     )
     return Kube(endpoint, timeout)
+
+
+def _check_context(paths: list[Path], context: str) -> None:
+    """Refuse a ``--context`` that none of the kubeconfig files has, naming the files and the contexts they have."""
+    import yaml
+
+    names: list[str] = []
+    for path in paths:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return  # the client's own reading reports what is wrong with the file
+        entries = data.get("contexts") if isinstance(data, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+    if context not in names:
+        where = os.pathsep.join(map(str, paths))
+        raise KubeconfigError(f"no context {context} in {where}; contexts: {', '.join(names) or '(none)'}")
 
 
 def from_k3s_yaml(text: str, server_ip: str, source: str, timeout: float = 30.0) -> Kube:

@@ -23,7 +23,7 @@ from keybuzz_fix.cluster.changes import ChangeRun
 from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import KeybuzzFixError
+from keybuzz_fix.errors import Interrupted, KeybuzzFixError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.convert import apply_confirmed, check_plan, read_convert_state
 from keybuzz_fix.flows.firewall import worker_rules
@@ -108,16 +108,19 @@ def run_all(
         try:
             result = work()
         except KeybuzzFixError as e:
-            log.record(name, "failed", str(e), time.monotonic() - start)
+            log.record(
+                name, "interrupted" if isinstance(e, Interrupted) else "failed", str(e), time.monotonic() - start
+            )
             raise
         log.record(name, *describe(result), time.monotonic() - start)
         return result
 
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
-        log.heading(1, "ufw", "plan")
+        planning = "plan (dry run)" if options.dry_run else "plan (nothing changes before you confirm)"
+        log.heading(1, "ufw", planning)
         planned = step("ufw", lambda: _plan_firewall(console, fw, wanted), steps.describe_firewall_plan)
-        log.heading(2, "convert", "plan")
+        log.heading(2, "convert", planning)
         checked = ChangeRun("convert", dry_run=True)
         converting = step(
             "convert",
@@ -130,13 +133,18 @@ def run_all(
                 force=options.force_conflicts,
                 allow_managed=options.allow_managed,
                 workers=hosts,
+                confirm_first=not options.dry_run,
             ),
             lambda _plan: steps.describe_convert(checked),
         )
-        log.heading(3, "ingress", "plan")
+        log.heading(3, "ingress", planning)
         routes = step(
             "ingress",
-            lambda: _plan_ingress(console, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts)),
+            lambda: _plan_ingress(
+                console,
+                plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts),
+                dry_run=options.dry_run,
+            ),
             steps.describe_ingress_plan,
         )
         if options.dry_run:
@@ -151,17 +159,17 @@ def run_all(
         log.rows.clear()
 
         # -- the steps, in order, each applying what was confirmed --------------------------------
-        log.heading(1, "ufw")
+        log.heading(1, "ufw", "applying")
         step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
-        log.heading(2, "convert")
+        log.heading(2, "convert", "applying")
         step("convert", lambda: _apply_convert(kube, cfg, converting, view, options, hosts), steps.describe_convert)
-        log.heading(3, "ingress")
+        log.heading(3, "ingress", "applying")
         step(
             "ingress",
             lambda: _apply_ingress(console, apply_ingress(kube, routes, command="all")),
             steps.describe_ingress_result,
         )
-        log.heading(4, "validate")
+        log.heading(4, "validate", "scoring")
         # Just-applied routes, pods and rules take a moment to serve (ingress-nginx reloads, the apps
         # start): a failed URL round or worker path is tried again for a while before it counts.
         settle = SETTLE if routes.changes or converting.pending or any(o.changes for o in planned) else 0.0
@@ -244,8 +252,8 @@ def _apply_convert(
     return run
 
 
-def _plan_ingress(console: Console, plan: IngressPlan) -> IngressPlan:
-    ingress_plan(console, plan, dry_run=True)
+def _plan_ingress(console: Console, plan: IngressPlan, *, dry_run: bool) -> IngressPlan:
+    ingress_plan(console, plan, dry_run=dry_run)
     if plan.failed:
         problems = "; ".join(f.detail for f in plan.mismatches) or "a route cannot be applied (see above)"
         raise StepFailed(f"ingress: {problems}; nothing changed")

@@ -118,8 +118,13 @@ def check_plan(
     force: bool,
     allow_managed: bool = False,
     workers: Sequence[Host] | None = None,
+    confirm_first: bool = False,
 ) -> ConvertPlan:
-    """Plan and show it; refuse, or check the permissions (a dry run sends every change as a server-side dry run)."""
+    """Plan and show it; refuse, or check the permissions (a dry run sends every change as a server-side dry run).
+
+    ``confirm_first``: the dry run checks a plan the operator is about to confirm (``all``), not a
+    ``--dry-run``: the headings say so.
+    """
     with _stopping(view, run):
         state = read_convert_state(kube, cfg, workers)
         plan = plan_convert(cfg, state, keep_port=keep_port, allow_managed=allow_managed)
@@ -128,14 +133,15 @@ def check_plan(
             _show(view, f"{CONVERT}: refused", plan)
             raise PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed")
         view.objects(plan)
-        _show(view, f"{CONVERT}: plan for namespace {cfg.namespace}" + (" (dry run)" if run.dry_run else ""), plan)
+        suffix = " (applied once you confirm)" if confirm_first else " (dry run)" if run.dry_run else ""
+        _show(view, f"{CONVERT}: plan for namespace {cfg.namespace}{suffix}", plan)
         if not plan.pending:
             view.nothing_to_do("already converted")
             return plan
         preflight(kube, cfg.namespace, permissions(plan.pending, wait_kind="DaemonSet"))
         if run.dry_run:
             send(kube, run, plan.pending, dry_run=True, force=force)
-            view.accepted_by_server(len(plan.pending), " (server-side dry run)")
+            view.accepted_by_server(len(plan.pending), before_confirm=confirm_first)
     return plan
 
 

@@ -8,7 +8,6 @@ plan is :mod:`keybuzz_fix.cluster.rollback`'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybuzz_fix.cluster import backup
@@ -41,18 +40,18 @@ def read_live(kube: Kube, saved: Sequence[Obj]) -> list[Obj]:
 def run_rollback(
     console: Console,
     reach: Connections,
-    path: Path,
+    saved: backup.Backup,
     *,
     dry_run: bool = False,
     yes: bool = False,
     timeout: float = 300.0,
     output: Output = Output.TEXT,
 ) -> ChangeRun:
-    """Restore the objects of backup ``path``; return what was done."""
+    """Restore the objects of a backup (read by the caller, before anything connects); return what was done."""
+    path = saved.path
     kube = reach.kube()
     view = ChangeView(console, output, ROLLBACK)
     run = ChangeRun(ROLLBACK, dry_run)
-    saved = backup.read_backup(path)
     if saved.server and saved.server != kube.endpoint.server:
         view.say(f"[yellow]note[/]: {path} was taken from {saved.server}; now connected to {kube.endpoint.server}")
     with stopping(

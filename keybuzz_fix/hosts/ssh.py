@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from keybuzz_fix.errors import AuthError, HostError, HostKeyError, HostUnreachable, RemoteCommandError
+from keybuzz_fix.hints import hint
 from keybuzz_fix.inventory import Host
 
 if TYPE_CHECKING:
@@ -173,7 +174,10 @@ class Session:
                         self._drop_shell()  # it is still busy with this command: the next one gets a new shell
                         raise _partial(
                             RemoteCommandError(
-                                self.host.hostname, shown, None, f"no answer within {timeout:g}s (--timeout)"
+                                self.host.hostname,
+                                shown,
+                                None,
+                                f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)"),
                             ),
                             out,
                         )
@@ -229,8 +233,8 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
     elif not options.accept_new_host_keys:
         raise HostKeyError(
             name,
-            f"known_hosts file {known} does not exist; add the host keys "
-            "(ssh-keyscan, checked out of band) or pass --accept-new-host-keys",
+            f"known_hosts file {known} does not exist; add the host keys (ssh-keyscan, checked out of band)"
+            + hint("--accept-new-host-keys", " or pass --accept-new-host-keys"),
         )
     client.set_missing_host_key_policy(_policy(name, known, options.accept_new_host_keys, accepted))
     key_files = (
@@ -273,7 +277,11 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
         client.close()
         why = _why(e)
         if time.monotonic() - start >= options.connect_timeout:  # paramiko words a slow host's timeouts oddly
-            why = f"no SSH answer within {options.connect_timeout:g}s (--timeout): the host is down or too slow"
+            why = (
+                f"no SSH answer within {options.connect_timeout:g}s"
+                + hint("--timeout", " (--timeout)")
+                + ": the host is down or too slow"
+            )
         raise HostUnreachable(name, f"cannot connect to {host.private_ip}:{port}: {why}") from e
     return Session(host, client, options)
 
@@ -327,8 +335,8 @@ def _policy(name: str, known: Path, accept: bool, accepted: AcceptedKeys | None)
                 raise HostKeyError(
                     name,
                     f"host key for {hostname} is not in {known} "
-                    f"(offered {key.get_name()} {fingerprint(key)}); verify it and add it, "
-                    "or pass --accept-new-host-keys to trust it on first use",
+                    f"(offered {key.get_name()} {fingerprint(key)}); verify it and add it"
+                    + hint("--accept-new-host-keys", ", or pass --accept-new-host-keys to trust it on first use"),
                 )
             _record_host_key(known, hostname, key)
             if accepted is not None:

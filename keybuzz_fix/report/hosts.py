@@ -93,7 +93,11 @@ class FirewallView:
             self.console.print(f"[yellow]accepted new host key[/] for {host}: {key} (recorded in {result.known_hosts})")
 
 
-_READ_FROM = {"cluster": "read from the cluster", "config": "from the configuration", "--ports": "given with --ports"}
+_READ_FROM = {
+    "cluster": "read from the cluster",
+    "config": "from the configuration",
+    "--ports": "given on the command line",
+}
 
 
 def wanted_rules(console: Console, wanted: Wanted) -> None:
