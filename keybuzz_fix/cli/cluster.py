@@ -316,6 +316,7 @@ def all_steps(
         allow_managed=allow_managed,
         threshold=opt.percent("--threshold", threshold),
         strict=strict,
+        servers=servers,
     )
     hosts = read_nodes(servers, Role.WORKER, env, ssh.user)
     can_ask("all", yes=yes, dry_run=dry_run)

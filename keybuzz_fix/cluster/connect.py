@@ -87,8 +87,7 @@ def from_kubeconfig(kubeconfig: Path | None = None, context: str | None = None, 
             )
     source = str(paths[0])
     secrets = _kubeconfig_secrets(paths)
-    if context is not None:
-        _check_context(paths, context)
+    used = _check_context(paths, context)
     cfg = client.Configuration()
     try:
         config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -121,29 +120,33 @@ def from_kubeconfig(kubeconfig: Path | None = None, context: str | None = None, 
         token=token,
         verify=bool(cfg.verify_ssl),
         tls_server_name=getattr(cfg, "tls_server_name", None),
-        source=f"kubeconfig {source}" + (f", context {context}" if context else ""),
+        source=f"kubeconfig {source}" + (f", context {used}" if used else ""),
     )
     return Kube(endpoint, timeout)
 
 
-def _check_context(paths: list[Path], context: str) -> None:
-    """Refuse a ``--context`` that none of the kubeconfig files has, naming the files and the contexts they have."""
+def _check_context(paths: list[Path], context: str | None) -> str | None:
+    """Return the context the run uses; refuse a ``--context`` none of the files has, naming them and their contexts."""
     import yaml
 
     names: list[str] = []
+    current: str | None = None
     for path in paths:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return  # the client's own reading reports what is wrong with the file
+            return context  # the client's own reading reports what is wrong with the file
+        if current is None and isinstance(data, dict) and isinstance(data.get("current-context"), str):
+            current = data["current-context"]
         entries = data.get("contexts") if isinstance(data, dict) else None
         for entry in entries if isinstance(entries, list) else []:
             name = entry.get("name") if isinstance(entry, dict) else None
             if isinstance(name, str) and name not in names:
                 names.append(name)
-    if context not in names:
+    if context is not None and context not in names:
         where = os.pathsep.join(map(str, paths))
         raise KubeconfigError(f"no context {context} in {where}; contexts: {', '.join(names) or '(none)'}")
+    return context or current
 
 
 def from_k3s_yaml(text: str, server_ip: str, source: str, timeout: float = 30.0) -> Kube:

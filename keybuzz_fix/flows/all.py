@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from keybuzz_fix.checks.http import HttpOptions
@@ -65,6 +66,7 @@ class AllOptions:
     allow_managed: bool = False
     threshold: int | None = None
     strict: bool = False
+    servers: Path | None = None  # the servers.tsv the workers were read from, named in the plan and the prompt
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def run_all(
         log.record(name, *describe(result), time.monotonic() - start)
         return result
 
+    target = steps.Target(kube.endpoint.server, kube.endpoint.source, options.servers, len(hosts), cfg.namespace)
+    log.target(target)
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
         planning = "plan (dry run)" if options.dry_run else "plan (nothing changes before you confirm)"
@@ -151,11 +155,7 @@ def run_all(
             log.summary("all: plan (dry run, nothing changed)")
             return Remediation()
         changing = [o for o in planned if o.changes]
-        confirm(
-            f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "
-            f"{len(routes.changes)} Ingress route(s), then validate?",
-            yes=options.yes,
-        )
+        confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
         log.rows.clear()
 
         # -- the steps, in order, each applying what was confirmed --------------------------------

@@ -32,6 +32,7 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.changes import ChangeView, offline_plan
 from keybuzz_fix.report.output import PlanOutput
+from keybuzz_fix.report.steps import deletions
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,7 +103,13 @@ def run_convert(
     )
     if plan.pending and not dry_run:
         with _stopping(view, run):
-            view.confirm(f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}?", yes=yes)
+            deleted = deletions(plan.changes)
+            view.confirm(
+                f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}"
+                + (f", deleting {deleted}" if deleted else "")
+                + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
+                yes=yes,
+            )
         carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
     view.finished(run)
     return run

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
-from keybuzz_fix.cluster.changes import ChangeRun
+from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.ingress import RouteStatus
 from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
 from keybuzz_fix.report.output import STATUS_STYLE
@@ -23,12 +24,53 @@ if TYPE_CHECKING:
 STEPS = ("ufw", "convert", "ingress", "validate")
 
 
+@dataclass(frozen=True)
+class Target:
+    """Which cluster and which workers a run works on: named in the plan's first line and in the prompt."""
+
+    server: str
+    source: str  # e.g. "kubeconfig ~/.kube/config, context prod"
+    servers: Path | None
+    workers: int
+    namespace: str
+
+    def __str__(self) -> str:
+        where = f"{self.servers}" if self.servers is not None else "the cluster's worker Nodes"
+        return f"cluster {self.server} ({self.source}); {self.workers} worker(s) from {where}"
+
+
+def deletions(changes: Sequence[Change]) -> str:
+    """Count what a plan deletes, by kind: ``2 Deployment(s), 2 HorizontalPodAutoscaler(s)``."""
+    kinds: dict[str, int] = {}
+    for c in changes:
+        if c.verb is Verb.DELETE:
+            kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    return ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items())
+
+
+def question(target: Target, ufw_hosts: int, convert: Sequence[Change], routes: int) -> str:
+    """The one question of ``all``: where, and what changes, deletions counted."""
+    changing = sum(1 for c in convert if c.changes)
+    deleted = deletions(convert)
+    return (
+        f"Apply to {target}: ufw on {ufw_hosts} worker(s); convert: {changing} change(s) in namespace "
+        f"{target.namespace}" + (f", deleting {deleted}" if deleted else "") + f"; {routes} Ingress route(s); "
+        "then validate?"
+    )
+
+
 @dataclass
 class StepLog:
     """Each step's outcome, in order, for the running display and the final summary."""
 
     console: Console
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    def target(self, target: Target) -> None:
+        """Say, before anything else, which cluster and workers the run works on."""
+        from rich.markup import escape
+
+        self.console.print(f"[bold]target[/]: {escape(str(target))}")
 
     def heading(self, number: int, step: str, phase: str = "") -> None:
         """Draw the rule that opens a step (or its planning)."""

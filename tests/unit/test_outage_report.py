@@ -27,3 +27,69 @@ def test_a_dry_run_says_nothing_changed():
     assert console.export_text().strip() == (
         "dry run: the API server accepted all 8 change(s) (server-side dry run); nothing changed"
     )
+
+
+def _route(name: str, status):
+    from keybuzz_fix.cluster.ingress import RoutePlan
+
+    desired = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name, "namespace": "kb"}}
+    return RoutePlan(desired, None, status)
+
+
+class _InterruptedAt:
+    """An API client whose server-side apply is interrupted (Ctrl-C) at the n-th write."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, []
+
+    def apply(self, obj, *, force=False, dry_run=False):
+        self.calls.append(obj["metadata"]["name"])
+        if len(self.calls) == self.at:
+            raise KeyboardInterrupt
+        return obj
+
+
+def test_ctrl_c_while_applying_routes_says_which_were_applied(state_dir):
+    import json
+
+    import pytest
+
+    from keybuzz_fix.cluster.ingress import RouteStatus
+    from keybuzz_fix.errors import Interrupted
+    from keybuzz_fix.flows.ingress import apply_routes
+
+    routes = [
+        _route("front", RouteStatus.CREATE),
+        _route("same", RouteStatus.UNCHANGED),
+        _route("api", RouteStatus.UPDATE),
+        _route("extra", RouteStatus.CREATE),
+    ]
+    kube = _InterruptedAt(2)
+    with pytest.raises(Interrupted) as stopped:
+        apply_routes(kube, routes, force=False, command="ingress")
+    assert kube.calls == ["front", "api"]  # the third write was never sent
+    assert str(stopped.value) == (
+        "interrupted (Ctrl-C) while applying the Ingress routes: applied: kb/front; "
+        "in flight, may or may not be applied: kb/api; not applied: kb/extra; re-run ingress to finish"
+    )
+    log = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
+    assert [(e["where"], e["outcome"]) for e in log] == [("Ingress kb/front", "ok"), ("Ingress kb/api", "unknown")]
+
+
+def test_the_all_question_names_the_cluster_the_inventory_and_counts_deletions(tmp_path):
+    from keybuzz_fix.cluster.changes import Change, Verb
+    from keybuzz_fix.report.steps import Target, question
+
+    target = Target("https://10.0.0.100:6443", "kubeconfig /k, context prod", tmp_path / "servers.tsv", 5, "keybuzz")
+    convert = [
+        Change(Verb.APPLY, "DaemonSet", "keybuzz", "keybuzz-api", "create"),
+        Change(Verb.NONE, "Service", "keybuzz", "keybuzz-front", "already"),
+        Change(Verb.DELETE, "HorizontalPodAutoscaler", "keybuzz", "keybuzz-api", "delete"),
+        Change(Verb.DELETE, "Deployment", "keybuzz", "keybuzz-api", "delete"),
+        Change(Verb.DELETE, "Deployment", "keybuzz", "keybuzz-front", "delete"),
+    ]
+    assert question(target, 5, convert, 2) == (
+        f"Apply to cluster https://10.0.0.100:6443 (kubeconfig /k, context prod); 5 worker(s) from "
+        f"{tmp_path / 'servers.tsv'}: ufw on 5 worker(s); convert: 4 change(s) in namespace keybuzz, deleting "
+        "1 HorizontalPodAutoscaler(s), 2 Deployment(s); 2 Ingress route(s); then validate?"
+    )

@@ -1,0 +1,59 @@
+"""What the operator reads before the prompt, at a real terminal, against the test control plane.
+
+``convert`` runs in a pseudo-terminal (pexpect) with the seeded KeyBuzz cluster; the operator
+answers no, so the cluster is left as seeded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pexpect
+import pytest
+from kubernetes import client
+
+if TYPE_CHECKING:
+    from tests.cluster.fixtures import KeybuzzCluster
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_convert_prompt_names_the_cluster_and_counts_deletions(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
+    env.update(HOME=str(tmp_path), KEYBUZZ_FIX_STATE_DIR=str(tmp_path / "state"))
+    config = keybuzz_cluster.kubeconfig
+    server = re.search(r"server: (\S+)", config.read_text()).group(1)  # type: ignore[union-attr]
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "keybuzz_fix", "convert", "--kubeconfig", str(config)],
+        env=env,
+        cwd=str(ROOT),
+        dimensions=(50, 250),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=90,
+    )
+    try:
+        child.expect(r"\[y/N\]")
+        before = child.before
+        child.sendline("n")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        child.terminate(force=True)
+    text = re.sub(r"\s+", " ", before)
+    assert f"on {server} (kubeconfig {config}, context " in text
+    assert "Apply 8 change(s) in namespace keybuzz, deleting 2 HorizontalPodAutoscaler(s), 2 Deployment(s), on " in text
+    assert "(dry run)" not in text and "nothing changed" not in text  # a real run's plan
+    assert "3000 → 3000" not in text and "8080 → 8080" not in text  # no non-change shown as a change
+    assert child.exitstatus == 4
+    apps = client.AppsV1Api(keybuzz_cluster.api_client)
+    assert {d.metadata.name for d in apps.list_namespaced_deployment("keybuzz").items} >= {
+        "keybuzz-api",
+        "keybuzz-front",
+    }
