@@ -217,10 +217,10 @@ def _plan_firewall(console: Console, fw: FirewallRun, wanted: Wanted) -> list[Ho
     wanted_rules(console, wanted)
     planned = fw.plan(progress_bar(console))
     firewall_plans(console, planned)
-    stuck = [o.host.hostname for o in planned if o.error] + [o.host.hostname for o in planned if o.ok and o.blocked]
+    stuck = [o for o in planned if o.error or o.blocked]
     if stuck:
         firewall_summary(console, planned, "ufw: cannot go on")
-        raise StepFailed(f"ufw: {len(stuck)} worker(s) cannot be changed safely ({', '.join(stuck)}); nothing changed")
+        raise StepFailed(steps.stuck_workers(stuck))
     return planned
 
 

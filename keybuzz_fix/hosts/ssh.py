@@ -11,6 +11,7 @@ paramiko is imported here, lazily, so that ``--help`` stays fast.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -389,8 +390,25 @@ def _sudo_refused(stderr: str) -> bool:
     )
 
 
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused: nothing listens on the SSH port (sshd down?)",
+    errno.EHOSTUNREACH: "no route to the host: it is down or its network is",
+    errno.ENETUNREACH: "the network is unreachable from here",
+    errno.ECONNRESET: "the connection was reset",
+    errno.ETIMEDOUT: "timed out",
+}
+
+
 def _why(e: BaseException) -> str:
+    """Say why a connection failed in the tool's words, not paramiko's (``[Errno None] Unable to connect…``)."""
     if isinstance(e, socket.timeout | TimeoutError):
         return "timed out"
+    errors = getattr(e, "errors", None)  # paramiko's NoValidConnectionsError: one OSError per address tried
+    if isinstance(errors, dict) and errors:
+        return "; ".join(dict.fromkeys(_why(x) for x in errors.values() if isinstance(x, BaseException)))
+    if isinstance(e, OSError) and e.errno:
+        return _ERRNO_WORDS.get(e.errno) or os.strerror(e.errno).lower()
     text = str(e).strip()
+    if "protocol banner" in text:
+        return "the SSH port answered but no SSH greeting came"
     return text or e.__class__.__name__

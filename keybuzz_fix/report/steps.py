@@ -15,6 +15,8 @@ from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.ingress import RouteStatus
+from keybuzz_fix.errors import HostUnreachable
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
 from keybuzz_fix.report.output import STATUS_STYLE
 
@@ -99,6 +101,27 @@ class StepLog:
             if step not in done:
                 table.add_row(step, "not run", "", "")
         self.console.print(table)
+
+
+def stuck_workers(stuck: Sequence[HostOutcome]) -> str:
+    """Say why ``all`` cannot go on past the firewall plan, per worker in the tool's words, and how to go on."""
+    parts = []
+    for o in stuck:
+        if isinstance(o.error, HostUnreachable):
+            parts.append(f"{o.host.hostname} unreachable ({o.error.problem})")
+        elif o.error is not None:
+            parts.append(f"{o.host.hostname} failed ({o.error.problem})")
+        else:
+            parts.append(f"{o.host.hostname} blocked ({o.message})")
+    names = ",".join(f"!{o.host.hostname}" for o in stuck)
+    going_on = hint(
+        "--limit",
+        f"; to go on without them: --limit '{names}' (their firewall is left as it is, and convert does not wait "
+        "for their pods)",
+        "; to go on without them, bring them back or take their rows out of a copy of servers.tsv (their "
+        "firewall is then left as it is, and convert does not wait for their pods)",
+    )
+    return f"ufw: {len(stuck)} worker(s) cannot be changed safely: {'; '.join(parts)}; nothing changed{going_on}"
 
 
 def describe_firewall_plan(planned: Sequence[HostOutcome]) -> tuple[str, str]:

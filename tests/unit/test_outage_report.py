@@ -93,3 +93,48 @@ def test_the_all_question_names_the_cluster_the_inventory_and_counts_deletions(t
         f"{tmp_path / 'servers.tsv'}: ufw on 5 worker(s); convert: 4 change(s) in namespace keybuzz, deleting "
         "1 HorizontalPodAutoscaler(s), 2 Deployment(s); 2 Ingress route(s); then validate?"
     )
+
+
+def _host(name: str = "k8s-worker-04", ip: str = "127.0.0.1"):
+    from keybuzz_fix.inventory import Host
+
+    return Host(name, ip, None, "root", "prod", "k3s", "worker")
+
+
+def test_a_refused_ssh_connection_is_said_in_the_tools_words(tmp_path):
+    import socket
+
+    import pytest
+
+    from keybuzz_fix.errors import HostUnreachable
+    from keybuzz_fix.hosts.ssh import SshOptions, open_session
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: a real refusal
+    (tmp_path / "known_hosts").write_text("")
+    options = SshOptions(known_hosts=tmp_path / "known_hosts", port=port, ssh_config=None, connect_timeout=3)
+    with pytest.raises(HostUnreachable) as failed:
+        open_session(_host(), options)
+    message = str(failed.value)
+    assert message == (
+        f"k8s-worker-04: cannot connect to 127.0.0.1:{port}: connection refused: nothing listens on the SSH port "
+        "(sshd down?)"
+    )
+    assert "Errno" not in message and "Unable to connect" not in message
+
+
+def test_all_names_each_stuck_worker_and_how_to_go_on():
+    from keybuzz_fix.errors import HostUnreachable
+    from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
+    from keybuzz_fix.report.steps import stuck_workers
+
+    dead = HostOutcome(
+        _host(), HostStatus.FAILED, error=HostUnreachable("k8s-worker-04", "cannot connect to 10.0.0.104:22: timed out")
+    )
+    text = stuck_workers([dead])
+    assert text.startswith(
+        "ufw: 1 worker(s) cannot be changed safely: k8s-worker-04 unreachable (cannot connect to 10.0.0.104:22: "
+        "timed out); nothing changed; to go on without them"
+    )
