@@ -57,10 +57,16 @@ STATUS_STYLE = {
 
 
 def new_console() -> Console:
-    """Return the console every command draws on (stdout, no syntax highlighting of numbers and paths)."""
+    """Return the console every command draws on (stdout, no syntax highlighting of numbers and paths).
+
+    Into a pipe or a file (``| tee run.log``) lines are not wrapped: a ``ufw allow …`` command or
+    a diff line stays whole, to be copied or searched; tables still fit the width.
+    """
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    console = Console(stderr=False, highlight=False)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def print_json(data: Any) -> None:

@@ -209,3 +209,29 @@ def test_ctrl_c_while_planning_says_nothing_changed(tmp_path):
     assert took < 2.0
     assert "keybuzz-fix: error: interrupted while planning (reading ufw: 0 of 8 host(s) read); nothing changed" in text
     assert "finished" not in text and "Traceback" not in text
+
+
+# -- 14: into a pipe, lines are not wrapped -----------------------------------------------------------
+
+STATE = ROOT / "tests" / "data" / "convert" / "01-kubectl-list" / "state.yaml"
+
+
+def test_output_into_a_pipe_keeps_each_line_whole(tmp_path):
+    proc, _ = run(["convert", "--from-file", str(STATE)], tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    (service,) = [line for line in lines if "Service keybuzz/keybuzz-api:" in line]
+    assert service.rstrip().endswith("kept")  # the whole reason, to "clusterIP … kept", on its one line
+    assert len(service) > 80
+
+
+def test_at_an_80_column_terminal_lines_fold_to_the_width(tmp_path):
+    child = spawn(["convert", "--from-file", str(STATE)], tmp_path / "home", columns=80)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", child.before).splitlines()
+    # The plan's lines fold to the terminal; a diff line is printed whole (the terminal wraps it).
+    assert max(len(line) for line in plain if not line.startswith("      ")) <= 80
+    (service,) = [line for line in plain if "Service keybuzz/keybuzz-api:" in line]
+    assert not service.rstrip().endswith("kept")  # folded: the rest of the reason is on the next line
