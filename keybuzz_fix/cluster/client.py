@@ -69,6 +69,7 @@ RESOURCES: dict[str, Resource] = {
     "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
+    "Lease": Resource("coordination.k8s.io/v1", "leases"),
 }
 
 

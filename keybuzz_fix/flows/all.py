@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -22,6 +23,7 @@ from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.cluster.changes import ChangeRun
 from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Interrupted, KeybuzzFixError
@@ -89,8 +91,15 @@ class Remediation:
 def run_all(
     console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
 ) -> Remediation:
-    """Plan every step, ask once, run the steps in order applying what was confirmed."""
+    """Plan every step, ask once, run the steps in order applying what was confirmed (one run at a time per cluster)."""
     kube = reach.kube()
+    with nullcontext() if options.dry_run else one_at_a_time(kube, cfg.namespace, "all"):
+        return _run_all(console, kube, reach, hosts, cfg, options)
+
+
+def _run_all(
+    console: Console, kube: Kube, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
+) -> Remediation:
     http = reach.http or HttpOptions()
     log = steps.StepLog(console)
     wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))

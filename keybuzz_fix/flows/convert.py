@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun, sent
 from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.convert import ConvertPlan, Observed, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj, meta_of, parse_objects
 from keybuzz_fix.cluster.rbac import permissions, preflight
 from keybuzz_fix.cluster.rollout import Stuck, send, wait_handover, wait_ready
@@ -91,6 +92,23 @@ def run_convert(
     kube = reach.kube()
     view = ChangeView(console, output, CONVERT, show_values=show_values)
     run = ChangeRun(CONVERT, dry_run)
+    with nullcontext() if dry_run else one_at_a_time(kube, cfg.namespace, CONVERT):
+        return _convert(kube, cfg, view, run, yes, timeout, force_conflicts, keep_port, allow_managed, workers)
+
+
+def _convert(
+    kube: Kube,
+    cfg: Config,
+    view: ChangeView,
+    run: ChangeRun,
+    yes: bool,
+    timeout: float,
+    force_conflicts: bool,
+    keep_port: bool,
+    allow_managed: bool,
+    workers: Sequence[Host] | None,
+) -> ChangeRun:
+    dry_run = run.dry_run
     plan = check_plan(
         kube,
         cfg,
@@ -236,6 +254,12 @@ def stopping(view: ChangeView, run: ChangeRun, *, resume: str, interrupted: str,
     except KeyboardInterrupt:
         raise _stopped(view, run, Interrupted(f"interrupted (Ctrl-C): {run.progress()}; {interrupted}")) from None
     except KeybuzzFixError as e:
+        if run.backup is not None and not run.done and not run.dry_run:
+            # The API server refused the first change: nothing changed, so this backup is of no
+            # run, and `rollback --latest` must not pick it.
+            run.backup.unlink(missing_ok=True)
+            run.backup = None
+            e.message += "; nothing changed"
         if isinstance(e, Stuck):
             view.stuck(e.pods)
         if isinstance(e, Stuck) and stuck:
