@@ -154,7 +154,8 @@ class ClusterReadArgs:
         Path | None,
         _opt(
             "--kubeconfig-from-master",
-            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory).",
+            "Read /etc/rancher/k3s/k3s.yaml over SSH from the K3s masters of this servers.tsv, each in turn until one "
+            "answers (kept in memory).",
             CLUSTER,
             metavar="SERVERS_TSV",
             **_HIDDEN,

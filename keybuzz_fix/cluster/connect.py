@@ -19,10 +19,10 @@ from typing import Any
 
 from keybuzz_fix import storage
 from keybuzz_fix.cluster.client import Endpoint, Kube
-from keybuzz_fix.errors import KubeconfigError, UsageError, one_line, redact
+from keybuzz_fix.errors import ClusterError, HostError, KubeconfigError, UsageError, one_line, redact
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ssh import SshOptions, connect
-from keybuzz_fix.inventory import Role, read_nodes
+from keybuzz_fix.inventory import Host, Role, read_nodes
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 
@@ -33,7 +33,7 @@ class ClusterOptions:
 
     kubeconfig: Path | None = None
     context: str | None = None
-    from_master: Path | None = None  # a servers.tsv: read k3s.yaml from its first master
+    from_master: Path | None = None  # a servers.tsv: read k3s.yaml from the first of its masters that answers
     save_kubeconfig: Path | None = None
     env: str = "prod"
     user: str | None = None
@@ -50,15 +50,29 @@ def connect_cluster(options: ClusterOptions, ssh: SshOptions | None = None) -> K
     """Return a connection to the API server, as the options say."""
     if options.from_master is None:
         return from_kubeconfig(options.kubeconfig, options.context, options.timeout)
-    master = read_nodes(options.from_master, Role.MASTER, options.env, options.user)[0]
-    with connect(master, ssh or SshOptions()) as session:
-        text = session.run(f"cat {K3S_KUBECONFIG}").stdout
-    source = f"{master.hostname}:{K3S_KUBECONFIG}"
-    if not text.strip():
-        raise KubeconfigError(f"{source} is empty")
+    master, text, tried = _read_from_masters(
+        read_nodes(options.from_master, Role.MASTER, options.env, options.user), ssh
+    )
+    source = f"{master.hostname}:{K3S_KUBECONFIG}" + (f", after {'; '.join(tried)}" if tried else "")
     if options.save_kubeconfig is not None:
         storage.write_private(options.save_kubeconfig.expanduser(), k3s_yaml_for(text, master.private_ip))
     return from_k3s_yaml(text, master.private_ip, source, options.timeout)
+
+
+def _read_from_masters(masters: list[Host], ssh: SshOptions | None) -> tuple[Host, str, list[str]]:
+    """Read k3s.yaml from the first master that answers, in servers.tsv's order; say why each one before did not."""
+    tried: list[str] = []
+    for master in masters:
+        try:
+            with connect(master, ssh or SshOptions()) as session:
+                text = session.run(f"cat {K3S_KUBECONFIG}").stdout
+        except HostError as e:
+            tried.append(f"{master.hostname}: {e.problem}")
+            continue
+        if text.strip():
+            return master, text, tried
+        tried.append(f"{master.hostname}: {K3S_KUBECONFIG} is empty")
+    raise ClusterError(f"--kubeconfig-from-master: no master gave {K3S_KUBECONFIG}: {'; '.join(tried)}")
 
 
 def from_kubeconfig(kubeconfig: Path | None = None, context: str | None = None, timeout: float = 30.0) -> Kube:

@@ -51,7 +51,7 @@ FOREIGN = {
 # carry no text of theirs to the command.
 _REPORT = "keybuzz_fix.report"
 _BELOW_REPORT = ("keybuzz_fix.checks", "keybuzz_fix.cluster", "keybuzz_fix.hosts")
-ERRORS = {"UsageError", "KubeconfigError", "InputError"}
+ERRORS = {"UsageError", "KubeconfigError", "InputError", "ClusterError"}
 
 
 def commands() -> dict[str, set[str]]:
