@@ -235,3 +235,13 @@ def test_at_an_80_column_terminal_lines_fold_to_the_width(tmp_path):
     assert max(len(line) for line in plain if not line.startswith("      ")) <= 80
     (service,) = [line for line in plain if "Service keybuzz/keybuzz-api:" in line]
     assert not service.rstrip().endswith("kept")  # folded: the rest of the reason is on the next line
+
+
+# -- 5: the help says what --timeout bounds ---------------------------------------------------------
+
+
+def test_timeout_help_says_what_it_bounds(tmp_path):
+    proc, _ = run(["ufw", "--help"], tmp_path / "home")
+    text = " ".join(proc.stdout.split())
+    assert "Seconds allowed to connect to a host (TCP and SSH handshake)" in text
+    assert "at least 30 s" in text and "reported as unknown" in text
