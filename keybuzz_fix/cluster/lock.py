@@ -9,8 +9,10 @@ changes something first takes
 - a ``coordination.k8s.io/v1`` Lease ``keybuzz-fix`` in the namespace, whose holder, start time
   and command say who runs what: a run from another machine stops, naming them.
 
-Both are released when the run ends, however it ends. A Lease whose holder stopped renewing it
-for longer than its duration (the holder was killed) is taken over.
+Both are taken once the operator has confirmed, before the first change, and released when the
+run ends, however it ends. A Lease whose holder stopped renewing it for longer than its duration
+(the holder was killed), or one left by this machine's user (whose runs the lock file already
+serialises; the API server went away before it could be deleted), is taken over.
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ def one_at_a_time(kube: Kube, namespace: str, command: str) -> Iterator[None]:
         try:
             yield
         finally:
-            kube.delete("Lease", LEASE, namespace, uid=meta_of(lease).get("uid"))
+            try:
+                kube.delete("Lease", LEASE, namespace, uid=meta_of(lease).get("uid"))
+            except KeybuzzFixError:
+                pass  # the API server is gone: the next run from here takes the Lease over (see _take_lease)
     finally:
         os.close(fd)  # closing releases the flock
 
@@ -116,7 +121,8 @@ def _take_lease(kube: Kube, namespace: str, holder: str, command: str, now: dt.d
     current = kube.get("Lease", LEASE, namespace)
     if current is None:  # released between the two calls
         return kube.create(wanted)
-    if not expired(current, now):
+    mine = str((current.get("spec") or {}).get("holderIdentity") or "").startswith(f"{storage.operator()} pid ")
+    if not expired(current, now) and not mine:  # a Lease of this machine's user is stale: we hold its lock file
         raise Held(
             f"another keybuzz-fix run is changing namespace {namespace} of {kube.endpoint.server}: "
             f"{held_by(current)} (Lease {namespace}/{LEASE}); nothing changed; wait for it to end"

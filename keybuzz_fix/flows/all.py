@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -92,9 +92,7 @@ def run_all(
     console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
 ) -> Remediation:
     """Plan every step, ask once, run the steps in order applying what was confirmed (one run at a time per cluster)."""
-    kube = reach.kube()
-    with nullcontext() if options.dry_run else one_at_a_time(kube, cfg.namespace, "all"):
-        return _run_all(console, kube, reach, hosts, cfg, options)
+    return _run_all(console, reach.kube(), reach, hosts, cfg, options)
 
 
 def _run_all(
@@ -128,6 +126,7 @@ def _run_all(
 
     target = steps.Target(kube.endpoint.server, kube.endpoint.source, options.servers, len(hosts), cfg.namespace)
     log.target(target)
+    held = ExitStack()
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
         planning = "plan (dry run)" if options.dry_run else "plan (nothing changes before you confirm)"
@@ -165,6 +164,7 @@ def _run_all(
             return Remediation()
         changing = [o for o in planned if o.changes]
         confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
+        held.enter_context(one_at_a_time(kube, cfg.namespace, "all"))  # one run at a time changes the cluster
         log.rows.clear()
 
         # -- the steps, in order, each applying what was confirmed --------------------------------
@@ -201,6 +201,7 @@ def _run_all(
         log.summary("all: stopped")
         raise
     finally:
+        held.close()
         fw.close()
     log.summary("all: done")
     if not card.ok:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,8 +92,7 @@ def run_convert(
     kube = reach.kube()
     view = ChangeView(console, output, CONVERT, show_values=show_values)
     run = ChangeRun(CONVERT, dry_run)
-    with nullcontext() if dry_run else one_at_a_time(kube, cfg.namespace, CONVERT):
-        return _convert(kube, cfg, view, run, yes, timeout, force_conflicts, keep_port, allow_managed, workers)
+    return _convert(kube, cfg, view, run, yes, timeout, force_conflicts, keep_port, allow_managed, workers)
 
 
 def _convert(
@@ -128,7 +127,8 @@ def _convert(
                 + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
                 yes=yes,
             )
-        carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
+        with one_at_a_time(kube, cfg.namespace, CONVERT):  # one run at a time changes the cluster
+            carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
     view.finished(run)
     return run
 
@@ -218,10 +218,10 @@ def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *
         run.mark("applied")
         view.waiting("DaemonSet", names, timeout)
         if plan.handovers:
-            wait_handover(kube, namespace, names, plan.handovers, timeout=timeout)
+            wait_handover(kube, namespace, names, plan.handovers, timeout=timeout, progress=view.readiness)
             run.mark("handed_over")
         else:
-            wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout)
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout, progress=view.readiness)
             run.mark("ready")
         send(kube, run, plan.services + plan.hpas + plan.deployments, force=force)
     if plan.handovers:
@@ -236,7 +236,7 @@ def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *
         ):
             remaining = max(deadline - time.monotonic(), 1.0)
             view.say(f"the Deployment's pods are gone: waiting for the rest of {held}…")
-            wait_ready(kube, "DaemonSet", namespace, names, timeout=remaining)
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=remaining, progress=view.readiness)
             run.mark("ready")
     run.mark("done")
     view.result(run)

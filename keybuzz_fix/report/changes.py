@@ -108,6 +108,11 @@ class ChangeView:
         """Say what the run waits for, and how long at most."""
         self.say(f"waiting for {kind}(s) {', '.join(names)} to be ready (timeout {timeout:g}s)…")
 
+    def readiness(self, counts: dict[str, tuple[int, int]]) -> None:
+        """Show, as it changes, how many pods of each workload are ready (the wait may take minutes)."""
+        shown = ", ".join(f"{name} {ready}/{want}" for name, (ready, want) in counts.items())
+        self.say(f"  pods ready: {shown}")
+
     def stuck(self, pods: Sequence[StuckPod]) -> None:
         """Show the pods that kept a rollout from being ready."""
         if self.text:

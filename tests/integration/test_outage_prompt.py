@@ -57,3 +57,23 @@ def test_convert_prompt_names_the_cluster_and_counts_deletions(keybuzz_cluster: 
         "keybuzz-api",
         "keybuzz-front",
     }
+
+
+def test_the_readiness_wait_shows_pods_ready_as_they_come(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
+    # Runs last in this module: it converts the seeded cluster.
+    from typer.testing import CliRunner
+
+    from keybuzz_fix.cli import app
+
+    env = {"KEYBUZZ_FIX_STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(
+        app, ["convert", "--yes", "--timeout", "120", "--kubeconfig", str(keybuzz_cluster.kubeconfig)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    shown = re.findall(r"pods ready: keybuzz-api (\d+)/(\d+), keybuzz-front (\d+)/(\d+)", result.output)
+    assert shown, result.output
+    counts = [tuple(int(x) for x in line) for line in shown]
+    assert len(set(counts)) == len(counts)  # a line only when a count changed
+    workers = len(keybuzz_cluster.worker_names)
+    assert counts[-1] == (workers, workers, workers, workers)  # the last line: every pod ready
+    assert [c[0] for c in counts] == sorted(c[0] for c in counts)  # ready pods only go up
