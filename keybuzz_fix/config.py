@@ -114,6 +114,14 @@ class Config:
         raise KeyError(name)
 
 
+def sets_namespace(path: Path | str | None) -> bool:
+    """Whether a ``--config`` file names the apps' namespace itself (it then wins over the kubeconfig context's)."""
+    if path is None:
+        return False
+    data = _read_yaml(Path(path))
+    return isinstance(data, dict) and "namespace" in data
+
+
 def manifests_dir() -> Path:
     """Return the shipped ``manifests/`` folder (inside the wheel, or the source tree)."""
     packaged = Path(__file__).parent / "manifests"

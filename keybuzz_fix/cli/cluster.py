@@ -1,5 +1,6 @@
 """The cluster-side commands: ``convert``, ``rollback``, ``ingress``, ``validate`` and ``all``."""
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +77,9 @@ def convert(
             )
         from keybuzz_fix.flows.convert import run_offline
 
+        if cluster.namespace:
+            cfg = dataclasses.replace(cfg, namespace=cluster.namespace)
+
         return run_offline(
             opt.console_of(ctx),
             from_file,
@@ -92,6 +96,7 @@ def convert(
 
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster)
+    cfg = opt.namespaced(cfg, config, reach)
     can_ask("convert", yes=yes, dry_run=dry_run)
     return run_convert(
         opt.console_of(ctx),
@@ -119,6 +124,14 @@ def rollback(
     dry_run: opt.DryRunOpt = False,
     yes: opt.YesOpt = False,
     output: opt.OutputOpt = Output.TEXT,
+    force_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--force-cluster",
+            help="Restore a backup taken from another cluster (its kube-system uid differs from this one's).",
+            rich_help_panel=opt.SAFETY,
+        ),
+    ] = False,
     *,
     cluster: opt.ClusterArgs,
     env: opt.EnvOpt = "prod",
@@ -130,7 +143,8 @@ def rollback(
 
     Recreates the Deployments and HPAs that are gone, waits (by watching) until the Deployments are
     ready, restores each Service's type and ports (clusterIP kept), then deletes the DaemonSets
-    convert made. What it changes is backed up first. A second run is a no-op.
+    convert made. What it changes is backed up first. A second run is a no-op. A backup taken from
+    another cluster than the one connected to is refused (--force-cluster).
 
     Examples:
 
@@ -146,9 +160,18 @@ def rollback(
     path = backup_file if backup_file is not None else latest_backup("convert")
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster)
-    saved = read_backup(path)
+    read_backup(path)  # a missing or malformed backup is named before anything else
     can_ask("rollback", yes=yes, dry_run=dry_run)
-    return run_rollback(opt.console_of(ctx), reach, saved, dry_run=dry_run, yes=yes, timeout=ready, output=output)
+    return run_rollback(
+        opt.console_of(ctx),
+        reach,
+        path,
+        dry_run=dry_run,
+        yes=yes,
+        timeout=ready,
+        output=output,
+        force_cluster=force_cluster,
+    )
 
 
 def ingress(
@@ -198,6 +221,7 @@ def ingress(
     cfg = load_config(config)
     workers = read_nodes(servers, Role.WORKER, env) if servers is not None else None
     reach = opt.connections(env, ssh, cluster=cluster)
+    cfg = opt.namespaced(cfg, config, reach)
     can_ask("ingress", yes=yes, dry_run=dry_run)
     return run_ingress(
         opt.console_of(ctx),
@@ -253,6 +277,7 @@ def validate(
 
     cfg = load_config(config)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    cfg = opt.namespaced(cfg, config, reach)
     required = opt.percent("--threshold", threshold)
     workers = read_nodes(servers, Role.WORKER, env, ssh.user)
     return run_validate(
@@ -306,6 +331,7 @@ def all_steps(
 
     cfg = load_config(config)
     reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls)
+    cfg = opt.namespaced(cfg, config, reach)
     options = AllOptions(
         dry_run=dry_run,
         yes=yes,

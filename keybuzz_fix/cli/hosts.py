@@ -1,5 +1,6 @@
 """The SSH-side commands: ``inventory``, ``ufw``, ``overlay`` and ``diagnose``."""
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -171,37 +172,71 @@ def overlay(
 
 def diagnose(
     ctx: typer.Context,
-    servers: opt.ServersArg,
+    servers: Annotated[
+        Path | None,
+        typer.Argument(help="The operator's servers.tsv inventory (not with --from-dir).", show_default=False),
+    ] = None,
     env: opt.EnvOpt = "prod",
+    collect_script: Annotated[
+        bool,
+        typer.Option(
+            "--collect-script",
+            help="Print the read-only node script (POSIX sh, about 10 s) for these nodes, to run by hand: "
+            'sh collect.sh > "$(hostname)".txt on every node, at the same time.',
+        ),
+    ] = False,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-dir",
+            help="Judge what the nodes' scripts printed: DIR/<HOSTNAME>.txt, DIR/nodes.yaml (kubectl get nodes "
+            "-o yaml), optional DIR/cluster.yaml (kubectl get svc,endpoints,networkpolicy,pods -A -o yaml).",
+            show_default=False,
+        ),
+    ] = None,
     *,
     ssh: opt.SshArgs,
     fleet: opt.FleetArgs,
     cluster: opt.ClusterReadArgs,
     output: opt.OutputOpt = Output.TEXT,
     config: opt.ConfigOpt = None,
-) -> Outcome:
-    """Find why ClusterIP traffic does not cross the nodes.
+) -> Outcome | None:
+    """Find why ClusterIP and DNS time out: every known cause, seen from where the pods stand.
 
     Read-only: changes nothing.
 
-    On every K3s node (over SSH, in parallel) and in the API: Flannel on the wrong interface,
-    UFW dropping VXLAN, the VXLAN checksum-offload bug, an MTU too large for VXLAN, and a live
-    probe (each node pings every other node's flannel.1; CoreDNS through its ClusterIP). Findings
-    are ranked, confirmed by a failing probe first; a missing tool is "not checked", never a pass.
-    Exit code 0 when the overlay is healthy, 1 otherwise. Without a reachable API the node checks
-    still run.
+    On every K3s node (over SSH, in parallel) one script probes from inside a pod's network
+    namespace and from the node: a pod on each other node, the kubernetes Service, CoreDNS by
+    ClusterIP and by pod IP, a NodePort, the underlay and the VTEPs (full-size don't-fragment
+    pings too), UdpInCsumErrors before and after; and gathers what each cause needs (UFW,
+    iptables in both backends, firewalld, nftables, br_netfilter, the VXLAN devices, MTUs,
+    offloads, CoreDNS's logs). The API adds Flannel's annotations, CoreDNS's endpoints and the
+    NetworkPolicies. Causes are ranked by how well they explain the paths that fail; a missing
+    tool is "not checked", never a pass. Exit code 0 when healthy, 1 otherwise.
 
     Examples:
 
-    
+    \b
         keybuzz-fix diagnose servers.tsv
         keybuzz-fix diagnose servers.tsv --kubeconfig-from-master servers.tsv -o json
+        keybuzz-fix diagnose --collect-script servers.tsv > collect.sh
+        keybuzz-fix diagnose --from-dir captures/ -o json
     """
     from keybuzz_fix.config import load_config
-    from keybuzz_fix.flows.diagnose import run_diagnose
+    from keybuzz_fix.errors import UsageError
+    from keybuzz_fix.flows.diagnose import print_collect_script, run_diagnose, run_from_dir
     from keybuzz_fix.inventory import read_nodes
 
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
-    cfg = load_config(config)
+    if from_dir is not None:
+        if servers is not None or collect_script:
+            raise UsageError("--from-dir judges captures: give no servers.tsv and no --collect-script with it")
+        return run_from_dir(opt.console_of(ctx), from_dir, output)
+    if servers is None:
+        raise UsageError("diagnose needs a servers.tsv (or --from-dir DIR)")
+    load_config(config)  # a broken --config is refused here as by every command; diagnose reads the nodes
     hosts = read_nodes(servers, Role.ALL, env, ssh.user)
-    return run_diagnose(opt.console_of(ctx), reach, hosts, cfg, output)
+    if collect_script:
+        print_collect_script(hosts)
+        return None
+    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0))
+    return run_diagnose(opt.console_of(ctx), reach, hosts, output)

@@ -7,6 +7,7 @@ groups (:data:`GROUPS`): a command takes a group as one parameter (``ssh: SshArg
 are imported here: ``--help`` stays fast.
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from keybuzz_fix.config import Config
     from keybuzz_fix.flows import Connections
 
 SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
-DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 READY_TIMEOUT = 300.0
 
 
@@ -121,9 +122,16 @@ class SshArgs:
     identity: Annotated[
         Path | None, _opt("--identity -i", "SSH private key (default: ssh-agent, ~/.ssh/config, ~/.ssh/id_*).", SSH)
     ] = None
-    known_hosts: Annotated[Path, _opt("--known-hosts", "known_hosts file the host keys are checked against.", SSH)] = (
-        DEFAULT_KNOWN_HOSTS
-    )
+    known_hosts: Annotated[
+        Path | None,
+        _opt(
+            "--known-hosts",
+            "known_hosts file every host key is checked against (default: ssh_config's UserKnownHostsFile "
+            "and GlobalKnownHostsFile, else ~/.ssh/known_hosts).",
+            SSH,
+            **_HIDDEN,
+        ),
+    ] = None
     accept_new_host_keys: Annotated[
         bool,
         _opt(
@@ -132,6 +140,17 @@ class SshArgs:
             SSH,
         ),
     ] = False
+    ssh_config: Annotated[
+        Path | None,
+        _opt(
+            "--ssh-config",
+            "Read only this ssh_config file, as ssh -F does ('none': none); default ~/.ssh/config then "
+            "/etc/ssh/ssh_config.",
+            SSH,
+            metavar="FILE",
+            **_HIDDEN,
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +178,27 @@ class ClusterReadArgs:
         Path | None, _opt("--kubeconfig", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config).", CLUSTER, **_HIDDEN)
     ] = None
     context: Annotated[str | None, _opt("--context", "kubeconfig context.", CLUSTER)] = None
+    namespace: Annotated[
+        str | None,
+        _opt(
+            "--namespace -n",
+            "Namespace of the apps (default: namespace of --config, else the kubeconfig context's, else keybuzz).",
+            CLUSTER,
+            **_HIDDEN,
+        ),
+    ] = None
+    as_user: Annotated[
+        str | None,
+        _opt(
+            "--as", "Impersonate this user (as kubectl --as; default: the kubeconfig user's as:).", CLUSTER, **_HIDDEN
+        ),
+    ] = None
+    as_group: Annotated[
+        list[str] | None,
+        _opt(
+            "--as-group", "Impersonate this group, with --as; repeatable (as kubectl --as-group).", CLUSTER, **_HIDDEN
+        ),
+    ] = None
     kubeconfig_from_master: Annotated[
         Path | None,
         _opt(
@@ -284,6 +324,7 @@ def connections(
     from keybuzz_fix.flows import Connections
     from keybuzz_fix.hosts.ssh import SshOptions
 
+    over_ssh = fleet is not None
     fleet = fleet or FleetArgs()
     timeout = seconds("--timeout", fleet.timeout)
     if ssh.identity is not None and not ssh.identity.expanduser().is_file():
@@ -291,12 +332,20 @@ def connections(
     if not 1 <= fleet.concurrency <= 512:
         raise UsageError(f"--concurrency must be between 1 and 512, got {fleet.concurrency}")
     options = SshOptions(
-        known_hosts=ssh.known_hosts.expanduser(),
+        known_hosts=ssh.known_hosts.expanduser() if ssh.known_hosts else None,
         identity=ssh.identity.expanduser() if ssh.identity else None,
         accept_new_host_keys=ssh.accept_new_host_keys,
         connect_timeout=timeout,
         command_timeout=max(timeout, 30.0),
+        user=ssh.user,
     )
+    if ssh.ssh_config is not None:  # as ssh -F: only this file, and not the system one
+        if str(ssh.ssh_config) != "none" and not ssh.ssh_config.expanduser().is_file():
+            raise UsageError(f"--ssh-config {ssh.ssh_config}: no such file")
+        only = None if str(ssh.ssh_config) == "none" else ssh.ssh_config.expanduser()
+        options = dataclasses.replace(options, ssh_config=only, system_ssh_config=None)
+    if over_ssh or (cluster is not None and cluster.kubeconfig_from_master is not None):
+        options.check_config()  # this command goes over SSH: a bad ssh_config line stops it here
     reach = None
     if cluster is not None:
         reach = ClusterOptions(
@@ -307,6 +356,9 @@ def connections(
             env=env,
             user=ssh.user,
             timeout=api_timeout,
+            impersonate=cluster.as_user,
+            impersonate_groups=tuple(cluster.as_group or ()),
+            namespace=cluster.namespace,
         )
     web = None
     if http is not None:
@@ -314,3 +366,17 @@ def connections(
             http.url_timeout, http.retries, http.resolve or [], http.ca_file, http.insecure, urls
         )
     return Connections(options, fleet.concurrency, reach, web)
+
+
+def namespaced(cfg: "Config", config_file: Path | None, reach: "Connections") -> "Config":
+    """Return ``cfg`` with the apps' namespace kubectl's way: -n, then --config's, then the context's, then keybuzz.
+
+    The context's namespace is read from the kubeconfig (or the pod's, in cluster); nothing connects.
+    """
+    from keybuzz_fix.cluster.connect import context_namespace
+    from keybuzz_fix.config import sets_namespace
+
+    chosen = reach.cluster.namespace if reach.cluster is not None else None
+    if chosen is None and not sets_namespace(config_file) and reach.cluster is not None:
+        chosen = context_namespace(reach.cluster)
+    return dataclasses.replace(cfg, namespace=chosen) if chosen else cfg

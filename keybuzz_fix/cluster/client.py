@@ -1,10 +1,12 @@
 """The Kubernetes API client: the only module that talks HTTP to the API server.
 
 Objects are plain dicts, exactly as the API serves them, so a pod template is carried over
-byte for byte (no generated model drops or renames a field). Requests go through urllib3 with
-TLS always verified; where the endpoint and its credentials come from is
-:mod:`keybuzz_fix.cluster.connect`'s business. Every failure becomes one of the tool's errors:
-a 403 names the verb, resource and namespace that were refused.
+byte for byte (no generated model drops or renames a field). Requests go through the urllib3
+pool :mod:`keybuzz_fix.cluster.connect` built from the kubernetes client's own Configuration
+(TLS, client certificates, proxy-url), with the credentials it hands over fresh for each request
+(exec plugins and token files refreshed as they expire; after a 401, once more) and the
+impersonation headers (``--as``, ``--as-group``, the kubeconfig's ``as``). Every failure becomes
+one of the tool's errors: a 403 names the verb, resource and namespace that were refused.
 """
 
 from __future__ import annotations
@@ -12,22 +14,21 @@ from __future__ import annotations
 import builtins
 import json
 import re
-import ssl
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 from keybuzz_fix.cluster.objects import Obj, meta_of
-from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, KubeconfigError, one_line, redact
+from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, one_line, redact
 from keybuzz_fix.hints import hint
-
-if TYPE_CHECKING:
-    import urllib3
 
 FIELD_MANAGER = "keybuzz-fix"
 # How the API server words an RBAC refusal: 'User "x" cannot create resource "ingresses" in API group ...'
 _DENIED = re.compile(r'cannot ([a-z]+) resource "([a-z0-9.-]+)"(?: in API group "([a-z0-9.-]*)")?')
+# ... and a refused impersonation: 'User "x" cannot impersonate resource "users" ...' (1.36 also says
+# 'cannot impersonate-on:user-info:get resource "daemonsets"' for its constrained impersonation)
+_NO_IMPERSONATION = re.compile(r'User "([^"]*)" cannot (impersonate[a-z:-]*) resource "([a-z0-9.-]+)"')
 
 
 @dataclass(frozen=True)
@@ -64,28 +65,41 @@ RESOURCES: dict[str, Resource] = {
     "ReplicaSet": Resource("apps/v1", "replicasets"),
     "Service": Resource("v1", "services"),
     "Pod": Resource("v1", "pods"),
+    "Endpoints": Resource("v1", "endpoints"),
+    "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "Event": Resource("v1", "events"),
     "Node": Resource("v1", "nodes", namespaced=False),
     "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
     "Lease": Resource("coordination.k8s.io/v1", "leases"),
+    "Namespace": Resource("v1", "namespaces", namespaced=False),
 }
+IDENTITY_NAMESPACE = "kube-system"  # its uid names a cluster: it is made once, with the cluster, and never deleted
+
+
+def _no_credentials() -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach and authenticate to one API server."""
+    """How to reach and authenticate to one API server, as :mod:`.connect` read it from a kubeconfig."""
 
     server: str
-    ca_file: str | None = None
-    ca_data: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    token: str | None = None
-    verify: bool = True
-    tls_server_name: str | None = None
+    pool: Any  # a urllib3 PoolManager (or ProxyManager): TLS, client certificate and proxy are its business
     source: str = "kubeconfig"
+    authorization: Callable[[], str | None] = _no_credentials  # the Authorization header, fresh for each request
+    reauthorize: Callable[[], bool] | None = None  # after a 401: fetch new credentials; whether they changed
+    impersonate: tuple[tuple[str, str], ...] = ()  # Impersonate-User / -Group / -Uid / -Extra-* headers
+    namespace: str | None = None  # the context's namespace (or the pod's, in cluster)
+    secrets: tuple[str, ...] = ()  # never echoed in an error (tokens a server may send back)
+    keepalive: Any = field(default=None, compare=False)  # what the connection runs through (an SSH tunnel)
+
+    @property
+    def user(self) -> str | None:
+        """The user impersonated (``--as``), for messages."""
+        return next((value for name, value in self.impersonate if name == "Impersonate-User"), None)
 
 
 class Kube:
@@ -94,7 +108,9 @@ class Kube:
     def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._http = _pool(endpoint)
+        self._http = endpoint.pool
+        self._identity: str | None = None
+        self._sent: set[str] = set()  # the credentials sent so far, never to be echoed
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
@@ -142,10 +158,9 @@ class Kube:
             query["labelSelector"] = selector
         url = self.endpoint.server + RESOURCES[kind].path(namespace) + "?" + urlencode(query)
         try:
-            resp = self._http.request(
+            resp = self._send(
                 "GET",
                 url,
-                headers=self._headers(),
                 preload_content=False,
                 timeout=urllib3.Timeout(connect=self.timeout, read=timeout + 10),
             )
@@ -251,6 +266,18 @@ class Kube:
         return body is not None
 
     # -- identity ---------------------------------------------------------------------------
+    def cluster_identity(self) -> str:
+        """Return the cluster's identity: the uid of its kube-system namespace (read once)."""
+        if self._identity is None:
+            found = self.get("Namespace", IDENTITY_NAMESPACE)
+            uid = str(meta_of(found or {}).get("uid") or "")
+            if not uid:
+                raise ClusterError(
+                    f"{self.endpoint.server} has no {IDENTITY_NAMESPACE} namespace: cannot tell which cluster this is"
+                )
+            self._identity = uid
+        return self._identity
+
     def review(self, review: Obj) -> Obj:
         """Send a SelfSubjectAccessReview; return it with the API server's answer in its status."""
         body = self._request(
@@ -263,13 +290,28 @@ class Kube:
         return body
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "keybuzz-fix"}
+    def _headers(self, content_type: str | None = None) -> Any:
+        import urllib3
+
+        headers = urllib3.HTTPHeaderDict({"Accept": "application/json", "User-Agent": "keybuzz-fix"})
         if content_type:
             headers["Content-Type"] = content_type
-        if self.endpoint.token:
-            headers["Authorization"] = f"Bearer {self.endpoint.token}"
+        authorization = self.endpoint.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+            self._sent.add(authorization.split(" ", 1)[-1])
+        for name, value in self.endpoint.impersonate:  # one header line per group
+            headers.add(name, value)
         return headers
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Send a request; after a 401, once more with fresh credentials (an exec plugin's token may have expired)."""
+        content_type = kwargs.pop("content_type", None)
+        resp = self._http.request(method, url, headers=self._headers(content_type), **kwargs)
+        if resp.status == 401 and self.endpoint.reauthorize is not None and self.endpoint.reauthorize():
+            resp.release_conn()
+            resp = self._http.request(method, url, headers=self._headers(content_type), **kwargs)
+        return resp
 
     def _request(
         self,
@@ -287,11 +329,11 @@ class Kube:
         url = self.endpoint.server + path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
         try:
-            resp = self._http.request(
+            resp = self._send(
                 method,
                 url,
                 body=data,
-                headers=self._headers(content_type if data else None),
+                content_type=content_type if data else None,
                 timeout=urllib3.Timeout(total=self.timeout),
                 retries=False,
             )
@@ -322,7 +364,8 @@ class Kube:
 
     def _scrub(self, text: str) -> str:
         """Hide the credentials in text a server sent back (a proxy or a broken server may echo them)."""
-        return redact(text, [self.endpoint.token] if self.endpoint.token else [])
+        secrets = [*self.endpoint.secrets, *self._sent]
+        return redact(text, sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
 
     def _raise(self, status: int, raw: bytes, what: tuple[str, str, str | None, str | None]) -> None:
         verb, kind, namespace, name = what
@@ -333,6 +376,8 @@ class Kube:
         message = self._scrub(message)
         target = f"{kind} {name}" if name else kind
         where = f" in namespace {namespace}" if namespace else ""
+        if self.endpoint.user:
+            where += f" as {self.endpoint.user}"
         if status == 401:
             raise ClusterError(
                 f"the Kubernetes API at {self.endpoint.server} rejected the credentials "
@@ -340,6 +385,16 @@ class Kube:
             )
         if status == 403 and " cannot " not in message:  # admission (quota, pod security), not RBAC
             raise ClusterError(f"cannot {verb} {target}{where}: refused by the API server: {message}")
+        impersonation = _NO_IMPERSONATION.search(message) if status == 403 and self.endpoint.user else None
+        if impersonation:
+            real, denied_verb, resource = impersonation.groups()
+            raise Forbidden(
+                f"forbidden: {real} may not impersonate {self.endpoint.user} (needed to {verb} {target}{where}); "
+                f"grant {real} impersonation, or leave out "
+                + hint("--as", "--as / ")
+                + f"the kubeconfig's as: {message}",
+                permission=f"{denied_verb} {resource}",
+            )
         if status == 403:
             res = RESOURCES.get(kind)
             verb_name = {"apply": "patch"}.get(verb, verb)
@@ -365,30 +420,3 @@ class Kube:
 def _write_query(dry_run: bool, **extra: str) -> dict[str, str]:
     """Return the query of a write: field manager keybuzz-fix, and the server-side dry run when asked."""
     return {"fieldManager": FIELD_MANAGER, **extra, **({"dryRun": "All"} if dry_run else {})}
-
-
-def _pool(endpoint: Endpoint) -> urllib3.PoolManager:
-    import urllib3
-
-    ctx = ssl.create_default_context()
-    if endpoint.ca_file or endpoint.ca_data:
-        try:
-            ctx = ssl.create_default_context(cafile=endpoint.ca_file, cadata=endpoint.ca_data)
-        except (ssl.SSLError, OSError, ValueError) as e:
-            raise KubeconfigError(
-                f"{endpoint.source}: cannot load the certificate authority: {one_line(str(e))}"
-            ) from None
-    if not endpoint.verify:  # only when the kubeconfig itself says insecure-skip-tls-verify
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if endpoint.cert_file and endpoint.key_file:
-        try:
-            ctx.load_cert_chain(endpoint.cert_file, endpoint.key_file)
-        except (ssl.SSLError, OSError) as e:
-            raise KubeconfigError(f"{endpoint.source}: cannot load the client certificate: {e}") from None
-    kwargs: dict[str, Any] = {}
-    if not endpoint.verify:
-        kwargs.update(cert_reqs="CERT_NONE", assert_hostname=False)
-    if endpoint.tls_server_name:
-        kwargs["server_hostname"] = endpoint.tls_server_name
-    return urllib3.PoolManager(num_pools=4, maxsize=16, ssl_context=ctx, **kwargs)

@@ -297,12 +297,14 @@ def _write_backup(kube: Kube, plan: ConvertPlan, namespace: str) -> Path:
         except InputError:
             previous = None
     live = [str(meta_of(c.before).get("uid")) for c in plan.deployments if c.before is not None]
-    extra = backup.carried(previous, objects, live, server=server, namespace=namespace)
+    cluster = kube.cluster_identity()
+    extra = backup.carried(previous, objects, live, server=server, namespace=namespace, cluster=cluster)
     return backup.write(
         objects + extra,
         command=CONVERT,
         server=server,
         namespace=namespace,
+        cluster=cluster,
         carried_from=previous.path if extra and previous else None,
     )
 

@@ -1,11 +1,15 @@
-"""The imperative shell of ``diagnose``, read-only: gather the facts, run the checks, show the findings.
+"""The imperative shell of ``diagnose``, read-only: run the node script, read the API, judge, show.
 
-Two SSH round trips per node (in parallel) and the API. Round one reads each node's facts
-(:func:`keybuzz_fix.hosts.flannel.facts.node_probe`) while the API is read in the background
-(Nodes' Flannel annotations, the CoreDNS ClusterIP). Round two pings, from every node, every other
-node's ``flannel.1`` address — as the node itself reports it, else as its podCIDR says. One SSH
-session per node serves both rounds. Nothing is changed anywhere; the checks are
-:mod:`keybuzz_fix.checks.diagnose`'s.
+Three ways in, one judgement (:func:`keybuzz_fix.checks.diagnose.find_causes`):
+
+- over SSH: the collect script (:mod:`keybuzz_fix.hosts.flannel.collect`) runs on every node at
+  once (one round trip each), while the API is read in the background (Nodes with Flannel's
+  annotations; CoreDNS's endpoints and pods; NetworkPolicies);
+- ``--collect-script``: print that same script, for nodes the tool cannot reach;
+- ``--from-dir DIR``: judge what the operator brought back: ``DIR/<HOSTNAME>.txt`` per node,
+  ``DIR/nodes.yaml`` (``kubectl get nodes -o yaml``) and optionally ``DIR/cluster.yaml``.
+
+Nothing is changed anywhere.
 """
 
 from __future__ import annotations
@@ -13,141 +17,142 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix.checks.diagnose import ClusterView, Diagnosis, NodeView, api_nodes, find_causes
+import yaml
+
+from keybuzz_fix.checks.diagnose import ClusterView, Diagnosis, NodeView, Objects, api_nodes, find_causes, split_objects
 from keybuzz_fix.cluster.connect import ClusterOptions, connect_cluster
-from keybuzz_fix.cluster.objects import spec_of
-from keybuzz_fix.config import Config
-from keybuzz_fix.errors import ClusterError, HostError, KeybuzzFixError
+from keybuzz_fix.errors import ClusterError, HostError, InputError, KeybuzzFixError, read_input
 from keybuzz_fix.flows import Connections
-from keybuzz_fix.hosts.flannel.facts import NodeFacts, PeerPings, node_probe, parse_node_facts, parse_pings, ping_probe
-from keybuzz_fix.hosts.flannel.plan import overlay_rules
-from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host
-from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
+from keybuzz_fix.hosts.flannel.capture import Capture, parse_capture
+from keybuzz_fix.hosts.flannel.collect import collect_script
+from keybuzz_fix.hosts.parallel import on_each_host
+from keybuzz_fix.hosts.ssh import AcceptedKeys, SshOptions, open_session
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.diagnosis import show_diagnosis
-from keybuzz_fix.report.output import Output, progress_bar
+from keybuzz_fix.report.output import Output, progress_bar, write_stdout
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-DNS_SERVICE = ("kube-system", "kube-dns")
+SCRIPT_TIMEOUT = 45.0  # the script bounds itself to ~10 s (30 s at most); this is the SSH side's limit
 
 
-@dataclass
-class Gathered:
-    """Everything the checks need, and how long it took."""
-
-    nodes: list[NodeView]
-    cluster: ClusterView
-    seconds: float
-    accepted: AcceptedKeys = field(default_factory=AcceptedKeys)
-
-
-def run_diagnose(console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, output: Output) -> Diagnosis:
-    """Gather every node's facts and the API's, run the checks, show the ranked findings; return them."""
-    assert reach.cluster is not None
+def run_diagnose(console: Console, reach: Connections, hosts: Sequence[Host], output: Output) -> Diagnosis:
+    """Run the collect script on every node over SSH and read the API; judge and show the findings."""
+    start = time.monotonic()
+    accepted = AcceptedKeys()
+    script = collect_script([(h.hostname, h.private_ip) for h in hosts])
     progress = None if output is Output.JSON else progress_bar(console)
-    found = gather(hosts, reach.ssh, reach.cluster, concurrency=reach.concurrency, progress=progress)
-    findings = find_causes(found.nodes, found.cluster, overlay_rules(cfg.overlay), cfg.overlay.vxlan_port)
-    result = Diagnosis(tuple(findings), tuple(found.nodes), found.cluster, found.seconds, tuple(found.accepted.entries))
+
+    def collect(host: Host) -> Capture:
+        session = open_session(host, reach.ssh, accepted)
+        try:
+            return parse_capture(session.run(script, check=False, timeout=SCRIPT_TIMEOUT).stdout)
+        finally:
+            session.close()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="api") as pool:
+        api = pool.submit(read_cluster, reach.cluster, reach.ssh)
+        attempts = on_each_host(hosts, collect, concurrency=reach.concurrency, progress=progress, label="collecting")
+        view = api.result()
+    nodes = [
+        NodeView(a.host.hostname, a.host.private_ip, a.result)
+        if a.ok
+        else NodeView(a.host.hostname, a.host.private_ip, error=a.error.problem if a.error else "not probed")
+        for a in attempts
+    ]
+    return _judge(console, nodes, view, output, time.monotonic() - start, tuple(accepted.entries))
+
+
+def run_from_dir(console: Console, directory: Path, output: Output) -> Diagnosis:
+    """Judge the captures an operator brought back in ``directory``."""
+    start = time.monotonic()
+    if not directory.is_dir():
+        raise InputError(str(directory), "not a directory (expected DIR/nodes.yaml and DIR/<HOSTNAME>.txt)")
+    view = ClusterView(error="no nodes.yaml")
+    nodes_file = directory / "nodes.yaml"
+    if nodes_file.exists():
+        view = ClusterView(api_nodes(_items(nodes_file)), objects_note="no cluster.yaml")
+    cluster_file = directory / "cluster.yaml"
+    if cluster_file.exists():
+        view = ClusterView(view.nodes, split_objects(_items(cluster_file)), view.error)
+    names = [n.name for n in view.nodes]
+    files = {p.stem: p for p in sorted(directory.glob("*.txt"))}
+    if not names and not files:
+        raise InputError(str(directory), "no nodes.yaml and no <HOSTNAME>.txt captures")
+    nodes = []
+    for name in dict.fromkeys([*names, *files]):
+        api = view.node(name)
+        address = api.internal_ip if api else None
+        if name not in files:
+            nodes.append(NodeView(name, address, error=f"no {name}.txt in {directory}"))
+            continue
+        capture = parse_capture(read_input(files[name]))
+        if address is None:
+            address = _guess_address(capture)
+        nodes.append(NodeView(name, address, capture))
+    return _judge(console, nodes, view, output, time.monotonic() - start, ())
+
+
+def print_collect_script(hosts: Sequence[Host]) -> None:
+    """Print the collect script for these nodes on stdout."""
+    write_stdout(collect_script([(h.hostname, h.private_ip) for h in hosts]))
+
+
+def _judge(
+    console: Console,
+    nodes: list[NodeView],
+    view: ClusterView,
+    output: Output,
+    seconds: float,
+    accepted: tuple[tuple[str, str], ...],
+) -> Diagnosis:
+    findings, paths = find_causes(nodes, view)
+    result = Diagnosis(tuple(findings), tuple(paths), tuple(nodes), view, seconds, accepted)
     show_diagnosis(console, result, output)
     return result
 
 
-def gather(
-    hosts: Sequence[Host],
-    ssh: SshOptions,
-    cluster: ClusterOptions,
-    *,
-    concurrency: int,
-    progress: Progress | None = None,
-) -> Gathered:
-    """Probe every node and read the API; failures are per node (or per API), never fatal."""
-    start = time.monotonic()
-    accepted = AcceptedKeys()
-    sessions: dict[str, Session] = {}
-
-    def session(host: Host) -> Session:
-        if host.hostname not in sessions:
-            sessions[host.hostname] = open_session(host, ssh, accepted)
-        return sessions[host.hostname]
-
-    def facts(host: Host) -> NodeFacts:
-        peers = [h.private_ip for h in hosts if h.hostname != host.hostname]
-        return parse_node_facts(session(host).run(node_probe(peers)).stdout)
-
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="api") as pool:
-            api = pool.submit(read_cluster, cluster, ssh)
-            first = on_each_host(hosts, facts, concurrency=concurrency, progress=progress, label="reading nodes")
-            view = api.result()
-        targets = vtep_addresses(first, view)
-
-        def ping(host: Host) -> tuple[tuple[str, ...], PeerPings]:
-            mine = [(name, addr) for name, addr in targets.items() if name != host.hostname]
-            own = next(o.result for o in first if o.host.hostname == host.hostname)
-            assert own is not None
-            mtu = own.flannel.mtu if own.flannel else None
-            script = ping_probe(mine, mtu - 28 if mtu and mtu > 68 else None, view.dns_ip)
-            out = session(host).run(script).stdout
-            names = tuple(name for name, _ in mine)
-            return names, parse_pings(out, names)
-
-        reachable = [o.host for o in first if o.ok]
-        second = {
-            o.host.hostname: o
-            for o in on_each_host(
-                reachable, ping, concurrency=concurrency, progress=progress, label="probing the overlay"
-            )
-        }
-    finally:
-        for s in sessions.values():
-            s.close()
-    nodes = []
-    for o in first:
-        if not o.ok:
-            nodes.append(NodeView(o.host, error=_problem(o.error)))
-            continue
-        p = second.get(o.host.hostname)
-        if p is None or not p.ok or p.result is None:
-            nodes.append(NodeView(o.host, o.result, error=_problem(p.error) if p else None))
-        else:
-            names, pings = p.result
-            nodes.append(NodeView(o.host, o.result, pings, targets=names))
-    return Gathered(nodes, view, time.monotonic() - start, accepted)
-
-
-def read_cluster(options: ClusterOptions, ssh: SshOptions) -> ClusterView:
-    """Read the Nodes and the CoreDNS Service; an unreachable API is reported, not raised."""
+def read_cluster(options: ClusterOptions | None, ssh: SshOptions) -> ClusterView:
+    """Read the Nodes, then what the CoreDNS and NetworkPolicy checks need; an unreachable API is reported."""
+    if options is None:
+        return ClusterView(error="no API access asked for")
     try:
         kube = connect_cluster(options, ssh)
         nodes = api_nodes(kube.list("Node"))
-        svc = kube.get("Service", DNS_SERVICE[1], DNS_SERVICE[0])
     except KeybuzzFixError as e:
         if not isinstance(e, ClusterError | HostError):
             raise
-        return ClusterView(error=str(e), dns_note="the API could not be read")
-    ip = spec_of(svc).get("clusterIP") if svc else None
-    if not ip or ip == "None":
-        return ClusterView(nodes, dns_note=f"no {DNS_SERVICE[0]}/{DNS_SERVICE[1]} Service with a ClusterIP")
-    return ClusterView(nodes, dns_ip=str(ip))
+        return ClusterView(error=str(e), objects_note="the API could not be read")
+    try:
+        eps = kube.get("Endpoints", "kube-dns", "kube-system")
+        pods = kube.list("Pod", "kube-system", selector="k8s-app=kube-dns")
+        policies = kube.list("NetworkPolicy")
+    except ClusterError as e:
+        return ClusterView(nodes, objects_note=f"CoreDNS and NetworkPolicies not read: {e}")
+    return ClusterView(nodes, Objects(endpoints=(eps,) if eps else (), pods=tuple(pods), policies=tuple(policies)))
 
 
-def vtep_addresses(first: Sequence[Attempt[NodeFacts]], cluster: ClusterView) -> dict[str, str]:
-    """Return each node's ``flannel.1`` address: as the node reports it, else from its podCIDR."""
-    out: dict[str, str] = {}
-    for o in first:
-        addr = o.result.flannel_addr if o.ok and o.result is not None else None
-        if addr is None:
-            api = cluster.node_for(o.host)
-            addr = api.vtep_address if api is not None else None
-        if addr is not None:
-            out[o.host.hostname] = addr
-    return out
+def _items(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = yaml.safe_load(read_input(path))
+    except yaml.YAMLError as e:
+        raise InputError(str(path), f"not YAML: {str(e).splitlines()[0]}") from None
+    if isinstance(data, dict) and data.get("kind") == "List" or isinstance(data, dict) and "items" in data:
+        items = data.get("items") or []
+    elif isinstance(data, dict):
+        items = [data]
+    else:
+        raise InputError(str(path), "expected kubectl's -o yaml output (a List)")
+    return [i for i in items if isinstance(i, dict)]
 
 
-def _problem(error: KeybuzzFixError | None) -> str:
-    return "not probed" if error is None else error.problem
+def _guess_address(capture: Capture) -> str | None:
+    """A node without nodes.yaml: the address its overlay sends from, else its first global address."""
+    vx = capture.vxlan()
+    if vx and vx[0].local:
+        return vx[0].local
+    return next((ip for ip in capture.ips() if not ip.startswith("127.")), None)

@@ -135,6 +135,5 @@ def run_firewall(
 
 
 def _result(run: FirewallRun, outcomes: Sequence[HostOutcome], wanted: Wanted, *, dry_run: bool) -> FirewallResult:
-    return FirewallResult(
-        run.command, tuple(outcomes), dry_run, tuple(run.accepted.entries), run.ssh.known_hosts, wanted
-    )
+    known_hosts = run.ssh.known_hosts or run.accepted.where
+    return FirewallResult(run.command, tuple(outcomes), dry_run, tuple(run.accepted.entries), known_hosts, wanted)

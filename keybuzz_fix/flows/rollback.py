@@ -8,6 +8,7 @@ plan is :mod:`keybuzz_fix.cluster.rollback`'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybuzz_fix.cluster import backup
@@ -17,6 +18,7 @@ from keybuzz_fix.cluster.objects import Obj, meta_of
 from keybuzz_fix.cluster.rbac import permissions, preflight
 from keybuzz_fix.cluster.rollback import LIVE_KINDS, plan_rollback
 from keybuzz_fix.cluster.rollout import send, wait_ready
+from keybuzz_fix.errors import UsageError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.convert import stopping
 from keybuzz_fix.report.changes import ChangeView
@@ -40,20 +42,31 @@ def read_live(kube: Kube, saved: Sequence[Obj]) -> list[Obj]:
 def run_rollback(
     console: Console,
     reach: Connections,
-    saved: backup.Backup,
+    path: Path,
     *,
     dry_run: bool = False,
     yes: bool = False,
     timeout: float = 300.0,
     output: Output = Output.TEXT,
+    force_cluster: bool = False,
 ) -> ChangeRun:
-    """Restore the objects of a backup (read by the caller, before anything connects); return what was done."""
-    path = saved.path
+    """Restore the objects of backup ``path``; return what was done.
+
+    A backup taken from another cluster (its kube-system uid differs) is refused unless
+    ``force_cluster``; one that records no cluster (an older version wrote it) gets a warning.
+    """
+    saved = backup.read_backup(path)
+    wanted = reach.cluster.namespace if reach.cluster is not None else None
+    if wanted and saved.namespace and wanted != saved.namespace:
+        raise UsageError(f"{path} holds objects of namespace {saved.namespace}, not {wanted} (-n)")
     kube = reach.kube()
     view = ChangeView(console, output, ROLLBACK)
     run = ChangeRun(ROLLBACK, dry_run)
-    if saved.server and saved.server != kube.endpoint.server:
-        view.say(f"[yellow]note[/]: {path} was taken from {saved.server}; now connected to {kube.endpoint.server}")
+    identity = kube.cluster_identity()
+    warning = backup.cluster_check(saved, identity, kube.endpoint.server, force=force_cluster)
+    if warning:
+        run.warnings = (warning,)
+        view.say(f"[yellow]warning[/]: {warning}")
     with stopping(
         view,
         run,
@@ -61,7 +74,7 @@ def run_rollback(
         interrupted="re-run rollback to finish",
     ):
         plan = plan_rollback(saved.objects, read_live(kube, saved.objects))
-        run.changes, run.warnings = plan.changes, plan.warnings
+        run.changes, run.warnings = plan.changes, run.warnings + plan.warnings
         view.plan(
             f"{ROLLBACK}: plan from {path}" + (" (dry run)" if dry_run else ""), plan.changes, warnings=plan.warnings
         )
@@ -80,7 +93,12 @@ def run_rollback(
         view.confirm(f"Restore {len(pending)} object(s) from {path.name}?", yes=yes)
         undo = [c.before for c in pending if c.before is not None]
         run.backup = backup.write(
-            undo, command=ROLLBACK, server=kube.endpoint.server, namespace=namespace, restoring=str(path)
+            undo,
+            command=ROLLBACK,
+            server=kube.endpoint.server,
+            namespace=namespace,
+            cluster=identity,
+            restoring=str(path),
         )
         view.say(f"backup of what rollback changes: {run.backup}")
         send(kube, run, plan.creates)

@@ -1,16 +1,44 @@
-"""What ``diagnose`` shows: the ping matrix and the ranked findings with their evidence and fixes, or JSON."""
+"""What ``diagnose`` shows: the path matrix, the ranked causes with their evidence and fixes, or JSON."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from keybuzz_fix.checks.diagnose import Certainty, Diagnosis, Finding, healthy, matrix
+from keybuzz_fix.checks.diagnose import Diagnosis, Finding, Path, Status, healthy
 from keybuzz_fix.errors import ExitCode
-from keybuzz_fix.report.hosts import host_entry
 from keybuzz_fix.report.output import Output, print_json
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+COLUMNS = (
+    ("pod", "pod"),
+    ("pod", "pod-big"),
+    ("pod", "api"),
+    ("pod", "dns"),
+    ("pod", "dns-pod"),
+    ("pod", "nodeport"),
+    ("node", "api"),
+    ("node", "dns"),
+    ("node", "dns-pod"),
+    ("node", "nodeport"),
+    ("node", "underlay"),
+    ("node", "underlay-big"),
+    ("node", "vtep"),
+    ("node", "vtep-big"),
+)
+HEADS = {
+    "pod": "pod IP",
+    "pod-big": "pod IP DF",
+    "api": "kubernetes",
+    "dns": "DNS svc",
+    "dns-pod": "DNS pod",
+    "nodeport": "NodePort",
+    "underlay": "underlay",
+    "underlay-big": "underlay DF",
+    "vtep": "VTEP",
+    "vtep-big": "VTEP DF",
+}
 
 
 def show_diagnosis(console: Console, found: Diagnosis, output: Output) -> None:
@@ -21,79 +49,125 @@ def show_diagnosis(console: Console, found: Diagnosis, output: Output) -> None:
         diagnosis_text(console, found)
 
 
+def cells(paths: tuple[Path, ...]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Return ``{node: {"pod/dns": (ok, probed)}}``: the path matrix, counted."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for p in paths:
+        key = f"{p.source}/{p.kind}"
+        ok, total = out.setdefault(p.src, {}).get(key, (0, 0))
+        out[p.src][key] = (ok + (1 if p.ok else 0), total + 1)
+    return out
+
+
 def diagnosis_text(console: Console, found: Diagnosis) -> None:
-    """Print the probe matrix and the ranked findings with their evidence and fixes."""
+    """Print the path matrix, the problem findings with their evidence and fixes, then what was ruled out."""
     from rich.markup import escape
     from rich.table import Table
 
-    findings, nodes, cluster = found.findings, found.nodes, found.cluster
     styles = {
-        Certainty.CONFIRMED: "bold red",
-        Certainty.SUSPECTED: "bold yellow",
-        Certainty.NOT_CHECKED: "yellow",
-        Certainty.OK: "green",
+        Status.CONFIRMED: "bold red",
+        Status.LIKELY: "bold yellow",
+        Status.NOT_CHECKED: "yellow",
+        Status.OK: "green",
     }
-    cells = {
-        "ok": "[green]ok[/]",
-        "fail": "[bold red]FAIL[/]",
-        "mtu": "[bold yellow]MTU[/]",
-        "n/a": "[dim]n/a[/]",
-        "self": "[dim]·[/]",
-    }
-    grid = matrix(nodes)
-    table = Table(title=f"ping {len(grid)} × {len(grid)} node(s) over flannel.1 (row → column)", title_justify="left")
-    table.add_column("FROM \\ TO")
-    for name in grid:
-        table.add_column(name, justify="center")
-    for src, row in grid.items():
-        table.add_row(src, *(cells[c] for c in row.values()))
-    console.print(table)
-    if cluster.error:
-        console.print(f"[yellow]API not read[/]: {escape(cluster.error)}")
-    for n in nodes:
+    grid = cells(found.paths)
+    nodes = list(grid)
+    if grid:
+        table = Table(title="paths probed, from a pod and from the node (ok/probed)", title_justify="left")
+        table.add_column("path")
+        for node in nodes:
+            table.add_column(node, justify="center")
+        for source, kind in COLUMNS:
+            key = f"{source}/{kind}"
+            if not any(key in row for row in grid.values()):
+                continue
+            shown = []
+            for node in nodes:
+                ok, total = grid[node].get(key, (0, 0))
+                shown.append(
+                    "[dim]-[/]"
+                    if not total
+                    else f"[green]{ok}/{total}[/]"
+                    if ok == total
+                    else f"[bold red]{ok}/{total}[/]"
+                )
+            table.add_row(f"{source} → {HEADS[kind]}", *shown)
+        console.print(table)
+    for n in found.nodes:
         if n.error:
-            console.print(f"[bold red]{escape(n.host.hostname)}[/] ({n.host.private_ip}): {escape(n.error)}")
-    for i, f in enumerate(findings, start=1):
+            console.print(f"[bold red]{escape(n.name)}[/]: {escape(n.error)}")
+        elif n.capture is not None and not n.capture.pod:
+            console.print(
+                f"[yellow]{escape(n.name)}[/]: no pod network namespace (/var/run/netns/cni-*): "
+                "probed from the node only"
+            )
+        if n.capture is not None:
+            missing = [p.id for p in n.capture.probes if p.result == "notool"]
+            if missing:
+                console.print(f"[yellow]{escape(n.name)}[/]: not probed (no tool): {escape(', '.join(missing))}")
+            if not n.capture.complete:
+                console.print(f"[yellow]{escape(n.name)}[/]: its capture was cut short")
+    if found.cluster.error:
+        console.print(f"[yellow]API side not read[/]: {escape(found.cluster.error)}")
+    problems = [f for f in found.findings if f.problem]
+    for i, f in enumerate(problems, start=1):
         console.print(
-            f"\n[bold]{i}. {escape(f.title)}[/] — [{styles[f.status]}]{f.status.value}[/]: {escape(f.summary)}"
+            f"\n[bold]{i}. {f.cause.value}[/] — {escape(f.title)} — "
+            f"[{styles[f.status]}]{f.status.value}[/]: {escape(f.summary)}"
         )
-        if f.problem:
-            for host, lines in f.evidence.items():
-                console.print(f"   [bold]{escape(host)}[/]")
-                for line in lines:
-                    console.print(f"     {escape(line)}")
-            console.print(f"   [bold]fix:[/] {escape(f.fix)}")
-        for host, why in f.not_checked.items():
-            console.print(f"   [yellow]not checked[/] on {escape(host)}: {escape(why)}")
+        for where, lines in f.evidence.items():
+            console.print(f"   [bold]{escape(where)}[/]")
+            for line in lines[:12]:
+                console.print(f"     {escape(line)}")
+        console.print(f"   [bold]fix:[/] {escape(f.fix)}")
+    rest = [f for f in found.findings if not f.problem]
+    if rest:
+        console.print("\n[bold]also checked[/]")
+    for f in rest:
+        state = "info" if f.info else f.status.value
+        style = "cyan" if f.info else styles[f.status]
+        why = "; ".join(f"{h}: {w}" for h, w in f.not_checked.items())
+        console.print(
+            f"   [{style}]{state:11}[/] {f.cause.value}: {escape(f.summary)}" + (f" ({escape(why)})" if why else "")
+        )
     for host, key in found.accepted:
         console.print(f"[yellow]accepted new host key[/] for {host}: {key}")
-    verdict = "[bold green]overlay healthy[/]" if healthy(findings) else "[bold red]overlay not healthy[/]"
-    console.print(f"\n{verdict} ({sum(f.problem for f in findings)} problem finding(s)) in {found.seconds:.1f} s")
+    failed = sum(p.failed for p in found.paths)
+    verdict = "[bold green]healthy[/]" if healthy(found.findings, found.paths) else "[bold red]not healthy[/]"
+    console.print(
+        f"\n{verdict}: {len(problems)} problem finding(s), {failed}/{len(found.paths)} path(s) fail, "
+        f"in {found.seconds:.1f} s"
+    )
 
 
 def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
     """Return the machine-readable diagnosis."""
     hosts = []
     for n in found.nodes:
-        entry = {**host_entry(n.host), "status": "failed" if n.error and n.facts is None else "probed"}
+        entry: dict[str, Any] = {"hostname": n.name, "address": n.address, "status": "failed" if n.error else "probed"}
         if n.error:
             entry["error"] = n.error
-        if n.facts is not None:
-            entry.update(kernel=n.facts.kernel, tools=sorted(n.facts.tools), flannel_address=n.facts.flannel_addr)
+        if n.capture is not None:
+            entry.update(
+                kernel=n.capture.kernel,
+                complete=n.capture.complete,
+                pod_netns=n.capture.pod.get("netns"),
+                tools=sorted(n.capture.tools),
+                not_probed=[p.id for p in n.capture.probes if p.result == "notool"],
+            )
         hosts.append(entry)
-    cluster = found.cluster
     return {
-        "healthy": healthy(found.findings),
+        "healthy": healthy(found.findings, found.paths),
         "exit_code": int(ExitCode.of(found)),
         "seconds": round(found.seconds, 3),
         "findings": [dict(rank=i, **finding_json(f)) for i, f in enumerate(found.findings, start=1)],
-        "matrix": matrix(found.nodes),
+        "paths": [path_json(p) for p in found.paths],
         "hosts": hosts,
         "cluster": {
-            "read": cluster.error is None,
-            "error": cluster.error,
-            "dns_ip": cluster.dns_ip,
-            "nodes": len(cluster.nodes),
+            "read": found.cluster.error is None,
+            "error": found.cluster.error,
+            "nodes": len(found.cluster.nodes),
+            "objects": found.cluster.objects is not None,
         },
         "accepted_host_keys": [{"host": h, "key": k} for h, k in found.accepted],
     }
@@ -102,12 +176,33 @@ def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
 def finding_json(finding: Finding) -> dict[str, Any]:
     """Return one finding as ``diagnose -o json`` prints it."""
     return {
-        "check": finding.check.value,
+        "cause": finding.cause.value,
         "title": finding.title,
         "status": finding.status.value,
+        "problem": finding.problem,
+        "info": finding.info,
         "summary": finding.summary,
         "hosts": list(finding.hosts),
         "evidence": {h: list(lines) for h, lines in finding.evidence.items()},
-        "not_checked": dict(finding.not_checked),
         "fix": finding.fix,
+        "explains": list(finding.explains),
+        "contradicts": list(finding.contradicts),
+        "not_checked": dict(finding.not_checked),
+    }
+
+
+def path_json(p: Path) -> dict[str, Any]:
+    """Return one probed path."""
+    return {
+        "node": p.src,
+        "from": p.source,
+        "kind": p.kind,
+        "target": p.probe.target,
+        "size": p.probe.size,
+        "result": p.probe.result,
+        "detail": p.probe.detail,
+        "command": p.probe.command,
+        "backends": [h.node for h in p.hops],
+        "overlay": p.overlay,
+        "masquerade": p.masquerade,
     }

@@ -45,6 +45,18 @@ FOREIGN = {
     "--seconds": "iptables -m recent",
     "--hitcount": "iptables -m recent",
     "--reject-with": "iptables",
+    "--comment": "iptables -m comment (parsed from iptables-save)",
+    "--dport": "iptables (parsed from iptables-save)",
+    "--to-destination": "iptables DNAT (parsed from iptables-save)",
+    "--state": "firewall-cmd --state",
+    "--add-port": "firewall-cmd",
+    "--add-source": "firewall-cmd",
+    "--permanent": "firewall-cmd",
+    "--reload": "firewall-cmd",
+    "--zone": "firewall-cmd",
+    "--list-all": "firewall-cmd",
+    "--resolv-conf": "a k3s / kubelet flag",
+    "--connect-timeout": "curl, in the node collect script",
 }
 # report/ only reads the data classes of checks/, cluster/ and hosts/ (ARCHITECTURE.md): what they
 # print was made by a flow, which imports the module that made it. So report/'s imports of them

@@ -95,7 +95,7 @@ def diagnose(lab: Lab, cluster: KeybuzzCluster, servers: Path, config: Path) -> 
 
 
 def findings(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {f["check"]: f for f in data["findings"]}
+    return {f["cause"]: f for f in data["findings"]}
 
 
 def added(lab: Lab, name: str) -> list[str]:
@@ -128,16 +128,22 @@ def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
         print(f"\ndiagnose on {len(names)} hosts, overlay broken: {seconds:.1f} s (tool's own {before['seconds']} s)")
     assert code == 1 and before["healthy"] is False
     first = before["findings"][0]
-    assert (first["check"], first["title"], first["status"]) == ("ufw-vxlan", "UFW drops VXLAN", "confirmed")
+    assert (first["cause"], first["status"]) == ("ufw-blocks-vxlan", "confirmed"), (
+        first["summary"],
+        first["contradicts"][:4],
+    )
     assert first["hosts"] == names
-    assert "missing rule: allow 8472/udp from 198.18.0.0/24" in first["evidence"][names[0]]
-    assert first["fix"].startswith("keybuzz-fix overlay servers.tsv")
+    assert (
+        "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default incoming policy: deny"
+        in (first["evidence"][names[0]])
+    )
+    assert "keybuzz-fix overlay servers.tsv" in first["fix"]
     found = findings(before)
-    assert found["overlay"]["status"] == "confirmed" and found["overlay"]["summary"].startswith("20/20 paths fail")
-    assert {c for row in before["matrix"].values() for c in row.values()} == {"fail", "self"}
-    for check in ("wrong-interface", "mtu", "checksum-offload"):
-        assert found[check]["status"] == "ok", found[check]
-    assert all(h["flannel_address"] == overlay_lab[h["hostname"]].address for h in before["hosts"])
+    vteps = [p for p in before["paths"] if p["kind"] == "vtep"]
+    assert len(vteps) == 20 and {p["result"] for p in vteps} == {"fail"}
+    assert {p["result"] for p in before["paths"] if p["kind"] == "underlay"} == {"ok"}  # ICMP gets through UFW
+    for cause in ("wrong-interface", "mtu", "checksum-offload", "underlay-drops-vxlan"):
+        assert found[cause]["status"] == "ok", found[cause]
 
     rules_before = {n: added(lab_hosts, n) for n in names}
     code, plan, _ = invoke(lab_hosts, "overlay", servers, config, "--dry-run")
@@ -165,9 +171,8 @@ def test_diagnose_finds_ufw_dropping_vxlan_and_overlay_fixes_it(
     with capsys.disabled():
         print(f"diagnose on {len(names)} hosts, overlay healthy: {seconds:.1f} s (tool's own {after['seconds']} s)")
     assert code == 0 and after["healthy"] is True, after["findings"]
-    assert {f["status"] for f in after["findings"]} == {"ok"}
-    assert findings(after)["overlay"]["summary"].startswith("overlay healthy: 20/20 paths answer")
-    assert {c for row in after["matrix"].values() for c in row.values()} == {"ok", "self"}
+    assert not any(f["problem"] for f in after["findings"])
+    assert {p["result"] for p in after["paths"]} == {"ok"} and len(after["paths"]) == 80
 
 
 def test_diagnose_text_output_names_the_finding_and_the_fix(
@@ -195,10 +200,11 @@ def test_diagnose_text_output_names_the_finding_and_the_fix(
     finally:
         host.run(OVERLAY_RULES[0])
     assert result.exit_code == 1, result.output
-    assert "1. UFW drops VXLAN — confirmed" in result.output
-    assert "missing rule: allow 8472/udp from 198.18.0.0/24" in result.output
-    assert "fix: keybuzz-fix overlay servers.tsv" in result.output
-    assert "overlay not healthy" in result.output
+    out = " ".join(result.output.split())
+    assert "1. ufw-blocks-vxlan — UFW drops the overlay's packets from the other nodes — confirmed" in out
+    assert "udp/8472 from 198.18.0.12 to 198.18.0.11 on eth0 (INPUT): denied by default incoming policy: deny" in out
+    assert "fix: Allow the overlay port" in out and "keybuzz-fix overlay servers.tsv" in out
+    assert "not healthy" in out
 
 
 def test_public_ip_annotation_off_the_private_address_is_the_wrong_interface(
@@ -217,12 +223,12 @@ def test_public_ip_annotation_off_the_private_address_is_the_wrong_interface(
         core.patch_node(name, {"metadata": {"annotations": {PUBLIC_IP: original}}})
     assert code == 1 and data["healthy"] is False
     first = data["findings"][0]
-    assert (first["check"], first["title"]) == ("wrong-interface", "Flannel on the wrong interface"), data
-    assert first["status"] == "suspected", data  # the live probe passes: flannel.1 itself sends from the private IP
+    assert (first["cause"], first["title"]) == ("wrong-interface", "Flannel on the wrong interface"), data
+    assert first["status"] == "likely", data  # no path fails: flannel.1 itself sends from the private IP
     assert first["hosts"] == [name]
-    assert "Flannel announces 198.18.1.15, not the private address 198.18.0.15" in first["evidence"][name]
-    assert f"{name}: --flannel-iface=eth0 --node-ip=198.18.0.15" in first["fix"]
-    assert findings(data)["overlay"]["status"] == "ok", data
+    assert "198.18.1.15, not 198.18.0.15" in first["evidence"][name]
+    assert f"{name}: flannel-iface: eth0, node-ip: 198.18.0.15" in first["fix"]
+    assert not any(p["result"] != "ok" for p in data["paths"]), data
 
 
 def test_checksum_offload_off_applies_and_persists(

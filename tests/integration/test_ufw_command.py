@@ -77,9 +77,9 @@ def test_without_a_cluster_opens_the_configured_ports_restricted_to_the_source(
     assert [a["command"] for a in plan["hosts"][0]["actions"]] == CONFIGURED
     assert plan["read_from"] == "config"
     assert plan["notes"] == [
-        "the cluster could not be read (no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, or use "
-        "--kubeconfig-from-master to read it from the first K3s master over SSH): the ports come from the "
-        "configuration (firewall.ports)"
+        "the cluster could not be read (no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, use "
+        "--kubeconfig-from-master to read it from the first K3s master over SSH, or run in a pod (in-cluster "
+        "config)): the ports come from the configuration (firewall.ports)"
     ]
     assert [r["read_from"] for r in plan["rules"]] == [f"config firewall.ports[{i}]" for i in range(6)]
     assert {n: added(lab_hosts, n) for n in names} == before  # the dry run changed nothing

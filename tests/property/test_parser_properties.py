@@ -26,10 +26,12 @@ from rich.console import Console
 
 from keybuzz_fix import config
 from keybuzz_fix.checks import http as probe
+from keybuzz_fix.checks.diagnose import Cause, ClusterView, NodeView, find_causes
 from keybuzz_fix.cli.options import parse_ports, parse_source
 from keybuzz_fix.cluster.connect import from_kubeconfig
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.flows.convert import run_offline
+from keybuzz_fix.hosts.flannel import capture
 from keybuzz_fix.hosts.flannel import facts as nodefacts
 from keybuzz_fix.hosts.flannel import plan as overlay
 from keybuzz_fix.hosts.sections import MARK
@@ -44,7 +46,7 @@ DIAGNOSE = DATA / "diagnose"
 STATUS = (DATA / "ufw" / "status-verbose-mixed.txt").read_text()
 ADDED = (DATA / "ufw" / "show-added-mixed.txt").read_text()
 STATE = (DATA / "convert" / "01-kubectl-list" / "state.yaml").read_text()
-SAMPLES = {p.name: p.read_text() for p in sorted(DIAGNOSE.glob("*.txt"))}
+SAMPLES = {str(p.relative_to(DIAGNOSE)): p.read_text() for p in sorted(DIAGNOSE.glob("**/*.txt"))}
 FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Words that break naive parsers: non-ASCII digits (str.isdigit() is True, int() refuses some),
@@ -238,19 +240,20 @@ def test_apply_transcript_parser_on_mutated_output(text: str) -> None:
 @given(st.sampled_from(sorted(SAMPLES)), st.data())
 def test_node_fact_parsers_never_raise(name: str, data: st.DataObject) -> None:
     text = data.draw(mutated(SAMPLES[name]))
-    nodefacts.parse_node_facts(text)
-    nodefacts.parse_pings(text, ["k8s-worker-01", "k8s-worker-02"])
-    nodefacts.parse_route_get(text)
-    nodefacts.parse_vxlan_link(text)
-    nodefacts.parse_links(text)
-    nodefacts.parse_addrs(text)
-    nodefacts.parse_subnet_env(text)
-    nodefacts.parse_kernel_version(text)
-    nodefacts.parse_ping(text)
-    nodefacts.parse_dns(text)
-    nodefacts.bad_checksum_lines(text.splitlines(), 8472)
+    c = capture.parse_capture(text)
+    for p in c.probes:
+        assert p.result in ("ok", "fail", "wrong-source", "notool")
     nodefacts.parse_features(text)
     overlay.plan_offload(text)
+
+
+@FAST
+@given(st.sampled_from(sorted(SAMPLES)), st.data())
+def test_the_diagnosis_of_mutated_captures_never_raises(name: str, data: st.DataObject) -> None:
+    """Any capture an operator brings back (cut, garbled) gives findings, not a traceback."""
+    nodes = [NodeView(f"n{i}", None, capture.parse_capture(data.draw(mutated(SAMPLES[name])))) for i in range(2)]
+    findings, paths = find_causes(nodes, ClusterView())
+    assert {f.cause for f in findings} == set(Cause)
 
 
 # -- --from-file states and backups, through the whole offline convert ------------------------

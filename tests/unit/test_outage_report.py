@@ -114,7 +114,13 @@ def test_a_refused_ssh_connection_is_said_in_the_tools_words(tmp_path):
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there now: a real refusal
     (tmp_path / "known_hosts").write_text("")
-    options = SshOptions(known_hosts=tmp_path / "known_hosts", port=port, ssh_config=None, connect_timeout=3)
+    (tmp_path / "ssh_config").write_text(f"Host *\n    Port {port}\n")
+    options = SshOptions(
+        known_hosts=tmp_path / "known_hosts",
+        ssh_config=tmp_path / "ssh_config",
+        system_ssh_config=None,
+        connect_timeout=3,
+    )
     with pytest.raises(HostUnreachable) as failed:
         open_session(_host(), options)
     message = str(failed.value)
