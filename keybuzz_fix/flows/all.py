@@ -204,6 +204,7 @@ def _run_all(
         held.close()
         fw.close()
     log.summary("all: done")
+    log.next_steps(options.servers)
     if not card.ok:
         raise StepFailed(
             f"validate: score {card.score:.0f} % is below the threshold {card.required} % "

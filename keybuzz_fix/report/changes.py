@@ -123,6 +123,11 @@ class ChangeView:
         if not self.text:
             return
         change_summary(self.console, f"{run.command}: result", run.changes, run.outcome)
+        if run.command == "rollback":
+            self.console.print(
+                "left as they are: the UFW rules ufw and all opened, and the Ingress routes "
+                "(they serve the Deployments as they served the DaemonSets)"
+            )
         t = run.timings
         if "ready" in t and "applied" in t:
             self.console.print(

@@ -68,6 +68,13 @@ class StepLog:
     console: Console
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
 
+    def next_steps(self, servers: Path | None) -> None:
+        """Say what comes after the workaround."""
+        from rich.markup import escape
+
+        for line in next_steps(servers):
+            self.console.print(f"[bold]next[/]: {escape(line)}")
+
     def target(self, target: Target) -> None:
         """Say, before anything else, which cluster and workers the run works on."""
         from rich.markup import escape
@@ -101,6 +108,17 @@ class StepLog:
             if step not in done:
                 table.add_row(step, "not run", "", "")
         self.console.print(table)
+
+
+def next_steps(servers: Path | None) -> list[str]:
+    """What to do once ``all`` is done: it is a workaround; the overlay stays to be fixed, then undone."""
+    inventory = str(servers) if servers is not None else "servers.tsv"
+    return [
+        "This is a workaround: ClusterIP traffic between the nodes is what was broken. "
+        f"`keybuzz-fix diagnose {inventory}` finds why, and `keybuzz-fix overlay {inventory}` fixes what UFW blocks.",
+        "Once diagnose says the overlay is healthy, `keybuzz-fix rollback --latest` brings the Deployments back "
+        "(it leaves the UFW rules and the Ingress routes in place).",
+    ]
 
 
 def stuck_workers(stuck: Sequence[HostOutcome]) -> str:

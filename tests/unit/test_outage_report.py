@@ -144,3 +144,11 @@ def test_all_names_each_stuck_worker_and_how_to_go_on():
         "ufw: 1 worker(s) cannot be changed safely: k8s-worker-04 unreachable (cannot connect to 10.0.0.104:22: "
         "timed out); nothing changed; to go on without them"
     )
+
+
+def test_all_ends_by_pointing_at_diagnose_then_rollback(tmp_path):
+    from keybuzz_fix.report.steps import next_steps
+
+    first, then = next_steps(tmp_path / "servers.tsv")
+    assert f"`keybuzz-fix diagnose {tmp_path / 'servers.tsv'}` finds why" in first
+    assert "`keybuzz-fix rollback --latest`" in then and "leaves the UFW rules and the Ingress routes" in then
