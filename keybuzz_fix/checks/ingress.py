@@ -151,6 +151,11 @@ class IngressPlan:
         return [r for r in self.routes if r.status.changes]
 
     @property
+    def unserved(self) -> list[RoutePlan]:
+        """Return the routes ingress-nginx would not serve as wanted (each with the objects why)."""
+        return [r for r in self.routes if r.serving]
+
+    @property
     def failed(self) -> bool:
-        """Whether the controller is not as wanted or a route cannot be (or was not) applied."""
-        return bool(self.mismatches) or any(r.status.problem for r in self.routes)
+        """Whether the controller is not as wanted, or a route cannot be applied or would not be served."""
+        return bool(self.mismatches) or any(r.status.problem for r in self.routes) or bool(self.unserved)

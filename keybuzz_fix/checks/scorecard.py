@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keybuzz_fix.cluster import scheduling
-from keybuzz_fix.cluster.ingress import route_backends
+from keybuzz_fix.cluster.ingress import ServingFacts, route_backends, serving_problems
 from keybuzz_fix.cluster.objects import Obj, name_of, spec_of
 from keybuzz_fix.config import Config
 from keybuzz_fix.hosts.reach import Paths, Reach
@@ -213,8 +213,13 @@ def check_services(cfg: Config, services: Mapping[str, Obj]) -> ScoredCheck:
     return ScoredCheck(5, check_name(5, cfg, 0), ok, "; ".join(parts))
 
 
-def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> ScoredCheck:
-    """ScoredCheck 6: every route's Ingress exists and sends its host to the app's Service."""
+def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj], serving: ServingFacts) -> ScoredCheck:
+    """ScoredCheck 6: every route's Ingress sends its host to the app's Service, and ingress-nginx would serve it.
+
+    Served means what ingress-nginx itself decides (:func:`keybuzz_fix.cluster.ingress.serving_problems`):
+    the Ingress is of the controller's class, no older Ingress of that class holds its host and path
+    in any namespace, its Service and port exist, and so do the TLS Secrets it names.
+    """
     parts, ok = [], True
     for route in cfg.ingress.routes:
         ing = ingresses.get(route.name)
@@ -224,12 +229,19 @@ def check_ingresses(cfg: Config, ingresses: Mapping[str, Obj]) -> ScoredCheck:
             continue
         backends = route_backends(ing)
         wanted = (route.host, route.service, route.port)
-        if wanted in backends:
-            parts.append(f"{route.name}: {route.host} → {route.service}:{route.port}")
-        else:
+        problems = serving_problems(ing, serving)
+        if wanted not in backends:
             ok = False
             found = ", ".join(f"{h} → {s}:{p}" for h, s, p in backends) or "no rules"
             parts.append(f"{route.name}: {found} (expected {route.host} → {route.service}:{route.port})")
+        elif problems:
+            ok = False
+            parts.append(
+                f"{route.name}: {route.host} → {route.service}:{route.port} not served: "
+                + "; ".join(p.describe() for p in problems)
+            )
+        else:
+            parts.append(f"{route.name}: {route.host} → {route.service}:{route.port}, served")
     return ScoredCheck(6, check_name(6, cfg, 0), ok, "; ".join(parts))
 
 

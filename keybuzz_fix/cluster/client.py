@@ -12,8 +12,11 @@ one of the tool's errors: a 403 names the verb, resource and namespace that were
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +77,11 @@ RESOURCES: dict[str, Resource] = {
     "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
     "Lease": Resource("coordination.k8s.io/v1", "leases"),
     "Namespace": Resource("v1", "namespaces", namespaced=False),
+    "IngressClass": Resource("networking.k8s.io/v1", "ingressclasses", namespaced=False),
+    "Secret": Resource("v1", "secrets"),
 }
+# Asks for an object's metadata only: whether a Secret exists, never its keys.
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 IDENTITY_NAMESPACE = "kube-system"  # its uid names a cluster: it is made once, with the cluster, and never deleted
 
 
@@ -109,6 +116,9 @@ class Kube:
         self.endpoint = endpoint
         self.timeout = timeout
         self._http = endpoint.pool
+        if hasattr(self._http, "pool_classes_by_scheme"):  # each request's sockets under its deadline
+            http_pool, https_pool = _watching_pools()
+            self._http.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
         self._identity: str | None = None
         self._sent: set[str] = set()  # the credentials sent so far, never to be echoed
 
@@ -118,6 +128,17 @@ class Kube:
         return self._request(
             "GET", RESOURCES[kind].path(namespace, name), what=("get", kind, namespace, name), missing_ok=True
         )
+
+    def exists(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Whether an object exists; only its metadata crosses the wire (a Secret's data never does)."""
+        found = self._request(
+            "GET",
+            RESOURCES[kind].path(namespace, name),
+            what=("get", kind, namespace, name),
+            missing_ok=True,
+            accept=_METADATA_ONLY,
+        )
+        return found is not None
 
     def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[Obj]:
         """Return every object of ``kind`` (in ``namespace``), each with its kind set."""
@@ -157,6 +178,10 @@ class Kube:
         if selector:
             query["labelSelector"] = selector
         url = self.endpoint.server + RESOURCES[kind].path(namespace) + "?" + urlencode(query)
+        # The server ends the watch after timeoutSeconds; a stream that trickles on past that (a
+        # proxy in between, a broken server) is cut 10 s later, and the watch ends as if it had.
+        deadline = _Deadline(timeout + 10)
+        _CURRENT.deadline = deadline
         try:
             resp = self._send(
                 "GET",
@@ -165,21 +190,29 @@ class Kube:
                 timeout=urllib3.Timeout(connect=self.timeout, read=timeout + 10),
             )
         except urllib3.exceptions.HTTPError as e:
+            deadline.cancel()
             raise self._unreachable(e) from e
+        finally:
+            _CURRENT.deadline = None
         try:
             if resp.status >= 400:
                 self._raise(resp.status, resp.read(), ("watch", kind, namespace, None))
             buf = b""
             for chunk in resp.stream(65536):
                 buf += chunk
-                while b"\n" in buf:
+                while b"\n" in buf and not deadline.expired:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
                         event = json.loads(line)
                         yield event["type"], event["object"]
+                if deadline.expired:
+                    return
         except urllib3.exceptions.HTTPError as e:
+            if deadline.expired:
+                return
             raise self._unreachable(e) from e
         finally:
+            deadline.cancel()
             resp.release_conn()
 
     # -- writes -----------------------------------------------------------------------------
@@ -290,10 +323,10 @@ class Kube:
         return body
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _headers(self, content_type: str | None = None) -> Any:
+    def _headers(self, content_type: str | None = None, accept: str = "application/json") -> Any:
         import urllib3
 
-        headers = urllib3.HTTPHeaderDict({"Accept": "application/json", "User-Agent": "keybuzz-fix"})
+        headers = urllib3.HTTPHeaderDict({"Accept": accept, "User-Agent": "keybuzz-fix"})
         if content_type:
             headers["Content-Type"] = content_type
         authorization = self.endpoint.authorization()
@@ -307,10 +340,11 @@ class Kube:
     def _send(self, method: str, url: str, **kwargs: Any) -> Any:
         """Send a request; after a 401, once more with fresh credentials (an exec plugin's token may have expired)."""
         content_type = kwargs.pop("content_type", None)
-        resp = self._http.request(method, url, headers=self._headers(content_type), **kwargs)
+        accept = kwargs.pop("accept", "application/json")
+        resp = self._http.request(method, url, headers=self._headers(content_type, accept), **kwargs)
         if resp.status == 401 and self.endpoint.reauthorize is not None and self.endpoint.reauthorize():
             resp.release_conn()
-            resp = self._http.request(method, url, headers=self._headers(content_type), **kwargs)
+            resp = self._http.request(method, url, headers=self._headers(content_type, accept), **kwargs)
         return resp
 
     def _request(
@@ -323,22 +357,33 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         missing_ok: bool = False,
+        accept: str = "application/json",
     ) -> Obj | None:
         import urllib3
 
         url = self.endpoint.server + path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
+        deadline = _Deadline(self.timeout)
+        _CURRENT.deadline = deadline
         try:
             resp = self._send(
                 method,
                 url,
                 body=data,
                 content_type=content_type if data else None,
+                accept=accept,
                 timeout=urllib3.Timeout(total=self.timeout),
                 retries=False,
             )
         except urllib3.exceptions.HTTPError as e:
+            if deadline.expired:
+                raise self._too_slow(what) from e
             raise self._unreachable(e) from e
+        finally:
+            deadline.cancel()
+            _CURRENT.deadline = None
+        if deadline.expired:  # cut mid-answer: what arrived may look whole (headers ended by the cut)
+            raise self._too_slow(what)
         if resp.status == 404 and missing_ok:
             return None
         if resp.status >= 400:
@@ -348,6 +393,12 @@ class Kube:
         except ValueError as e:
             raise ClusterError(f"{self.endpoint.server}{path}: the server did not answer JSON") from e
         return result
+
+    def _too_slow(self, what: tuple[str, str, str | None, str | None]) -> ClusterError:
+        return ClusterError(
+            f"no complete answer from the Kubernetes API at {self.endpoint.server} within "
+            f"{self.timeout:g} s ({self.endpoint.source}): cannot {what[0]} {what[1]}"
+        )
 
     def _unreachable(self, e: Exception) -> ClusterError:
         reason = getattr(e, "reason", None) or e
@@ -417,6 +468,94 @@ class Kube:
         raise ClusterError(f"cannot {verb} {target}{where}: {status} {message}")
 
 
+class _Deadline:
+    """Shut a request's sockets down when its time is up, whatever the server does.
+
+    urllib3's timeouts bound each wait for a byte, not the request: a server that sends its headers
+    or its body a few bytes at a time keeps a request alive for ever. The connection classes of
+    :func:`_watching_pools` hand their sockets to the deadline of the request under way in their thread.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                _shut(sock)
+            else:
+                self._socks.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._socks = []
+
+
+_CURRENT = threading.local()  # the _Deadline of the request this thread is making
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake whatever waits on ``sock`` (a TLS socket too: the plain shutdown, not the TLS one)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _watched(sock: Any) -> None:
+    deadline: _Deadline | None = getattr(_CURRENT, "deadline", None)
+    if deadline is not None and isinstance(sock, socket.socket):
+        deadline.watch(sock)
+
+
 def _write_query(dry_run: bool, **extra: str) -> dict[str, str]:
     """Return the query of a write: field manager keybuzz-fix, and the server-side dry run when asked."""
     return {"fieldManager": FIELD_MANAGER, **extra, **({"dryRun": "All"} if dry_run else {})}
+
+
+@functools.cache
+def _watching_pools() -> tuple[Any, Any]:
+    """Connection pools whose connections put their sockets under the current request's deadline."""
+    import urllib3
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class WatchedHttp(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            _watched(sock)  # the TCP connect is bounded; this covers the TLS handshake after it
+            return sock
+
+        def getresponse(self) -> Any:
+            _watched(self.sock)
+            return super().getresponse()
+
+    class WatchedHttps(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            _watched(sock)
+            return sock
+
+        def getresponse(self) -> Any:
+            _watched(self.sock)
+            return super().getresponse()
+
+    class HttpPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = WatchedHttp
+
+    class HttpsPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = WatchedHttps
+
+    return HttpPool, HttpsPool

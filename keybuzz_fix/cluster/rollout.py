@@ -175,6 +175,8 @@ def wait_ready(
                 break
             version = str(meta_of(obj).get("resourceVersion") or version)
             if event == "BOOKMARK" or name_of(obj) not in wanted:
+                if time.monotonic() >= deadline:  # events that never concern us must not hold the wait open
+                    break
                 continue
             if event == "DELETED":
                 objs.pop(name_of(obj), None)

@@ -266,7 +266,10 @@ def _apply_convert(
 def _plan_ingress(console: Console, plan: IngressPlan, *, dry_run: bool) -> IngressPlan:
     ingress_plan(console, plan, dry_run=dry_run)
     if plan.failed:
-        problems = "; ".join(f.detail for f in plan.mismatches) or "a route cannot be applied (see above)"
+        problems = "; ".join(
+            [f.detail for f in plan.mismatches] + [p.describe() for r in plan.unserved for p in r.serving]
+        )
+        problems = problems or "a route cannot be applied (see above)"
         raise StepFailed(f"ingress: {problems}; nothing changed")
     return plan
 

@@ -19,10 +19,15 @@ from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.ingress import (
     RoutePlan,
     RouteStatus,
+    ServingFacts,
     build_ingresses,
+    controller_class,
     describe_route,
+    key_of,
+    referenced_secrets,
     route_diff,
     route_status,
+    serving_problems,
 )
 from keybuzz_fix.cluster.objects import Obj, name_of
 from keybuzz_fix.cluster.scheduling import is_worker_node, worker_nodes
@@ -54,7 +59,23 @@ def plan_ingress(
         service=found.service,
         workers=found.workers,
     )
-    return IngressPlan(tuple(facts), plan_routes(kube, cfg, force=force_conflicts), force_conflicts)
+    routes = plan_routes(kube, cfg, force=force_conflicts)
+    serving = read_serving(kube, cfg, found.daemonset or found.deployment, [r.after or r.desired for r in routes])
+    routes = tuple(replace(r, serving=tuple(serving_problems(r.after or r.desired, serving))) for r in routes)
+    return IngressPlan(tuple(facts), routes, force_conflicts)
+
+
+def read_serving(kube: Kube, cfg: Config, controller: Obj | None, routes: Sequence[Obj]) -> ServingFacts:
+    """Read what ingress-nginx decides by: every Ingress and IngressClass, the routes' Services and TLS Secrets."""
+    services = {key_of(s): s for s in kube.list("Service", cfg.namespace)}
+    secrets = frozenset(f"{ns}/{name}" for ns, name in referenced_secrets(routes) if kube.exists("Secret", name, ns))
+    return ServingFacts(
+        ingresses=tuple(kube.list("Ingress")),
+        classes=tuple(kube.list("IngressClass")),
+        services=services,
+        secrets=secrets,
+        controller=controller_class(controller),
+    )
 
 
 def apply_ingress(kube: Kube, plan: IngressPlan, *, command: str = "ingress") -> IngressPlan:
@@ -107,7 +128,8 @@ def _plan_route(kube: Kube, desired: Obj, force: bool) -> RoutePlan:
     except ClusterError as e:
         return RoutePlan(desired, live, RouteStatus.FAILED, error=str(e))
     status = route_status(live, after)
-    return RoutePlan(desired, live, status, route_diff(live, after, f"Ingress {meta['namespace']}/{meta['name']}"))
+    diff = route_diff(live, after, f"Ingress {meta['namespace']}/{meta['name']}")
+    return RoutePlan(desired, live, status, diff, after=after)
 
 
 def apply_routes(kube: Kube, routes: Sequence[RoutePlan], *, force: bool, command: str) -> tuple[RoutePlan, ...]:

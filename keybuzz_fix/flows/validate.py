@@ -23,6 +23,7 @@ from keybuzz_fix.checks import scorecard as sc
 from keybuzz_fix.checks.http import HttpOptions, http_get, http_round, tcp_open, tls_context
 from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
 from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.ingress import ServingFacts, controller_class, key_of, referenced_secrets
 from keybuzz_fix.cluster.objects import by_name
 from keybuzz_fix.cluster.traffic import Hop, TrafficPorts, facts_from_objects, from_cluster, from_config
 from keybuzz_fix.config import Config
@@ -145,6 +146,9 @@ def score_cluster(
         "pods": lambda: kube.list("Pod", ns),
         "services": lambda: by_name(kube.list("Service", ns)),
         "ingresses": lambda: by_name(kube.list("Ingress", ns)),
+        "all_ingresses": lambda: kube.list("Ingress"),
+        "ingress_classes": lambda: kube.list("IngressClass"),
+        "tls_secrets": lambda: _tls_secrets(kube, facts),
         "ingress_ds": lambda: kube.get("DaemonSet", ic.controller, ic.namespace),
         "ingress_deploy": lambda: kube.get("Deployment", ic.controller, ic.namespace),
         "ingress_service": lambda: kube.get("Service", ic.service, ic.namespace),
@@ -165,7 +169,19 @@ def score_cluster(
             lambda f: sc.check_ingress_controller(cfg, f["ingress_ds"], f["ingress_deploy"], f["ingress_pods"], n),
         ),
         (5, ("services",), lambda f: sc.check_services(cfg, f["services"])),
-        (6, ("ingresses",), lambda f: sc.check_ingresses(cfg, f["ingresses"])),
+        (
+            6,
+            (
+                "ingresses",
+                "all_ingresses",
+                "ingress_classes",
+                "services",
+                "tls_secrets",
+                "ingress_ds",
+                "ingress_deploy",
+            ),
+            lambda f: sc.check_ingresses(cfg, f["ingresses"], _serving(f)),
+        ),
         (7, tuple(url_keys), lambda f: sc.check_urls(cfg, [f[k] for k in url_keys])),
         (8, ("paths",), lambda f: sc.check_paths(cfg, [w.hostname for w in workers], *f["paths"])),
     ]
@@ -202,6 +218,26 @@ def score_cluster(
         n,
         extended_rows,
         time.monotonic() - start,
+    )
+
+
+def _tls_secrets(kube: Kube, facts: _Facts) -> frozenset[str]:
+    """The TLS Secrets the routes' Ingresses name that exist (metadata only: their keys are never read)."""
+    values, _, error = facts.get(["ingresses"])
+    if error is not None:
+        raise error
+    named = referenced_secrets(list(values["ingresses"].values()))
+    return frozenset(f"{ns}/{name}" for ns, name in named if kube.exists("Secret", name, ns))
+
+
+def _serving(f: dict[str, Any]) -> ServingFacts:
+    """What ingress-nginx decides by, from the facts check 6 waited for."""
+    return ServingFacts(
+        ingresses=tuple(f["all_ingresses"]),
+        classes=tuple(f["ingress_classes"]),
+        services={key_of(s): s for s in f["services"].values()},
+        secrets=f["tls_secrets"],
+        controller=controller_class(f["ingress_ds"] or f["ingress_deploy"]),
     )
 
 

@@ -175,11 +175,22 @@ class Session:
             raise HostUnreachable(self.host.hostname, f"connection lost before `{shown}`")
         # sudo resets the environment: carry the SSH connection facts through
         command = 'sudo -n -- env SSH_CONNECTION="$SSH_CONNECTION" sh' if self.sudo else "sh"
+        limit = min(timeout, self._options.connect_timeout)
         try:
-            chan = transport.open_session(timeout=min(timeout, self._options.connect_timeout))
-            chan.exec_command(command)
+            chan = transport.open_session(timeout=limit)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise HostUnreachable(self.host.hostname, f"connection lost before `{shown}`: {_why(e)}") from e
+        cut = threading.Timer(limit, chan.close)  # paramiko waits for the exec reply without a timeout
+        cut.daemon = True
+        cut.start()
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            chan.close()
+            why = f"no answer to starting a shell within {limit:g}s" if not cut.is_alive() else _why(e)
+            raise HostUnreachable(self.host.hostname, f"connection lost before `{shown}`: {why}") from e
+        finally:
+            cut.cancel()
         return chan
 
     def _in_shell(self, script: str, shown: str, timeout: float) -> CommandResult:
@@ -200,11 +211,25 @@ class Session:
         exited: float | None = None  # the shell itself ended: sudo refused, or killed
         try:
             try:
+                chan.settimeout(max(0.01, deadline - time.monotonic()))  # a full window cannot hold the send
                 chan.sendall(line.encode())
             except OSError:
                 if not chan.exit_status_ready():
                     raise
+            finally:
+                chan.settimeout(None)
             while True:
+                if time.monotonic() > deadline and not (end_out.search(out) and end_err in err):
+                    self._drop_shell()  # output kept coming: the deadline holds all the same
+                    raise _partial(
+                        RemoteCommandError(
+                            self.host.hostname,
+                            shown,
+                            None,
+                            f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)"),
+                        ),
+                        out,
+                    )
                 if chan.recv_ready():
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
@@ -326,6 +351,27 @@ def _connect_hop(
     keys = [str(options.identity)] if options.identity else []
     keys += [p for p in hop.identity_paths() if p not in keys and os.path.isfile(p)]
     start = time.monotonic()
+    cut: threading.Timer | None = None
+    fired = threading.Event()
+    if sock is None:  # a direct connection: one deadline for it all (a jump's channel or a ProxyCommand has its own)
+        try:
+            sock = socket.create_connection((hop.hostname, hop.port), timeout=options.connect_timeout)
+        except OSError as e:
+            client.close()
+            why = _why(e)
+            if isinstance(e, TimeoutError):
+                why = (
+                    f"no SSH answer within {options.connect_timeout:g}s"
+                    + hint("--timeout", " (--timeout)")
+                    + ": the host is down or too slow"
+                )
+            raise HostUnreachable(label, f"{role}cannot connect to {hop.address}: {why}") from e
+        # The banner, key exchange and authentication share the deadline: paramiko bounds each
+        # wait, and a host that sends its banner or its packets a byte at a time would stretch them.
+        left = max(0.0, options.connect_timeout - (time.monotonic() - start))
+        cut = threading.Timer(left, _shut, args=(sock, fired))
+        cut.daemon = True
+        cut.start()
     try:
         client.connect(
             hop.hostname,
@@ -349,7 +395,7 @@ def _connect_hop(
     except (paramiko.SSHException, OSError, EOFError) as e:
         client.close()
         why = _why(e)
-        if time.monotonic() - start >= options.connect_timeout:  # paramiko words a slow host's timeouts oddly
+        if fired.is_set() or time.monotonic() - start >= options.connect_timeout:  # paramiko words these oddly
             why = (
                 f"no SSH answer within {options.connect_timeout:g}s"
                 + hint("--timeout", " (--timeout)")
@@ -357,7 +403,27 @@ def _connect_hop(
             )
         through = " (ProxyCommand)" if hop.proxy_command is not None and first else ""
         raise HostUnreachable(label, f"{role}cannot connect to {hop.address}{through}: {why}") from e
+    finally:
+        if cut is not None:
+            cut.cancel()
+    if fired.is_set():  # the deadline cut the socket just as the connection was made: it is no use
+        client.close()
+        raise HostUnreachable(
+            label,
+            f"{role}cannot connect to {hop.address}: no SSH answer within {options.connect_timeout:g}s"
+            + hint("--timeout", " (--timeout)")
+            + ": the host is down or too slow",
+        )
     return client
+
+
+def _shut(sock: socket.socket, fired: threading.Event) -> None:
+    """Wake every wait on ``sock``: paramiko's reads then fail at once."""
+    fired.set()
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _proxy_command(hop: Hop, label: str) -> paramiko.ProxyCommand:

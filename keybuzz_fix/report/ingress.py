@@ -43,6 +43,10 @@ def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
         for line in r.diff.splitlines():
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
             console.print(f"    [{style}]{escape(line)}[/]", soft_wrap=True)
+        if r.serving:
+            console.print(f"    [bold red]✗ ingress-nginx would not serve {escape(r.name)} as wanted:[/]")
+        for problem in r.serving:
+            console.print(f"      [red]{escape(problem.subject)}[/]: {escape(problem.detail)}", soft_wrap=True)
     if dry_run:
         console.print("[yellow]dry run: nothing changed (the diff is the API server's dry-run answer)[/]")
 
@@ -50,7 +54,10 @@ def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
 def ingress_summary(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
     """Print the one-line outcome of the ingress step."""
     bad = len(plan.mismatches)
-    routes = ", ".join(f"{r.name} {r.status.value}" for r in plan.routes)
+    routes = ", ".join(
+        f"{r.name} {r.status.value}" + (f" (not served: {len(r.serving)} problem(s))" if r.serving else "")
+        for r in plan.routes
+    )
     head = "ingress: plan" if dry_run else "ingress: result"
     controller = "ingress-nginx as expected" if not bad else f"ingress-nginx: {bad} mismatch(es), left as found"
     style = "bold red" if plan.failed else "green"
@@ -64,5 +71,15 @@ def ingress_json(plan: IngressPlan, *, dry_run: bool) -> dict[str, Any]:
         "exit_code": int(ExitCode.of(plan)),
         "force_conflicts": plan.force_conflicts,
         "controller": [{"subject": f.subject, "ok": f.ok, "detail": f.detail} for f in plan.findings],
-        "routes": [{"name": r.name, "status": r.status.value, "diff": r.diff, "error": r.error} for r in plan.routes],
+        "routes": [
+            {
+                "name": r.name,
+                "status": r.status.value,
+                "diff": r.diff,
+                "error": r.error,
+                "served": not r.serving,
+                "serving_problems": [{"subject": p.subject, "detail": p.detail} for p in r.serving],
+            }
+            for r in plan.routes
+        ],
     }

@@ -55,6 +55,7 @@ FOREIGN = {
     "--reload": "firewall-cmd",
     "--zone": "firewall-cmd",
     "--list-all": "firewall-cmd",
+    "--watch-ingress-without-class": "an ingress-nginx controller flag",
     "--resolv-conf": "a k3s / kubelet flag",
     "--connect-timeout": "curl, in the node collect script",
 }

@@ -131,6 +131,11 @@ def test_tls_and_annotations_of_another_manager_survive(
         field_manager="cert-manager",
         _content_type="application/apply-patch+yaml",
     )
+    code, out = run(keybuzz_cluster, "--yes")
+    assert code == 1 and out["routes"][0]["status"] == "unchanged"  # the TLS Secret is not there yet
+    assert out["routes"][0]["serving_problems"][0]["subject"] == "Secret keybuzz/platform-keybuzz-io-tls"
+    core = client.CoreV1Api(keybuzz_cluster.api_client)
+    core.create_namespaced_secret(NS, {"metadata": {"name": "platform-keybuzz-io-tls"}, "type": "Opaque"})
 
     code, out = run(keybuzz_cluster, "--yes")
     assert code == 0 and out["routes"][0]["status"] == "unchanged"
@@ -153,6 +158,7 @@ def test_tls_and_annotations_of_another_manager_survive(
     assert front.metadata.annotations["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
     assert front.metadata.annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "100m"
     assert managers(front) == {"keybuzz-fix": "Apply", "cert-manager": "Apply"}
+    core.delete_namespaced_secret("platform-keybuzz-io-tls", NS)
 
 
 def test_a_conflict_is_reported_and_force_is_opt_in(

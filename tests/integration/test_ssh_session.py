@@ -52,3 +52,10 @@ def test_one_shell_runs_every_command_to_its_end(lab_hosts: Lab, tmp_path: Path)
             session.run("echo begun; sleep 20", timeout=1)
         assert session.run("echo again").stdout == "again\n"  # on a new shell
         assert session.run("echo $PPID").stdout not in shells
+
+        for trickle in ("while :; do printf x; sleep 0.2; done", "while :; do echo tick; done"):
+            start = time.monotonic()  # output that never ends, slowly or as fast as it goes: the deadline holds
+            with pytest.raises(RemoteCommandError, match=r"no answer within 1s|more than 4 MiB"):
+                session.run(trickle, timeout=1)
+            assert time.monotonic() - start < 1 + 2
+        assert session.run("echo after").stdout == "after\n"

@@ -227,8 +227,8 @@ def test_converted_state_scores_and_thresholds(keybuzz_cluster: KeybuzzCluster, 
     assert detail[3] == "keybuzz-api: hostNetwork on; keybuzz-front: hostNetwork on"
     assert detail[5] == "keybuzz-api: NodePort 80→30080; keybuzz-front: NodePort 80→30000"
     assert detail[6] == (
-        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80; "
-        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80"
+        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80, served; "
+        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80, served"
     )
     assert f"http://platform-api.keybuzz.io:{sites.port}/: 10/10 answered 200 via 127.0.0.1:{sites.port}" in detail[7]
 

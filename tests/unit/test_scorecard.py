@@ -57,6 +57,14 @@ def nodeport(service: dict, node_port: int) -> dict:
     return svc
 
 
+NGINX_CLASS = {"metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}}
+
+
+def serving(services: dict, ingresses: list | tuple = ()) -> ingress.ServingFacts:
+    keyed = {f"keybuzz/{n}": {**s, "metadata": {**s["metadata"], "namespace": "keybuzz"}} for n, s in services.items()}
+    return ingress.ServingFacts(tuple(ingresses), (NGINX_CLASS,), keyed, frozenset())
+
+
 def answer(url: str, status: int | None, reason: str = "OK") -> HttpAnswer:
     return HttpAnswer(url, status, reason, 1 if status == 200 else 3, 0.1, "198.18.0.40:443")
 
@@ -81,7 +89,7 @@ def test_pre_conversion_state_fails_with_evidence(cfg: config.Config, seeded: di
     assert c5.detail == (
         "keybuzz-api: ClusterIP (expected NodePort 30080); keybuzz-front: ClusterIP (expected NodePort 30000)"
     )
-    c6 = sc.check_ingresses(cfg, {})
+    c6 = sc.check_ingresses(cfg, {}, serving(services))
     assert c6.detail == "keybuzz-front-ingress: not found; keybuzz-api-ingress: not found"
     ds = seeded[("DaemonSet", "ingress-nginx-controller")]
     c4 = sc.check_ingress_controller(cfg, ds, None, [pod(f"i{n}", "ingress-nginx-controller", n) for n in WORKERS], 5)
@@ -103,12 +111,23 @@ def test_converted_state_passes(cfg: config.Config, seeded: dict) -> None:
     assert c3.passed and c3.detail == "keybuzz-api: hostNetwork on; keybuzz-front: hostNetwork on"
     c5 = sc.check_services(cfg, services)
     assert c5.passed and c5.detail == "keybuzz-api: NodePort 80→30080; keybuzz-front: NodePort 80→30000"
-    c6 = sc.check_ingresses(cfg, ingresses)
+    c6 = sc.check_ingresses(cfg, ingresses, serving(services, list(ingresses.values())))
     assert c6.passed
     assert c6.detail == (
-        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80; "
-        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80"
+        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80, served; "
+        "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80, served"
     )
+    older = copy.deepcopy(ingresses["keybuzz-front-ingress"])
+    older["metadata"].update(namespace="legacy", name="old-front", creationTimestamp="2024-01-01T00:00:00Z")
+    ingresses["keybuzz-front-ingress"]["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    c6 = sc.check_ingresses(cfg, ingresses, serving(services, [*ingresses.values(), older]))
+    assert not c6.passed
+    assert c6.detail.startswith(
+        "keybuzz-front-ingress: platform.keybuzz.io → keybuzz-front:80 not served: Ingress legacy/old-front: "
+        "already serves platform.keybuzz.io / (Prefix), created 2024-01-01T00:00:00Z, before "
+        "keybuzz/keybuzz-front-ingress"
+    )
+    assert c6.detail.endswith("keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:80, served")
 
 
 def test_n_is_the_number_of_workers_not_five(cfg: config.Config, seeded: dict) -> None:
@@ -143,7 +162,7 @@ def test_mismatches_are_named(cfg: config.Config, seeded: dict) -> None:
     )
     wrong = copy.deepcopy(ingress.build_ingresses(cfg))
     wrong[1]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] = {"number": 8080}
-    c6 = sc.check_ingresses(cfg, {o["metadata"]["name"]: o for o in wrong})
+    c6 = sc.check_ingresses(cfg, {o["metadata"]["name"]: o for o in wrong}, serving(services))
     assert not c6.passed
     assert (
         "keybuzz-api-ingress: platform-api.keybuzz.io → keybuzz-api:8080 "

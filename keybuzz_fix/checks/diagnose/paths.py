@@ -274,15 +274,23 @@ def _path(
         masq = p.source == "node"
         return Path(n.name, p, hops, masquerade=masq, service=True)
     if p.kind == "nodeport":
-        port = int(p.target.rsplit(":", 1)[1])
-        name = next((_np_service(t.nat, port) for t in c.tables.values() if _np_service(t.nat, port)), None)
-        ends = backends.get(name or "", [])
+        port = _target_port(p.target)
+        name = None
+        if port is not None:
+            name = next((_np_service(t.nat, port) for t in c.tables.values() if _np_service(t.nat, port)), None)
+        ends = backends.get(name or "", [])  # a target without a port (a damaged capture) leads nowhere known
         hops = tuple(_hop(n, topo, b, bp, "tcp", src_ip, dnat=True, masq=True) for b, bp in ends)
         return Path(n.name, p, hops, masquerade=True, service=True)
     proto = {"dns": "udp", "dns-pod": "udp", "api": "tcp"}.get(p.kind, "icmp")
     dport = 53 if p.kind.startswith("dns") else 443 if p.kind == "api" else None
     hop = _hop(n, topo, addr, dport, proto, src_ip, dnat=False, underlay=p.kind.startswith("underlay"))
     return Path(n.name, p, (hop,), masquerade=False, service=p.kind in ("api", "dns"))
+
+
+def _target_port(target: str) -> int | None:
+    """The port of a probe's ``address:port`` target, or None when the capture has none."""
+    _, sep, port = target.rpartition(":")
+    return int(port) if sep and re.fullmatch(r"[0-9]{1,5}", port) else None
 
 
 def _np_service(nat: Sequence[str], port: int) -> str | None:
