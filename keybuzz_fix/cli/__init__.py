@@ -28,7 +28,7 @@ from keybuzz_fix import __version__
 from keybuzz_fix.cli import cluster, hosts
 from keybuzz_fix.cli.options import FROM_COMMAND_SERVERS, GROUPS
 from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError
-from keybuzz_fix.report.output import error_line, new_console, print_line, silence_stdout, start_trace
+from keybuzz_fix.report.output import end_now, error_line, new_console, print_line, silence_stdout, start_trace
 
 
 def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool], detailed: bool = False) -> int:
@@ -268,5 +268,15 @@ for _name, _command in (
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI (the ``keybuzz-fix`` script and ``python -m keybuzz_fix``)."""
-    app(args=sys.argv[1:] if argv is None else argv, prog_name="keybuzz-fix")
+    """Run the CLI (the ``keybuzz-fix`` script and ``python -m keybuzz_fix``).
+
+    After Ctrl-C the process ends as soon as the one line is printed: threads still waiting on a
+    host, a URL or the API server that does not answer are read-only work (the flows wait for
+    any change in flight before they raise), so nothing joins them at exit.
+    """
+    try:
+        app(args=sys.argv[1:] if argv is None else argv, prog_name="keybuzz-fix")
+    except SystemExit as e:
+        if e.code == ExitCode.INTERRUPTED:
+            end_now(int(ExitCode.INTERRUPTED))
+        raise

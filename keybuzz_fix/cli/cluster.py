@@ -11,7 +11,7 @@ from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome, UsageError
 from keybuzz_fix.inventory import Role
-from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
+from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat, can_ask
 
 
 def convert(
@@ -99,6 +99,7 @@ def convert(
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
     cfg = opt.namespaced(cfg, config, reach)
+    can_ask("convert", yes=yes, dry_run=dry_run)
     return run_convert(
         opt.console_of(ctx),
         reach,
@@ -154,7 +155,7 @@ def rollback(
         keybuzz-fix rollback --latest --dry-run
         keybuzz-fix rollback --backup ~/.local/state/keybuzz-fix/backups/convert-20250101T120000.000000Z.yaml --yes
     """
-    from keybuzz_fix.cluster.backup import latest_backup
+    from keybuzz_fix.cluster.backup import latest_backup, read_backup
     from keybuzz_fix.flows.rollback import run_rollback
 
     if (backup_file is None) == (not latest):
@@ -162,6 +163,8 @@ def rollback(
     path = backup_file if backup_file is not None else latest_backup("convert")
     ready = opt.seconds("--timeout", timeout)
     reach = opt.connections(env, ssh, cluster=cluster)
+    read_backup(path)  # a missing or malformed backup is named before anything else
+    can_ask("rollback", yes=yes, dry_run=dry_run)
     return run_rollback(
         opt.console_of(ctx),
         reach,
@@ -222,6 +225,7 @@ def ingress(
     workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
     reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
     cfg = opt.namespaced(cfg, config, reach)
+    can_ask("ingress", yes=yes, dry_run=dry_run)
     return run_ingress(
         opt.console_of(ctx),
         reach,
@@ -345,8 +349,10 @@ def all_steps(
         threshold=opt.percent("--threshold", threshold),
         strict=strict,
         json=output is Output.JSON,
+        servers=servers,
     )
     hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user)
+    can_ask("all", yes=yes, dry_run=dry_run)
     if hosts_limit is not None:  # the ufw step works host by host; convert, ingress and validate see every worker
         from keybuzz_fix.inventory import limit
 

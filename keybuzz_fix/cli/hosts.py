@@ -9,7 +9,7 @@ from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
 from keybuzz_fix.errors import Outcome
 from keybuzz_fix.inventory import Role
-from keybuzz_fix.report.output import Output
+from keybuzz_fix.report.output import Output, can_ask
 
 
 def inventory(
@@ -103,6 +103,7 @@ def ufw(
     reach = opt.connections(
         env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
     )
+    can_ask("ufw", yes=yes, dry_run=dry_run)
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
         opt.console_of(ctx),
@@ -164,6 +165,7 @@ def overlay(
     cfg = load_config(config)
     hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
     reach = opt.connections(env, ssh, fleet=fleet)
+    can_ask("overlay", yes=yes, dry_run=dry_run)
     return run_firewall(
         opt.console_of(ctx),
         reach,

@@ -186,7 +186,16 @@ class SshArgs:
 class FleetArgs:
     """How long each host may take, and how many are worked on at once."""
 
-    timeout: Annotated[float, _opt("--timeout", "Seconds allowed to connect and for each remote command.", SSH)] = 10.0
+    timeout: Annotated[
+        float,
+        _opt(
+            "--timeout",
+            "Seconds allowed to connect to a host (TCP and SSH handshake). Each remote command gets this long but "
+            "at least 30 s (a ufw reload can take that long): a host whose link drops mid-command is given up "
+            "after that, its unfinished change reported as unknown (re-run to see where it stands).",
+            SSH,
+        ),
+    ] = 10.0
     concurrency: Annotated[int, _opt("--concurrency", "Hosts worked on at once.", SSH)] = 16
 
 
@@ -223,8 +232,8 @@ class ClusterReadArgs:
         Path | None,
         _opt(
             "--kubeconfig-from-master",
-            "Read /etc/rancher/k3s/k3s.yaml from the first K3s master of this servers.tsv over SSH (kept in memory); "
-            "alone (last, or before another option), the command's own servers.tsv.",
+            "Read /etc/rancher/k3s/k3s.yaml over SSH from the K3s masters of this servers.tsv, each in turn until one "
+            "answers (kept in memory); alone (last, or before another option), the command's own servers.tsv.",
             CLUSTER,
             metavar="SERVERS_TSV",
             **_HIDDEN,

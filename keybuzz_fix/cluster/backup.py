@@ -17,6 +17,7 @@ from pathlib import Path
 from keybuzz_fix import storage
 from keybuzz_fix.cluster.objects import Obj, describe_object, meta_of, parse_objects, yaml_stream
 from keybuzz_fix.errors import InputError, PlanRefused, UsageError, read_input
+from keybuzz_fix.hints import hint
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,10 @@ def cluster_check(saved: Backup, identity: str, server: str, *, force: bool = Fa
         f"{saved.server or 'unknown'}); this one is {identity} at {server}"
     )
     if force:
-        return f"{problem}; restoring it anyway (--force-cluster)"
-    raise PlanRefused(f"{problem}: refusing to restore it here; pass --force-cluster to do it anyway")
+        return f"{problem}; restoring it anyway" + hint("--force-cluster", " (--force-cluster)")
+    raise PlanRefused(
+        f"{problem}: refusing to restore it here" + hint("--force-cluster", "; pass --force-cluster to do it anyway")
+    )
 
 
 def history(command: str = "convert") -> list[Path]:
@@ -114,7 +117,7 @@ def latest_backup(command: str = "convert") -> Path:
     """Return the newest backup of ``command``, or say there is none."""
     found = history(command)
     if not found:
-        raise UsageError(f"no {command} backup in {backups_dir()}; pass --backup FILE")
+        raise UsageError(f"no {command} backup in {backups_dir()}" + hint("--backup", "; pass --backup FILE"))
     return found[0]
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 from keybuzz_fix.cluster.objects import Obj, mask_values, meta_of
 from keybuzz_fix.errors import ClusterError, Conflict, Forbidden, one_line, redact, redact_credentials
+from keybuzz_fix.hints import hint
 
 FIELD_MANAGER = "keybuzz-fix"
 # How the API server words an RBAC refusal: 'User "x" cannot create resource "ingresses" in API group ...'
@@ -79,6 +80,7 @@ RESOURCES: dict[str, Resource] = {
     "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "Ingress": Resource("networking.k8s.io/v1", "ingresses"),
+    "Lease": Resource("coordination.k8s.io/v1", "leases"),
     "Namespace": Resource("v1", "namespaces", namespaced=False),
     "IngressClass": Resource("networking.k8s.io/v1", "ingressclasses", namespaced=False),
     "Secret": Resource("v1", "secrets"),
@@ -458,7 +460,9 @@ class Kube:
             real, denied_verb, resource = impersonation.groups()
             raise Forbidden(
                 f"forbidden: {real} may not impersonate {self.endpoint.user} (needed to {verb} {target}{where}); "
-                f"grant {real} impersonation, or leave out --as / the kubeconfig's as: {message}",
+                f"grant {real} impersonation, or leave out "
+                + hint("--as", "--as / ")
+                + f"the kubeconfig's as: {message}",
                 permission=f"{denied_verb} {resource}",
             )
         if status == 403:
@@ -475,8 +479,8 @@ class Kube:
             )
         if status == 409 and verb == "apply":
             raise Conflict(
-                f"apply of {target}{where} conflicts with fields owned by another manager: {message}; "
-                "re-run with --force-conflicts to take them over"
+                f"apply of {target}{where} conflicts with fields owned by another manager: {message}"
+                + hint("--force-conflicts", "; re-run with --force-conflicts to take them over")
             )
         if status == 409:
             raise Conflict(f"cannot {verb} {target}{where}: {message}")

@@ -36,9 +36,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from keybuzz_fix import storage
 from keybuzz_fix.cluster.client import Endpoint, Kube
-from keybuzz_fix.errors import KubeconfigError, UsageError, one_line, redact
-from keybuzz_fix.hosts.ssh import SshOptions, open_session
-from keybuzz_fix.inventory import Role, read_nodes
+from keybuzz_fix.errors import ClusterError, HostError, KubeconfigError, UsageError, one_line, redact
+from keybuzz_fix.hints import hint
+from keybuzz_fix.hosts.ssh import Session, SshOptions, open_session
+from keybuzz_fix.inventory import Host, Role, read_nodes
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 K3S_API_PORT = 6443
@@ -52,7 +53,7 @@ class ClusterOptions:
 
     kubeconfig: Path | None = None
     context: str | None = None
-    from_master: Path | None = None  # a servers.tsv: read k3s.yaml from its first master
+    from_master: Path | None = None  # a servers.tsv: read k3s.yaml from the first of its masters that answers
     save_kubeconfig: Path | None = None
     env: str = "prod"
     user: str | None = None
@@ -76,13 +77,10 @@ def connect_cluster(options: ClusterOptions, ssh: SshOptions | None = None) -> K
     flags = (options.impersonate, options.impersonate_groups)
     if options.from_master is None:
         return from_kubeconfig(options.kubeconfig, options.context, options.timeout, impersonate=flags)
-    master = read_nodes(options.from_master, Role.MASTER, options.env, options.user)[0]
-    session = open_session(master, ssh or SshOptions())
+    masters = read_nodes(options.from_master, Role.MASTER, options.env, options.user)
+    master, session, text, tried = _read_from_masters(masters, ssh or SshOptions())
     try:
-        text = session.run(f"cat {K3S_KUBECONFIG}").stdout
-        source = f"{master.hostname}:{K3S_KUBECONFIG}"
-        if not text.strip():
-            raise KubeconfigError(f"{source} is empty")
+        source = f"{master.hostname}:{K3S_KUBECONFIG}" + (f", after {'; '.join(tried)}" if tried else "")
         if options.save_kubeconfig is not None:
             storage.write_private(options.save_kubeconfig.expanduser(), k3s_yaml_for(text, master.private_ip))
         if not session.proxied:
@@ -103,6 +101,31 @@ def connect_cluster(options: ClusterOptions, ssh: SshOptions | None = None) -> K
     return kube
 
 
+def _read_from_masters(masters: builtins.list[Host], ssh: SshOptions) -> tuple[Host, Session, str, builtins.list[str]]:
+    """Read k3s.yaml from the first master that answers, in servers.tsv's order; say why each one before did not."""
+    tried: builtins.list[str] = []
+    for master in masters:
+        try:
+            session = open_session(master, ssh)
+        except HostError as e:
+            tried.append(f"{master.hostname}: {e.problem}")
+            continue
+        try:
+            text = session.run(f"cat {K3S_KUBECONFIG}").stdout
+        except HostError as e:
+            session.close()
+            tried.append(f"{master.hostname}: {e.problem}")
+            continue
+        except BaseException:
+            session.close()
+            raise
+        if text.strip():
+            return master, session, text, tried
+        session.close()
+        tried.append(f"{master.hostname}: {K3S_KUBECONFIG} is empty")
+    raise ClusterError(f"--kubeconfig-from-master: no master gave {K3S_KUBECONFIG}: {'; '.join(tried)}")
+
+
 def from_kubeconfig(
     kubeconfig: Path | None = None,
     context: str | None = None,
@@ -120,6 +143,7 @@ def from_kubeconfig(
         return _in_cluster(timeout, impersonate, context)
     source = str(paths[0])
     secrets = _kubeconfig_secrets(paths)
+    used = _check_context(paths, context)
     cfg = client.Configuration()
 
     def load() -> None:
@@ -152,7 +176,7 @@ def from_kubeconfig(
         reauthorize = _reloader(cfg, load, source, secrets)
     endpoint = _endpoint(
         cfg,
-        f"kubeconfig {source}" + (f", context {context}" if context else ""),
+        f"kubeconfig {source}" + (f", context {used}" if used else ""),
         secrets=secrets,
         impersonate=_impersonation(user if isinstance(user, dict) else {}, *impersonate, source=source),
         namespace=named.get("namespace"),
@@ -168,8 +192,13 @@ def _in_cluster(timeout: float, impersonate: tuple[str | None, tuple[str, ...]],
 
     if not os.environ.get("KUBERNETES_SERVICE_HOST"):
         raise KubeconfigError(
-            "no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, use --kubeconfig-from-master to read it "
-            "from the first K3s master over SSH, or run in a pod (in-cluster config)"
+            "no kubeconfig found: "
+            + hint(
+                "--kubeconfig",
+                "pass --kubeconfig FILE, set KUBECONFIG, use --kubeconfig-from-master to read it "
+                "from a K3s master over SSH, or run in a pod (in-cluster config)",
+                "set KUBECONFIG, write ~/.kube/config, or run in a pod (in-cluster config)",
+            )
         )
     if context is not None:
         raise UsageError("--context needs a kubeconfig; in a pod there is only the in-cluster config")
@@ -328,7 +357,10 @@ def _impersonation(
         raise KubeconfigError(f"{source}: as-user-extra must map names to lists of values")
     if not name:
         if groups or uid or extra:
-            raise UsageError("impersonating groups, a uid or extras needs a user to impersonate: pass --as USER")
+            raise UsageError(
+                "impersonating groups, a uid or extras needs a user to impersonate"
+                + hint("--as", ": pass --as USER", ": set as in the kubeconfig")
+            )
         return ()
     headers = [("Impersonate-User", name), *(("Impersonate-Group", g) for g in groups)]
     if uid:
@@ -466,6 +498,24 @@ def _context(paths: builtins.list[Path], context: str | None) -> dict[str, Any]:
         "namespace": namespace if isinstance(namespace, str) and namespace else None,
         "user_entry": entry("users", ctx.get("user")),
     }
+
+
+def _check_context(paths: builtins.list[Path], context: str | None) -> str | None:
+    """Return the context the run uses; refuse a ``--context`` none of the files has, naming them and their contexts."""
+    docs = [_yaml(p) for p in paths]
+    if context is None:
+        return next((d["current-context"] for d in docs if isinstance(d.get("current-context"), str)), None)
+    names: builtins.list[str] = []
+    for doc in docs:
+        entries = doc.get("contexts")
+        for item in entries if isinstance(entries, list) else []:
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+    if context not in names and any(docs):  # an unreadable file: the client's own reading says what is wrong
+        where = os.pathsep.join(map(str, paths))
+        raise KubeconfigError(f"no context {context} in {where}; contexts: {', '.join(names) or '(none)'}")
+    return context
 
 
 def _yaml(path: Path) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from keybuzz_fix.cluster.owners import disruption_notes, managers_of
 from keybuzz_fix.cluster.placement import Handover, handover, left_out
 from keybuzz_fix.cluster.scheduling import HostPort, eligible_nodes, host_ports, is_worker_node, worker_nodes
 from keybuzz_fix.config import AppConfig, Config
+from keybuzz_fix.hints import hint
 from keybuzz_fix.inventory import Host
 
 __all__ = ["Observed", "ConvertPlan", "daemonset_for", "observed_from_objects", "plan_convert"]
@@ -266,13 +267,14 @@ def _managed(app: str, changes: Sequence[Change], *, allow_managed: bool) -> lis
         fixes = "; and ".join(dict.fromkeys(m.fix for m in managers))
         if allow_managed:
             lines.append(
-                f"{app}: --allow-managed: {c.label} {c.target} though {who} manages it: {by} will {undo} it; "
+                f"{app}: {hint('--allow-managed', '--allow-managed: ')}{c.label} {c.target} though {who} manages it: "
+                f"{by} will {undo} it; "
                 f"to keep it converted, {fixes}"
             )
         else:
             lines.append(
-                f"{app}: {c.target} is managed by {who}: {by} would {undo} it after convert; first {fixes} "
-                "(or pass --allow-managed)"
+                f"{app}: {c.target} is managed by {who}: {by} would {undo} it after convert; first {fixes}"
+                + hint("--allow-managed", " (or pass --allow-managed)")
             )
     return lines
 
@@ -418,15 +420,29 @@ def service_change(
     after["spec"] = {**spec, "type": "NodePort", "ports": ports}
     if done:
         return Change(Verb.NONE, "Service", ns, name, f"already NodePort {app.node_port} → {host_port}", after=after)
-    old_target = entry.get("targetPort", entry.get("port"))
-    reason = (
-        f"type {spec.get('type', 'ClusterIP')} → NodePort, port {app.service_port}: targetPort {old_target} → "
-        f"{host_port}, nodePort {app.node_port}; clusterIP {spec.get('clusterIP') or '(none)'} kept" + "".join(followed)
-    )
+    reason = _service_reason(spec, entry, app, host_port) + "".join(followed)
     body: Obj = {"spec": {"type": "NodePort", "ports": ports}}
     if meta_of(service).get("resourceVersion"):
         body["metadata"] = {"resourceVersion": meta_of(service)["resourceVersion"]}
     return Change(Verb.PATCH, "Service", ns, name, reason, body=body, before=service, after=after)
+
+
+def _service_reason(spec: Obj, entry: Obj, app: AppConfig, host_port: int) -> str:
+    """Say what switching the Service changes, naming only what differs (never ``targetPort 3000 → 3000``)."""
+    kind = spec.get("type", "ClusterIP")
+    parts = [f"type {kind} → NodePort"] if kind != "NodePort" else []
+    old_target = entry.get("targetPort", entry.get("port"))
+    moves = []
+    if old_target != host_port:
+        moves.append(f"targetPort {old_target} → {host_port}")
+    old_node_port = entry.get("nodePort")
+    if old_node_port != app.node_port:
+        moves.append(f"nodePort {old_node_port} → {app.node_port}" if old_node_port else f"nodePort {app.node_port}")
+    if moves:
+        parts.append(f"port {app.service_port}: {', '.join(moves)}")
+    if not parts:
+        parts.append(f"already NodePort {app.node_port} → {host_port}")
+    return ", ".join(parts) + f"; clusterIP {spec.get('clusterIP') or '(none)'} kept"
 
 
 def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observed: Observed) -> list[str]:

@@ -37,6 +37,7 @@ from keybuzz_fix.cluster.podports import (
 )
 from keybuzz_fix.cluster.scheduling import CONTROL_PLANE_LABEL, is_sidecar
 from keybuzz_fix.config import AppConfig
+from keybuzz_fix.hints import hint
 
 POD = "spec.template.spec"
 
@@ -98,7 +99,7 @@ def convert_template(deployment: Obj, app: AppConfig, service: Obj, *, keep_port
         ]
         warnings += [
             f"{app.name}: {where}: {at} names port {app_port}: kept as it is, right while the app stays on "
-            f"{app_port} (--keep-port)"
+            f"{app_port}{hint('--keep-port', ' (--keep-port)')}"
             for at in written
         ]
     dedupe = dedupe_env(pod, f"{where}: {POD}", app.name)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.cluster.scheduling import is_sidecar
+from keybuzz_fix.hints import hint
 
 PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 HOOKS = ("postStart", "preStop")
@@ -108,7 +109,8 @@ def move_port(
             if p is not port and p.get("containerPort") == app_port:
                 out.problems.append(
                     f"{obj}: {prefix}.{cpath}.ports[{pi}] declares port {app_port} too: only the port the Service "
-                    f"targets moves to {host_port}; remove the other entry, or pass --keep-port"
+                    f"targets moves to {host_port}; remove the other entry"
+                    + hint("--keep-port", ", or pass --keep-port")
                 )
     for at in written_ports(pod, port_env, container, app_port):
         out.problems.append(f"{obj}: {prefix}.{at} names port {app_port}: {_hint(at, port_env, host_port)}")
@@ -162,7 +164,10 @@ def move_annotation(annotations: dict[str, str], moves: tuple[int, int], app: st
         else:
             out.problems.append(
                 f"{where}.metadata.annotations[{key}] is port {app_port}: the tool cannot tell what reads it, "
-                f"so it does not move it to {host_port}; pass --keep-port, or change it by hand afterwards"
+                f"so it does not move it to {host_port}; "
+                + hint(
+                    "--keep-port", "pass --keep-port, or change it by hand afterwards", "change it by hand afterwards"
+                )
             )
     return out
 
@@ -174,8 +179,8 @@ def _hint(path: str, port_env: str, host_port: int) -> str:
         how = "use a header without the port"
     else:
         how = f"use $({port_env}) there, which Kubernetes expands from the env"
-    return (
-        f"the tool does not rewrite ports inside text, so it cannot move it to {host_port}; {how}, or pass --keep-port"
+    return f"the tool does not rewrite ports inside text, so it cannot move it to {host_port}; {how}" + hint(
+        "--keep-port", ", or pass --keep-port"
     )
 
 
@@ -204,7 +209,8 @@ def _move_env(
     out: PortFindings,
 ) -> None:
     """Rewrite every entry of the port variable (Kubernetes uses the last), or say why it cannot be."""
-    hint = f"--keep-port runs it on {app_port} instead, or name the variable in the config (apps[].port_env)"
+    how = "name the variable in the config (apps[].port_env)"
+    how = hint("--keep-port", f"--keep-port runs it on {app_port} instead, or {how}", how)
     entries = [(i, var) for i, var in enumerate(container.get("env") or []) if var.get("name") == port_env]
     if not entries:
         sources = [f"envFrom[{i}]" for i, _ in enumerate(container.get("envFrom") or [])]
@@ -215,7 +221,7 @@ def _move_env(
         )
         out.problems.append(
             f"{obj} listens on {app_port} and nothing in its env tells it where to listen "
-            f"(no {port_env} variable){maybe}, so it cannot move to host port {host_port}; {hint}"
+            f"(no {port_env} variable){maybe}, so it cannot move to host port {host_port}; {how}"
         )
         return
     for i, var in entries:
@@ -223,7 +229,7 @@ def _move_env(
             source = next(iter(var.get("valueFrom") or {}), "a reference")
             out.problems.append(
                 f"{obj} listens on {app_port} and its {port_env} ({cpath}.env[{i}]) comes from a reference "
-                f"(valueFrom.{source}) the tool cannot rewrite to {host_port}; {hint}"
+                f"(valueFrom.{source}) the tool cannot rewrite to {host_port}; {how}"
             )
     if out.problems:
         return
@@ -232,14 +238,14 @@ def _move_env(
     if used not in (str(app_port), str(host_port)):
         out.problems.append(
             f"{obj}: env {port_env} is {last['value']!r} ({cpath}.env[{last_i}], the entry Kubernetes uses) but the "
-            f"Service targets port {app_port}, so where the app listens is unclear; {hint}"
+            f"Service targets port {app_port}, so where the app listens is unclear; {how}"
         )
         return
     for i, var in entries[:-1]:
         if str(var["value"]).strip() != used:
             out.problems.append(
                 f"{obj}: {cpath}.env[{i}] sets {port_env} to {var['value']!r} but {cpath}.env[{last_i}], the entry "
-                f"Kubernetes uses (the last), sets {used!r}: make them agree; {hint}"
+                f"Kubernetes uses (the last), sets {used!r}: make them agree; {how}"
             )
     if out.problems:
         return

@@ -139,17 +139,31 @@ def wait_ready(
     *,
     timeout: float,
     ready: Callable[[Obj | None], bool] | None = None,
+    progress: Callable[[dict[str, tuple[int, int]]], None] | None = None,
 ) -> dict[str, Obj]:
-    """Watch until every named workload is ready (or ``ready`` says so); raise :class:`Stuck` after ``timeout`` s."""
+    """Watch until every named workload is ready (or ``ready`` says so); raise :class:`Stuck` after ``timeout`` s.
+
+    ``progress`` is told each workload's ready and wanted pods (:func:`ready_counts`) as they change.
+    """
     ready = ready or READY[kind]
     wanted = set(names)
     deadline = time.monotonic() + timeout
     objs: dict[str, Obj] = {}
     version: str | None = None
+    shown: dict[str, tuple[int, int]] | None = None
+
+    def tell() -> None:
+        nonlocal shown
+        counts = ready_counts(kind, {n: objs.get(n) for n in sorted(wanted)})
+        if progress is not None and counts != shown:
+            shown = counts
+            progress(counts)
+
     while True:
         if version is None:
             items, version = kube.list_with_version(kind, namespace)
             objs = {name_of(o): o for o in items if name_of(o) in wanted}
+            tell()
         if all(ready(objs.get(n)) for n in wanted):
             return objs
         remaining = deadline - time.monotonic()
@@ -168,14 +182,34 @@ def wait_ready(
                 objs.pop(name_of(obj), None)
             else:
                 objs[name_of(obj)] = obj
+            tell()
             if all(ready(objs.get(n)) for n in wanted):
                 return objs
             if time.monotonic() >= deadline:
                 break
 
 
+def ready_counts(kind: str, objs: dict[str, Obj | None]) -> dict[str, tuple[int, int]]:
+    """Return each workload's (ready pods, wanted pods), as its status says (0, 0 while it does not exist)."""
+    counts = {}
+    for name, obj in objs.items():
+        status = status_of(obj) if obj is not None else {}
+        if kind == "DaemonSet":
+            counts[name] = (int(status.get("numberReady") or 0), int(status.get("desiredNumberScheduled") or 0))
+        else:
+            want = int((obj or {}).get("spec", {}).get("replicas") or 0) if obj is not None else 0
+            counts[name] = (int(status.get("readyReplicas") or 0), want)
+    return counts
+
+
 def wait_handover(
-    kube: Kube, namespace: str, names: Collection[str], handovers: Collection[Handover], *, timeout: float
+    kube: Kube,
+    namespace: str,
+    names: Collection[str],
+    handovers: Collection[Handover],
+    *,
+    timeout: float,
+    progress: Callable[[dict[str, tuple[int, int]]], None] | None = None,
 ) -> dict[str, Obj]:
     """Watch until each DaemonSet is ready but for the pods its Deployment's own pods hold off (at least one ready).
 
@@ -193,7 +227,7 @@ def wait_handover(
             return False
         return not not_held(kube, namespace, ds, by_name[name_of(ds)])
 
-    return wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout, ready=ready_but_held)
+    return wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout, ready=ready_but_held, progress=progress)
 
 
 def not_held(kube: Kube, namespace: str, ds: Obj, handover: Handover) -> list[str]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from keybuzz_fix.checks.http import HttpOptions
@@ -21,9 +23,10 @@ from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.cluster.changes import ChangeRun
 from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import KeybuzzFixError
+from keybuzz_fix.errors import Interrupted, KeybuzzFixError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.convert import apply_confirmed, check_plan, read_convert_state
 from keybuzz_fix.flows.firewall import worker_rules
@@ -68,6 +71,7 @@ class AllOptions:
     strict: bool = False
     firewall_hosts: tuple[str, ...] | None = None  # --limit: the workers the ufw step works on (None: all)
     json: bool = False  # -o json: one document on stdout at the end (the steps' text goes to stderr)
+    servers: Path | None = None  # the servers.tsv the workers were read from, named in the plan and the prompt
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,13 @@ class Remediation:
 def run_all(
     console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions
 ) -> Remediation:
-    """Plan every step, ask once, run the steps in order applying what was confirmed; ``-o json``: one document."""
+    """Plan every step, ask once, run the steps in order applying what was confirmed; ``-o json``: one document.
+
+    One run at a time per cluster (a Lease, see :mod:`keybuzz_fix.cluster.lock`).
+    """
     log = steps.StepLog(console)
     try:
-        result = _run_all(console, reach, hosts, cfg, options, log)
+        result = _run_all(console, reach.kube(), reach, hosts, cfg, options, log)
     except KeybuzzFixError as e:
         if options.json:
             print_json(steps.all_json(log, dry_run=options.dry_run, error=e))
@@ -107,9 +114,14 @@ def run_all(
 
 
 def _run_all(
-    console: Console, reach: Connections, hosts: Sequence[Host], cfg: Config, options: AllOptions, log: steps.StepLog
+    console: Console,
+    kube: Kube,
+    reach: Connections,
+    hosts: Sequence[Host],
+    cfg: Config,
+    options: AllOptions,
+    log: steps.StepLog,
 ) -> Remediation:
-    kube = reach.kube()
     http = reach.http or HttpOptions()
     wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
     rules = wanted.ufw_rules
@@ -129,16 +141,22 @@ def _run_all(
         try:
             result = work()
         except KeybuzzFixError as e:
-            log.record(name, "failed", str(e), time.monotonic() - start)
+            log.record(
+                name, "interrupted" if isinstance(e, Interrupted) else "failed", str(e), time.monotonic() - start
+            )
             raise
         log.record(name, *describe(result), time.monotonic() - start)
         return result
 
+    target = steps.Target(kube.endpoint.server, kube.endpoint.source, options.servers, len(hosts), cfg.namespace)
+    log.target(target)
+    held = ExitStack()
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
-        log.heading(1, "ufw", "plan")
+        planning = "plan (dry run)" if options.dry_run else "plan (nothing changes before you confirm)"
+        log.heading(1, "ufw", planning)
         planned = step("ufw", lambda: _plan_firewall(console, fw, wanted), steps.describe_firewall_plan)
-        log.heading(2, "convert", "plan")
+        log.heading(2, "convert", planning)
         checked = ChangeRun("convert", dry_run=True)
         converting = step(
             "convert",
@@ -151,13 +169,18 @@ def _run_all(
                 force=options.force_conflicts,
                 allow_managed=options.allow_managed,
                 workers=hosts,
+                confirm_first=not options.dry_run,
             ),
             lambda _plan: steps.describe_convert(checked),
         )
-        log.heading(3, "ingress", "plan")
+        log.heading(3, "ingress", planning)
         routes = step(
             "ingress",
-            lambda: _plan_ingress(console, plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts)),
+            lambda: _plan_ingress(
+                console,
+                plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts),
+                dry_run=options.dry_run,
+            ),
             steps.describe_ingress_plan,
         )
         if options.dry_run:
@@ -166,25 +189,22 @@ def _run_all(
                 changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
             )
         changing = [o for o in planned if o.changes]
-        confirm(
-            f"Apply: ufw on {len(changing)} worker(s), convert in namespace {cfg.namespace}, "
-            f"{len(routes.changes)} Ingress route(s), then validate?",
-            yes=options.yes,
-        )
+        confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
+        held.enter_context(one_at_a_time(kube, cfg.namespace, "all"))  # one run at a time changes the cluster
         log.rows.clear()
 
         # -- the steps, in order, each applying what was confirmed --------------------------------
-        log.heading(1, "ufw")
+        log.heading(1, "ufw", "applying")
         step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
-        log.heading(2, "convert")
+        log.heading(2, "convert", "applying")
         step("convert", lambda: _apply_convert(kube, cfg, converting, view, options, hosts), steps.describe_convert)
-        log.heading(3, "ingress")
+        log.heading(3, "ingress", "applying")
         step(
             "ingress",
             lambda: _apply_ingress(console, apply_ingress(kube, routes, command="all")),
             steps.describe_ingress_result,
         )
-        log.heading(4, "validate")
+        log.heading(4, "validate", "scoring")
         # Just-applied routes, pods and rules take a moment to serve (ingress-nginx reloads, the apps
         # start): a failed URL round or worker path is tried again for a while before it counts.
         settle = SETTLE if routes.changes or converting.pending or any(o.changes for o in planned) else 0.0
@@ -207,8 +227,10 @@ def _run_all(
         log.summary("all: stopped")
         raise
     finally:
+        held.close()
         fw.close()
     log.summary("all: done")
+    log.next_steps(options.servers)
     if not card.ok:
         raise StepFailed(
             f"validate: score {card.score:.0f} % is below the threshold {card.required} % "
@@ -232,10 +254,10 @@ def _plan_firewall(console: Console, fw: FirewallRun, wanted: Wanted) -> list[Ho
     wanted_rules(console, wanted)
     planned = fw.plan(progress_bar(console))
     firewall_plans(console, planned)
-    stuck = [o.host.hostname for o in planned if o.error] + [o.host.hostname for o in planned if o.ok and o.blocked]
+    stuck = [o for o in planned if o.error or o.blocked]
     if stuck:
         firewall_summary(console, planned, "ufw: cannot go on")
-        raise StepFailed(f"ufw: {len(stuck)} worker(s) cannot be changed safely ({', '.join(stuck)}); nothing changed")
+        raise StepFailed(steps.stuck_workers(stuck))
     return planned
 
 
@@ -267,8 +289,8 @@ def _apply_convert(
     return run
 
 
-def _plan_ingress(console: Console, plan: IngressPlan) -> IngressPlan:
-    ingress_plan(console, plan, dry_run=True)
+def _plan_ingress(console: Console, plan: IngressPlan, *, dry_run: bool) -> IngressPlan:
+    ingress_plan(console, plan, dry_run=dry_run)
     if plan.failed:
         problems = "; ".join(
             [f.detail for f in plan.mismatches] + [p.describe() for r in plan.unserved for p in r.serving]

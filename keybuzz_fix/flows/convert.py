@@ -23,6 +23,7 @@ from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun, sent
 from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.convert import ConvertPlan, Observed, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj, meta_of, parse_objects
 from keybuzz_fix.cluster.rbac import permissions, preflight
 from keybuzz_fix.cluster.rollout import Stuck, send, wait_handover, wait_ready
@@ -32,6 +33,7 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.changes import ChangeView, offline_plan
 from keybuzz_fix.report.output import PlanOutput
+from keybuzz_fix.report.steps import deletions
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,6 +92,22 @@ def run_convert(
     kube = reach.kube()
     view = ChangeView(console, output, CONVERT, show_values=show_values)
     run = ChangeRun(CONVERT, dry_run)
+    return _convert(kube, cfg, view, run, yes, timeout, force_conflicts, keep_port, allow_managed, workers)
+
+
+def _convert(
+    kube: Kube,
+    cfg: Config,
+    view: ChangeView,
+    run: ChangeRun,
+    yes: bool,
+    timeout: float,
+    force_conflicts: bool,
+    keep_port: bool,
+    allow_managed: bool,
+    workers: Sequence[Host] | None,
+) -> ChangeRun:
+    dry_run = run.dry_run
     plan = check_plan(
         kube,
         cfg,
@@ -102,8 +120,15 @@ def run_convert(
     )
     if plan.pending and not dry_run:
         with _stopping(view, run):
-            view.confirm(f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}?", yes=yes)
-        carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
+            deleted = deletions(plan.changes)
+            view.confirm(
+                f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}"
+                + (f", deleting {deleted}" if deleted else "")
+                + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
+                yes=yes,
+            )
+        with one_at_a_time(kube, cfg.namespace, CONVERT):  # one run at a time changes the cluster
+            carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
     view.finished(run)
     return run
 
@@ -118,8 +143,13 @@ def check_plan(
     force: bool,
     allow_managed: bool = False,
     workers: Sequence[Host] | None = None,
+    confirm_first: bool = False,
 ) -> ConvertPlan:
-    """Plan and show it; refuse, or check the permissions (a dry run sends every change as a server-side dry run)."""
+    """Plan and show it; refuse, or check the permissions (a dry run sends every change as a server-side dry run).
+
+    ``confirm_first``: the dry run checks a plan the operator is about to confirm (``all``), not a
+    ``--dry-run``: the headings say so.
+    """
     with _stopping(view, run):
         state = read_convert_state(kube, cfg, workers)
         plan = plan_convert(cfg, state, keep_port=keep_port, allow_managed=allow_managed)
@@ -128,14 +158,15 @@ def check_plan(
             _show(view, f"{CONVERT}: refused", plan)
             raise PlanRefused(f"convert refused: {'; '.join(plan.refusals)}; nothing changed")
         view.objects(plan)
-        _show(view, f"{CONVERT}: plan for namespace {cfg.namespace}" + (" (dry run)" if run.dry_run else ""), plan)
+        suffix = " (applied once you confirm)" if confirm_first else " (dry run)" if run.dry_run else ""
+        _show(view, f"{CONVERT}: plan for namespace {cfg.namespace}{suffix}", plan)
         if not plan.pending:
             view.nothing_to_do("already converted")
             return plan
         preflight(kube, cfg.namespace, permissions(plan.pending, wait_kind="DaemonSet"))
         if run.dry_run:
             send(kube, run, plan.pending, dry_run=True, force=force)
-            view.accepted_by_server(len(plan.pending), " (server-side dry run)")
+            view.accepted_by_server(len(plan.pending), before_confirm=confirm_first)
     return plan
 
 
@@ -187,10 +218,10 @@ def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *
         run.mark("applied")
         view.waiting("DaemonSet", names, timeout)
         if plan.handovers:
-            wait_handover(kube, namespace, names, plan.handovers, timeout=timeout)
+            wait_handover(kube, namespace, names, plan.handovers, timeout=timeout, progress=view.readiness)
             run.mark("handed_over")
         else:
-            wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout)
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=timeout, progress=view.readiness)
             run.mark("ready")
         send(kube, run, plan.services + plan.hpas + plan.deployments, force=force)
     if plan.handovers:
@@ -205,7 +236,7 @@ def carry_out(kube: Kube, plan: ConvertPlan, run: ChangeRun, view: ChangeView, *
         ):
             remaining = max(deadline - time.monotonic(), 1.0)
             view.say(f"the Deployment's pods are gone: waiting for the rest of {held}…")
-            wait_ready(kube, "DaemonSet", namespace, names, timeout=remaining)
+            wait_ready(kube, "DaemonSet", namespace, names, timeout=remaining, progress=view.readiness)
             run.mark("ready")
     run.mark("done")
     view.result(run)
@@ -223,6 +254,12 @@ def stopping(view: ChangeView, run: ChangeRun, *, resume: str, interrupted: str,
     except KeyboardInterrupt:
         raise _stopped(view, run, Interrupted(f"interrupted (Ctrl-C): {run.progress()}; {interrupted}")) from None
     except KeybuzzFixError as e:
+        if run.backup is not None and not run.done and not run.dry_run:
+            # The API server refused the first change: nothing changed, so this backup is of no
+            # run, and `rollback --latest` must not pick it.
+            run.backup.unlink(missing_ok=True)
+            run.backup = None
+            e.message += "; nothing changed"
         if isinstance(e, Stuck):
             view.stuck(e.pods)
         if isinstance(e, Stuck) and stuck:

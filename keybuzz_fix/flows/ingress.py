@@ -32,7 +32,7 @@ from keybuzz_fix.cluster.ingress import (
 from keybuzz_fix.cluster.objects import Obj, name_of
 from keybuzz_fix.cluster.scheduling import is_worker_node, worker_nodes
 from keybuzz_fix.config import Config, IngressConfig
-from keybuzz_fix.errors import ClusterError, Conflict
+from keybuzz_fix.errors import ClusterError, Conflict, Interrupted
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.ingress import ingress_json, ingress_plan, ingress_summary
@@ -133,8 +133,12 @@ def _plan_route(kube: Kube, desired: Obj, force: bool) -> RoutePlan:
 
 
 def apply_routes(kube: Kube, routes: Sequence[RoutePlan], *, force: bool, command: str) -> tuple[RoutePlan, ...]:
-    """Apply the routes that change; return every route with its outcome."""
-    done = []
+    """Apply the routes that change; return every route with its outcome.
+
+    Ctrl-C stops between routes, or during one: the error says which routes were applied, which
+    was in flight (it may or may not have landed) and which were not applied.
+    """
+    done: list[RoutePlan] = []
     for r in routes:
         if not r.status.changes:
             done.append(r)
@@ -143,6 +147,9 @@ def apply_routes(kube: Kube, routes: Sequence[RoutePlan], *, force: bool, comman
         where = f"Ingress {r.name}"
         try:
             after = kube.apply(r.desired, force=force)
+        except KeyboardInterrupt:
+            storage.audit(command, where, r.status.value, "unknown", before=describe_route(r.live), error="Ctrl-C")
+            raise Interrupted(_interrupted_routes(done, r, routes[len(done) + 1 :])) from None
         except ClusterError as e:
             failed = RouteStatus.CONFLICT if isinstance(e, Conflict) else RouteStatus.FAILED
             storage.audit(command, where, r.status.value, "failed", before=describe_route(r.live), error=str(e))
@@ -159,6 +166,19 @@ def apply_routes(kube: Kube, routes: Sequence[RoutePlan], *, force: bool, comman
         )
         done.append(replace(r, status=status))
     return tuple(done)
+
+
+def _interrupted_routes(done: Sequence[RoutePlan], current: RoutePlan, rest: Sequence[RoutePlan]) -> str:
+    """Say, after Ctrl-C while applying, where each route stands."""
+    applied = [r.name for r in done if r.status in (RouteStatus.CREATED, RouteStatus.UPDATED)]
+    failed = [r.name for r in done if r.status in (RouteStatus.FAILED, RouteStatus.CONFLICT)]
+    pending = [r.name for r in rest if r.status.changes]
+    parts = [f"applied: {', '.join(applied) or 'none'}"]
+    if failed:
+        parts.append(f"failed: {', '.join(failed)}")
+    parts.append(f"in flight, may or may not be applied: {current.name}")
+    parts.append(f"not applied: {', '.join(pending) or 'none'}")
+    return f"interrupted (Ctrl-C) while applying the Ingress routes: {'; '.join(parts)}; re-run ingress to finish"
 
 
 @dataclass(frozen=True)

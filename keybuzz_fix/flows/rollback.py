@@ -104,7 +104,7 @@ def run_rollback(
         send(kube, run, plan.creates)
         if plan.deployments:
             view.waiting("Deployment", plan.deployments, timeout)
-            wait_ready(kube, "Deployment", namespace, plan.deployments, timeout=timeout)
+            wait_ready(kube, "Deployment", namespace, plan.deployments, timeout=timeout, progress=view.readiness)
         run.mark("ready")
         send(kube, run, plan.services + plan.daemonsets)
     run.mark("done")

@@ -30,6 +30,7 @@ from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Forbidden, Interrupted, KeybuzzFixError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.firewall import traffic_rules
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.parallel import on_each_host
 from keybuzz_fix.hosts.reach import Paths, Reach, reach_probe, targets_for
 from keybuzz_fix.hosts.ssh import SshOptions, connect
@@ -101,7 +102,12 @@ def run_validate(
     card = score_cluster(
         reach.kube(), cfg, workers, http=http, threshold=threshold, strict=strict, access=access, extended=extended
     )
-    show_scorecard(console, card, output, note="TLS not verified (--insecure)" if http.insecure else "")
+    show_scorecard(
+        console,
+        card,
+        output,
+        note=hint("--insecure", "TLS not verified (--insecure)", "TLS not verified") if http.insecure else "",
+    )
     return card
 
 
@@ -192,10 +198,14 @@ def score_cluster(
             results.append(ScoredCheck(check.number, check.name, check.passed, check.detail, finished))
         extended_rows = tuple(row for f in row_futures for row in f.result())
     except KeyboardInterrupt:
+        # The checks only read: the threads still waiting on a silent address are left behind
+        # (the CLI ends the process without joining them), the operator is not kept waiting.
         pool.shutdown(wait=False, cancel_futures=True)
         raise Interrupted("interrupted: validate stopped before every check finished (nothing was changed)") from None
-    finally:
+    except BaseException:
         pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
     if denied:  # a score over facts the identity may not read would blame the cluster for missing rights
         raise Forbidden(
             f"forbidden: validate cannot read what it scores: missing permission(s) "

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.sshconfig import match_hostname
 
 CA = "cert-authority"
@@ -359,8 +360,8 @@ def judge(
     others = f"; known_hosts has only {', '.join(sorted({e.key_type for e in plains}))} for it" if plains else ""
     return Verdict(
         False,
-        f"host key for {name} is not in {where} (offered {offered}){others}{note}; verify it and add it, "
-        "or pass --accept-new-host-keys to trust it on first use",
+        f"host key for {name} is not in {where} (offered {offered}){others}{note}; verify it and add it"
+        + hint("--accept-new-host-keys", ", or pass --accept-new-host-keys to trust it on first use"),
     )
 
 

@@ -56,8 +56,13 @@ def on_each_host(
     concurrency: int,
     progress: Progress | None = None,
     label: str = "working",
+    changing: bool = False,
 ) -> list[Attempt[ResultT]]:
     """Run ``work`` on every host in parallel; return one attempt per host, in input order.
+
+    After Ctrl-C, work that changes hosts (``changing``) finishes the command in flight on each
+    host and the error says where it finished; work that only reads is left behind at once, and
+    the error says that nothing changed.
 
     Only the tool's own errors are contained per host; anything else is a bug and propagates.
     """
@@ -90,10 +95,17 @@ def on_each_host(
     except KeyboardInterrupt:
         interrupted = True
         pool.shutdown(wait=False, cancel_futures=True)
+        if not changing:
+            if progress is not None:
+                progress.stop()
+            raise Interrupted(
+                f"interrupted while planning ({label}: {len(outcomes)} of {len(hosts)} host(s) read); nothing changed"
+            ) from None
     finally:
-        if progress is not None:
+        if progress is not None and (changing or not interrupted):
             progress.stop()
-        pool.shutdown(wait=True)  # the hosts in flight finish their current command (bounded by --timeout)
+        if changing or not interrupted:
+            pool.shutdown(wait=True)  # the hosts in flight finish their current command (bounded by --timeout)
     if interrupted:
         for fut in submitted:
             if fut.done() and not fut.cancelled():

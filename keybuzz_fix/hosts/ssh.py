@@ -17,6 +17,7 @@ read-back. paramiko is imported here, lazily, so that ``--help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ from keybuzz_fix.errors import (
     RemoteCommandError,
     redact_credentials,
 )
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts import knownhosts
 from keybuzz_fix.hosts.sshconfig import SYSTEM_CONFIG, Hop, Route, SshConfig
 from keybuzz_fix.inventory import Host
@@ -233,7 +235,10 @@ class Session:
                     self._drop_shell()  # output kept coming: the deadline holds all the same
                     raise _partial(
                         RemoteCommandError(
-                            self.host.hostname, shown, None, f"no answer within {timeout:g}s (--timeout)"
+                            self.host.hostname,
+                            shown,
+                            None,
+                            f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)"),
                         ),
                         out,
                     )
@@ -264,7 +269,10 @@ class Session:
                         self._drop_shell()  # it is still busy with this command: the next one gets a new shell
                         raise _partial(
                             RemoteCommandError(
-                                self.host.hostname, shown, None, f"no answer within {timeout:g}s (--timeout)"
+                                self.host.hostname,
+                                shown,
+                                None,
+                                f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)"),
                             ),
                             out,
                         )
@@ -316,8 +324,11 @@ def open_session(host: Host, options: SshOptions, accepted: AcceptedKeys | None 
             raise HostKeyError(
                 host.hostname,
                 f"{role}StrictHostKeyChecking no ({hop.where('stricthostkeychecking')}) would trust any host key, "
-                "even a changed one: keybuzz-fix does not; remove it, or pass --accept-new-host-keys "
-                "(new keys are recorded, changed keys still refused)",
+                "even a changed one: keybuzz-fix does not; remove it"
+                + hint(
+                    "--accept-new-host-keys",
+                    ", or pass --accept-new-host-keys (new keys are recorded, changed keys still refused)",
+                ),
             )
     jump = _Jump.acquire(route.jumps, options, accepted, host.hostname) if route.jumps else None
     try:
@@ -361,7 +372,11 @@ def _connect_hop(
             client.close()
             why = _why(e)
             if isinstance(e, TimeoutError):
-                why = f"no SSH answer within {options.connect_timeout:g}s (--timeout): the host is down or too slow"
+                why = (
+                    f"no SSH answer within {options.connect_timeout:g}s"
+                    + hint("--timeout", " (--timeout)")
+                    + ": the host is down or too slow"
+                )
             raise HostUnreachable(label, f"{role}cannot connect to {hop.address}: {why}") from e
         # The banner, key exchange and authentication share the deadline: paramiko bounds each
         # wait, and a host that sends its banner or its packets a byte at a time would stretch them.
@@ -393,7 +408,11 @@ def _connect_hop(
         client.close()
         why = _why(e)
         if fired.is_set() or time.monotonic() - start >= options.connect_timeout:  # paramiko words these oddly
-            why = f"no SSH answer within {options.connect_timeout:g}s (--timeout): the host is down or too slow"
+            why = (
+                f"no SSH answer within {options.connect_timeout:g}s"
+                + hint("--timeout", " (--timeout)")
+                + ": the host is down or too slow"
+            )
         through = " (ProxyCommand)" if hop.proxy_command is not None and first else ""
         raise HostUnreachable(label, f"{role}cannot connect to {hop.address}{through}: {why}") from e
     finally:
@@ -403,8 +422,9 @@ def _connect_hop(
         client.close()
         raise HostUnreachable(
             label,
-            f"{role}cannot connect to {hop.address}: no SSH answer within {options.connect_timeout:g}s "
-            "(--timeout): the host is down or too slow",
+            f"{role}cannot connect to {hop.address}: no SSH answer within {options.connect_timeout:g}s"
+            + hint("--timeout", " (--timeout)")
+            + ": the host is down or too slow",
         )
     return client
 
@@ -460,8 +480,8 @@ class _HostKeyCheck:
             files = ", ".join(self.files) or "none (UserKnownHostsFile none)"
             raise HostKeyError(
                 label,
-                f"{role}known_hosts file {files} does not exist; add the host keys "
-                "(ssh-keyscan, checked out of band) or pass --accept-new-host-keys",
+                f"{role}known_hosts file {files} does not exist; add the host keys (ssh-keyscan, checked out of band)"
+                + hint("--accept-new-host-keys", " or pass --accept-new-host-keys"),
             )
 
     def transport(self, sock: Any, disabled_algorithms: Any = None) -> paramiko.Transport:
@@ -722,8 +742,25 @@ def _sudo_refused(stderr: str) -> bool:
     )
 
 
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused: nothing listens on the SSH port (sshd down?)",
+    errno.EHOSTUNREACH: "no route to the host: it is down or its network is",
+    errno.ENETUNREACH: "the network is unreachable from here",
+    errno.ECONNRESET: "the connection was reset",
+    errno.ETIMEDOUT: "timed out",
+}
+
+
 def _why(e: BaseException) -> str:
+    """Say why a connection failed in the tool's words, not paramiko's (``[Errno None] Unable to connect…``)."""
     if isinstance(e, socket.timeout | TimeoutError):
         return "timed out"
+    errors = getattr(e, "errors", None)  # paramiko's NoValidConnectionsError: one OSError per address tried
+    if isinstance(errors, dict) and errors:
+        return "; ".join(dict.fromkeys(_why(x) for x in errors.values() if isinstance(x, BaseException)))
+    if isinstance(e, OSError) and e.errno:
+        return _ERRNO_WORDS.get(e.errno) or os.strerror(e.errno).lower()
     text = str(e).strip()
+    if "protocol banner" in text:
+        return "the SSH port answered but no SSH greeting came"
     return text or e.__class__.__name__

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from keybuzz_fix.errors import InputError
+from keybuzz_fix.hints import hint
 
 USER_CONFIG = "~/.ssh/config"
 SYSTEM_CONFIG = Path("/etc/ssh/ssh_config")
@@ -409,7 +410,9 @@ class SshConfig:
             flags = (_USERCONF if user_file else 0) | (_FINAL if final else 0)
             if isinstance(self.lines(str(path)), OSError):  # ssh reads what it can open, and says nothing
                 if path == self.required:
-                    raise SshConfigError(str(path), "cannot open the ssh_config file (--ssh-config)")
+                    raise SshConfigError(
+                        str(path), "cannot open the ssh_config file" + hint("--ssh-config", " (--ssh-config)")
+                    )
                 continue
             reader.read(str(path), flags, [True], 0)
 

@@ -16,6 +16,7 @@ from keybuzz_fix.cluster.convert import ConvertPlan
 from keybuzz_fix.cluster.objects import mask_values, project, strip_server_fields, yaml_diff, yaml_stream
 from keybuzz_fix.cluster.rollout import StuckPod
 from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hints import hint
 from keybuzz_fix.report.output import Output, PlanOutput, confirm, print_json, write_stdout
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ _CHANGE_STYLE = {
     "planned": "yellow",
     "not done": "bold red",
 }
+MASKED = "  [dim]env values are masked (they may hold secrets)[/]"
 _DIFF_STYLE = {"@@": "cyan", "+": "green", "-": "red"}
 
 
@@ -88,9 +90,15 @@ class ChangeView:
         """Say that the cluster is already as planned."""
         self.say(f"[green]{self.command}: nothing to do[/]: {why}")
 
-    def accepted_by_server(self, count: int, how: str = "") -> None:
-        """Say that the API server took every change as a dry run."""
-        self.say(f"[yellow]dry run[/]: the API server accepted all {count} change(s){how}; nothing changed")
+    def accepted_by_server(self, count: int, *, before_confirm: bool = False) -> None:
+        """Say that the API server took every change as a (server-side) dry run."""
+        if before_confirm:
+            self.say(f"checked: the API server accepted all {count} change(s) (server-side dry run)")
+        else:
+            self.say(
+                f"[yellow]dry run[/]: the API server accepted all {count} change(s) (server-side dry run); "
+                "nothing changed"
+            )
 
     def confirm(self, question: str, *, yes: bool) -> None:
         """Ask once before changing anything."""
@@ -99,6 +107,11 @@ class ChangeView:
     def waiting(self, kind: str, names: Sequence[str], timeout: float) -> None:
         """Say what the run waits for, and how long at most."""
         self.say(f"waiting for {kind}(s) {', '.join(names)} to be ready (timeout {timeout:g}s)…")
+
+    def readiness(self, counts: dict[str, tuple[int, int]]) -> None:
+        """Show, as it changes, how many pods of each workload are ready (the wait may take minutes)."""
+        shown = ", ".join(f"{name} {ready}/{want}" for name, (ready, want) in counts.items())
+        self.say(f"  pods ready: {shown}")
 
     def stuck(self, pods: Sequence[StuckPod]) -> None:
         """Show the pods that kept a rollout from being ready."""
@@ -110,6 +123,11 @@ class ChangeView:
         if not self.text:
             return
         change_summary(self.console, f"{run.command}: result", run.changes, run.outcome)
+        if run.command == "rollback":
+            self.console.print(
+                "left as they are: the UFW rules ufw and all opened, and the Ingress routes "
+                "(they serve the Deployments as they served the DaemonSets)"
+            )
         t = run.timings
         if "ready" in t and "applied" in t:
             self.console.print(
@@ -169,7 +187,7 @@ def change_plan(
     for r in refusals:
         console.print(f"  [bold red]refused[/] {escape(r)}")
     if not show_values and any(c.changes for c in changes):
-        console.print("  [dim]env values are masked; --show-values reveals them[/]")
+        console.print(hint("--show-values", "  [dim]env values are masked; --show-values reveals them[/]", MASKED))
 
 
 def change_summary(console: Console, title: str, changes: Sequence[Change], outcome: Callable[[Change], str]) -> None:

@@ -100,7 +100,11 @@ class FirewallView:
             )
 
 
-_READ_FROM = {"cluster": "read from the cluster", "config": "from the configuration", "--ports": "given with --ports"}
+_READ_FROM = {
+    "cluster": "read from the cluster",
+    "config": "from the configuration",
+    "--ports": "given on the command line",
+}
 
 
 def wanted_rules(console: Console, wanted: Wanted) -> None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hints import hint
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,7 +32,7 @@ def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
         console.print(f"  {mark} {escape(f.subject)}: {escape(f.detail)}")
     console.print(
         "[bold]Ingress routes[/] (server-side apply, field manager keybuzz-fix"
-        + (", --force-conflicts" if plan.force_conflicts else "")
+        + (hint("--force-conflicts", ", --force-conflicts", ", forced") if plan.force_conflicts else "")
         + "):"
     )
     for r in plan.routes:

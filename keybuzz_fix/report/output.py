@@ -14,6 +14,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.errors import Aborted, UsageError
+from keybuzz_fix.hints import hint
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,16 +50,23 @@ STATUS_STYLE = {
     "planned": "yellow",
     "blocked": "bold yellow",
     "failed": "bold red",
+    "interrupted": "bold yellow",
     "pass": "green",
     "fail": "bold red",
 }
 
 
 def new_console(*, stderr: bool = False) -> Console:
-    """Return the console a command draws on (stdout, or stderr when stdout carries JSON; no highlighting)."""
+    """Return the console a command draws on (stdout, or stderr when stdout carries JSON; no highlighting).
+
+    Into a pipe or a file (``| tee run.log``) lines are not wrapped: a ``ufw allow …`` command or
+    a diff line stays whole, to be copied or searched; tables still fit the width.
+    """
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def print_json(data: Any) -> None:
@@ -104,19 +112,51 @@ def start_trace(verbosity: int) -> None:
     log.propagate = False
 
 
+def end_now(code: int) -> None:
+    """Flush what was printed and end the process at once, without waiting for threads still blocked."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
 def silence_stdout() -> None:
     """Send what is left to print to nowhere: the reader of stdout went away (``| head``)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin was closed
+        return False
+
+
+def can_ask(command: str, *, yes: bool, dry_run: bool = False) -> None:
+    """Refuse, before anything is read or changed, a run that would have to ask but cannot (stdin is not a terminal).
+
+    Called by the CLI before a command connects anywhere: a cron job or a pipe learns at once,
+    not after every host was planned, that it needs ``--yes`` (or ``--dry-run``).
+    """
+    if yes or dry_run or _stdin_is_terminal():
+        return
+    raise UsageError(
+        f"{command} asks before it changes anything, but stdin is not a terminal: "
+        + hint("--yes", "pass --yes to proceed, or --dry-run to only see the plan; ")
+        + "nothing was read or changed"
+    )
 
 
 def confirm(question: str, *, yes: bool) -> None:
     """Ask the operator; ``--yes`` answers for them. A closed stdin never means yes."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not _stdin_is_terminal():
         raise UsageError(
-            f"{question} — needs confirmation but stdin is not a terminal; "
-            "pass --yes to proceed, or --dry-run to only see the plan"
+            f"{question} — needs confirmation but stdin is not a terminal"
+            + hint("--yes", "; pass --yes to proceed, or --dry-run to only see the plan")
         )
     import typer
 

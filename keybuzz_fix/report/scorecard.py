@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hints import hint
 from keybuzz_fix.report.output import STATUS_STYLE, ScoreFormat, print_json, write_stdout
 
 if TYPE_CHECKING:
@@ -46,14 +47,15 @@ def scorecard_table(console: Console, card: Scorecard, *, note: str = "") -> Non
         )
     console.print(table)
     if card.extended:
-        ext = Table(title="Per worker (--extended, not counted in the score)", title_justify="left")
+        title = hint("--extended", "Per worker (--extended, not counted in the score)", "Per worker (not counted)")
+        ext = Table(title=title, title_justify="left")
         for col in ("WORKER", "CHECK", "RESULT", "EVIDENCE"):
             ext.add_column(col, overflow="fold")
         for r in card.extended:
             ext.add_row(r.host, escape(r.check), f"[{STATUS_STYLE[r.status]}]{r.status.upper()}[/]", escape(r.detail))
         console.print(ext)
     verdict = "[bold green]PASS[/]" if card.ok else "[bold red]FAIL[/]"
-    need = "100 % (--strict)" if card.strict else f"{card.threshold} %"
+    need = hint("--strict", "100 % (--strict)", "100 %") if card.strict else f"{card.threshold} %"
     console.print(
         f"Score: {card.passed}/{card.total} = {card.score:.1f} % (pass at ≥ {need}) {verdict}"
         f" in {card.seconds:.1f} s" + (f" — {escape(note)}" if note else "")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
-from keybuzz_fix.cluster.changes import ChangeRun
+from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.ingress import RouteStatus
-from keybuzz_fix.errors import ExitCode, KeybuzzFixError
+from keybuzz_fix.errors import ExitCode, HostUnreachable, KeybuzzFixError
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
 from keybuzz_fix.report.output import STATUS_STYLE
 from keybuzz_fix.report.scorecard import scorecard_json
@@ -25,12 +27,60 @@ if TYPE_CHECKING:
 STEPS = ("ufw", "convert", "ingress", "validate")
 
 
+@dataclass(frozen=True)
+class Target:
+    """Which cluster and which workers a run works on: named in the plan's first line and in the prompt."""
+
+    server: str
+    source: str  # e.g. "kubeconfig ~/.kube/config, context prod"
+    servers: Path | None
+    workers: int
+    namespace: str
+
+    def __str__(self) -> str:
+        where = f"{self.servers}" if self.servers is not None else "the cluster's worker Nodes"
+        return f"cluster {self.server} ({self.source}); {self.workers} worker(s) from {where}"
+
+
+def deletions(changes: Sequence[Change]) -> str:
+    """Count what a plan deletes, by kind: ``2 Deployment(s), 2 HorizontalPodAutoscaler(s)``."""
+    kinds: dict[str, int] = {}
+    for c in changes:
+        if c.verb is Verb.DELETE:
+            kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    return ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items())
+
+
+def question(target: Target, ufw_hosts: int, convert: Sequence[Change], routes: int) -> str:
+    """The one question of ``all``: where, and what changes, deletions counted."""
+    changing = sum(1 for c in convert if c.changes)
+    deleted = deletions(convert)
+    return (
+        f"Apply to {target}: ufw on {ufw_hosts} worker(s); convert: {changing} change(s) in namespace "
+        f"{target.namespace}" + (f", deleting {deleted}" if deleted else "") + f"; {routes} Ingress route(s); "
+        "then validate?"
+    )
+
+
 @dataclass
 class StepLog:
     """Each step's outcome, in order, for the running display and the final summary."""
 
     console: Console
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    def next_steps(self, servers: Path | None) -> None:
+        """Say what comes after the workaround."""
+        from rich.markup import escape
+
+        for line in next_steps(servers):
+            self.console.print(f"[bold]next[/]: {escape(line)}")
+
+    def target(self, target: Target) -> None:
+        """Say, before anything else, which cluster and workers the run works on."""
+        from rich.markup import escape
+
+        self.console.print(f"[bold]target[/]: {escape(str(target))}")
 
     def heading(self, number: int, step: str, phase: str = "") -> None:
         """Draw the rule that opens a step (or its planning)."""
@@ -59,6 +109,38 @@ class StepLog:
             if step not in done:
                 table.add_row(step, "not run", "", "")
         self.console.print(table)
+
+
+def next_steps(servers: Path | None) -> list[str]:
+    """What to do once ``all`` is done: it is a workaround; the overlay stays to be fixed, then undone."""
+    inventory = str(servers) if servers is not None else "servers.tsv"
+    return [
+        "This is a workaround: ClusterIP traffic between the nodes is what was broken. "
+        f"`keybuzz-fix diagnose {inventory}` finds why, and `keybuzz-fix overlay {inventory}` fixes what UFW blocks.",
+        "Once diagnose says the overlay is healthy, `keybuzz-fix rollback --latest` brings the Deployments back "
+        "(it leaves the UFW rules and the Ingress routes in place).",
+    ]
+
+
+def stuck_workers(stuck: Sequence[HostOutcome]) -> str:
+    """Say why ``all`` cannot go on past the firewall plan, per worker in the tool's words, and how to go on."""
+    parts = []
+    for o in stuck:
+        if isinstance(o.error, HostUnreachable):
+            parts.append(f"{o.host.hostname} unreachable ({o.error.problem})")
+        elif o.error is not None:
+            parts.append(f"{o.host.hostname} failed ({o.error.problem})")
+        else:
+            parts.append(f"{o.host.hostname} blocked ({o.message})")
+    names = ",".join(f"!{o.host.hostname}" for o in stuck)
+    going_on = hint(
+        "--limit",
+        f"; to go on without them: --limit '{names}' (their firewall is left as it is, and convert does not wait "
+        "for their pods)",
+        "; to go on without them, bring them back or take their rows out of a copy of servers.tsv (their "
+        "firewall is then left as it is, and convert does not wait for their pods)",
+    )
+    return f"ufw: {len(stuck)} worker(s) cannot be changed safely: {'; '.join(parts)}; nothing changed{going_on}"
 
 
 def describe_firewall_plan(planned: Sequence[HostOutcome]) -> tuple[str, str]:

@@ -74,7 +74,7 @@ def test_apply_then_reapply_changes_nothing(
     keybuzz_cluster: KeybuzzCluster, no_routes: client.NetworkingV1Api, state_dir: Path, tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(app, ["ingress", "--kubeconfig", str(keybuzz_cluster.kubeconfig)])
-    assert result.exit_code == 2 and "needs confirmation but stdin is not a terminal" in result.output
+    assert result.exit_code == 2 and "but stdin is not a terminal: pass --yes" in result.output
     assert no_routes.list_namespaced_ingress(NS).items == []
 
     code, out = run(keybuzz_cluster, str(servers_tsv(tmp_path / "servers.tsv")), "--yes")

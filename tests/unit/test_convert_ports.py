@@ -309,3 +309,12 @@ def test_the_service_may_target_a_sidecar_port():
     proxy = daemonset(p)["spec"]["template"]["spec"]["initContainers"][0]
     assert proxy["ports"] == [{"name": "http", "containerPort": 8080, "hostPort": 8080}]
     assert proxy["env"][0] == {"name": "PORT", "value": "8080"}
+
+
+def test_the_front_service_reason_names_only_what_changes():
+    # keybuzz-front already targets 3000, its host port: the reason must not show "3000 → 3000".
+    reasons = {c.name: c.reason for c in plan(seed()).services}
+    front, api = reasons["keybuzz-front"], reasons["keybuzz-api"]
+    assert "targetPort 3000 → 3000" not in front and "targetPort" not in front
+    assert front.startswith("type ClusterIP → NodePort, port 80: nodePort 30000")
+    assert "targetPort http → 8080" in api

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from keybuzz_fix import storage
 from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host, raise_open_files_limit
 from keybuzz_fix.hosts.sections import MARK, section_name
 from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
@@ -64,6 +65,7 @@ class FirewallRun:
             concurrency=self.concurrency,
             progress=progress,
             label="applying",
+            changing=True,
         )
         done = {a.host.hostname: _outcome(a) for a in attempts}
         return [done.get(o.host.hostname, o) for o in planned]
@@ -157,7 +159,11 @@ class FirewallRun:
         rest = list(commands[len(ran) :])
         if rest:  # it was running: ufw may or may not have finished it
             storage.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip, error=error.problem)
-        what = "connection lost" if isinstance(error, HostUnreachable) else "no answer in time (--timeout)"
+        what = (
+            "connection lost"
+            if isinstance(error, HostUnreachable)
+            else "no answer in time" + hint("--timeout", " (--timeout)")
+        )
         done = f"{len(ran)} of {len(commands)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
         unknown = f"; unknown whether this one finished: {rest[0]}" if rest else ""
         problem = f"{what} while applying: {done}{unknown}; re-run to converge"

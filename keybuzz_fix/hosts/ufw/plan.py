@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from keybuzz_fix.errors import KeybuzzFixError
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.facts import UfwFacts
 from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule, desired_rules
 from keybuzz_fix.hosts.ufw.verdict import (
@@ -77,7 +78,7 @@ class Wanted:
 def ports_given(ports: Sequence[tuple[int, str]], source: str) -> Wanted:
     """Return the rules for ``--ports``: exactly those, from ``source``."""
     return Wanted.of(
-        [(p, proto, f"keybuzz-fix: port {p}/{proto}", "given with --ports", "--ports") for p, proto in ports],
+        [(p, proto, f"keybuzz-fix: port {p}/{proto}", "given on the command line", "--ports") for p, proto in ports],
         source,
         "--ports",
     )
@@ -181,8 +182,8 @@ def plan_rules(
             actions.append(
                 Action(
                     ActionKind.BLOCKED,
-                    "ufw is inactive: rules are not enforced; "
-                    "re-run with --enable to activate it (SSH is allowed first)",
+                    "ufw is inactive: rules are not enforced"
+                    + hint("--enable", "; re-run with --enable to activate it (SSH is allowed first)"),
                 )
             )
             return actions

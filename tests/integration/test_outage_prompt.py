@@ -1,0 +1,79 @@
+"""What the operator reads before the prompt, at a real terminal, against the test control plane.
+
+``convert`` runs in a pseudo-terminal (pexpect) with the seeded KeyBuzz cluster; the operator
+answers no, so the cluster is left as seeded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pexpect
+import pytest
+from kubernetes import client
+
+if TYPE_CHECKING:
+    from tests.cluster.fixtures import KeybuzzCluster
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_convert_prompt_names_the_cluster_and_counts_deletions(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
+    env.update(HOME=str(tmp_path), KEYBUZZ_FIX_STATE_DIR=str(tmp_path / "state"))
+    config = keybuzz_cluster.kubeconfig
+    server = re.search(r"server: (\S+)", config.read_text()).group(1)  # type: ignore[union-attr]
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "keybuzz_fix", "convert", "--kubeconfig", str(config)],
+        env=env,
+        cwd=str(ROOT),
+        dimensions=(50, 250),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=90,
+    )
+    try:
+        child.expect(r"\[y/N\]")
+        before = child.before
+        child.sendline("n")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        child.terminate(force=True)
+    text = re.sub(r"\s+", " ", before)
+    assert f"on {server} (kubeconfig {config}, context " in text
+    assert "Apply 8 change(s) in namespace keybuzz, deleting 2 HorizontalPodAutoscaler(s), 2 Deployment(s), on " in text
+    assert "(dry run)" not in text and "nothing changed" not in text  # a real run's plan
+    assert "3000 → 3000" not in text and "8080 → 8080" not in text  # no non-change shown as a change
+    assert child.exitstatus == 4
+    apps = client.AppsV1Api(keybuzz_cluster.api_client)
+    assert {d.metadata.name for d in apps.list_namespaced_deployment("keybuzz").items} >= {
+        "keybuzz-api",
+        "keybuzz-front",
+    }
+
+
+def test_the_readiness_wait_shows_pods_ready_as_they_come(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
+    # Runs last in this module: it converts the seeded cluster.
+    from typer.testing import CliRunner
+
+    from keybuzz_fix.cli import app
+
+    env = {"KEYBUZZ_FIX_STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(
+        app, ["convert", "--yes", "--timeout", "120", "--kubeconfig", str(keybuzz_cluster.kubeconfig)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    shown = re.findall(r"pods ready: keybuzz-api (\d+)/(\d+), keybuzz-front (\d+)/(\d+)", result.output)
+    assert shown, result.output
+    counts = [tuple(int(x) for x in line) for line in shown]
+    assert len(set(counts)) == len(counts)  # a line only when a count changed
+    workers = len(keybuzz_cluster.worker_names)
+    assert counts[-1] == (workers, workers, workers, workers)  # the last line: every pod ready
+    assert [c[0] for c in counts] == sorted(c[0] for c in counts)  # ready pods only go up
