@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, FirewallResult, HostOutcome, Wanted, tally
 from keybuzz_fix.inventory import Host, Role
 from keybuzz_fix.report.output import STATUS_STYLE, Output, confirm, print_json, progress_bar
@@ -92,10 +93,10 @@ class FirewallView:
         for host, key in result.accepted:
             self.console.print(f"[yellow]accepted new host key[/] for {host}: {key} (recorded in {result.known_hosts})")
         if result.retry_file is not None:
+            rerun = hint("--limit", f": re-run only them with [bold]--limit @{result.retry_file}[/]")
             self.console.print(
                 f"[bold red]{len(result.failed_hosts)} host(s) failed[/] ({', '.join(result.failed_hosts)}); "
-                f"their names are in {result.retry_file}: re-run only them with "
-                f"[bold]--limit @{result.retry_file}[/]",
+                f"their names are in {result.retry_file}{rerun}",
                 soft_wrap=True,
             )
 

@@ -271,7 +271,7 @@ def _plan_one(ruleset: Ruleset, want: UfwRule, where: Arrival, insert_first: boo
             ), ruleset
         return Action(ActionKind.BLOCKED, _blocked(reason, limited, insert_first, skipped=True), want), ruleset
     if is_open(after):
-        where_to = " at the top (ufw prepend, --insert-first)" if insert_first else ""
+        where_to = " at the top (ufw prepend)" if insert_first else ""
         return Action(ActionKind.ADD, f"open {want.describe()}{where_to}", want, first=insert_first), added.ruleset
     if any(p.decision.verdict is Verdict.ALLOW and p.decision.rule == want for j in after for p in j.pieces):
         return (
@@ -291,11 +291,13 @@ def _plan_one(ruleset: Ruleset, want: UfwRule, where: Arrival, insert_first: boo
 def _blocked(reason: str, limited: str, insert_first: bool, *, skipped: bool = False) -> str:
     out = reason + (f" ({limited})" if limited else "")
     if skipped:
-        return out + " (not changed: ufw skips a rule already present, even with --insert-first; move it by hand)"
+        return out + " (not changed: ufw skips a rule already present, even when prepending; move it by hand)"
     if insert_first:
         return out + " (not changed: remove or change that rule by hand)"
-    return (
-        out + " (not changed: re-run with --insert-first to put the allow rule above it, or change that rule by hand)"
+    return out + hint(
+        "--insert-first",
+        " (not changed: re-run with --insert-first to put the allow rule above it, or change that rule by hand)",
+        " (not changed: change that rule by hand)",
     )
 
 
