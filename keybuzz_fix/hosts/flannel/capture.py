@@ -17,7 +17,7 @@ from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ufw import files as ufw_files
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts
 from keybuzz_fix.hosts.ufw.rules import ParseError
-from keybuzz_fix.hosts.ufw.verdict import POLICIES, Ruleset, rule_families
+from keybuzz_fix.hosts.ufw.ruleset import POLICIES, Ruleset, rule_families
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,8 @@ from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.facts import UfwFacts
 from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule, desired_rules
-from keybuzz_fix.hosts.ufw.verdict import (
-    DecidedBy,
-    Decision,
-    Flow,
-    Judgement,
-    Reach,
-    Ruleset,
-    Verdict,
-    judge,
-    judge_rule,
-    rule_families,
-)
+from keybuzz_fix.hosts.ufw.ruleset import Ruleset, rule_families
+from keybuzz_fix.hosts.ufw.verdict import DecidedBy, Decision, Flow, Judgement, Reach, Verdict, judge, judge_rule
 from keybuzz_fix.inventory import Host
 
 
