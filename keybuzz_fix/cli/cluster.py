@@ -9,6 +9,8 @@ import typer
 
 from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
+from keybuzz_fix.cli.connections import connections, namespaced
+from keybuzz_fix.cli.parse import percent, seconds
 from keybuzz_fix.errors import Outcome, UsageError
 from keybuzz_fix.inventory import Role
 from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat, can_ask
@@ -96,9 +98,9 @@ def convert(
         raise UsageError("-o yaml prints the objects convert would apply: use it with --dry-run or --from-file")
     from keybuzz_fix.flows.convert import run_convert
 
-    ready = opt.seconds("--timeout", timeout)
-    reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
-    cfg = opt.namespaced(cfg, config, reach)
+    ready = seconds("--timeout", timeout)
+    reach = connections(env, ssh, cluster=cluster, servers=servers)
+    cfg = namespaced(cfg, config, reach)
     can_ask("convert", yes=yes, dry_run=dry_run)
     return run_convert(
         opt.console_of(ctx),
@@ -161,8 +163,8 @@ def rollback(
     if (backup_file is None) == (not latest):
         raise UsageError("pass exactly one of --backup FILE and --latest")
     path = backup_file if backup_file is not None else latest_backup("convert")
-    ready = opt.seconds("--timeout", timeout)
-    reach = opt.connections(env, ssh, cluster=cluster)
+    ready = seconds("--timeout", timeout)
+    reach = connections(env, ssh, cluster=cluster)
     read_backup(path)  # a missing or malformed backup is named before anything else
     can_ask("rollback", yes=yes, dry_run=dry_run)
     return run_rollback(
@@ -223,8 +225,8 @@ def ingress(
 
     cfg = load_config(config)
     workers = inputs.nodes(servers, Role.WORKER, env) if servers is not None else None
-    reach = opt.connections(env, ssh, cluster=cluster, servers=servers)
-    cfg = opt.namespaced(cfg, config, reach)
+    reach = connections(env, ssh, cluster=cluster, servers=servers)
+    cfg = namespaced(cfg, config, reach)
     can_ask("ingress", yes=yes, dry_run=dry_run)
     return run_ingress(
         opt.console_of(ctx),
@@ -278,9 +280,9 @@ def validate(
     from keybuzz_fix.flows.validate import run_validate
 
     cfg = load_config(config)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
-    cfg = opt.namespaced(cfg, config, reach)
-    required = opt.percent("--threshold", threshold)
+    reach = connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
+    cfg = namespaced(cfg, config, reach)
+    required = percent("--threshold", threshold)
     workers = inputs.nodes(servers, Role.WORKER, env, ssh.user)
     return run_validate(
         opt.console_of(ctx), reach, cfg, workers, threshold=required, strict=strict, extended=extended, output=output
@@ -335,18 +337,18 @@ def all_steps(
     from keybuzz_fix.flows.all import AllOptions, run_all
 
     cfg = load_config(config)
-    reach = opt.connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
-    cfg = opt.namespaced(cfg, config, reach)
+    reach = connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)
+    cfg = namespaced(cfg, config, reach)
     options = AllOptions(
         dry_run=dry_run,
         yes=yes,
         enable=enable,
         insert_first=insert_first,
-        ready_timeout=opt.seconds("--ready-timeout", ready_timeout),
+        ready_timeout=seconds("--ready-timeout", ready_timeout),
         force_conflicts=force_conflicts,
         keep_port=keep_port,
         allow_managed=allow_managed,
-        threshold=opt.percent("--threshold", threshold),
+        threshold=percent("--threshold", threshold),
         strict=strict,
         json=output is Output.JSON,
         servers=servers,
