@@ -82,7 +82,7 @@ def all_steps(
     keep_port: opt.KeepPortOpt = False,
     allow_managed: opt.AllowManagedOpt = False,
     ready_timeout: Annotated[
-        float, typer.Option("--ready-timeout", help="convert: opt.seconds to wait for the DaemonSets to be ready.")
+        float, typer.Option("--ready-timeout", help="convert: seconds to wait for the DaemonSets to be ready.")
     ] = opt.READY_TIMEOUT,
     threshold: opt.ThresholdOpt = None,
     strict: opt.StrictOpt = False,
