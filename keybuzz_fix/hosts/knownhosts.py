@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keybuzz_fix.hints import hint
-from keybuzz_fix.hosts.sshconfig import match_hostname
+from keybuzz_fix.hosts.sshconfig.misc import match_hostname
 
 CA = "cert-authority"
 REVOKED = "revoked"

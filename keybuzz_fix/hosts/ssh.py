@@ -43,7 +43,8 @@ from keybuzz_fix.errors import (
 )
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts import knownhosts
-from keybuzz_fix.hosts.sshconfig import SYSTEM_CONFIG, Hop, Route, SshConfig
+from keybuzz_fix.hosts.sshconfig.config import SYSTEM_CONFIG, SshConfig
+from keybuzz_fix.hosts.sshconfig.hops import Hop, Route
 from keybuzz_fix.inventory import Host
 
 if TYPE_CHECKING:
