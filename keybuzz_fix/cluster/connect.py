@@ -15,7 +15,7 @@
   same SSH connection instead, to the master's own 127.0.0.1:6443 (as ``ssh -L`` would). It is
   written to disk only with ``--save-kubeconfig FILE`` (mode 0600).
 
-Only the :class:`~keybuzz_fix.cluster.client.Endpoint` is built here: the requests go through
+Only the :class:`~keybuzz_fix.cluster.rest.Endpoint` is built here: the requests go through
 :mod:`keybuzz_fix.cluster.client`.
 """
 
@@ -35,7 +35,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from keybuzz_fix import storage
-from keybuzz_fix.cluster.client import Endpoint, Kube
+from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.rest import Endpoint
 from keybuzz_fix.errors import ClusterError, HostError, KubeconfigError, UsageError, one_line, redact
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ssh import Session, SshOptions, open_session
