@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from keybuzz_fix.cluster.changes import Change, Verb
-from keybuzz_fix.cluster.client import RESOURCES, Kube
+from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.objects import Obj, status_of
+from keybuzz_fix.cluster.resources import RESOURCES
 from keybuzz_fix.errors import Forbidden
 
 _VERBS = {Verb.CREATE: ["create"], Verb.PATCH: ["patch"], Verb.DELETE: ["delete"]}

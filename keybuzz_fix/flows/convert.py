@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun, sent
 from keybuzz_fix.cluster.client import Kube
-from keybuzz_fix.cluster.convert import ConvertPlan, Observed, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
 from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj, meta_of, parse_objects
+from keybuzz_fix.cluster.observed import Observed, observed_from_objects
 from keybuzz_fix.cluster.rbac import permissions, preflight
 from keybuzz_fix.cluster.rollout import Stuck, send, wait_handover, wait_ready
 from keybuzz_fix.config import Config

@@ -290,7 +290,7 @@ def test_no_trace_without_v():
 
 
 def test_traced_bodies_mask_env_values_and_drop_credentials():
-    from keybuzz_fix.cluster.client import _traced_body
+    from keybuzz_fix.cluster.rest import _traced_body
     from keybuzz_fix.errors import redact_credentials
 
     ds = {

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from keybuzz_fix import config
-from keybuzz_fix.cluster.convert import Observed, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.convert import plan_convert
 from keybuzz_fix.cluster.objects import parse_objects
+from keybuzz_fix.cluster.observed import Observed, observed_from_objects
 from keybuzz_fix.cluster.owners import TRACKING_ANNOTATIONS, TRACKING_LABELS, managers_of, untracked
 
 DATA = Path(__file__).parent.parent / "data"

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from keybuzz_fix import config
-from keybuzz_fix.cluster.convert import observed_from_objects, plan_convert
+from keybuzz_fix.cluster.convert import plan_convert
 from keybuzz_fix.cluster.objects import parse_objects
+from keybuzz_fix.cluster.observed import observed_from_objects
 from keybuzz_fix.cluster.placement import Handover, fit_for_daemonset, left_out
 from keybuzz_fix.cluster.rollout import not_held
 from keybuzz_fix.cluster.scheduling import fits, host_ports, selector_matches, tolerates, why_not

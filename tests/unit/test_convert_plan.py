@@ -9,8 +9,10 @@ import yaml
 
 from keybuzz_fix import config
 from keybuzz_fix.cluster.changes import Verb
-from keybuzz_fix.cluster.convert import Observed, daemonset_for, observed_from_objects, plan_convert
+from keybuzz_fix.cluster.convert import plan_convert
+from keybuzz_fix.cluster.daemonset import daemonset_for
 from keybuzz_fix.cluster.objects import MANAGED_BY, is_subset, parse_objects
+from keybuzz_fix.cluster.observed import Observed, observed_from_objects
 from keybuzz_fix.report.changes import offline_json
 
 DATA = Path(__file__).parent.parent / "data"

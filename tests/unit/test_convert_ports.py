@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from keybuzz_fix import config
-from keybuzz_fix.cluster.convert import observed_from_objects, plan_convert
+from keybuzz_fix.cluster.convert import plan_convert
 from keybuzz_fix.cluster.objects import parse_objects
+from keybuzz_fix.cluster.observed import observed_from_objects
 from keybuzz_fix.cluster.podports import dedupe_env, env_entry, names_port
 
 DATA = Path(__file__).parent.parent / "data"

@@ -184,7 +184,8 @@ def trickling_json(conn: socket.socket, stop) -> None:  # type: ignore[no-untype
     ],
 )
 def test_an_api_call_ends_within_its_timeout(server, behaviour, scheme: str) -> None:
-    from keybuzz_fix.cluster.client import Endpoint, Kube
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.cluster.rest import Endpoint
     from keybuzz_fix.errors import ClusterError
 
     s = server(behaviour)
@@ -202,7 +203,8 @@ def test_an_api_call_ends_within_its_timeout(server, behaviour, scheme: str) -> 
 
 def test_an_api_call_after_a_cut_one_works_again(server) -> None:
     """The connection the deadline cut is not reused: the next call on the same client gets its answer."""
-    from keybuzz_fix.cluster.client import Endpoint, Kube
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.cluster.rest import Endpoint
     from keybuzz_fix.errors import ClusterError
 
     calls = []
@@ -276,7 +278,8 @@ def test_an_ssh_connection_ends_within_its_timeout(server, behaviour, tmp_path) 
 
 def test_a_watch_that_trickles_past_its_time_ends(server) -> None:
     """The API server ends a watch after timeoutSeconds; a stream that trickles on is cut 10 s later."""
-    from keybuzz_fix.cluster.client import Endpoint, Kube
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.cluster.rest import Endpoint
 
     def bookmarks_forever(conn: socket.socket, stop) -> None:  # type: ignore[no-untyped-def]
         slow.read_request(conn, stop)
