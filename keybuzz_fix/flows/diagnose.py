@@ -29,6 +29,7 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.hosts.flannel.capture import Capture, parse_capture
 from keybuzz_fix.hosts.flannel.collect import collect_script
 from keybuzz_fix.hosts.parallel import on_each_host
+from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ssh import AcceptedKeys, SshOptions, open_session
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.diagnosis import show_diagnosis
@@ -90,7 +91,14 @@ def run_from_dir(console: Console, directory: Path, output: Output) -> Diagnosis
         if name not in files:
             nodes.append(NodeView(name, address, error=f"no {name}.txt in {directory}"))
             continue
-        capture = parse_capture(read_input(files[name]))
+        text = read_input(files[name])
+        if not split_sections(text):
+            raise InputError(
+                str(files[name]),
+                "not a capture: none of the collect script's sections (make it with: sh collect.sh > HOSTNAME.txt, "
+                "collect.sh from diagnose --collect-script)",
+            )
+        capture = parse_capture(text)
         if address is None:
             address = _guess_address(capture)
         nodes.append(NodeView(name, address, capture))

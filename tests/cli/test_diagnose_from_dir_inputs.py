@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CAPTURE = "this is not a capture\n"
+CAPTURE = "@@keybuzz-fix@@ hostname\nn1\n"  # a capture cut short after its first section
 
 NODES = {
     "pod-cidr-not-a-network": "items:\n- metadata: {name: n1}\n  spec: {podCIDR: abc}\n",
@@ -48,3 +48,25 @@ def test_a_malformed_node_field_is_judged_as_absent_not_a_traceback(tmp_path: Pa
     assert report["command"] == "diagnose"
     assert report["exit_code"] == result.returncode
     assert [h["hostname"] for h in report["hosts"]] == ["n1"], report["hosts"]
+
+
+@pytest.mark.parametrize("text", ["", "this is not a capture\n", "ssh: connect to host n1 port 22: timed out\n"])
+def test_a_file_that_is_not_a_capture_is_bad_input_not_a_healthy_node(tmp_path: Path, text: str) -> None:
+    (tmp_path / "n1.txt").write_text(text, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "KEYBUZZ_FIX_", "XDG_"))}
+    env["HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "keybuzz_fix", "diagnose", "--from-dir", str(tmp_path), "-o", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"keybuzz-fix: error: {tmp_path / 'n1.txt'}: not a capture: none of the collect script's sections "
+        "(make it with: sh collect.sh > HOSTNAME.txt, collect.sh from diagnose --collect-script)"
+    ]
