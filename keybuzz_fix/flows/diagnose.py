@@ -95,8 +95,8 @@ def run_from_dir(console: Console, directory: Path, output: Output) -> Diagnosis
         if not split_sections(text):
             raise InputError(
                 str(files[name]),
-                "not a capture: none of the collect script's sections (make it with: sh collect.sh > HOSTNAME.txt, "
-                "collect.sh from diagnose --collect-script)",
+                "not a capture: none of the collect script's sections "
+                "(expected the output of sh collect.sh > HOSTNAME.txt)",
             )
         capture = parse_capture(text)
         if address is None:

@@ -68,5 +68,5 @@ def test_a_file_that_is_not_a_capture_is_bad_input_not_a_healthy_node(tmp_path: 
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"keybuzz-fix: error: {tmp_path / 'n1.txt'}: not a capture: none of the collect script's sections "
-        "(make it with: sh collect.sh > HOSTNAME.txt, collect.sh from diagnose --collect-script)"
+        "(expected the output of sh collect.sh > HOSTNAME.txt)"
     ]
