@@ -124,7 +124,16 @@ def read_input(path: Path, error: type[InputError] = InputError, *, missing: str
     except FileNotFoundError:
         raise error(str(path), missing) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise error(str(path), f"cannot read: {e.__class__.__name__}") from None
+        raise error(str(path), f"cannot read: {why_unreadable(e)}") from None
+
+
+def why_unreadable(e: OSError | UnicodeDecodeError) -> str:
+    """Say in words why a text file could not be read (a directory, no permission, not UTF-8)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, expected a file"
+    return e.strerror or e.__class__.__name__
 
 
 def one_line(text: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from keybuzz_fix.errors import InputError, UsageError
+from keybuzz_fix.errors import InputError, UsageError, why_unreadable
 
 REQUIRED_COLUMNS = ("ENV", "HOSTNAME", "IP_PRIVEE", "USER_SSH", "ROLE", "SUBROLE")
 _ABSENT = ("", "-")
@@ -344,7 +344,7 @@ def _limit_file(name: str, option: str) -> list[str]:
     except FileNotFoundError:
         raise UsageError(f"{option} @{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{option} @{name}: cannot read: {e.__class__.__name__}") from None
+        raise UsageError(f"{option} @{name}: cannot read: {why_unreadable(e)}") from None
     names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise UsageError(f"{option} @{name}: the file names no host")

@@ -113,11 +113,19 @@ class _Group(TyperGroup):
 
         options = argv[: argv.index("--")] if "--" in argv else argv
         code = raw_main(
-            program, debug=lambda: bool(contexts and contexts[0].params.get("debug")), detailed="--exit-code" in options
+            program,
+            debug=lambda: bool(contexts and contexts[0].params.get("debug")),
+            detailed="--exit-code" in options and self._has_exit_code(options),
         )
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def _has_exit_code(self, options: Sequence[str]) -> bool:
+        """Whether the command named on the line has ``--exit-code`` (elsewhere it is a bad option: exit 2)."""
+        name = next((word for word in options if word in self.commands), None)
+        command = self.commands.get(name) if name else None
+        return command is not None and any("--exit-code" in getattr(p, "opts", ()) for p in command.params)
 
 
 ENV_PREFIX = "KEYBUZZ_FIX_"

@@ -193,9 +193,10 @@ def node_of(pod: Obj) -> str | None:
 
 
 def internal_ip(node: Obj) -> str | None:
-    """Return a Node's InternalIP."""
-    for a in status_of(node).get("addresses") or []:
-        if a.get("type") == "InternalIP":
+    """Return a Node's InternalIP (None when its addresses are missing or malformed, as in a hand-edited file)."""
+    addresses = status_of(node).get("addresses")
+    for a in addresses if isinstance(addresses, list) else []:
+        if isinstance(a, dict) and a.get("type") == "InternalIP":
             return str(a.get("address"))
     return None
 

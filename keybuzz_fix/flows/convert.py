@@ -32,8 +32,8 @@ from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Forbidden, InputError, Interrupted, KeybuzzFixError, PlanRefused, read_input
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.report.changes import ChangeView, offline_plan
-from keybuzz_fix.report.output import PlanOutput
+from keybuzz_fix.report.changes import ChangeView, offline_json, offline_plan
+from keybuzz_fix.report.output import PlanOutput, print_json
 from keybuzz_fix.report.steps import deletions
 
 if TYPE_CHECKING:
@@ -347,7 +347,11 @@ def run_offline(
     state = observed_from_objects(objects, cfg, workers)
     plan = plan_convert(cfg, state, keep_port=keep_port, allow_managed=allow_managed)
     if plan.refusals:
-        _show(ChangeView(console, output, CONVERT, show_values=show_values), f"{CONVERT}: refused ({path})", plan)
-        raise PlanRefused(f"{path}: convert refused: {'; '.join(plan.refusals)}")
+        refused = PlanRefused(f"{path}: convert refused: {'; '.join(plan.refusals)}")
+        if output is PlanOutput.JSON:
+            print_json(offline_json(plan, str(refused)))
+        else:
+            _show(ChangeView(console, output, CONVERT, show_values=show_values), f"{CONVERT}: refused ({path})", plan)
+        raise refused
     offline_plan(console, plan, path, output, show_values=show_values)
     return plan

@@ -29,6 +29,7 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.hosts.flannel.capture import Capture, parse_capture
 from keybuzz_fix.hosts.flannel.collect import collect_script
 from keybuzz_fix.hosts.parallel import on_each_host
+from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ssh import open_session
 from keybuzz_fix.hosts.sshoptions import AcceptedKeys, SshOptions
 from keybuzz_fix.inventory import Host
@@ -91,7 +92,14 @@ def run_from_dir(console: Console, directory: Path, output: Output) -> Diagnosis
         if name not in files:
             nodes.append(NodeView(name, address, error=f"no {name}.txt in {directory}"))
             continue
-        capture = parse_capture(read_input(files[name]))
+        text = read_input(files[name])
+        if not split_sections(text):
+            raise InputError(
+                str(files[name]),
+                "not a capture: none of the collect script's sections "
+                "(expected the output of sh collect.sh > HOSTNAME.txt)",
+            )
+        capture = parse_capture(text)
         if address is None:
             address = _guess_address(capture)
         nodes.append(NodeView(name, address, capture))
@@ -141,14 +149,31 @@ def _items(path: Path) -> list[dict[str, Any]]:
     try:
         data = yaml.safe_load(read_input(path))
     except yaml.YAMLError as e:
-        raise InputError(str(path), f"not YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(str(path), f"not YAML: {problem}", line) from None
     if isinstance(data, dict) and data.get("kind") == "List" or isinstance(data, dict) and "items" in data:
         items = data.get("items") or []
+        if not isinstance(items, list):
+            raise InputError(str(path), f"items: expected a list, found {type(items).__name__}")
     elif isinstance(data, dict):
         items = [data]
     else:
         raise InputError(str(path), "expected kubectl's -o yaml output (a List)")
-    return [i for i in items if isinstance(i, dict)]
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InputError(str(path), f"items[{n}]: expected an object, found {type(item).__name__}")
+        for key in ("metadata", "spec", "status"):
+            if not isinstance(item.get(key) or {}, dict):
+                raise InputError(str(path), f"items[{n}].{key}: expected a mapping, found {type(item[key]).__name__}")
+        meta = item.get("metadata") or {}
+        for key in ("annotations", "labels"):
+            if not isinstance(meta.get(key) or {}, dict):
+                raise InputError(
+                    str(path), f"items[{n}].metadata.{key}: expected a mapping, found {type(meta[key]).__name__}"
+                )
+    return items
 
 
 def _guess_address(capture: Capture) -> str | None:

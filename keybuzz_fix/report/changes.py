@@ -244,8 +244,10 @@ def change_json(change: Change) -> dict[str, Any]:
     }
 
 
-def offline_json(plan: ConvertPlan) -> dict[str, Any]:
+def offline_json(plan: ConvertPlan, error: str | None = None) -> dict[str, Any]:
     """Return ``convert --from-file -o json``: what would be applied and deleted, and the warnings.
+
+    A refused plan (``error`` set) applies and deletes nothing: its ``refusals`` say why, exit code 1.
 
     Machine output is complete (env values unmasked: it is what would be applied, so it can be
     piped to ``kubectl apply -f -``); masking is for the human plan. Secrets are never read: a
@@ -256,13 +258,16 @@ def offline_json(plan: ConvertPlan) -> dict[str, Any]:
         for c in plan.hpas + plan.deployments
         if c.verb is Verb.DELETE
     ]
+    refused = error is not None
     return {
         "command": "convert",
         "dry_run": True,
-        "exit_code": int(ExitCode.of(plan)),
-        "apply": plan.applied_objects(show_values=True),
-        "delete": deletes,
+        "exit_code": int(ExitCode.FAILURE if refused else ExitCode.of(plan)),
+        "apply": [] if refused else plan.applied_objects(show_values=True),
+        "delete": [] if refused else deletes,
         "warnings": list(plan.warnings),
+        "refusals": list(plan.refusals),
+        "error": error,
     }
 
 

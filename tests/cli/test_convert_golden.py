@@ -57,7 +57,12 @@ def test_golden_refusals(case):
     assert str(DATA / case / "state.yaml") in line
     for needle in needles:
         assert needle in line
-    assert result.stdout == ""  # no objects for a refused state
+    if result.exit_code == 1:  # refused: one JSON document that applies nothing and says why
+        report = json.loads(result.stdout)
+        assert report["exit_code"] == 1 and report["apply"] == [] and report["delete"] == []
+        assert report["refusals"] and report["error"] == line.removeprefix("keybuzz-fix: error: ")
+    else:  # bad input: stopped before any plan
+        assert result.stdout == ""
     assert "Traceback" not in result.output
 
 

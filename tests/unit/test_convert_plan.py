@@ -389,7 +389,8 @@ def test_to_back_up_holds_what_changes_only():
 def test_offline_json_shape_is_complete():
     plan = plan_convert(CFG, seed_state())
     out = offline_json(plan)
-    assert set(out) == {"command", "dry_run", "exit_code", "apply", "delete", "warnings"}
+    assert set(out) == {"command", "dry_run", "exit_code", "apply", "delete", "warnings", "refusals", "error"}
+    assert out["refusals"] == [] and out["error"] is None
     env = out["apply"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0] == {"name": "PORT", "value": "8080"}
     assert env[1] == {"name": "NODE_ENV", "value": "production"}  # machine output is never masked

@@ -91,10 +91,10 @@ def api_nodes(objects: Sequence[Mapping[str, Any]]) -> tuple[ApiNode, ...]:
             ApiNode(
                 name=str(meta.get("name", "")),
                 internal_ip=internal_ip(dict(obj)),
-                public_ip=notes.get(PREFIX + "public-ip"),
-                backend_type=notes.get(PREFIX + "backend-type"),
+                public_ip=_str_or_none(notes.get(PREFIX + "public-ip")),
+                backend_type=_str_or_none(notes.get(PREFIX + "backend-type")),
                 vtep_mac=str(mac).lower() if mac else None,
-                pod_cidr=spec.get("podCIDR"),
+                pod_cidr=_cidr_or_none(spec.get("podCIDR")),
             )
         )
     return tuple(out)
@@ -120,3 +120,16 @@ def is_dns_pod(pod: Mapping[str, Any]) -> bool:
     return meta.get("namespace") == "kube-system" and any(
         all(labels.get(k) == v for k, v in want.items()) for want in DNS_LABELS
     )
+
+
+def _str_or_none(value: object) -> str | None:
+    """A field that must be a string; anything else (a hand-edited capture) counts as absent."""
+    return value if isinstance(value, str) else None
+
+
+def _cidr_or_none(value: object) -> str | None:
+    """A Node's podCIDR when it is a network; anything else (a hand-edited capture) counts as absent."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False)) if isinstance(value, str) else None
+    except ValueError:
+        return None
