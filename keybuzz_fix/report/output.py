@@ -95,10 +95,20 @@ def note_line(message: str) -> None:
     print(f"keybuzz-fix: note: {' '.join(message.split())}", file=sys.stderr)
 
 
+_VERBOSITY = 0
+
+
+def verbosity() -> int:
+    """Return how many ``-v`` the command line gave (0: the plan's summary and what matters, not every detail)."""
+    return _VERBOSITY
+
+
 def start_trace(verbosity: int) -> None:
     """Send the trace of remote commands and API requests to stderr: ``-v`` one line each, ``-vv`` with bodies."""
     import logging
 
+    global _VERBOSITY
+    _VERBOSITY = verbosity
     log = logging.getLogger("keybuzz_fix.trace")
     for old in [h for h in log.handlers if getattr(h, "keybuzz_fix", False)]:
         log.removeHandler(old)
