@@ -17,7 +17,8 @@ from keybuzz_fix.cluster.ingress import ServingFacts, route_backends, serving_pr
 from keybuzz_fix.cluster.objects import Obj, name_of, spec_of
 from keybuzz_fix.config import Config
 from keybuzz_fix.hosts.reach import Paths, Reach
-from keybuzz_fix.hosts.ufw.plan import ActionKind, HostOutcome
+from keybuzz_fix.hosts.ufw.plan import ActionKind
+from keybuzz_fix.hosts.ufw.run import HostOutcome
 
 
 class UrlAnswer(Protocol):

@@ -94,7 +94,7 @@ def ufw(
     """
     from keybuzz_fix.config import load_config
     from keybuzz_fix.flows.firewall import run_firewall, worker_rules
-    from keybuzz_fix.hosts.ufw.plan import ports_given
+    from keybuzz_fix.hosts.ufw.run import ports_given
 
     cfg = load_config(config)
     allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source

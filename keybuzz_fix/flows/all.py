@@ -33,7 +33,7 @@ from keybuzz_fix.flows.firewall import worker_rules
 from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
 from keybuzz_fix.flows.validate import WorkerAccess, score_cluster
 from keybuzz_fix.hosts.ufw.apply import FirewallRun
-from keybuzz_fix.hosts.ufw.plan import HostOutcome, Wanted
+from keybuzz_fix.hosts.ufw.run import HostOutcome, Wanted
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView

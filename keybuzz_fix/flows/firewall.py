@@ -18,7 +18,7 @@ from keybuzz_fix.config import Config
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.hosts.ufw.apply import FirewallRun
-from keybuzz_fix.hosts.ufw.plan import FirewallResult, HostExtra, HostOutcome, Wanted
+from keybuzz_fix.hosts.ufw.run import FirewallResult, HostExtra, HostOutcome, Wanted
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.hosts import FirewallView
 from keybuzz_fix.report.output import Output

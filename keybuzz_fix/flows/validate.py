@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks import scorecard as sc
-from keybuzz_fix.checks.http import HttpOptions, http_get, http_round, tcp_open, tls_context
+from keybuzz_fix.checks.exchange import tcp_open
+from keybuzz_fix.checks.http import HttpOptions, http_get, http_round, tls_context
 from keybuzz_fix.checks.scorecard import Row, Scorecard, ScoredCheck
 from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.ingress import ServingFacts, controller_class, key_of, referenced_secrets

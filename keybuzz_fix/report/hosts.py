@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.errors import ExitCode
 from keybuzz_fix.hints import hint
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, FirewallResult, HostOutcome, Wanted, tally
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind
+from keybuzz_fix.hosts.ufw.run import FirewallResult, HostOutcome, Wanted, tally
 from keybuzz_fix.inventory import Host, Role
 from keybuzz_fix.report.output import STATUS_STYLE, Output, confirm, print_json, progress_bar
 

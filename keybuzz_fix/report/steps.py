@@ -17,7 +17,7 @@ from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.ingress import RouteStatus
 from keybuzz_fix.errors import ExitCode, HostUnreachable, KeybuzzFixError
 from keybuzz_fix.hints import hint
-from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
+from keybuzz_fix.hosts.ufw.run import HostOutcome, HostStatus
 from keybuzz_fix.report.output import STATUS_STYLE
 from keybuzz_fix.report.scorecard import scorecard_json
 

@@ -21,7 +21,8 @@ from keybuzz_fix.hosts.sections import MARK
 from keybuzz_fix.hosts.ssh import CommandResult
 from keybuzz_fix.hosts.ufw import apply as ufw_apply
 from keybuzz_fix.hosts.ufw.facts import parse_ufw_facts
-from keybuzz_fix.hosts.ufw.plan import Arrival, HostOutcome, plan_rules, ports_given
+from keybuzz_fix.hosts.ufw.plan import Arrival, plan_rules
+from keybuzz_fix.hosts.ufw.run import HostOutcome, ports_given
 from keybuzz_fix.inventory import Host
 
 DATA = Path(__file__).parent.parent / "data" / "ufw"

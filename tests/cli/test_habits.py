@@ -114,7 +114,7 @@ def test_every_planning_command_takes_exit_code(command):
 
 def test_firewall_result_exit_codes():
     from keybuzz_fix.errors import ExitCode
-    from keybuzz_fix.hosts.ufw.plan import FirewallResult, HostOutcome, HostStatus
+    from keybuzz_fix.hosts.ufw.run import FirewallResult, HostOutcome, HostStatus
     from keybuzz_fix.inventory import Host
 
     def run(*statuses):

@@ -258,8 +258,8 @@ def test_only_hosts_with_changes_keep_their_connection(
     from keybuzz_fix import inventory
     from keybuzz_fix.hosts.ssh import SshOptions
     from keybuzz_fix.hosts.ufw.apply import FirewallRun
-    from keybuzz_fix.hosts.ufw.plan import HostStatus
     from keybuzz_fix.hosts.ufw.rules import desired_rules
+    from keybuzz_fix.hosts.ufw.run import HostStatus
 
     with lab_factory(["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"]) as lab:
         servers = lab.servers_tsv(tmp_path / "servers.tsv")

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from keybuzz_fix.hosts.ufw.verdict import Decision, Flow, Ruleset, decide, judge
+from keybuzz_fix.hosts.ufw.ruleset import Ruleset
+from keybuzz_fix.hosts.ufw.verdict import Decision, Flow, decide, judge
 from tests.lab.hosts import Lab, LabHost
 
 V6 = "fd6b:6266:7566"

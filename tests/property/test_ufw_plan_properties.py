@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from keybuzz_fix.hosts.ufw.facts import UfwFacts
 from keybuzz_fix.hosts.ufw.plan import ActionKind, Arrival, is_open, judge_wanted, plan_rules
 from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule
-from keybuzz_fix.hosts.ufw.verdict import rule_families
+from keybuzz_fix.hosts.ufw.ruleset import rule_families
 
 WANTED = [
     UfwRule(port="31695", proto="tcp", source="10.0.0.0/16", comment="keybuzz-fix: HTTP"),

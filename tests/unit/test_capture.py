@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix.hosts.flannel.capture import Probe, parse_capture, parse_links, parse_probes
+from keybuzz_fix.hosts.flannel.capture import parse_capture
 from keybuzz_fix.hosts.flannel.collect import collect_script
 from keybuzz_fix.hosts.flannel.facts import parse_features
+from keybuzz_fix.hosts.flannel.outputs import Probe, parse_links, parse_probes
 
 DATA = Path(__file__).parent.parent / "data" / "diagnose"
 

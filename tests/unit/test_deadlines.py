@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from keybuzz_fix.checks import exchange
 from keybuzz_fix.checks import http as probe
 from keybuzz_fix.checks.http import HttpOptions
 from tests.lab import slow_server as slow
@@ -129,7 +130,7 @@ def test_a_tcp_check_against_a_full_accept_queue_is_bounded(server) -> None:
         held.append(c)
     time.sleep(0.2)
     try:
-        (ok, detail), took = timed(probe.tcp_open, "127.0.0.1", s.port, 1.0)
+        (ok, detail), took = timed(exchange.tcp_open, "127.0.0.1", s.port, 1.0)
     finally:
         for c in held:
             c.close()
@@ -147,13 +148,13 @@ def test_a_tcp_check_against_a_full_accept_queue_is_bounded(server) -> None:
     ],
 )
 def test_parse_head(head: bytes, expected: tuple) -> None:
-    assert probe.parse_head(head) == expected
+    assert exchange.parse_head(head) == expected
 
 
 @pytest.mark.parametrize("head", [b"HTTP/1.1 2000 OK\r\n\r\n", b"hello\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n"])
 def test_parse_head_refuses(head: bytes) -> None:
-    with pytest.raises(probe.BadAnswer):
-        probe.parse_head(head)
+    with pytest.raises(exchange.BadAnswer):
+        exchange.parse_head(head)
 
 
 # -- API calls -------------------------------------------------------------------------------------

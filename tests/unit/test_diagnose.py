@@ -17,7 +17,7 @@ from keybuzz_fix.checks.diagnose.filters import Flow, ufw_verdict
 from keybuzz_fix.checks.diagnose.kernel import affected_kernel
 from keybuzz_fix.cli import app
 from keybuzz_fix.hosts.flannel.capture import parse_capture
-from keybuzz_fix.hosts.ufw.verdict import Ruleset
+from keybuzz_fix.hosts.ufw.ruleset import Ruleset
 from keybuzz_fix.report.diagnosis import host_list
 from tests.unit.world import NodeSpec, World, healthy_tables, remote, three_nodes, ufw_text
 

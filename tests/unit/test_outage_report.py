@@ -133,7 +133,7 @@ def test_a_refused_ssh_connection_is_said_in_the_tools_words(tmp_path):
 
 def test_all_names_each_stuck_worker_and_how_to_go_on():
     from keybuzz_fix.errors import HostUnreachable
-    from keybuzz_fix.hosts.ufw.plan import HostOutcome, HostStatus
+    from keybuzz_fix.hosts.ufw.run import HostOutcome, HostStatus
     from keybuzz_fix.report.steps import stuck_workers
 
     dead = HostOutcome(

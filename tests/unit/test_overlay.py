@@ -13,8 +13,9 @@ from keybuzz_fix.hosts.ssh import CommandResult, SshOptions
 from keybuzz_fix.hosts.ufw import apply as firewall_apply
 from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, FirewallRun
 from keybuzz_fix.hosts.ufw.facts import UfwFacts
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra, HostStatus
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind
 from keybuzz_fix.hosts.ufw.rules import parse_rule_command
+from keybuzz_fix.hosts.ufw.run import HostExtra, HostStatus
 from keybuzz_fix.inventory import Host
 
 DATA = Path(__file__).parent.parent / "data"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from keybuzz_fix.checks import exchange
 from keybuzz_fix.checks import http as probe
 from keybuzz_fix.checks.http import HttpOptions
 from keybuzz_fix.errors import UsageError
@@ -182,7 +183,7 @@ def test_connection_refused() -> None:
     a = probe.http_get(f"http://127.0.0.1:{port}/", opts(retries=1))
     assert (a.status, a.reason, a.attempts) == (None, "connection refused", 2)
     assert a.describe().startswith(f"error: connection refused via 127.0.0.1:{port} (2 attempts")
-    ok, detail = probe.tcp_open("127.0.0.1", port, 1.0)
+    ok, detail = exchange.tcp_open("127.0.0.1", port, 1.0)
     assert not ok and "connection refused" in detail
 
 

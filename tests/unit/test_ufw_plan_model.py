@@ -9,8 +9,9 @@ from keybuzz_fix.hosts.ssh import CommandResult, SshOptions
 from keybuzz_fix.hosts.ufw import apply as ufw_apply
 from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, FirewallRun
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_addresses, parse_ufw_facts
-from keybuzz_fix.hosts.ufw.plan import ActionKind, Arrival, HostStatus, plan_rules
+from keybuzz_fix.hosts.ufw.plan import ActionKind, Arrival, plan_rules
 from keybuzz_fix.hosts.ufw.rules import UfwRule, parse_rule_command
+from keybuzz_fix.hosts.ufw.run import HostStatus
 from keybuzz_fix.inventory import Host
 
 HTTP = UfwRule(port="31695", proto="tcp", source="10.0.0.0/16", comment="keybuzz-fix: ingress-nginx HTTP NodePort")

@@ -16,20 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keybuzz_fix.hosts.ufw.apps import UnknownProfile, parse_app_profiles
 from keybuzz_fix.hosts.ufw.rules import UfwRule, parse_rule_command
-from keybuzz_fix.hosts.ufw.verdict import (
-    DecidedBy,
-    Flow,
-    Reach,
-    Ruleset,
-    UnknownProfile,
-    Verdict,
-    decide,
-    judge,
-    judge_rule,
-    parse_app_profiles,
-    rule_families,
-)
+from keybuzz_fix.hosts.ufw.ruleset import Ruleset, rule_families
+from keybuzz_fix.hosts.ufw.verdict import DecidedBy, Flow, Reach, Verdict, decide, judge, judge_rule
 
 DATA = Path(__file__).parent.parent / "data" / "ufw"
 LB = "10.0.0.0/16"  # the private network the load balancer and the nodes live in

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from keybuzz_fix.hosts.flannel.capture import Tables
 from keybuzz_fix.hosts.ufw import verdict
 from keybuzz_fix.hosts.ufw.rules import ANY, UfwRule
-from keybuzz_fix.hosts.ufw.verdict import Ruleset
+from keybuzz_fix.hosts.ufw.ruleset import Ruleset
 
 TERMINAL = ("ACCEPT", "DROP", "REJECT")
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from keybuzz_fix.checks.diagnose.views import ClusterView, NodeView
-from keybuzz_fix.hosts.flannel.capture import Capture, Probe
+from keybuzz_fix.hosts.flannel.capture import Capture
+from keybuzz_fix.hosts.flannel.outputs import Probe
 
 WIREGUARD_PORT = 51820
 _SVC = re.compile(r'-d ([0-9.]+)/32 .*--comment "([^"]+) cluster IP".*--dport (\d+)')

@@ -7,7 +7,7 @@ from the service network. K3s documents one allow rule for each (see :func:`over
 ``--checksum-offload-off`` adds a change outside UFW: ``ethtool -K flannel.1
 tx-checksum-ip-generic off`` now, and a udev rule that does it again whenever Flannel recreates
 ``flannel.1`` (after a reboot or a K3s restart). Its probe and plan ride in the UFW run as
-:data:`OFFLOAD`, a :class:`~keybuzz_fix.hosts.ufw.plan.HostExtra`.
+:data:`OFFLOAD`, a :class:`~keybuzz_fix.hosts.ufw.run.HostExtra`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from keybuzz_fix.hosts.flannel.facts import (
     parse_features,
 )
 from keybuzz_fix.hosts.sections import split_sections
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, HostExtra, Wanted, WantedRule
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind
 from keybuzz_fix.hosts.ufw.rules import UfwRule
+from keybuzz_fix.hosts.ufw.run import HostExtra, Wanted, WantedRule
 
 ETHTOOL_OFF = f"ethtool -K {VXLAN_DEVICE} {OFFLOAD_FEATURE} off"
 _PATH = re.compile(r"^/[A-Za-z0-9_./+-]{1,200}$")

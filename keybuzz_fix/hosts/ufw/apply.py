@@ -2,7 +2,7 @@
 
 Shared by ``ufw`` (ingress NodePorts on the workers), ``overlay`` (VXLAN on every K3s node), ``all``
 and ``validate --extended``: they differ in the rules they want, and ``overlay`` may add a
-:class:`~keybuzz_fix.hosts.ufw.plan.HostExtra` (a probe and a plan for a change outside UFW). One
+:class:`~keybuzz_fix.hosts.ufw.run.HostExtra` (a probe and a plan for a change outside UFW). One
 SSH connection per host serves the probe, the changes and the read-back; the changes and the
 read-back go in a single round trip.
 """
@@ -20,8 +20,9 @@ from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host, raise_op
 from keybuzz_fix.hosts.sections import MARK, section_name
 from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts, ufw_probe
-from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, Arrival, HostExtra, HostOutcome, HostStatus, plan_rules
+from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, Arrival, plan_rules
 from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule
+from keybuzz_fix.hosts.ufw.run import HostExtra, HostOutcome, HostStatus
 from keybuzz_fix.inventory import Host
 
 APPLY_MARK = f"{MARK} apply"  # then the command's index and its exit status

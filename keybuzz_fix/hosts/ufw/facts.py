@@ -16,7 +16,7 @@ from keybuzz_fix.hosts.sections import MARK, section_header, split_sections
 from keybuzz_fix.hosts.ufw import files as ufw_files
 from keybuzz_fix.hosts.ufw.apps import AppProfile, parse_app_profiles
 from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule, parse_rule_command
-from keybuzz_fix.hosts.ufw.verdict import POLICIES, Ruleset, rule_families
+from keybuzz_fix.hosts.ufw.ruleset import POLICIES, Ruleset, rule_families
 
 IPTABLES = "/usr/sbin/iptables"  # the one ufw runs (ufw.common.iptables_dir)
 APPS_DIR = "/etc/ufw/applications.d"
