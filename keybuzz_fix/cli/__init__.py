@@ -1,7 +1,7 @@
 """The ``keybuzz-fix`` command line: the Typer app, and the one place where a run becomes an exit code.
 
-The commands (:mod:`.hosts`, :mod:`.cluster`) parse their options, build the connection options
-once (:mod:`.options`) and call a flow, which returns a result object; their option groups are
+The commands (:mod:`.hosts`, :mod:`.cluster`, :mod:`.remediate`) parse their options, build the connection
+options once (:mod:`.connections`) and call a flow, which returns a result object; their option groups are
 expanded here as they are registered (:func:`option_groups`). :func:`raw_main` runs the
 program and maps how it ended — that result, one of the tool's errors, a bad command line, Ctrl-C
 — to an :class:`~keybuzz_fix.errors.ExitCode` (HTTPie's ``raw_main``/``program`` split); the
@@ -25,7 +25,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from keybuzz_fix import __version__
-from keybuzz_fix.cli import cluster, hosts
+from keybuzz_fix.cli import cluster, hosts, remediate
 from keybuzz_fix.cli.options import FROM_COMMAND_SERVERS, GROUPS
 from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError
 from keybuzz_fix.report.output import end_now, error_line, new_console, print_line, silence_stdout, start_trace
@@ -259,8 +259,8 @@ for _name, _command in (
     ("convert", cluster.convert),
     ("rollback", cluster.rollback),
     ("ingress", cluster.ingress),
-    ("validate", cluster.validate),
-    ("all", cluster.all_steps),
+    ("validate", remediate.validate),
+    ("all", remediate.all_steps),
     ("overlay", hosts.overlay),
     ("diagnose", hosts.diagnose),
 ):

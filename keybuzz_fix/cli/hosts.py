@@ -7,6 +7,8 @@ import typer
 
 from keybuzz_fix.cli import inputs
 from keybuzz_fix.cli import options as opt
+from keybuzz_fix.cli.connections import connections
+from keybuzz_fix.cli.parse import parse_ports, parse_source
 from keybuzz_fix.errors import Outcome
 from keybuzz_fix.inventory import Role
 from keybuzz_fix.report.output import Output, can_ask
@@ -97,12 +99,10 @@ def ufw(
     from keybuzz_fix.hosts.ufw.run import ports_given
 
     cfg = load_config(config)
-    allowed_from = opt.parse_source(source) if source is not None else cfg.firewall.source
-    given = opt.parse_ports(ports) if ports is not None else None
+    allowed_from = parse_source(source) if source is not None else cfg.firewall.source
+    given = parse_ports(ports) if ports is not None else None
     hosts = inputs.nodes(servers, Role.WORKER, env, ssh.user, hosts_limit)
-    reach = opt.connections(
-        env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
-    )
+    reach = connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers)
     can_ask("ufw", yes=yes, dry_run=dry_run)
     wanted = ports_given(given, allowed_from) if given is not None else worker_rules(reach, cfg, source=allowed_from)
     return run_firewall(
@@ -164,7 +164,7 @@ def overlay(
 
     cfg = load_config(config)
     hosts = inputs.nodes(servers, Role.ALL, env, ssh.user, hosts_limit)
-    reach = opt.connections(env, ssh, fleet=fleet)
+    reach = connections(env, ssh, fleet=fleet)
     can_ask("overlay", yes=yes, dry_run=dry_run)
     return run_firewall(
         opt.console_of(ctx),
@@ -249,7 +249,5 @@ def diagnose(
     if collect_script:
         print_collect_script(hosts)
         return None
-    reach = opt.connections(
-        env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers
-    )
+    reach = connections(env, ssh, fleet=fleet, cluster=cluster, api_timeout=max(fleet.timeout, 10.0), servers=servers)
     return run_diagnose(opt.console_of(ctx), reach, hosts, output)

@@ -1,30 +1,25 @@
-"""Command-line options, declared once, and their parsing; the one builder of the connection options.
+"""Command-line options, declared once.
 
 Each alias is an ``Annotated`` type for Typer, so the same option has the same name, default and
 help everywhere. The options of every command that reaches hosts, the cluster or the URLs come in
 groups (:data:`GROUPS`): a command takes a group as one parameter (``ssh: SshArgs``), and
-:func:`connections` builds from the groups, once, what its flow connects with. Only light modules
-are imported here: ``--help`` stays fast.
+:func:`~keybuzz_fix.cli.connections.connections` builds from the groups, once, what its flow
+connects with; their values are checked in :mod:`.parse`. Only light modules are imported here:
+``--help`` stays fast.
 """
 
-import dataclasses
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from keybuzz_fix.errors import UsageError
-from keybuzz_fix.inventory import Role, plain_network
+from keybuzz_fix.inventory import Role
 from keybuzz_fix.report.output import Output, PlanOutput, ScoreFormat
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from keybuzz_fix.config import Config
-    from keybuzz_fix.flows import Connections
 
 SSH, CLUSTER, SAFETY, HTTP = "SSH", "Cluster", "Safety", "URL checks"
 FROM_COMMAND_SERVERS = "@servers.tsv"  # a bare --kubeconfig-from-master: the command's own servers.tsv
@@ -281,143 +276,3 @@ class HttpArgs:
 
 
 GROUPS = (SshArgs, FleetArgs, ClusterReadArgs, ClusterArgs, HttpArgs)
-
-
-# -- parsing ------------------------------------------------------------------------------------
-
-
-def seconds(option: str, value: float) -> float:
-    """Check a duration option: a finite number of seconds, more than 0 (nan and inf would never time out)."""
-    if not math.isfinite(value):
-        raise UsageError(f"{option} must be a number of seconds, got {value:g}")
-    if value <= 0:
-        raise UsageError(f"{option} must be more than 0 seconds, got {value:g}")
-    return value
-
-
-def percent(option: str, value: int | None) -> int | None:
-    """Check a percentage option (``--threshold``)."""
-    if value is not None and not 0 <= value <= 100:
-        raise UsageError(f"{option} must be between 0 and 100 (percent), got {value}")
-    return value
-
-
-def parse_ports(spec: str) -> list[tuple[int, str]]:
-    """Parse a ``--ports`` value such as ``31695/tcp,32720/tcp``."""
-    out: list[tuple[int, str]] = []
-    for part in spec.split(","):
-        part = part.strip()
-        number, _, proto = part.partition("/")
-        proto = proto or "tcp"
-        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= 65535:
-            raise UsageError(f"--ports: {part!r} is not a port number (1–65535), e.g. 31695/tcp")
-        if proto not in ("tcp", "udp"):
-            raise UsageError(f"--ports: {part!r}: protocol must be tcp or udp")
-        if int(number) == 22:
-            raise UsageError("--ports: 22 is SSH; the tool never manages the SSH rule through --ports")
-        out.append((int(number), proto))
-    if len(set(out)) != len(out):
-        raise UsageError(f"--ports: {spec!r} lists a port twice")
-    return out
-
-
-def parse_source(value: str) -> str:
-    """Check a ``--source`` value: a CIDR, a single address, or the explicit ``any``."""
-    if value == "any":
-        return value
-    try:
-        net = plain_network(value, strict=False)
-    except ValueError:
-        raise UsageError(f"--source: {value!r} is not a network such as 10.0.0.0/16 (or 'any')") from None
-    if str(net.network_address) != value.split("/")[0]:
-        raise UsageError(f"--source: {value!r} has host bits set; did you mean {net}?")
-    return str(net) if "/" in value else str(net.network_address)
-
-
-# -- the one builder of the connection options ---------------------------------------------------
-
-
-def connections(
-    env: str,
-    ssh: SshArgs,
-    *,
-    fleet: FleetArgs | None = None,
-    cluster: ClusterReadArgs | None = None,
-    api_timeout: float = 30.0,
-    http: HttpArgs | None = None,
-    urls: Sequence[str] = (),
-    servers: Path | None = None,
-) -> "Connections":
-    """Check the SSH, cluster and URL options of a command and build what its flow connects with.
-
-    ``servers``: the command's servers.tsv, which a bare ``--kubeconfig-from-master`` reads.
-    """
-    from keybuzz_fix.checks.http import checked_http_options
-    from keybuzz_fix.cluster.connect import ClusterOptions
-    from keybuzz_fix.flows import Connections
-    from keybuzz_fix.hosts.ssh import SshOptions
-
-    over_ssh = fleet is not None
-    fleet = fleet or FleetArgs()
-    timeout = seconds("--timeout", fleet.timeout)
-    if ssh.identity is not None and not ssh.identity.expanduser().is_file():
-        raise UsageError(f"--identity {ssh.identity}: no such file")
-    if not 1 <= fleet.concurrency <= 512:
-        raise UsageError(f"--concurrency must be between 1 and 512, got {fleet.concurrency}")
-    options = SshOptions(
-        known_hosts=ssh.known_hosts.expanduser() if ssh.known_hosts else None,
-        identity=ssh.identity.expanduser() if ssh.identity else None,
-        accept_new_host_keys=ssh.accept_new_host_keys,
-        connect_timeout=timeout,
-        command_timeout=max(timeout, 30.0),
-        user=ssh.user,
-    )
-    if ssh.ssh_config is not None:  # as ssh -F: only this file, and not the system one
-        if str(ssh.ssh_config) != "none" and not ssh.ssh_config.expanduser().is_file():
-            raise UsageError(f"--ssh-config {ssh.ssh_config}: no such file")
-        only = None if str(ssh.ssh_config) == "none" else ssh.ssh_config.expanduser()
-        options = dataclasses.replace(options, ssh_config=only, system_ssh_config=None)
-    if over_ssh or (cluster is not None and cluster.kubeconfig_from_master is not None):
-        options.check_config()  # this command goes over SSH: a bad ssh_config line stops it here
-    reach = None
-    if cluster is not None:
-        from_master = cluster.kubeconfig_from_master
-        if from_master is not None and str(from_master) == FROM_COMMAND_SERVERS:
-            if servers is None:
-                raise UsageError(
-                    "--kubeconfig-from-master: this command has no servers.tsv of its own; "
-                    "name one: --kubeconfig-from-master servers.tsv"
-                )
-            from_master = servers
-        reach = ClusterOptions(
-            kubeconfig=cluster.kubeconfig,
-            context=cluster.context,
-            from_master=from_master,
-            save_kubeconfig=cluster.save_kubeconfig if isinstance(cluster, ClusterArgs) else None,
-            env=env,
-            user=ssh.user,
-            timeout=api_timeout,
-            impersonate=cluster.as_user,
-            impersonate_groups=tuple(cluster.as_group or ()),
-            namespace=cluster.namespace,
-        )
-    web = None
-    if http is not None:
-        web = checked_http_options(
-            http.url_timeout, http.retries, http.resolve or [], http.ca_file, http.insecure, urls
-        )
-    return Connections(options, fleet.concurrency, reach, web)
-
-
-def namespaced(cfg: "Config", config_file: Path | None, reach: "Connections") -> "Config":
-    """Return ``cfg`` with the apps' namespace kubectl's way: -n, then --config's, then the context's, then keybuzz.
-
-    The context's namespace is read from the kubeconfig (or the pod's, in cluster); nothing connects.
-    """
-    from keybuzz_fix.cluster.connect import context_namespace
-    from keybuzz_fix.config import sets_namespace
-
-    chosen = reach.cluster.namespace if reach.cluster is not None else None
-    if chosen is None and not sets_namespace(config_file) and reach.cluster is not None:
-        chosen = context_namespace(reach.cluster)
-    return dataclasses.replace(cfg, namespace=chosen) if chosen else cfg

@@ -78,7 +78,7 @@ def test_without_a_cluster_opens_the_configured_ports_restricted_to_the_source(
     assert plan["read_from"] == "config"
     assert plan["notes"] == [
         "the cluster could not be read (no kubeconfig found: pass --kubeconfig FILE, set KUBECONFIG, use "
-        "--kubeconfig-from-master to read it from the first K3s master over SSH, or run in a pod (in-cluster "
+        "--kubeconfig-from-master to read it from a K3s master over SSH, or run in a pod (in-cluster "
         "config)): the ports come from the configuration (firewall.ports)"
     ]
     assert [r["read_from"] for r in plan["rules"]] == [f"config firewall.ports[{i}]" for i in range(6)]

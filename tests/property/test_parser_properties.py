@@ -27,7 +27,7 @@ from rich.console import Console
 from keybuzz_fix import config
 from keybuzz_fix.checks import http as probe
 from keybuzz_fix.checks.diagnose import Cause, ClusterView, NodeView, find_causes
-from keybuzz_fix.cli.options import parse_ports, parse_source
+from keybuzz_fix.cli.parse import parse_ports, parse_source
 from keybuzz_fix.cluster.connect import from_kubeconfig
 from keybuzz_fix.errors import KeybuzzFixError
 from keybuzz_fix.flows.convert import run_offline

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix.cli.options import parse_ports, parse_source
+from keybuzz_fix.cli.parse import parse_ports, parse_source
 from keybuzz_fix.errors import UsageError
 from keybuzz_fix.hosts.sections import MARK
 from keybuzz_fix.hosts.ufw.apply import apply_script, parse_apply

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keybuzz_fix.cli.options import namespaced
+from keybuzz_fix.cli.connections import namespaced
 from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.connect import ClusterOptions, context_namespace, from_kubeconfig
 from keybuzz_fix.config import load_config
