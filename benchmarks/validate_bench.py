@@ -30,7 +30,7 @@ from keybuzz_fix.cluster import client as kube
 from keybuzz_fix.cluster.connect import from_kubeconfig
 from keybuzz_fix.cluster.objects import by_name
 from keybuzz_fix.flows import validate as val
-from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from keybuzz_fix.inventory import Role, read_inventory, select
 from tests.cluster.controlplane import ControlPlane, build_binaries
 from tests.cluster.seed import seed_keybuzz

@@ -38,7 +38,7 @@ def connections(
     from keybuzz_fix.checks.http import checked_http_options
     from keybuzz_fix.cluster.connect import ClusterOptions
     from keybuzz_fix.flows import Connections
-    from keybuzz_fix.hosts.ssh import SshOptions
+    from keybuzz_fix.hosts.sshoptions import SshOptions
 
     over_ssh = fleet is not None
     fleet = fleet or FleetArgs()

@@ -38,7 +38,8 @@ from keybuzz_fix import storage
 from keybuzz_fix.cluster.client import Endpoint, Kube
 from keybuzz_fix.errors import ClusterError, HostError, KubeconfigError, UsageError, one_line, redact
 from keybuzz_fix.hints import hint
-from keybuzz_fix.hosts.ssh import Session, SshOptions, open_session
+from keybuzz_fix.hosts.ssh import Session, open_session
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from keybuzz_fix.inventory import Host, Role, read_nodes
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from keybuzz_fix.checks.http import HttpOptions
     from keybuzz_fix.cluster.client import Kube
     from keybuzz_fix.cluster.connect import ClusterOptions
-    from keybuzz_fix.hosts.ssh import SshOptions
+    from keybuzz_fix.hosts.sshoptions import SshOptions
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.hosts.flannel.capture import Capture, parse_capture
 from keybuzz_fix.hosts.flannel.collect import collect_script
 from keybuzz_fix.hosts.parallel import on_each_host
-from keybuzz_fix.hosts.ssh import AcceptedKeys, SshOptions, open_session
+from keybuzz_fix.hosts.ssh import open_session
+from keybuzz_fix.hosts.sshoptions import AcceptedKeys, SshOptions
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.diagnosis import show_diagnosis
 from keybuzz_fix.report.output import Output, progress_bar, write_stdout

@@ -34,7 +34,8 @@ from keybuzz_fix.flows.firewall import traffic_rules
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.parallel import on_each_host
 from keybuzz_fix.hosts.reach import Paths, Reach, reach_probe, targets_for
-from keybuzz_fix.hosts.ssh import SshOptions, connect
+from keybuzz_fix.hosts.ssh import connect
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from keybuzz_fix.hosts.ufw.apply import FirewallRun
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.output import ScoreFormat

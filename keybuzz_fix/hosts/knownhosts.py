@@ -9,7 +9,7 @@ their SSH wire blobs, so a key type this program cannot use still parses.
 A host certificate (PROTOCOL.certkeys) is read into :class:`Certificate`; :func:`certificate_problem`
 says what OpenSSH would refuse in it (not a host certificate, not yet or no longer valid, the name
 not a listed principal, critical options). Checking the CA's signature needs the SSH library: that
-is :mod:`keybuzz_fix.hosts.ssh`'s part.
+is :mod:`keybuzz_fix.hosts.sshhostkey`'s part.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keybuzz_fix.hints import hint
-from keybuzz_fix.hosts.sshconfig import match_hostname
+from keybuzz_fix.hosts.sshconfig.misc import match_hostname
 
 CA = "cert-authority"
 REVOKED = "revoked"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from keybuzz_fix.hosts.knownhosts import judge, parse_known_hosts
-from keybuzz_fix.hosts.sshconfig import SshConfig
+from keybuzz_fix.hosts.sshconfig.config import SshConfig
 from tests.property.test_ssh_config_model import local, model_g, ssh_g
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -16,7 +16,8 @@ import pytest
 
 from keybuzz_fix import inventory
 from keybuzz_fix.errors import RemoteCommandError
-from keybuzz_fix.hosts.ssh import SshOptions, connect
+from keybuzz_fix.hosts.ssh import connect
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from tests.lab.hosts import Lab
 
 pytestmark = pytest.mark.integration

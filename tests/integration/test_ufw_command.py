@@ -256,7 +256,7 @@ def test_only_hosts_with_changes_keep_their_connection(
     lab_factory: Callable[..., Lab], tmp_path: Path, state_dir: Path
 ) -> None:
     from keybuzz_fix import inventory
-    from keybuzz_fix.hosts.ssh import SshOptions
+    from keybuzz_fix.hosts.sshoptions import SshOptions
     from keybuzz_fix.hosts.ufw.apply import FirewallRun
     from keybuzz_fix.hosts.ufw.rules import desired_rules
     from keybuzz_fix.hosts.ufw.run import HostStatus

@@ -23,7 +23,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from keybuzz_fix.hosts.sshconfig import Local, SshConfig, SshConfigError
+from keybuzz_fix.hosts.sshconfig.config import SshConfig
+from keybuzz_fix.hosts.sshconfig.misc import SshConfigError
+from keybuzz_fix.hosts.sshconfig.tokens import Local
 
 SSH = shutil.which("ssh")
 pytestmark = pytest.mark.skipif(SSH is None, reason="needs the OpenSSH client (apt-get install openssh-client)")

@@ -251,7 +251,8 @@ def kexinit_dripped(conn: socket.socket, stop) -> None:  # type: ignore[no-untyp
 )
 def test_an_ssh_connection_ends_within_its_timeout(server, behaviour, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from keybuzz_fix.errors import HostUnreachable
-    from keybuzz_fix.hosts.ssh import SshOptions, open_session
+    from keybuzz_fix.hosts.ssh import open_session
+    from keybuzz_fix.hosts.sshoptions import SshOptions
     from keybuzz_fix.inventory import Host
 
     s = server(behaviour)

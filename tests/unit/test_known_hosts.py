@@ -21,7 +21,7 @@ from keybuzz_fix.hosts.knownhosts import (
     parse_known_hosts,
     preferred_algorithms,
 )
-from keybuzz_fix.hosts.ssh import _signed_by_ca
+from keybuzz_fix.hosts.sshhostkey import _signed_by_ca
 
 NOW = int(time.time())
 

@@ -18,7 +18,7 @@ from keybuzz_fix.cluster.connect import ClusterOptions, context_namespace, from_
 from keybuzz_fix.config import load_config
 from keybuzz_fix.errors import KubeconfigError, PlanRefused, UsageError
 from keybuzz_fix.flows import Connections
-from keybuzz_fix.hosts.ssh import SshOptions
+from keybuzz_fix.hosts.sshoptions import SshOptions
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

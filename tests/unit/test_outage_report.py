@@ -107,7 +107,8 @@ def test_a_refused_ssh_connection_is_said_in_the_tools_words(tmp_path):
     import pytest
 
     from keybuzz_fix.errors import HostUnreachable
-    from keybuzz_fix.hosts.ssh import SshOptions, open_session
+    from keybuzz_fix.hosts.ssh import open_session
+    from keybuzz_fix.hosts.sshoptions import SshOptions
 
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))

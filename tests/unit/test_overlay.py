@@ -9,7 +9,8 @@ from keybuzz_fix.config import OverlayConfig, load_config
 from keybuzz_fix.hosts.flannel import facts as flannel
 from keybuzz_fix.hosts.flannel import plan as overlay
 from keybuzz_fix.hosts.sections import MARK
-from keybuzz_fix.hosts.ssh import CommandResult, SshOptions
+from keybuzz_fix.hosts.ssh import CommandResult
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from keybuzz_fix.hosts.ufw import apply as firewall_apply
 from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, FirewallRun
 from keybuzz_fix.hosts.ufw.facts import UfwFacts

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from keybuzz_fix.hosts.ssh import SshOptions
-from keybuzz_fix.hosts.sshconfig import Local, Route, SshConfig, SshConfigError
+from keybuzz_fix.hosts.sshconfig.config import SshConfig
+from keybuzz_fix.hosts.sshconfig.hops import Route
+from keybuzz_fix.hosts.sshconfig.misc import SshConfigError
+from keybuzz_fix.hosts.sshconfig.tokens import Local
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from keybuzz_fix.inventory import Host
 
 LOCAL = Local("me", "/home/me", 1000, "laptop.example.com")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from keybuzz_fix.hosts.sections import MARK
-from keybuzz_fix.hosts.ssh import CommandResult, SshOptions
+from keybuzz_fix.hosts.ssh import CommandResult
+from keybuzz_fix.hosts.sshoptions import SshOptions
 from keybuzz_fix.hosts.ufw import apply as ufw_apply
 from keybuzz_fix.hosts.ufw.apply import APPLY_MARK, FirewallRun
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_addresses, parse_ufw_facts

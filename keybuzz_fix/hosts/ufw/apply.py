@@ -18,7 +18,8 @@ from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCo
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host, raise_open_files_limit
 from keybuzz_fix.hosts.sections import MARK, section_name
-from keybuzz_fix.hosts.ssh import AcceptedKeys, Session, SshOptions, open_session
+from keybuzz_fix.hosts.ssh import Session, open_session
+from keybuzz_fix.hosts.sshoptions import AcceptedKeys, SshOptions
 from keybuzz_fix.hosts.ufw.facts import UfwFacts, parse_ufw_facts, ufw_probe
 from keybuzz_fix.hosts.ufw.plan import Action, ActionKind, Arrival, plan_rules
 from keybuzz_fix.hosts.ufw.rules import ParseError, UfwRule
