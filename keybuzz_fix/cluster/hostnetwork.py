@@ -149,7 +149,8 @@ def env_warnings(app: str, spec: Obj, observed: Observed) -> list[str]:
             if hits:
                 found.append(
                     f"{app}: env {var.get('name')} (container {c.get('name')}) points at "
-                    f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service: ClusterIP traffic is still "
-                    "broken under this workaround, so those calls will fail"
+                    f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service: those calls fail for as long as the "
+                    "overlay between the nodes is broken (this workaround does not mend it; keybuzz-fix diagnose "
+                    "says whether it is)"
                 )
     return found

@@ -39,7 +39,7 @@ from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView
 from keybuzz_fix.report.hosts import firewall_plans, firewall_summary, wanted_rules
 from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
-from keybuzz_fix.report.output import PlanOutput, confirm, print_json, progress_bar
+from keybuzz_fix.report.output import PlanOutput, confirm, print_json, progress_bar, verbosity
 from keybuzz_fix.report.scorecard import scorecard_table
 
 if TYPE_CHECKING:
@@ -134,7 +134,8 @@ def _run_all(
         insert_first=options.insert_first,
         concurrency=reach.concurrency,
     )
-    view = ChangeView(console, PlanOutput.TEXT, "convert")
+    # the objects' diffs are what -v (and --dry-run, which asks for the plan) adds: before the prompt, one page
+    view = ChangeView(console, PlanOutput.TEXT, "convert", diffs=options.dry_run or verbosity() > 0)
 
     def step(name: str, work: Callable[[], Result], describe: Callable[[Result], tuple[str, str]]) -> Result:
         start = time.monotonic()
@@ -189,6 +190,7 @@ def _run_all(
                 changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
             )
         changing = [o for o in planned if o.changes]
+        log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
         confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
         held.enter_context(one_at_a_time(kube, cfg.namespace, "all"))  # one run at a time changes the cluster
         log.rows.clear()

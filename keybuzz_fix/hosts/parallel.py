@@ -24,11 +24,11 @@ ResultT = TypeVar("ResultT")
 class Progress(Protocol):
     """Where :func:`on_each_host` says how far it got (a progress bar, for a person at a terminal)."""
 
-    def start(self, label: str, total: int) -> None:
-        """Begin counting ``total`` hosts."""
+    def start(self, label: str, total: int, hosts: Sequence[str] = ()) -> None:
+        """Begin counting ``total`` hosts (``hosts``: their names, to say which are still awaited)."""
 
-    def advance(self) -> None:
-        """Count one more host done."""
+    def advance(self, host: str = "", problem: str | None = None, seconds: float = 0.0) -> None:
+        """Count one more host done, as it arrives: its name, the problem that stopped it (None: it finished)."""
 
     def stop(self) -> None:
         """End the display."""
@@ -84,14 +84,15 @@ def on_each_host(
     interrupted = False
     try:
         if progress is not None:
-            progress.start(label, len(hosts))
+            progress.start(label, len(hosts), [h.hostname for h in hosts])
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for fut in done:
                 index, outcome = fut.result()
                 outcomes[index] = outcome
-                if progress is not None:
-                    progress.advance()
+                if progress is not None:  # each host's result as it arrives: a dead host holds back no other
+                    problem = outcome.error.problem if outcome.error is not None else None
+                    progress.advance(outcome.host.hostname, problem, outcome.seconds)
     except KeyboardInterrupt:
         interrupted = True
         pool.shutdown(wait=False, cancel_futures=True)

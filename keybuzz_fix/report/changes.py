@@ -41,12 +41,19 @@ class ChangeView:
     """What a ``convert`` or ``rollback`` run shows as it goes, in the output format asked for."""
 
     def __init__(
-        self, console: Console, output: Output | PlanOutput, command: str, *, show_values: bool = False
+        self,
+        console: Console,
+        output: Output | PlanOutput,
+        command: str,
+        *,
+        show_values: bool = False,
+        diffs: bool = True,
     ) -> None:
         self.console = console
         self.format: str = output.value
         self.command = command
         self.show_values = show_values
+        self.diffs = diffs  # False: each change on one line, the objects' diffs left to -v
 
     @property
     def text(self) -> bool:
@@ -74,6 +81,7 @@ class ChangeView:
                 notes=notes,
                 show_values=self.show_values,
                 shown_env=shown_env,
+                diffs=self.diffs,
             )
 
     def objects(self, plan: ConvertPlan) -> None:
@@ -158,8 +166,12 @@ def change_plan(
     notes: Sequence[str] = (),
     show_values: bool = False,
     shown_env: Collection[str] = (),
+    diffs: bool = True,
 ) -> None:
-    """Print a plan of object changes: each action with its reason and diff, env values masked unless asked."""
+    """Print a plan of object changes: each action with its reason and diff, env values masked unless asked.
+
+    ``diffs=False``: each change on one line (the diffs are what ``-v`` adds), notes, warnings and refusals.
+    """
     from rich.markup import escape
 
     def shown(obj: Any) -> Any:
@@ -168,7 +180,7 @@ def change_plan(
     console.print(f"[bold]{escape(title)}[/]")
     for c in changes:
         console.print(f"  [{_CHANGE_STYLE[c.label]}]{c.label:>9}[/] {escape(c.target)}: {escape(c.reason)}")
-        if not c.changes or c.after is None:
+        if not diffs or not c.changes or c.after is None:
             continue
         left: Any = None
         if c.compare_to is not None:
@@ -186,7 +198,9 @@ def change_plan(
         console.print(f"  [bold yellow]warning[/] {escape(w)}")
     for r in refusals:
         console.print(f"  [bold red]refused[/] {escape(r)}")
-    if not show_values and any(c.changes for c in changes):
+    if not diffs and any(c.changes and c.after is not None for c in changes):
+        console.print("  [dim]each object's diff: add -v[/]")
+    elif not show_values and any(c.changes for c in changes):
         console.print(hint("--show-values", "  [dim]env values are masked; --show-values reveals them[/]", MASKED))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks.diagnose import Diagnosis, Finding, Path, Status, healthy
@@ -93,20 +95,22 @@ def diagnosis_text(console: Console, found: Diagnosis) -> None:
                 )
             table.add_row(f"{source} → {HEADS[kind]}", *shown)
         console.print(table)
+    notes: dict[str, list[str]] = {}  # what was said of each node, grouped below by what was said
     for n in found.nodes:
         if n.error:
             console.print(f"[bold red]{escape(n.name)}[/]: {escape(n.error)}")
         elif n.capture is not None and not n.capture.pod:
-            console.print(
-                f"[yellow]{escape(n.name)}[/]: no pod network namespace (/var/run/netns/cni-*): "
-                "probed from the node only"
+            notes.setdefault("no pod network namespace (/var/run/netns/cni-*): probed from the node only", []).append(
+                n.name
             )
         if n.capture is not None:
-            missing = [p.id for p in n.capture.probes if p.result == "notool"]
+            missing = unprobed(n.capture.probes)
             if missing:
-                console.print(f"[yellow]{escape(n.name)}[/]: not probed (no tool): {escape(', '.join(missing))}")
+                notes.setdefault(f"not probed (no tool): {', '.join(missing)}", []).append(n.name)
             if not n.capture.complete:
-                console.print(f"[yellow]{escape(n.name)}[/]: its capture was cut short")
+                notes.setdefault("capture cut short", []).append(n.name)
+    for note, names in notes.items():
+        console.print(f"[yellow]{escape(host_list(names))}[/]: {escape(note)}")
     if found.cluster.error:
         console.print(f"[yellow]API side not read[/]: {escape(found.cluster.error)}")
     problems = [f for f in found.findings if f.problem]
@@ -115,10 +119,12 @@ def diagnosis_text(console: Console, found: Diagnosis) -> None:
             f"\n[bold]{i}. {f.cause.value}[/] — {escape(f.title)} — "
             f"[{styles[f.status]}]{f.status.value}[/]: {escape(f.summary)}"
         )
-        for where, lines in f.evidence.items():
-            console.print(f"   [bold]{escape(where)}[/]")
+        for wheres, lines in grouped_evidence(f.evidence, addresses(found)):
+            console.print(f"   [bold]{escape(host_list(wheres))}[/]")
             for line in lines[:12]:
                 console.print(f"     {escape(line)}")
+            if len(lines) > 12:
+                console.print(f"     [dim]… {len(lines) - 12} more line(s): -o json has every line[/]")
         console.print(f"   [bold]fix:[/] {escape(f.fix)}")
     rest = [f for f in found.findings if not f.problem]
     if rest:
@@ -133,11 +139,121 @@ def diagnosis_text(console: Console, found: Diagnosis) -> None:
     for host, key in found.accepted:
         console.print(f"[yellow]accepted new host key[/] for {host}: {key}")
     failed = sum(p.failed for p in found.paths)
-    verdict = "[bold green]healthy[/]" if healthy(found.findings, found.paths) else "[bold red]not healthy[/]"
+    unchecked = gaps(found)
+    if not healthy(found.findings, found.paths):
+        verdict = "[bold red]not healthy[/]"
+    elif unchecked:  # nothing wrong was seen, but not everything was looked at: never a plain "healthy"
+        verdict = f"[bold yellow]no problem found, but not everything was checked[/] ({escape('; '.join(unchecked))})"
+    else:
+        verdict = "[bold green]healthy[/]"
     console.print(
         f"\n{verdict}: {len(problems)} problem finding(s), {failed}/{len(found.paths)} path(s) fail, "
         f"in {found.seconds:.1f} s"
     )
+
+
+def gaps(found: Diagnosis) -> list[str]:
+    """Return what was not checked: causes, probes without their tool, nodes without a pod namespace, the API."""
+    out = [f"{f.cause.value} not checked" for f in found.findings if f.status is Status.NOT_CHECKED and not f.info]
+    notool: dict[str, list[str]] = {}
+    nopod: list[str] = []
+    for n in found.nodes:
+        if n.capture is None:
+            continue
+        for probe in unprobed(n.capture.probes):
+            notool.setdefault(probe, []).append(n.name)
+        if not n.capture.pod:
+            nopod.append(n.name)
+    out += [f"{probe} not probed on {host_list(names)} (no tool)" for probe, names in notool.items()]
+    if nopod:
+        out.append(f"no probe from a pod on {host_list(nopod)}")
+    if found.cluster.error:
+        out.append("API side not read")
+    return out
+
+
+def unprobed(probes: Iterable[Any]) -> list[str]:
+    """Return the paths not probed for want of a tool, named as the matrix names them (``pod → DNS svc``)."""
+    kinds = {(p.source, p.kind) for p in probes if p.result == "notool"}
+    order = {c: i for i, c in enumerate(COLUMNS)}
+    return [f"{source} → {HEADS.get(kind, kind)}" for source, kind in sorted(kinds, key=lambda c: order.get(c, 99))]
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def host_list(names: Iterable[str]) -> str:
+    """Return host names sorted and listed once, runs folded: ``k8s-worker-01..05`` for five numbered names in a row."""
+    out: list[str] = []
+    run: list[tuple[str, str]] = []  # (prefix, digits) of the current run
+
+    def flush() -> None:
+        if len(run) > 2:
+            out.append(f"{run[0][0]}{run[0][1]}..{run[-1][1]}")
+        else:
+            out.extend(f"{a}{b}" for a, b in run)
+        run.clear()
+
+    for name in sorted(set(names)):
+        m = _NUMBERED.match(name)
+        if m and run:
+            prefix, digits = run[-1]
+            if m[1] == prefix and len(m[2]) == len(digits) and int(m[2]) == int(digits) + 1:
+                run.append((m[1], m[2]))
+                continue
+        flush()
+        if m:
+            run.append((m[1], m[2]))
+        else:
+            out.append(name)
+    flush()
+    return ", ".join(out)
+
+
+def addresses(found: Diagnosis) -> dict[str, str]:
+    """Return every node's known address -> its name (servers.tsv or the captures, and the Nodes' InternalIP)."""
+    out = {n.address: n.name for n in found.nodes if n.address}
+    for api in found.cluster.nodes:
+        if api.internal_ip:
+            out.setdefault(api.internal_ip, api.name)
+    return out
+
+
+def grouped_evidence(
+    evidence: Mapping[str, Sequence[str]], known: Mapping[str, str]
+) -> list[tuple[list[str], list[str]]]:
+    """Group the evidence of hosts that saw the same thing: ``[(hosts, lines)]``, each block shown once.
+
+    In each host's lines its own address reads "this node" and the other nodes' addresses "another node",
+    so that the same rule missing on eight hosts is one block; identical lines in a row fold into one
+    with a count ("(×7)"). ``-o json`` keeps every line as captured.
+    """
+    if not known:
+        pattern = None
+    else:
+        pattern = re.compile(
+            r"(?<![\d.])(" + "|".join(re.escape(a) for a in sorted(known, key=len, reverse=True)) + r")(?![\d.])"
+        )
+    blocks: dict[tuple[str, ...], list[str]] = {}
+    for where, lines in evidence.items():
+        own = {a for a, name in known.items() if name == where}
+
+        def general(line: str, own: set[str] = own) -> str:
+            if pattern is None:
+                return line
+            return pattern.sub(lambda m: "this node" if m[1] in own else "another node", line)
+
+        folded: list[str] = []
+        last, count = None, 0
+        for line in [*(general(x) for x in lines), None]:
+            if line == last:
+                count += 1
+                continue
+            if last is not None:
+                folded.append(last + (f" (×{count})" if count > 1 else ""))
+            last, count = line, 1
+        blocks.setdefault(tuple(folded), []).append(where)
+    return [(wheres, list(lines)) for lines, wheres in blocks.items()]
 
 
 def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
@@ -159,6 +275,7 @@ def diagnosis_json(found: Diagnosis) -> dict[str, Any]:
     return {
         "command": "diagnose",
         "healthy": healthy(found.findings, found.paths),
+        "not_checked": gaps(found),
         "exit_code": int(ExitCode.of(found)),
         "seconds": round(found.seconds, 3),
         "findings": [dict(rank=i, **finding_json(f)) for i, f in enumerate(found.findings, start=1)],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -94,10 +95,20 @@ def note_line(message: str) -> None:
     print(f"keybuzz-fix: note: {' '.join(message.split())}", file=sys.stderr)
 
 
+_VERBOSITY = 0
+
+
+def verbosity() -> int:
+    """Return how many ``-v`` the command line gave (0: the plan's summary and what matters, not every detail)."""
+    return _VERBOSITY
+
+
 def start_trace(verbosity: int) -> None:
     """Send the trace of remote commands and API requests to stderr: ``-v`` one line each, ``-vv`` with bodies."""
     import logging
 
+    global _VERBOSITY
+    _VERBOSITY = verbosity
     log = logging.getLogger("keybuzz_fix.trace")
     for old in [h for h in log.handlers if getattr(h, "keybuzz_fix", False)]:
         log.removeHandler(old)
@@ -165,36 +176,66 @@ def confirm(question: str, *, yes: bool) -> None:
 
 
 class ProgressBar:
-    """A transient progress bar over hosts (see :class:`keybuzz_fix.hosts.parallel.Progress`)."""
+    """A transient display over hosts (see :class:`keybuzz_fix.hosts.parallel.Progress`).
+
+    Each host's result shows as it arrives, above a bar that counts hosts done n/N and names the
+    hosts still awaited, so one dead host holds back none of the others' lines. The display goes
+    away when the work ends, and the caller's table of results takes its place.
+    """
 
     def __init__(self, console: Console) -> None:
         self._console = console
         self._bar: RichProgress | None = None
+        self._live: Any = None
+        self._label = ""
+        self._waiting: list[str] = []
+        self._arrived: list[str] = []
 
-    def start(self, label: str, total: int) -> None:
+    def start(self, label: str, total: int, hosts: Sequence[str] = ()) -> None:
         """Draw the bar."""
+        from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self._console,
-            transient=True,
-        )
+        self._label, self._waiting, self._arrived = label, list(hosts), []
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         self._bar.add_task(label, total=total)
-        self._bar.start()
+        self._live = Live(self._render(), console=self._console, transient=True, refresh_per_second=8)
+        self._live.start()
 
-    def advance(self) -> None:
-        """Count one more host."""
-        if self._bar is not None:
-            self._bar.advance(self._bar.task_ids[0])
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        assert self._bar is not None
+        rows = [Text.from_markup(line) for line in self._arrived[-20:]]
+        if len(self._arrived) > 20:
+            rows.insert(0, Text(f"  … {len(self._arrived) - 20} more host(s) done"))
+        waiting = self._waiting
+        if waiting:
+            shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+            self._bar.update(self._bar.task_ids[0], description=f"{self._label} (waiting for {shown})")
+        return Group(*rows, self._bar)
+
+    def advance(self, host: str = "", problem: str | None = None, seconds: float = 0.0) -> None:
+        """Count one more host and show its result."""
+        from rich.markup import escape
+
+        if self._bar is None:
+            return
+        self._bar.advance(self._bar.task_ids[0])
+        if host:
+            if host in self._waiting:
+                self._waiting.remove(host)
+            result = "[green]done[/]" if problem is None else f"[bold red]failed[/]: {escape(problem)}"
+            self._arrived.append(f"  {escape(host)}: {result} ({seconds:.1f} s)")
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
 
     def stop(self) -> None:
-        """Take the bar away."""
-        if self._bar is not None:
-            self._bar.stop()
+        """Take the display away."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 def progress_bar(console: Console | None) -> ProgressBar | None:

@@ -51,6 +51,27 @@ def deletions(changes: Sequence[Change]) -> str:
     return ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items())
 
 
+def plan_summary(
+    planned: Sequence[HostOutcome], convert: Sequence[Change], routes: int, warnings: Sequence[str]
+) -> list[str]:
+    """Return what ``all`` will do, in the few lines read just before its one question.
+
+    What changes, what is deleted, and the warnings that matter; the plans above hold the detail
+    (``-v`` adds every object's diff).
+    """
+    changing = [o for o in planned if o.changes]
+    rules = sum(len(o.changes) for o in changing)
+    deleted = deletions(convert)
+    lines = [
+        f"ufw: {rules} rule(s) to add on {len(changing)} of {len(planned)} worker(s)"
+        if changing
+        else f"ufw: nothing to add on the {len(planned)} worker(s)",
+        f"convert: {sum(1 for c in convert if c.changes)} change(s)" + (f", deleting {deleted}" if deleted else ""),
+        f"ingress: {routes} route(s) to apply" if routes else "ingress: routes as wanted",
+    ]
+    return lines + [f"warning: {w}" for w in warnings]
+
+
 def question(target: Target, ufw_hosts: int, convert: Sequence[Change], routes: int) -> str:
     """The one question of ``all``: where, and what changes, deletions counted."""
     changing = sum(1 for c in convert if c.changes)
@@ -68,6 +89,15 @@ class StepLog:
 
     console: Console
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    def plan_summary(self, lines: Sequence[str]) -> None:
+        """Show what the run will do, just before its question."""
+        from rich.markup import escape
+
+        self.console.print("\n[bold]summary[/]")
+        for line in lines:
+            style = "bold yellow" if line.startswith("warning:") else ""
+            self.console.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}", soft_wrap=True)
 
     def next_steps(self, servers: Path | None) -> None:
         """Say what comes after the workaround."""

@@ -245,3 +245,38 @@ def test_timeout_help_says_what_it_bounds(tmp_path):
     text = " ".join(proc.stdout.split())
     assert "Seconds allowed to connect to a host (TCP and SSH handshake)" in text
     assert "at least 30 s" in text and "reported as unknown" in text
+
+
+# -- 8: host results shown as they arrive ---------------------------------------------------------------
+
+
+def test_a_dead_host_holds_back_none_of_the_others_results(tmp_path):
+    dead = socket.socket()
+    dead.bind(("127.0.0.113", 0))  # k8s-worker-04: connects, then never says a word
+    dead.listen(8)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    # the other workers' addresses have nothing on that port: each is refused at once
+    (home / ".ssh" / "config").write_text(f"Host *\n    Port {dead.getsockname()[1]}\n")
+    rows = EXAMPLE.read_text().splitlines()
+    servers = tmp_path / "servers.tsv"
+    servers.write_text("\n".join(re.sub(r"\t10\.0\.0\.(\d+)\t", r"\t127.0.0.\1\t", r) for r in rows) + "\n")
+    child = spawn(["ufw", str(servers), "--dry-run", "--timeout", "30", "--accept-new-host-keys"], home, columns=200)
+    try:
+        started = time.monotonic()
+        for worker in ("k8s-worker-01", "k8s-worker-02", "k8s-worker-03", "k8s-worker-05"):
+            child.expect(
+                # each line as it arrives (re-drawn with the display, so any order): name, result, seconds
+                rf"{worker}: (\x1b\[[0-9;]*m)?failed(\x1b\[0m)?: [^\r\n]*refused[^\r\n]*\(\d+\.\d s\)",
+                timeout=10,
+            )
+        shown = time.monotonic() - started
+        child.expect(r"waiting for k8s-worker-04\)", timeout=5)
+        child.sendintr()
+        child.expect(pexpect.EOF, timeout=20)
+        child.close()
+    finally:
+        child.terminate(force=True)
+        dead.close()
+    assert shown < 10  # the others' results came while k8s-worker-04 was still awaited (up to 30 s)
+    assert child.exitstatus == 130

@@ -376,7 +376,12 @@ def test_env_warnings_name_each_variable_and_not_the_secret():
     named = sorted(w.split(" env ")[1].split(" ")[0] for w in warnings)
     assert named == ["API_INTERNAL_URL", "CLUSTER_IP", "REDIS", "SEARCH"]
     assert not any("pw-123" in w for w in warnings)
-    assert any("redis.cache.svc" in w and "ClusterIP traffic is still broken" in w for w in warnings)
+    assert any(
+        "redis.cache.svc" in w
+        and "fail for as long as the overlay between the nodes is broken" in w
+        and "will fail" not in w
+        for w in warnings
+    )
 
 
 def test_to_back_up_holds_what_changes_only():

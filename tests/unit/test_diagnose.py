@@ -18,6 +18,7 @@ from keybuzz_fix.checks.diagnose.kernel import affected_kernel
 from keybuzz_fix.cli import app
 from keybuzz_fix.hosts.flannel.capture import parse_capture
 from keybuzz_fix.hosts.ufw.ruleset import Ruleset
+from keybuzz_fix.report.diagnosis import host_list
 from tests.unit.world import NodeSpec, World, healthy_tables, remote, three_nodes, ufw_text
 
 DATA = Path(__file__).parent.parent / "data" / "diagnose"
@@ -639,3 +640,104 @@ def test_host_gw_across_a_routed_network_is_the_backend(route: str, shown: str, 
 def test_a_healthy_cluster_names_its_backend_first(tmp_path: Path) -> None:
     code, data = run(World(three_nodes(backend="wireguard")), tmp_path)
     assert code == 0 and data["findings"][0]["cause"] == "backend"
+
+
+# -- what the report says: never "healthy" over what was not checked, identical findings once --------------
+
+
+def without_dns_tools(directory: Path) -> Path:
+    """Rewrite each node's DNS probes as the collect script prints them on a node with no dig, nslookup, python3."""
+    for f in directory.glob("*.txt"):
+        out, skip = [], False
+        for line in f.read_text().splitlines():
+            if line.startswith("@@keybuzz-fix@@ "):
+                parts = line.split()
+                skip = parts[1] == "probe" and parts[3] in ("dns", "dns-pod")
+                out.append(line)
+                if skip:
+                    out += ["$ echo notool", "notool", "rc=0"]
+            elif not skip:
+                out.append(line)
+        f.write_text("\n".join(out) + "\n")
+    return directory
+
+
+def eight_nodes(**kw: object) -> list[NodeSpec]:
+    names = [f"k8s-master-0{i}" for i in (1, 2, 3)] + [f"k8s-worker-0{i}" for i in (1, 2, 3, 4, 5)]
+    return [NodeSpec(n, f"10.0.0.{i + 2}", f"10.42.{i}.0/24", **kw) for i, n in enumerate(names)]  # type: ignore[arg-type]
+
+
+def text_of(directory: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["diagnose", "--from-dir", str(directory)], env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_dns_not_probed_is_never_reported_healthy(tmp_path: Path) -> None:
+    d = without_dns_tools(World(eight_nodes()).write(tmp_path / "capture"))
+    code, out = text_of(d)
+    verdict = out.strip().splitlines()[-1]
+    assert not verdict.startswith("healthy"), verdict
+    assert "not everything was checked" in verdict
+    assert "pod → DNS svc not probed on k8s-master-01..03, k8s-worker-01..05 (no tool)" in verdict
+    # the eight nodes' "not probed" notes are one line naming the hosts once
+    notes = [line for line in out.splitlines() if "not probed (no tool)" in line]
+    assert notes == [
+        "k8s-master-01..03, k8s-worker-01..05: not probed (no tool): pod → DNS svc, pod → DNS pod, "
+        "node → DNS svc, node → DNS pod"
+    ], notes
+    code_json, data = from_dir(d)
+    assert code_json == code == 0  # nothing was seen failing: exit 0, but the report says what it did not check
+    assert "node → DNS pod not probed on k8s-master-01..03, k8s-worker-01..05 (no tool)" in data["not_checked"]
+
+
+def test_a_fully_checked_healthy_cluster_says_healthy_with_nothing_left_unchecked(tmp_path: Path) -> None:
+    d = World(three_nodes()).write(tmp_path / "capture", [])  # cluster.yaml too: the API side is checked
+    code, out = text_of(d)
+    assert code == 0
+    assert out.strip().splitlines()[-1].startswith("healthy:")
+    assert from_dir(d)[1]["not_checked"] == []
+
+
+def test_the_same_missing_rule_on_eight_hosts_is_one_block_with_the_hosts_listed_once(tmp_path: Path) -> None:
+    ufw = ufw_text(["ufw allow 22/tcp", "ufw allow from 10.42.0.0/16"])
+    d = World(eight_nodes(ufw=ufw), overlay_fails, web_on=["k8s-worker-02"]).write(tmp_path / "capture")
+    code, out = text_of(d)
+    assert code == 1
+    lines = out.splitlines()
+    denied = [line for line in lines if "udp/8472" in line and "denied" in line]
+    assert denied == [
+        "     udp/8472 from another node to this node on enp7s0 (INPUT): denied by default incoming policy: deny (×7)"
+    ], denied
+    assert lines.count("   k8s-master-01..03, k8s-worker-01..05") == 1
+    # -o json keeps every host's evidence as captured
+    _, data = from_dir(d)
+    evidence = finding(data, "ufw-blocks-vxlan")["evidence"]
+    assert len(evidence) == 8 and all(sum("denied" in x for x in v) == 7 for v in evidence.values())
+    assert (
+        "udp/8472 from 10.0.0.3 to 10.0.0.2 on enp7s0 (INPUT): denied by default incoming policy: deny"
+        in (evidence["k8s-master-01"])
+    )
+
+
+def test_hosts_that_saw_different_things_keep_their_own_blocks(tmp_path: Path) -> None:
+    closed = ufw_text(["ufw allow 22/tcp", "ufw allow from 10.42.0.0/16"])
+    nodes = eight_nodes(ufw=closed)
+    nodes[7] = NodeSpec(nodes[7].name, nodes[7].ip, nodes[7].pod_cidr, ufw=closed, nic="ens10")
+    d = World(nodes, overlay_fails, web_on=["k8s-worker-02"]).write(tmp_path / "capture")
+    code, out = text_of(d)
+    assert "   k8s-master-01..03, k8s-worker-01..04" in out.splitlines()
+    assert "   k8s-worker-05" in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        (["k8s-worker-03", "k8s-worker-01", "k8s-worker-02"], "k8s-worker-01..03"),
+        (["w1", "w2"], "w1, w2"),
+        (["k8s-worker-01", "k8s-worker-03", "k8s-worker-04", "k8s-worker-05"], "k8s-worker-01, k8s-worker-03..05"),
+        (["db", "node9", "node10", "node11"], "db, node10, node11, node9"),
+        (["a", "a", "cluster"], "a, cluster"),
+    ],
+)
+def test_host_lists_fold_numbered_runs_and_name_each_host_once(names: list[str], shown: str) -> None:
+    assert host_list(names) == shown

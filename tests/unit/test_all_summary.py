@@ -1,0 +1,69 @@
+"""``all`` before its prompt: one page (each change on one line, the diffs left to -v), then a summary."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from keybuzz_fix import config
+from keybuzz_fix.cluster.convert import observed_from_objects, plan_convert
+from keybuzz_fix.cluster.objects import parse_objects
+from keybuzz_fix.inventory import Host
+from keybuzz_fix.report.changes import ChangeView
+from keybuzz_fix.report.output import PlanOutput
+from keybuzz_fix.report.steps import StepLog, plan_summary
+
+CFG = config.load_config()
+STATE = Path(__file__).parent.parent / "data" / "convert" / "01-kubectl-list" / "state.yaml"
+
+
+def the_plan():  # type: ignore[no-untyped-def]
+    objs = parse_objects(STATE.read_text(), str(STATE))
+    return plan_convert(CFG, observed_from_objects(objs, CFG))
+
+
+def shown(*, diffs: bool) -> list[str]:
+    out = io.StringIO()
+    view = ChangeView(Console(file=out, width=400, color_system=None), PlanOutput.TEXT, "convert", diffs=diffs)
+    plan = the_plan()
+    view.plan("convert: plan", plan.changes, warnings=plan.warnings, notes=plan.notes, shown_env=plan.shown_env)
+    return out.getvalue().splitlines()
+
+
+def test_without_v_each_change_is_one_line_and_the_warnings_stay() -> None:
+    short, full = shown(diffs=False), shown(diffs=True)
+    plan = the_plan()
+    # the title, one line per change, the notes, the warnings, the pointer at -v: no diff line
+    assert len(short) == 1 + len(plan.changes) + len(plan.notes) + len(plan.warnings) + 1, short
+    assert sum(line.lstrip().startswith(("+", "-", "@@")) for line in full) > 20  # the diffs are what -v adds
+    assert not any(line.lstrip().startswith(("+", "-", "@@")) for line in short)
+    assert len(short) * 3 < len(full), (len(short), len(full))
+    assert short[-1] == "  each object's diff: add -v"
+    assert [line for line in short if "warning" in line] == [line for line in full if "warning" in line] != []
+    assert not any("--show-values" in line for line in short)  # no value is shown, none is masked
+
+
+class _Planned:
+    """A worker's UFW plan as the summary reads it: its host and its rule changes."""
+
+    def __init__(self, name: str, changes: int) -> None:
+        self.host = Host(name, "198.18.0.1", None, "root", "prod", "k3s", "worker")
+        self.changes = ["rule"] * changes
+
+
+def test_the_summary_says_what_changes_what_is_deleted_and_the_warnings() -> None:
+    plan = the_plan()
+    planned = [_Planned("k8s-worker-01", 6), _Planned("k8s-worker-02", 6), _Planned("k8s-worker-03", 0)]
+    lines = plan_summary(planned, plan.changes, 2, plan.warnings)  # type: ignore[arg-type]
+    assert lines[0] == "ufw: 12 rule(s) to add on 2 of 3 worker(s)"
+    assert lines[1].startswith(f"convert: {sum(1 for c in plan.changes if c.changes)} change(s), deleting ")
+    assert "2 Deployment(s)" in lines[1] and "2 HorizontalPodAutoscaler(s)" in lines[1]
+    assert lines[2] == "ingress: 2 route(s) to apply"
+    assert [line for line in lines if line.startswith("warning: ")] == [f"warning: {w}" for w in plan.warnings]
+    assert any("API_INTERNAL_URL" in line and "ClusterIP Service" in line for line in lines)
+    out = io.StringIO()
+    StepLog(Console(file=out, width=200, color_system=None)).plan_summary(lines)
+    printed = out.getvalue().splitlines()
+    assert printed[1] == "summary" and printed[2] == "  " + lines[0] and len(printed) == len(lines) + 2
