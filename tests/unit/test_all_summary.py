@@ -8,8 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 from keybuzz_fix import config
-from keybuzz_fix.cluster.convert import observed_from_objects, plan_convert
+from keybuzz_fix.cluster.convert import plan_convert
 from keybuzz_fix.cluster.objects import parse_objects
+from keybuzz_fix.cluster.observed import observed_from_objects
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.changes import ChangeView
 from keybuzz_fix.report.output import PlanOutput
