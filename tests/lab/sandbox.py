@@ -272,7 +272,11 @@ class Sandbox:
             steps += [
                 ("Let VXLAN through UFW on every node: the plan only.", f"keybuzz-fix overlay {tsv} {ssh} --dry-run"),
                 ("The same, applied: shows the plan, asks once.", f"keybuzz-fix overlay {tsv} {ssh}"),
-                ("The overlay is healthy again (exit 0).", diagnose),
+                (
+                    "VXLAN gets through UFW now; diagnose still names what this lab lacks (no flanneld, so no "
+                    "FORWARD accepts for the pod network).",
+                    diagnose,
+                ),
             ]
         steps += [
             ("The whole remediation, planned only: nothing changes.", f"{remediate} --dry-run"),
