@@ -172,9 +172,9 @@ def check6(cluster: KeybuzzCluster, tmp_path: Path, *config: str) -> dict:
 
 
 def apply_routes(cluster: KeybuzzCluster) -> int:
-    return (
-        CliRunner().invoke(app, ["ingress", "--kubeconfig", str(cluster.kubeconfig), "--yes", "-o", "json"]).exit_code
-    )
+    result = CliRunner().invoke(app, ["ingress", "--kubeconfig", str(cluster.kubeconfig), "--yes", "-o", "json"])
+    print(f"ingress --yes: exit {result.exit_code}\n{result.output}")  # shown with a failing assertion
+    return result.exit_code
 
 
 # -- row 1: an older Ingress in another namespace holds the host and path --------------------------
