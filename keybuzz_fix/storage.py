@@ -88,3 +88,17 @@ def audit(command: str, where: str, action: str, outcome: str, **details: Any) -
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+def write_record(name: str, data: dict[str, Any]) -> Path:
+    """Write what a read-only command observed (``<name>.json`` in the state folder) for later runs to read."""
+    return write_private(state_dir() / f"{name}.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_record(name: str) -> dict[str, Any] | None:
+    """Return what :func:`write_record` wrote, or None if there is none or it cannot be read (never an error)."""
+    try:
+        data = json.loads((state_dir() / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -138,7 +138,9 @@ def plan_convert(
                 desired, host_port = converted.daemonset, converted.host_port
                 notes += converted.notes
                 warnings += converted.warnings
-                warnings += env_warnings(app.name, pod_spec(desired), observed)
+                env_warned, env_noted = env_warnings(app.name, pod_spec(desired), observed)
+                warnings += env_warned
+                notes += env_noted
                 app_port = _app_port(deployment, service, app)
                 warnings += other_services(app.name, deployment, service, app_port, host_port, observed)
                 mine.append(_daemonset_change(desired, existing, deployment, host_port))

@@ -125,14 +125,21 @@ def collisions(cfg: Config, placed: dict[str, tuple[Obj, set[HostPort]]], observ
     return problems
 
 
-def env_warnings(app: str, spec: Obj, observed: Observed) -> list[str]:
-    """Name each env variable whose value points at a ClusterIP Service (``*.svc`` or a ClusterIP)."""
+def env_warnings(app: str, spec: Obj, observed: Observed) -> tuple[list[str], list[str]]:
+    """Name each env variable whose value points at a ClusterIP Service (``*.svc`` or a ClusterIP).
+
+    Return (warnings, notes). Those calls cross the overlay between the nodes (CoreDNS, the
+    Service's endpoints), which the workaround does not mend: a warning unless diagnose saw the
+    overlay healthy lately (``observed.overlay``), then a note.
+    """
     cluster_ips = {str(spec_of(s).get("clusterIP")) for s in observed.services}
     try:
         network = ipaddress.ip_network(observed.service_cidr) if observed.service_cidr else None
     except ValueError:
         network = None
-    found = []
+    seen = observed.overlay
+    warnings: list[str] = []
+    notes: list[str] = []
     for c in containers(spec):
         for var in c.get("env") or []:
             value = var.get("value")
@@ -146,11 +153,23 @@ def env_warnings(app: str, spec: Obj, observed: Observed) -> list[str]:
                     continue
                 if m.group(0) in cluster_ips or (network is not None and ip in network):
                     hits.append(m.group(0))
-            if hits:
-                found.append(
-                    f"{app}: env {var.get('name')} (container {c.get('name')}) points at "
-                    f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service: those calls fail for as long as the "
-                    "overlay between the nodes is broken (this workaround does not mend it; keybuzz-fix diagnose "
-                    "says whether it is)"
+            if not hits:
+                continue
+            head = (
+                f"{app}: env {var.get('name')} (container {c.get('name')}) points at "
+                f"{', '.join(dict.fromkeys(hits))}, a ClusterIP Service"
+            )
+            if seen is not None and seen.healthy:
+                notes.append(f"{head}: {seen.describe()}, so those calls go through")
+            elif seen is not None and seen.healthy is False:
+                warnings.append(
+                    f"{head}: those calls fail while the overlay between the nodes is broken — {seen.describe()}; "
+                    "this workaround does not mend it (keybuzz-fix overlay does what UFW blocks)"
                 )
-    return found
+            else:
+                known = f"{seen.describe()}" if seen is not None else "whether it works was not checked"
+                warnings.append(
+                    f"{head}: those calls fail if the overlay between the nodes is broken — {known}; this "
+                    "workaround does not mend it (keybuzz-fix diagnose says whether it is)"
+                )
+    return warnings, notes

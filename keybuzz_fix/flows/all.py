@@ -26,9 +26,9 @@ from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
 from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import Interrupted, KeybuzzFixError
+from keybuzz_fix.errors import Aborted, Interrupted, KeybuzzFixError
 from keybuzz_fix.flows import Connections
-from keybuzz_fix.flows.convert import apply_confirmed, check_plan, read_convert_state
+from keybuzz_fix.flows.convert import apply_confirmed, check_plan, overlay_now, read_convert_state
 from keybuzz_fix.flows.firewall import worker_rules
 from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
 from keybuzz_fix.flows.validate import WorkerAccess, score_cluster
@@ -37,9 +37,18 @@ from keybuzz_fix.hosts.ufw.run import HostOutcome, Wanted
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView
-from keybuzz_fix.report.hosts import firewall_plans, firewall_summary, wanted_rules
+from keybuzz_fix.report.hosts import firewall_brief, firewall_plans, firewall_summary, wanted_brief, wanted_rules
 from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
-from keybuzz_fix.report.output import PlanOutput, confirm, print_json, progress_bar, verbosity
+from keybuzz_fix.report.output import (
+    PlanOutput,
+    confirm,
+    held_back,
+    let_out,
+    print_json,
+    progress_bar,
+    verbosity,
+    working,
+)
 from keybuzz_fix.report.scorecard import scorecard_table
 
 if TYPE_CHECKING:
@@ -134,10 +143,16 @@ def _run_all(
         insert_first=options.insert_first,
         concurrency=reach.concurrency,
     )
-    # the objects' diffs are what -v (and --dry-run, which asks for the plan) adds: before the prompt, one page
-    view = ChangeView(console, PlanOutput.TEXT, "convert", diffs=options.dry_run or verbosity() > 0)
+    # Before the prompt, one page: the summary first, then each step's plan in brief (each change on
+    # one line); -v (and --dry-run, which asks for the plan) adds every command and diff. The plans
+    # are drawn while planning but held back until the summary is out; warnings are in the summary only.
+    brief = not (options.dry_run or verbosity() > 0)
+    details = held_back(console)
+    view = ChangeView(details, PlanOutput.TEXT, "convert", diffs=not brief, warnings=False)
 
-    def step(name: str, work: Callable[[], Result], describe: Callable[[Result], tuple[str, str]]) -> Result:
+    def step(
+        name: str, work: Callable[[], Result], describe: Callable[[Result], tuple[str, str]], *, show: bool = True
+    ) -> Result:
         start = time.monotonic()
         try:
             result = work()
@@ -146,7 +161,7 @@ def _run_all(
                 name, "interrupted" if isinstance(e, Interrupted) else "failed", str(e), time.monotonic() - start
             )
             raise
-        log.record(name, *describe(result), time.monotonic() - start)
+        log.record(name, *describe(result), time.monotonic() - start, show=show)
         return result
 
     target = steps.Target(kube.endpoint.server, kube.endpoint.source, options.servers, len(hosts), cfg.namespace)
@@ -155,42 +170,57 @@ def _run_all(
     try:
         # -- the combined plan: nothing changes here ---------------------------------------------
         planning = "plan (dry run)" if options.dry_run else "plan (nothing changes before you confirm)"
-        log.heading(1, "ufw", planning)
-        planned = step("ufw", lambda: _plan_firewall(console, fw, wanted), steps.describe_firewall_plan)
-        log.heading(2, "convert", planning)
-        checked = ChangeRun("convert", dry_run=True)
-        converting = step(
-            "convert",
-            lambda: check_plan(
-                kube,
-                cfg,
-                checked,
-                view,
-                keep_port=options.keep_port,
-                force=options.force_conflicts,
-                allow_managed=options.allow_managed,
-                workers=hosts,
-                confirm_first=not options.dry_run,
-            ),
-            lambda _plan: steps.describe_convert(checked),
-        )
-        log.heading(3, "ingress", planning)
-        routes = step(
-            "ingress",
-            lambda: _plan_ingress(
-                console,
-                plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts),
-                dry_run=options.dry_run,
-            ),
-            steps.describe_ingress_plan,
-        )
+        try:
+            log.heading(1, "ufw", planning, on=details)
+            planned = step(
+                "ufw",
+                lambda: _plan_firewall(console, details, fw, wanted, brief=brief),
+                steps.describe_firewall_plan,
+                show=False,
+            )
+            log.heading(2, "convert", planning, on=details)
+            checked = ChangeRun("convert", dry_run=True)
+            with working(console, "planning convert: reading the cluster, then a server-side dry run…"):
+                converting = step(
+                    "convert",
+                    lambda: check_plan(
+                        kube,
+                        cfg,
+                        checked,
+                        view,
+                        keep_port=options.keep_port,
+                        force=options.force_conflicts,
+                        allow_managed=options.allow_managed,
+                        workers=hosts,
+                        confirm_first=not options.dry_run,
+                    ),
+                    lambda _plan: steps.describe_convert(checked),
+                    show=False,
+                )
+            log.heading(3, "ingress", planning, on=details)
+            with working(console, "planning ingress: reading ingress-nginx, then a server-side dry run…"):
+                routes = step(
+                    "ingress",
+                    lambda: _plan_ingress(
+                        details,
+                        plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts),
+                        dry_run=options.dry_run,
+                        brief=brief,
+                    ),
+                    steps.describe_ingress_plan,
+                    show=False,
+                )
+            log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
+        finally:
+            let_out(console, details)  # the steps' plans, after the summary (or, if planning stopped, what was planned)
         if options.dry_run:
-            log.summary("all: plan (dry run, nothing changed)")
+            console.print(
+                "[yellow]all: dry run: nothing changed[/]"
+            )
             return Remediation(
                 changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
             )
         changing = [o for o in planned if o.changes]
-        log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
         confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
         held.enter_context(one_at_a_time(kube, cfg.namespace, "all"))  # one run at a time changes the cluster
         log.rows.clear()
@@ -225,6 +255,8 @@ def _run_all(
             steps.describe_score,
         )
         scorecard_table(console, card)
+    except Aborted:
+        raise  # answered no: the error line says nothing changed; the plan is on screen
     except KeybuzzFixError:
         log.summary("all: stopped")
         raise
@@ -232,7 +264,7 @@ def _run_all(
         held.close()
         fw.close()
     log.summary("all: done")
-    log.next_steps(options.servers)
+    log.next_steps(options.servers, overlay_now(hosts))
     if not card.ok:
         raise StepFailed(
             f"validate: score {card.score:.0f} % is below the threshold {card.required} % "
@@ -252,13 +284,16 @@ def _as_converted(kube: Kube, cfg: Config, hosts: Sequence[Host], options: AllOp
     return [c.after for c in plan.daemonsets + plan.services if c.after is not None]
 
 
-def _plan_firewall(console: Console, fw: FirewallRun, wanted: Wanted) -> list[HostOutcome]:
-    wanted_rules(console, wanted)
+def _plan_firewall(
+    console: Console, details: Console, fw: FirewallRun, wanted: Wanted, *, brief: bool
+) -> list[HostOutcome]:
+    """Read every worker's UFW (progress on ``console``) and draw the plan on ``details``."""
+    (wanted_brief if brief else wanted_rules)(details, wanted)
     planned = fw.plan(progress_bar(console))
-    firewall_plans(console, planned)
+    (firewall_brief if brief else firewall_plans)(details, planned)
     stuck = [o for o in planned if o.error or o.blocked]
     if stuck:
-        firewall_summary(console, planned, "ufw: cannot go on")
+        firewall_summary(details, planned, "ufw: cannot go on")
         raise StepFailed(steps.stuck_workers(stuck))
     return planned
 
@@ -291,8 +326,8 @@ def _apply_convert(
     return run
 
 
-def _plan_ingress(console: Console, plan: IngressPlan, *, dry_run: bool) -> IngressPlan:
-    ingress_plan(console, plan, dry_run=dry_run)
+def _plan_ingress(console: Console, plan: IngressPlan, *, dry_run: bool, brief: bool) -> IngressPlan:
+    ingress_plan(console, plan, dry_run=dry_run, brief=brief)
     if plan.failed:
         problems = "; ".join(
             [f.detail for f in plan.mismatches] + [p.describe() for r in plan.unserved for p in r.serving]

@@ -13,19 +13,21 @@ when re-run. ``all`` plans with :func:`check_plan` and applies the confirmed pla
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keybuzz_fix import storage
 from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun, sent
 from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
 from keybuzz_fix.cluster.lock import one_at_a_time
-from keybuzz_fix.cluster.objects import Obj, meta_of, parse_objects
-from keybuzz_fix.cluster.observed import Observed, observed_from_objects
+from keybuzz_fix.cluster.objects import Obj, meta_of, name_of, parse_objects
+from keybuzz_fix.cluster.observed import OVERLAY_RECORD, Observed, OverlaySeen, observed_from_objects, overlay_seen
 from keybuzz_fix.cluster.rbac import permissions, preflight
 from keybuzz_fix.cluster.rollout import Stuck, send, wait_handover, wait_ready
 from keybuzz_fix.config import Config
@@ -48,6 +50,7 @@ def read_convert_state(kube: Kube, cfg: Config, workers: Sequence[Host] | None =
 
     ``workers`` (servers.tsv's) are the nodes each DaemonSet must reach; None: the cluster's workers.
     """
+    nodes = kube.list("Node")
     return Observed(
         namespace=cfg.namespace,
         deployments=kube.list("Deployment"),
@@ -55,11 +58,21 @@ def read_convert_state(kube: Kube, cfg: Config, workers: Sequence[Host] | None =
         statefulsets=kube.list("StatefulSet"),
         services=kube.list("Service"),
         hpas=kube.list("HorizontalPodAutoscaler", cfg.namespace),
-        nodes=kube.list("Node"),
+        nodes=nodes,
         service_cidr=cfg.overlay.service_cidr,
         pdbs=_disruption_budgets(kube, cfg.namespace),
         workers=workers,
+        overlay=overlay_now(workers, nodes),
     )
+
+
+def overlay_now(workers: Sequence[Host] | None, nodes: Sequence[Obj] = ()) -> OverlaySeen | None:
+    """What the last diagnose saw of the overlay of these workers (else of the cluster's Nodes); None if unknown."""
+    if workers:
+        names: dict[str, str | None] = {h.hostname: h.private_ip for h in workers}
+    else:
+        names = {name_of(n): None for n in nodes}
+    return overlay_seen(storage.read_record(OVERLAY_RECORD), names, dt.datetime.now(dt.UTC))
 
 
 def _disruption_budgets(kube: Kube, namespace: str) -> list[Obj]:

@@ -14,6 +14,7 @@ Nothing is changed anywhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from keybuzz_fix import storage
 from keybuzz_fix.checks.diagnose import ClusterView, Diagnosis, NodeView, Objects, api_nodes, find_causes, split_objects
+from keybuzz_fix.checks.diagnose.findings import healthy
 from keybuzz_fix.cluster.connect import ClusterOptions, connect_cluster
+from keybuzz_fix.cluster.observed import OVERLAY_RECORD
 from keybuzz_fix.errors import ClusterError, HostError, InputError, KeybuzzFixError, read_input
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.hosts.flannel.capture import Capture, parse_capture
@@ -33,7 +37,7 @@ from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ssh import open_session
 from keybuzz_fix.hosts.sshoptions import AcceptedKeys, SshOptions
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.report.diagnosis import show_diagnosis
+from keybuzz_fix.report.diagnosis import gaps, show_diagnosis
 from keybuzz_fix.report.output import Output, progress_bar, write_stdout
 
 if TYPE_CHECKING:
@@ -66,7 +70,27 @@ def run_diagnose(console: Console, reach: Connections, hosts: Sequence[Host], ou
         else NodeView(a.host.hostname, a.host.private_ip, error=a.error.problem if a.error else "not probed")
         for a in attempts
     ]
-    return _judge(console, nodes, view, output, time.monotonic() - start, tuple(accepted.entries))
+    found = _judge(console, nodes, view, output, time.monotonic() - start, tuple(accepted.entries))
+    storage.write_record(OVERLAY_RECORD, overlay_record(found, hosts))
+    return found
+
+
+def overlay_record(found: Diagnosis, hosts: Sequence[Host]) -> dict[str, Any]:
+    """What ``convert`` and ``all`` read of this diagnose: when, healthy or not (or not all checked), which nodes.
+
+    Only a live run over SSH is recorded: a ``--from-dir`` capture is of another moment.
+    """
+    if not healthy(found.findings, found.paths):
+        state: bool | None = False
+    else:
+        state = True if not gaps(found) and not any(n.error for n in found.nodes) else None
+    cause = next((f.cause.value for f in found.findings if f.problem), "")
+    return {
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "healthy": state,
+        "cause": cause,
+        "nodes": {h.hostname: h.private_ip for h in hosts},
+    }
 
 
 def run_from_dir(console: Console, directory: Path, output: Output) -> Diagnosis:

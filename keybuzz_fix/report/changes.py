@@ -48,12 +48,14 @@ class ChangeView:
         *,
         show_values: bool = False,
         diffs: bool = True,
+        warnings: bool = True,
     ) -> None:
         self.console = console
         self.format: str = output.value
         self.command = command
         self.show_values = show_values
         self.diffs = diffs  # False: each change on one line, the objects' diffs left to -v
+        self.warnings = warnings  # False: the plan's warnings are shown elsewhere (all's summary), once
 
     @property
     def text(self) -> bool:
@@ -77,7 +79,7 @@ class ChangeView:
                 title,
                 changes,
                 refusals=refusals,
-                warnings=warnings,
+                warnings=warnings if self.warnings else (),
                 notes=notes,
                 show_values=self.show_values,
                 shown_env=shown_env,

@@ -163,6 +163,49 @@ def firewall_plans(console: Console, outcomes: Sequence[HostOutcome]) -> None:
                 console.print(f"  [green]=[/] {escape(a.reason)}")
 
 
+def wanted_brief(console: Console, wanted: Wanted) -> None:
+    """Print the rules wanted on every worker, one line each with its purpose's first words (``all``'s page)."""
+    from rich.markup import escape
+
+    where = _READ_FROM.get(wanted.read_from, wanted.read_from)
+    console.print(f"{len(wanted.rules)} rule(s) wanted on every worker, {escape(where)}:")
+    for w in wanted.rules:
+        console.print(f"  {escape(w.rule.describe())} — {escape(w.purpose.split(':')[0])}")
+    for note in wanted.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+
+
+def firewall_brief(console: Console, outcomes: Sequence[HostOutcome]) -> None:
+    """Print each worker's plan in one line, workers with the same plan together; what blocks a host in full.
+
+    ``-v`` (:func:`firewall_plans`) shows every command that will run on each host.
+    """
+    from rich.markup import escape
+
+    groups: dict[str, list[str]] = {}
+    for o in outcomes:
+        groups.setdefault(_brief_plan(o), []).append(o.host.hostname)
+    for line, names in groups.items():
+        console.print(f"  [bold]{escape(', '.join(names))}[/] {escape(line)}", soft_wrap=True)
+    if any(o.changes for o in outcomes):
+        console.print("  [dim]each worker's ufw commands: add -v[/]")
+
+
+def _brief_plan(o: HostOutcome) -> str:
+    if o.facts is None:
+        return f"cannot plan: {o.error}"
+    state = "ufw active" if o.facts.active else "ufw inactive"
+    added = [a.rule.describe().split(" from ")[0].removeprefix("allow ") for a in o.actions if a.changes and a.rule]
+    others = [a.command or a.reason for a in o.actions if a.changes and not a.rule]
+    kept = sum(1 for a in o.actions if not a.changes and a.kind is not ActionKind.BLOCKED)
+    blocked = [a.reason for a in o.actions if a.kind is ActionKind.BLOCKED]
+    parts = [f"{len(added)} to add: {', '.join(added)}"] if added else []
+    parts += others
+    parts += [f"{kept} already open"] if kept else []
+    parts += [f"blocked: {b}" for b in blocked]
+    return f"({state}): " + ("; ".join(parts) or "nothing to do")
+
+
 def firewall_summary(console: Console, outcomes: Sequence[HostOutcome], title: str) -> None:
     """Print the per-host summary table."""
     from rich.markup import escape

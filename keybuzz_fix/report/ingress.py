@@ -22,12 +22,23 @@ _ROUTE_STYLE = {
 }
 
 
-def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
-    """Print the ingress-nginx findings and each route's diff (the server's dry-run answer)."""
+def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool, brief: bool = False) -> None:
+    """Print the ingress-nginx findings and each route's diff (the server's dry-run answer).
+
+    ``brief`` (``all`` without ``-v``): the findings that pass are counted, not listed, and each
+    route is one line; what fails is always shown in full.
+    """
     from rich.markup import escape
 
-    console.print("[bold]ingress-nginx[/] (checked, never changed):")
-    for f in plan.findings:
+    passed = [f for f in plan.findings if f.ok]
+    if brief and passed:
+        console.print(
+            f"[bold]ingress-nginx[/] (checked, never changed): {len(passed)} of {len(plan.findings)} check(s) pass"
+            + (":" if plan.mismatches else "")
+        )
+    else:
+        console.print("[bold]ingress-nginx[/] (checked, never changed):")
+    for f in plan.mismatches if brief else plan.findings:
         mark = "[green]✓[/]" if f.ok else "[bold red]✗[/]"
         console.print(f"  {mark} {escape(f.subject)}: {escape(f.detail)}")
     console.print(
@@ -38,17 +49,34 @@ def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:
     for r in plan.routes:
         console.print(
             f"  {r.name}: [{_ROUTE_STYLE[r.status.value]}]{r.status.value}[/]"
+            + (f" ({escape(routes_of(r.desired))})" if brief else "")
             + (f" — {escape(r.error)}" if r.error else "")
         )
-        for line in r.diff.splitlines():
+        for line in [] if brief else r.diff.splitlines():
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
             console.print(f"    [{style}]{escape(line)}[/]", soft_wrap=True)
         if r.serving:
             console.print(f"    [bold red]✗ ingress-nginx would not serve {escape(r.name)} as wanted:[/]")
         for problem in r.serving:
             console.print(f"      [red]{escape(problem.subject)}[/]: {escape(problem.detail)}", soft_wrap=True)
+    if brief and any(r.diff for r in plan.routes):
+        console.print("  [dim]each route's diff: add -v[/]")
     if dry_run:
         console.print("[yellow]dry run: nothing changed (the diff is the API server's dry-run answer)[/]")
+
+
+def routes_of(ingress: dict[str, Any]) -> str:
+    """Say where an Ingress sends what: ``platform.keybuzz.io/ → Service keybuzz-front:80``."""
+    out = []
+    for rule in (ingress.get("spec") or {}).get("rules") or []:
+        for path in ((rule.get("http") or {}).get("paths")) or []:
+            service = (path.get("backend") or {}).get("service") or {}
+            port = service.get("port") or {}
+            out.append(
+                f"{rule.get('host') or '*'}{path.get('path') or '/'} → Service {service.get('name')}:"
+                f"{port.get('number') or port.get('name')}"
+            )
+    return ", ".join(out) or "no rules"
 
 
 def ingress_summary(console: Console, plan: IngressPlan, *, dry_run: bool) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from keybuzz_fix.errors import Aborted, UsageError
 from keybuzz_fix.hints import hint
@@ -68,6 +69,50 @@ def new_console(*, stderr: bool = False) -> Console:
     console = Console(stderr=stderr, highlight=False)
     console.soft_wrap = not console.is_terminal
     return console
+
+
+def held_back(console: Console) -> Console:
+    """Return a console like ``console`` whose output waits in memory until :func:`let_out` prints it.
+
+    ``all`` plans its steps while the operator watches a progress display, then shows its
+    summary first and the steps' plans after it: the plans are drawn while planning, held back.
+    """
+    import io
+
+    from rich.console import Console
+
+    held = Console(
+        file=io.StringIO(),
+        width=console.width,
+        force_terminal=console.is_terminal,
+        color_system=cast("Any", console.color_system),  # the same colours: a name rich gave
+        highlight=False,
+    )
+    held.soft_wrap = console.soft_wrap
+    return held
+
+
+def let_out(console: Console, held: Console) -> None:
+    """Print, once, what ``held`` holds back (see :func:`held_back`), and empty it."""
+    import io
+
+    buffer = held.file
+    if not isinstance(buffer, io.StringIO) or not buffer.getvalue():
+        return
+    console.file.write(buffer.getvalue())
+    console.file.flush()
+    buffer.seek(0)
+    buffer.truncate()
+
+
+@contextmanager
+def working(console: Console, what: str) -> Iterator[None]:
+    """Show a spinner naming what the run waits for, at a terminal; nothing in a pipe or a file."""
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(what):
+        yield
 
 
 def print_json(data: Any) -> None:

@@ -15,6 +15,7 @@ from keybuzz_fix.checks.ingress import IngressPlan
 from keybuzz_fix.checks.scorecard import Scorecard
 from keybuzz_fix.cluster.changes import Change, ChangeRun, Verb
 from keybuzz_fix.cluster.ingress import RouteStatus
+from keybuzz_fix.cluster.observed import OverlaySeen
 from keybuzz_fix.errors import ExitCode, HostUnreachable, KeybuzzFixError
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.run import HostOutcome, HostStatus
@@ -99,12 +100,12 @@ class StepLog:
             style = "bold yellow" if line.startswith("warning:") else ""
             self.console.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}", soft_wrap=True)
 
-    def next_steps(self, servers: Path | None) -> None:
-        """Say what comes after the workaround."""
+    def next_steps(self, servers: Path | None, seen: OverlaySeen | None = None) -> None:
+        """Say what comes after the workaround, from what diagnose last saw of the overlay."""
         from rich.markup import escape
 
-        for line in next_steps(servers):
-            self.console.print(f"[bold]next[/]: {escape(line)}")
+        for line in next_steps(servers, seen):
+            self.console.print(f"[bold]next[/]: {escape(line)}", soft_wrap=True)
 
     def target(self, target: Target) -> None:
         """Say, before anything else, which cluster and workers the run works on."""
@@ -112,13 +113,15 @@ class StepLog:
 
         self.console.print(f"[bold]target[/]: {escape(str(target))}")
 
-    def heading(self, number: int, step: str, phase: str = "") -> None:
-        """Draw the rule that opens a step (or its planning)."""
-        self.console.rule(f"[bold]{number}/{len(STEPS)} {step}[/]" + (f": {phase}" if phase else ""))
+    def heading(self, number: int, step: str, phase: str = "", *, on: Console | None = None) -> None:
+        """Draw the rule that opens a step (or its planning), on the log's console or ``on``."""
+        (on or self.console).rule(f"[bold]{number}/{len(STEPS)} {step}[/]" + (f": {phase}" if phase else ""))
 
-    def record(self, step: str, status: str, detail: str, seconds: float) -> None:
-        """Note a step's outcome and show it at once."""
+    def record(self, step: str, status: str, detail: str, seconds: float, *, show: bool = True) -> None:
+        """Note a step's outcome and show it at once (``show=False``: the summary will say it)."""
         self.rows.append((step, status, detail, seconds))
+        if not show:
+            return
         style = STATUS_STYLE.get(status, "")
         shown = f"[{style}]{status}[/]" if style else status
         self.console.print(f"[bold]{step}[/]: {shown} — {detail} ({seconds:.1f} s)")
@@ -141,14 +144,29 @@ class StepLog:
         self.console.print(table)
 
 
-def next_steps(servers: Path | None) -> list[str]:
-    """What to do once ``all`` is done: it is a workaround; the overlay stays to be fixed, then undone."""
+def next_steps(servers: Path | None, seen: OverlaySeen | None = None) -> list[str]:
+    """What to do once ``all`` is done: it is a workaround; the overlay is to be fixed (diagnose, overlay), then undone.
+
+    ``seen``: what the last diagnose of these workers saw (see :func:`keybuzz_fix.cluster.observed.overlay_seen`).
+    """
     inventory = str(servers) if servers is not None else "servers.tsv"
+    undo = (
+        "`keybuzz-fix rollback --latest` brings the Deployments back (it leaves the UFW rules and the Ingress "
+        "routes in place)"
+    )
+    if seen is not None and seen.healthy:
+        return [f"{seen.describe()}: the workaround is no longer needed; when you want the Deployments back, {undo}."]
+    if seen is not None and seen.healthy is False:
+        return [
+            f"This is a workaround: ClusterIP traffic between the nodes is still broken — {seen.describe()}. "
+            f"`keybuzz-fix overlay {inventory}` fixes what UFW blocks; `keybuzz-fix diagnose {inventory}` says what "
+            "else is wrong.",
+            f"Once diagnose says the overlay is healthy, {undo}.",
+        ]
     return [
         "This is a workaround: ClusterIP traffic between the nodes is what was broken. "
         f"`keybuzz-fix diagnose {inventory}` finds why, and `keybuzz-fix overlay {inventory}` fixes what UFW blocks.",
-        "Once diagnose says the overlay is healthy, `keybuzz-fix rollback --latest` brings the Deployments back "
-        "(it leaves the UFW rules and the Ingress routes in place).",
+        f"Once diagnose says the overlay is healthy, {undo}.",
     ]
 
 

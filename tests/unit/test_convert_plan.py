@@ -2,6 +2,8 @@
 refusals, warnings, and the plan against converted and half-converted states."""
 
 import copy
+import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from keybuzz_fix.cluster.changes import Verb
 from keybuzz_fix.cluster.convert import plan_convert
 from keybuzz_fix.cluster.daemonset import daemonset_for
 from keybuzz_fix.cluster.objects import MANAGED_BY, is_subset, parse_objects
-from keybuzz_fix.cluster.observed import Observed, observed_from_objects
+from keybuzz_fix.cluster.observed import Observed, OverlaySeen, observed_from_objects, overlay_seen
 from keybuzz_fix.report.changes import offline_json
 
 DATA = Path(__file__).parent.parent / "data"
@@ -378,10 +380,71 @@ def test_env_warnings_name_each_variable_and_not_the_secret():
     assert not any("pw-123" in w for w in warnings)
     assert any(
         "redis.cache.svc" in w
-        and "fail for as long as the overlay between the nodes is broken" in w
+        and "fail if the overlay between the nodes is broken — whether it works was not checked" in w
         and "will fail" not in w
         for w in warnings
     )
+
+
+def _seen(healthy: bool | None, cause: str = "") -> OverlaySeen:
+    return OverlaySeen(healthy, dt.datetime(2026, 11, 30, 7, 50, tzinfo=dt.UTC), cause)
+
+
+def test_the_clusterip_warning_follows_what_diagnose_saw_of_the_overlay():
+    objs = seed_objects()
+    state = observed_from_objects(objs, CFG)
+    unknown = plan_convert(CFG, state)
+    broken = plan_convert(CFG, dataclasses.replace(state, overlay=_seen(False, "ufw-blocks-vxlan")))
+    unsure = plan_convert(CFG, dataclasses.replace(state, overlay=_seen(None)))
+    healthy = plan_convert(CFG, dataclasses.replace(state, overlay=_seen(True)))
+
+    def about_env(lines: tuple[str, ...]) -> list[str]:
+        return [line for line in lines if "API_INTERNAL_URL" in line]
+
+    (never,) = about_env(unknown.warnings)
+    assert "whether it works was not checked" in never and "keybuzz-fix diagnose" in never
+    (failing,) = about_env(broken.warnings)
+    assert "those calls fail while the overlay between the nodes is broken" in failing
+    assert "diagnose found the overlay broken at 07:50 UTC (ufw-blocks-vxlan)" in failing
+    (partly,) = about_env(unsure.warnings)
+    assert "did not check everything" in partly
+    assert about_env(healthy.warnings) == []  # seen healthy: no warning, a note
+    (fine,) = about_env(healthy.notes)
+    assert fine.endswith("diagnose found the overlay healthy at 07:50 UTC, so those calls go through")
+    assert healthy.changes == unknown.changes  # what it observed changes what is said, never what is done
+
+
+NOW = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
+RECORD = {
+    "time": "2026-11-30T07:50:00+00:00",
+    "healthy": True,
+    "cause": "",
+    "nodes": {"k8s-worker-01": "10.0.0.11", "k8s-worker-02": "10.0.0.12", "k8s-master-01": "10.0.0.1"},
+}
+
+
+@pytest.mark.parametrize(
+    ("record", "names", "applies"),
+    [
+        (RECORD, {"k8s-worker-01": "10.0.0.11", "k8s-worker-02": "10.0.0.12"}, True),
+        (RECORD, {"k8s-worker-01": None}, True),  # the cluster's Nodes: names only
+        (RECORD, {"k8s-worker-01": "10.0.0.11", "k8s-worker-03": "10.0.0.13"}, False),  # a worker not diagnosed
+        (RECORD, {"k8s-worker-01": "10.0.0.99"}, False),  # another address: another node
+        ({**RECORD, "time": "2026-11-30T06:59:00+00:00"}, {"k8s-worker-01": None}, False),  # over an hour old
+        ({**RECORD, "time": "2026-11-30T08:10:00+00:00"}, {"k8s-worker-01": None}, False),  # from the future
+        ({**RECORD, "time": "yesterday"}, {"k8s-worker-01": None}, False),
+        ({**RECORD, "time": "2026-11-30T07:50:00"}, {"k8s-worker-01": None}, False),  # no time zone
+        ({**RECORD, "healthy": "yes"}, {"k8s-worker-01": None}, False),
+        ({**RECORD, "nodes": ["k8s-worker-01"]}, {"k8s-worker-01": None}, False),
+        (None, {"k8s-worker-01": None}, False),
+        (RECORD, {}, False),
+    ],
+)
+def test_what_diagnose_saw_applies_only_to_the_nodes_it_saw_lately(record, names, applies):
+    seen = overlay_seen(record, names, NOW)
+    assert (seen is not None) is applies
+    if seen is not None:
+        assert seen.healthy is True and seen.describe() == "diagnose found the overlay healthy at 07:50 UTC"
 
 
 def test_to_back_up_holds_what_changes_only():

@@ -264,12 +264,17 @@ def nft_chains(lines: Sequence[str]) -> dict[str, NftChain]:
         elif chain is not None:
             if line.startswith("type "):
                 words = line.replace(";", " ").split()
-                hook = words[words.index("hook") + 1] if "hook" in words else None
-                if "policy" in words:
-                    policy = words[words.index("policy") + 1]
+                hook = _word_after(words, "hook")
+                policy = _word_after(words, "policy") or policy
             elif line:
                 rules.append(line)
     return chains
+
+
+def _word_after(words: Sequence[str], key: str) -> str | None:
+    """The word after ``key`` (``hook input``, ``policy drop``); None if there is none (a cut-off line)."""
+    at = words.index(key) if key in words else len(words)
+    return words[at + 1] if at + 1 < len(words) else None
 
 
 def nft_verdict(lines: Sequence[str], flow: Flow) -> IptVerdict | None:
