@@ -167,9 +167,9 @@ def env_warnings(app: str, spec: Obj, observed: Observed) -> tuple[list[str], li
                     "this workaround does not mend it (keybuzz-fix overlay does what UFW blocks)"
                 )
             else:
-                known = f"{seen.describe()}" if seen is not None else "whether it works was not checked"
+                known = f"{seen.describe()}" if seen is not None else "not checked"
                 warnings.append(
-                    f"{head}: those calls fail if the overlay between the nodes is broken — {known}; this "
-                    "workaround does not mend it (keybuzz-fix diagnose says whether it is)"
+                    f"{head}: those calls fail if the overlay between the nodes is broken ({known}; "
+                    "keybuzz-fix diagnose says; this workaround does not mend it)"
                 )
     return warnings, notes

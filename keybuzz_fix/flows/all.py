@@ -213,10 +213,10 @@ def _run_all(
             log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
         finally:
             let_out(console, details)  # the steps' plans, after the summary (or, if planning stopped, what was planned)
+        if brief:
+            console.print("[dim]-v shows every command each worker will run and every object's and route's diff[/]")
         if options.dry_run:
-            console.print(
-                "[yellow]all: dry run: nothing changed[/]"
-            )
+            console.print("[yellow]all: dry run: nothing changed[/]")
             return Remediation(
                 changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
             )
@@ -229,7 +229,8 @@ def _run_all(
         log.heading(1, "ufw", "applying")
         step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
         log.heading(2, "convert", "applying")
-        step("convert", lambda: _apply_convert(kube, cfg, converting, view, options, hosts), steps.describe_convert)
+        shown = ChangeView(console, PlanOutput.TEXT, "convert")  # the backup, the readiness wait, the outcome
+        step("convert", lambda: _apply_convert(kube, cfg, converting, shown, options, hosts), steps.describe_convert)
         log.heading(3, "ingress", "applying")
         step(
             "ingress",

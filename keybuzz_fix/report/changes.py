@@ -172,7 +172,8 @@ def change_plan(
 ) -> None:
     """Print a plan of object changes: each action with its reason and diff, env values masked unless asked.
 
-    ``diffs=False``: each change on one line (the diffs are what ``-v`` adds), notes, warnings and refusals.
+    ``diffs=False``: each change on one line (the diffs are what ``-v`` adds: the caller says so),
+    notes, warnings and refusals.
     """
     from rich.markup import escape
 
@@ -200,9 +201,7 @@ def change_plan(
         console.print(f"  [bold yellow]warning[/] {escape(w)}")
     for r in refusals:
         console.print(f"  [bold red]refused[/] {escape(r)}")
-    if not diffs and any(c.changes and c.after is not None for c in changes):
-        console.print("  [dim]each object's diff: add -v[/]")
-    elif not show_values and any(c.changes for c in changes):
+    if diffs and not show_values and any(c.changes for c in changes):
         console.print(hint("--show-values", "  [dim]env values are masked; --show-values reveals them[/]", MASKED))
 
 

@@ -186,9 +186,8 @@ def firewall_brief(console: Console, outcomes: Sequence[HostOutcome]) -> None:
     for o in outcomes:
         groups.setdefault(_brief_plan(o), []).append(o.host.hostname)
     for line, names in groups.items():
-        console.print(f"  [bold]{escape(', '.join(names))}[/] {escape(line)}", soft_wrap=True)
-    if any(o.changes for o in outcomes):
-        console.print("  [dim]each worker's ufw commands: add -v[/]")
+        who = f"all {len(names)} workers" if len(groups) == 1 and len(names) > 1 else ", ".join(names)
+        console.print(f"  [bold]{escape(who)}[/] {escape(line)}")
 
 
 def _brief_plan(o: HostOutcome) -> str:
@@ -199,7 +198,9 @@ def _brief_plan(o: HostOutcome) -> str:
     others = [a.command or a.reason for a in o.actions if a.changes and not a.rule]
     kept = sum(1 for a in o.actions if not a.changes and a.kind is not ActionKind.BLOCKED)
     blocked = [a.reason for a in o.actions if a.kind is ActionKind.BLOCKED]
-    parts = [f"{len(added)} to add: {', '.join(added)}"] if added else []
+    # every wanted rule to add: the list above says which; otherwise name the ones this host lacks
+    partial = kept or blocked or others
+    parts = [f"{len(added)} to add" + (f": {', '.join(added)}" if partial else "")] if added else []
     parts += others
     parts += [f"{kept} already open"] if kept else []
     parts += [f"blocked: {b}" for b in blocked]

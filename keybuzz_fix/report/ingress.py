@@ -59,8 +59,6 @@ def ingress_plan(console: Console, plan: IngressPlan, *, dry_run: bool, brief: b
             console.print(f"    [bold red]✗ ingress-nginx would not serve {escape(r.name)} as wanted:[/]")
         for problem in r.serving:
             console.print(f"      [red]{escape(problem.subject)}[/]: {escape(problem.detail)}", soft_wrap=True)
-    if brief and any(r.diff for r in plan.routes):
-        console.print("  [dim]each route's diff: add -v[/]")
     if dry_run:
         console.print("[yellow]dry run: nothing changed (the diff is the API server's dry-run answer)[/]")
 

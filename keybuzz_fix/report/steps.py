@@ -98,7 +98,7 @@ class StepLog:
         self.console.print("\n[bold]summary[/]")
         for line in lines:
             style = "bold yellow" if line.startswith("warning:") else ""
-            self.console.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}", soft_wrap=True)
+            self.console.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}")
 
     def next_steps(self, servers: Path | None, seen: OverlaySeen | None = None) -> None:
         """Say what comes after the workaround, from what diagnose last saw of the overlay."""

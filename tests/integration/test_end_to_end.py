@@ -17,10 +17,14 @@ leave most of them failing; `all` repairs it and a second `all` changes nothing.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
+import pyte
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -32,6 +36,7 @@ from tests.lab.outage import OutageLab
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 
 WORKERS = 5
+ROOT = Path(__file__).resolve().parent.parent.parent
 PORTS = ["31695/tcp", "32720/tcp", "80/tcp", "443/tcp", "8080/tcp", "3000/tcp"]
 
 
@@ -133,6 +138,46 @@ def test_the_nodeport_rules_alone_leave_requests_failing(world: OutageLab) -> No
     assert "80 (ingress-nginx" not in paths and "443 (ingress-nginx" not in paths  # those are open now
 
 
+def test_before_its_prompt_all_reads_as_one_page(world: OutageLab) -> None:
+    """At a real terminal (a pty drawn by a terminal emulator) all's plan fits a page; answering no changes nothing."""
+    lab = world.lab
+    assert lab is not None and world.lb is not None
+    argv = [
+        "-m", "keybuzz_fix", "all", str(world.servers), "--kubeconfig", str(world.cp.kubeconfig),
+        "--config", str(world.config), "--identity", str(lab.identity_file), "--known-hosts", str(world.known_hosts),
+        *world.lb.resolve_args(), "--ca-file", str(world.lb.ca_file), "--timeout", "5",
+    ]  # fmt: skip
+    rules = {h.name: h.run("ufw show added").stdout for h in lab.hosts}
+    columns = 100
+    screen = pyte.Screen(columns, 400)  # tall: nothing scrolls away, every line printed stays countable
+    stream = pyte.ByteStream(screen)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    child = pexpect.spawn(sys.executable, argv, env=env, cwd=str(ROOT), dimensions=(400, columns), timeout=120)
+    try:
+        child.expect(rb"\[y/N\]")
+        stream.feed(child.before + child.after)
+        child.sendline(b"n")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        child.terminate(force=True)
+    lines = [row.rstrip() for row in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    page = "\n".join(lines)
+    print(page)
+    assert child.exitstatus == 4  # answered no
+    assert len(lines) <= 50, f"{len(lines)} lines before the prompt"
+    first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
+    assert first("target: cluster") < first("summary") < first("1/4 ufw") < first("2/4 convert") < first("3/4 ingress")
+    assert first("3/4 ingress") < first("[y/N]")
+    assert sum("API_INTERNAL_URL" in line for line in lines) == 1  # the warning, once, in the summary
+    assert "+++" not in page and "ufw allow" not in page  # diffs and commands: -v
+    assert "-v shows every command each worker will run and every object's and route's diff" in page
+    assert "  all 5 workers (ufw active): 6 to add\n" in page
+    assert {h.name: h.run("ufw show added").stdout for h in lab.hosts} == rules  # nothing changed
+
+
 def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, state_dir: Path) -> None:
     drift = invoke(world, "all", "--dry-run", "--exit-code", "-o", "json")  # the CI drift check: changes pending
     assert drift.exit_code == 2, drift.output
@@ -143,6 +188,9 @@ def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, st
     result = invoke(world, "all", "--yes", "--ready-timeout", "60", "--retries", "1", "--url-timeout", "4")
     print(f"after all --yes: {answered(world)}")
     assert result.exit_code == 0, result.output
+    # what convert does after the prompt is shown as it happens: the backup, the wait, the outcome
+    for said in ("backup: ", "waiting for DaemonSet(s) keybuzz-api, keybuzz-front", "convert: result"):
+        assert said in result.output, result.output
     assert answered(world) == Counter({200: 4 * WORKERS})
     code, card = validate(world, "--strict")
     assert (code, card["passed"], card["total"]) == (0, 8, 8), card

@@ -329,7 +329,7 @@ def test_all_dry_run_changes_nothing(box: Box) -> None:
     rules = {ip: ssh(box.folder, ip, "ufw show added") for ip in workers(box.folder)}
     run = operator(box.printed, box.printed.steps[2])
     assert run.code == 0, run.output
-    assert "all: plan (dry run, nothing changed)" in run.output
+    assert "all: dry run: nothing changed" in run.output
     assert {ip: ssh(box.folder, ip, "ufw show added") for ip in workers(box.folder)} == rules
     apps = client.AppsV1Api(box.api)
     assert exists(apps.read_namespaced_deployment, "keybuzz-api", "keybuzz")
