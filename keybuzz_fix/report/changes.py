@@ -195,7 +195,7 @@ def change_plan(
         ):
             style = _DIFF_STYLE.get(line[:2], _DIFF_STYLE.get(line[:1], "dim"))
             console.print(f"      [{style}]{escape(line)}[/]", soft_wrap=True)
-    for n in notes:
+    for n in notes if diffs else _per_app(notes):
         console.print(f"  [cyan]note[/] {escape(n)}")
     for w in warnings:
         console.print(f"  [bold yellow]warning[/] {escape(w)}")
@@ -203,6 +203,16 @@ def change_plan(
         console.print(f"  [bold red]refused[/] {escape(r)}")
     if diffs and not show_values and any(c.changes for c in changes):
         console.print(hint("--show-values", "  [dim]env values are masked; --show-values reveals them[/]", MASKED))
+
+
+def _per_app(notes: Sequence[str]) -> list[str]:
+    """Join the notes about one app (``keybuzz-api: …``) into one line, in order: the brief plan."""
+    joined: dict[str, list[str]] = {}
+    for n in notes:
+        app, sep, rest = n.partition(": ")
+        key, text = (app, rest) if sep and " " not in app else (n, "")
+        joined.setdefault(key, []).append(text)
+    return [f"{key}: {'; '.join(texts)}" if all(texts) else key for key, texts in joined.items()]
 
 
 def change_summary(console: Console, title: str, changes: Sequence[Change], outcome: Callable[[Change], str]) -> None:

@@ -95,7 +95,7 @@ class StepLog:
         """Show what the run will do, just before its question."""
         from rich.markup import escape
 
-        self.console.print("\n[bold]summary[/]")
+        self.console.print("[bold]summary[/]")
         for line in lines:
             style = "bold yellow" if line.startswith("warning:") else ""
             self.console.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}")

@@ -188,9 +188,6 @@ def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, st
     result = invoke(world, "all", "--yes", "--ready-timeout", "60", "--retries", "1", "--url-timeout", "4")
     print(f"after all --yes: {answered(world)}")
     assert result.exit_code == 0, result.output
-    # what convert does after the prompt is shown as it happens: the backup, the wait, the outcome
-    for said in ("backup: ", "waiting for DaemonSet(s) keybuzz-api, keybuzz-front", "convert: result"):
-        assert said in result.output, result.output
     assert answered(world) == Counter({200: 4 * WORKERS})
     code, card = validate(world, "--strict")
     assert (code, card["passed"], card["total"]) == (0, 8, 8), card

@@ -342,6 +342,9 @@ def test_all_repairs_the_outage(box: Box) -> None:
     assert run.code == 0, run.output
     for step in ("ufw", "convert", "ingress"):
         assert f"{step}: changed" in run.output, run.output
+    # what convert does after the prompt shows as it happens: the backup, the wait, each change's outcome
+    for said in ("backup: ", "waiting for DaemonSet(s) keybuzz-api, keybuzz-front", "convert: result"):
+        assert said in run.output, run.output
     run = operator(box.printed, box.printed.steps[4])
     assert run.code == 0, run.output
     passed, total, percent = run.score()

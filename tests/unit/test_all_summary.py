@@ -37,7 +37,11 @@ def test_without_v_each_change_is_one_line_and_the_warnings_stay() -> None:
     short, full = shown(diffs=False), shown(diffs=True)
     plan = the_plan()
     # the title, one line per change, the notes, the warnings: no diff line (all says once what -v adds)
-    assert len(short) == 1 + len(plan.changes) + len(plan.notes) + len(plan.warnings), short
+    apps = {n.split(": ")[0] for n in plan.notes}  # the notes about one app on one line
+    assert len(short) == 1 + len(plan.changes) + len(apps) + len(plan.warnings), short
+    for app in apps:
+        (joined,) = [line for line in short if line.startswith(f"  note {app}: ")]
+        assert all(n.split(": ", 1)[1] in joined for n in plan.notes if n.startswith(f"{app}: "))
     assert sum(line.lstrip().startswith(("+", "-", "@@")) for line in full) > 20  # the diffs are what -v adds
     assert not any(line.lstrip().startswith(("+", "-", "@@")) for line in short)
     assert len(short) * 3 < len(full), (len(short), len(full))
@@ -64,6 +68,6 @@ def test_the_summary_says_what_changes_what_is_deleted_and_the_warnings() -> Non
     assert [line for line in lines if line.startswith("warning: ")] == [f"warning: {w}" for w in plan.warnings]
     assert any("API_INTERNAL_URL" in line and "ClusterIP Service" in line for line in lines)
     out = io.StringIO()
-    StepLog(Console(file=out, width=200, color_system=None)).plan_summary(lines)
+    StepLog(Console(file=out, width=400, color_system=None)).plan_summary(lines)
     printed = out.getvalue().splitlines()
-    assert printed[1] == "summary" and printed[2] == "  " + lines[0] and len(printed) == len(lines) + 2
+    assert printed[0] == "summary" and printed[1] == "  " + lines[0] and len(printed) == len(lines) + 1
