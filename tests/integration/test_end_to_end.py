@@ -11,7 +11,8 @@ as an operator aims them at one Hetzner load balancer.
 
 The order matters and the tests run in it: the outage (504); what `ufw` plans; the NodePort rules
 alone (the old remediation) leave every request failing; the ingress ports without the app ports
-leave most of them failing; `all` repairs it and a second `all` changes nothing.
+leave most of them failing; `all` repairs it and a second `all` changes nothing. Before that,
+what `all` shows before its prompt, answered no, while the whole outage is still there.
 """
 
 from __future__ import annotations
@@ -95,6 +96,46 @@ def test_before_the_load_balancer_answers_504(world: OutageLab) -> None:
     assert "8080 (keybuzz-api host port) timed out on 20 of 20 paths" in paths  # UFW drops it: no app, no rule
 
 
+def test_before_its_prompt_all_reads_as_one_page(world: OutageLab) -> None:
+    """At a real terminal (a pty drawn by a terminal emulator) all's plan fits a page; answering no changes nothing."""
+    lab = world.lab
+    assert lab is not None and world.lb is not None
+    argv = [
+        "-m", "keybuzz_fix", "all", str(world.servers), "--kubeconfig", str(world.cp.kubeconfig),
+        "--config", str(world.config), "--identity", str(lab.identity_file), "--known-hosts", str(world.known_hosts),
+        *world.lb.resolve_args(), "--ca-file", str(world.lb.ca_file), "--timeout", "5",
+    ]  # fmt: skip
+    rules = {h.name: h.run("ufw show added").stdout for h in lab.hosts}
+    columns = 100
+    screen = pyte.Screen(columns, 400)  # tall: nothing scrolls away, every line printed stays countable
+    stream = pyte.ByteStream(screen)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    child = pexpect.spawn(sys.executable, argv, env=env, cwd=str(ROOT), dimensions=(400, columns), timeout=120)
+    try:
+        child.expect(rb"\[y/N\]")
+        stream.feed(child.before + child.after)
+        child.sendline(b"n")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        child.terminate(force=True)
+    lines = [row.rstrip() for row in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    page = "\n".join(lines)
+    print(page)
+    assert child.exitstatus == 4  # answered no
+    assert len(lines) <= 50, f"{len(lines)} lines before the prompt"
+    first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
+    assert first("target: cluster") < first("summary") < first("1/4 ufw") < first("2/4 convert") < first("3/4 ingress")
+    assert first("3/4 ingress") < first("[y/N]")
+    assert sum("API_INTERNAL_URL" in line for line in lines) == 1  # the warning, once, in the summary
+    assert "+++" not in page and "ufw allow" not in page  # diffs and commands: -v
+    assert "-v shows every command each worker will run and every object's and route's diff" in page
+    assert "  all 5 workers (ufw active): 6 to add\n" in page
+    assert {h.name: h.run("ufw show added").stdout for h in lab.hosts} == rules  # nothing changed
+
+
 def test_ufw_plans_the_six_ports_the_traffic_uses_with_their_purpose(world: OutageLab) -> None:
     result = invoke(world, "ufw", "--dry-run", "-o", "json")
     assert result.exit_code == 0, result.output
@@ -136,46 +177,6 @@ def test_the_nodeport_rules_alone_leave_requests_failing(world: OutageLab) -> No
     assert "8080 (keybuzz-api host port) timed out on 20 of 20 paths: between every pair of workers" in paths
     assert "3000 (keybuzz-front host port) timed out on 20 of 20 paths" in paths
     assert "80 (ingress-nginx" not in paths and "443 (ingress-nginx" not in paths  # those are open now
-
-
-def test_before_its_prompt_all_reads_as_one_page(world: OutageLab) -> None:
-    """At a real terminal (a pty drawn by a terminal emulator) all's plan fits a page; answering no changes nothing."""
-    lab = world.lab
-    assert lab is not None and world.lb is not None
-    argv = [
-        "-m", "keybuzz_fix", "all", str(world.servers), "--kubeconfig", str(world.cp.kubeconfig),
-        "--config", str(world.config), "--identity", str(lab.identity_file), "--known-hosts", str(world.known_hosts),
-        *world.lb.resolve_args(), "--ca-file", str(world.lb.ca_file), "--timeout", "5",
-    ]  # fmt: skip
-    rules = {h.name: h.run("ufw show added").stdout for h in lab.hosts}
-    columns = 100
-    screen = pyte.Screen(columns, 400)  # tall: nothing scrolls away, every line printed stays countable
-    stream = pyte.ByteStream(screen)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    child = pexpect.spawn(sys.executable, argv, env=env, cwd=str(ROOT), dimensions=(400, columns), timeout=120)
-    try:
-        child.expect(rb"\[y/N\]")
-        stream.feed(child.before + child.after)
-        child.sendline(b"n")
-        child.expect(pexpect.EOF)
-        child.close()
-    finally:
-        child.terminate(force=True)
-    lines = [row.rstrip() for row in screen.display]
-    while lines and not lines[-1]:
-        lines.pop()
-    page = "\n".join(lines)
-    print(page)
-    assert child.exitstatus == 4  # answered no
-    assert len(lines) <= 50, f"{len(lines)} lines before the prompt"
-    first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
-    assert first("target: cluster") < first("summary") < first("1/4 ufw") < first("2/4 convert") < first("3/4 ingress")
-    assert first("3/4 ingress") < first("[y/N]")
-    assert sum("API_INTERNAL_URL" in line for line in lines) == 1  # the warning, once, in the summary
-    assert "+++" not in page and "ufw allow" not in page  # diffs and commands: -v
-    assert "-v shows every command each worker will run and every object's and route's diff" in page
-    assert "  all 5 workers (ufw active): 6 to add\n" in page
-    assert {h.name: h.run("ufw show added").stdout for h in lab.hosts} == rules  # nothing changed
 
 
 def test_all_repairs_the_outage_and_a_rerun_changes_nothing(world: OutageLab, state_dir: Path) -> None:
