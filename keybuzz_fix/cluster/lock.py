@@ -116,7 +116,10 @@ def _abandoned(lease: Obj, now: dt.datetime) -> bool:
         return True
     holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
     pid = _pid_of(holder)
-    return holder.startswith(f"{storage.operator()} pid ") and pid is not None and not _alive(pid)
+    # our own pid: a Lease an earlier run in this process could not delete (we hold no Lease yet)
+    return (
+        holder.startswith(f"{storage.operator()} pid ") and pid is not None and (pid == os.getpid() or not _alive(pid))
+    )
 
 
 @contextmanager
