@@ -236,6 +236,10 @@ class PlanRefused(KeybuzzFixError):
     """The plan cannot be carried out safely (port collision, unmovable port, …)."""
 
 
+class Held(PlanRefused):
+    """Another run is changing the same cluster or host: a refusal (exit 1), with nothing changed."""
+
+
 class Interrupted(KeybuzzFixError):
     """Ctrl-C: stop cleanly and say what was done."""
 

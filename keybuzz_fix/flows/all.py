@@ -222,7 +222,8 @@ def _run_all(
             )
         changing = [o for o in planned if o.changes]
         confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
-        held.enter_context(one_at_a_time(kube, cfg.namespace, "all"))  # one run at a time changes the cluster
+        # one run at a time changes this cluster, and the workers the ufw step changes
+        held.enter_context(one_at_a_time("all", kube=kube, namespace=cfg.namespace, hosts=[o.host for o in changing]))
         log.rows.clear()
 
         # -- the steps, in order, each applying what was confirmed --------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,15 +133,17 @@ def _convert(
         workers=workers,
     )
     if plan.pending and not dry_run:
-        with _stopping(view, run):
-            deleted = deletions(plan.changes)
-            view.confirm(
-                f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}"
-                + (f", deleting {deleted}" if deleted else "")
-                + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
-                yes=yes,
-            )
-        with one_at_a_time(kube, cfg.namespace, CONVERT):  # one run at a time changes the cluster
+        with ExitStack() as held:
+            with _stopping(view, run):
+                deleted = deletions(plan.changes)
+                view.confirm(
+                    f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}"
+                    + (f", deleting {deleted}" if deleted else "")
+                    + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
+                    yes=yes,
+                )
+                # one run at a time changes the cluster: a second one stops here, before its backup
+                held.enter_context(one_at_a_time(CONVERT, kube=kube, namespace=cfg.namespace))
             carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
     view.finished(run)
     return run

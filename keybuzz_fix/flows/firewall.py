@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.cluster.traffic import TrafficPorts, facts_from_objects, from_cluster, from_config
 from keybuzz_fix.config import Config
@@ -131,7 +132,8 @@ def run_firewall(
         view.plans(planned)
         total = sum(len(o.changes) for o in changing)
         view.confirm(f"Apply {total} change(s) on {len(changing)} host(s)?", yes=yes)
-        result = _result(run, run.apply(planned, view.progress()), wanted, dry_run=False)
+        with one_at_a_time(command, hosts=[o.host for o in changing]):  # one run at a time changes a host
+            result = _result(run, run.apply(planned, view.progress()), wanted, dry_run=False)
         view.finish(result, f"{command}: result")
         return result
     finally:

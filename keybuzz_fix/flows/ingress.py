@@ -29,6 +29,7 @@ from keybuzz_fix.cluster.ingress import (
     route_status,
     serving_problems,
 )
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj, name_of
 from keybuzz_fix.cluster.scheduling import is_worker_node, worker_nodes
 from keybuzz_fix.config import Config, IngressConfig
@@ -102,7 +103,8 @@ def run_ingress(
         ingress_plan(console, plan, dry_run=dry_run)
     if not dry_run and plan.changes:
         confirm(f"Apply {len(plan.changes)} Ingress route(s)?", yes=yes)
-        plan = apply_ingress(kube, plan)
+        with one_at_a_time("ingress", kube=kube, namespace=cfg.namespace):  # one run at a time changes the cluster
+            plan = apply_ingress(kube, plan)
     if quiet:
         print_json(ingress_json(plan, dry_run=dry_run))
     else:

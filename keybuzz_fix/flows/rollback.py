@@ -8,12 +8,14 @@ plan is :mod:`keybuzz_fix.cluster.rollback`'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun
 from keybuzz_fix.cluster.client import Kube
+from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj, meta_of
 from keybuzz_fix.cluster.rbac import permissions, preflight
 from keybuzz_fix.cluster.rollback import LIVE_KINDS, plan_rollback
@@ -67,11 +69,14 @@ def run_rollback(
     if warning:
         run.warnings = (warning,)
         view.say(f"[yellow]warning[/]: {warning}")
-    with stopping(
-        view,
-        run,
-        resume="the DaemonSets still serve; re-run rollback to finish",
-        interrupted="re-run rollback to finish",
+    with (
+        ExitStack() as held,
+        stopping(
+            view,
+            run,
+            resume="the DaemonSets still serve; re-run rollback to finish",
+            interrupted="re-run rollback to finish",
+        ),
     ):
         plan = plan_rollback(saved.objects, read_live(kube, saved.objects))
         run.changes, run.warnings = plan.changes, run.warnings + plan.warnings
@@ -91,6 +96,7 @@ def run_rollback(
             view.finished(run)
             return run
         view.confirm(f"Restore {len(pending)} object(s) from {path.name}?", yes=yes)
+        held.enter_context(one_at_a_time(ROLLBACK, kube=kube, namespace=namespace))  # one run at a time
         undo = [c.before for c in pending if c.before is not None]
         run.backup = backup.write(
             undo,

@@ -254,3 +254,53 @@ def _extended_row(case: Path) -> tuple[bool, str]:
 def test_validate_extended_row_uses_the_same_verdicts(case, passes, detail):
     status, text = _extended_row(DATA / case)
     assert passes is (status == "pass") and detail in text
+
+
+@pytest.mark.parametrize(
+    ("command", "case", "extra"),
+    [
+        ("ufw", "ufw-v6-only-leftover", ["--ports", NODEPORTS]),
+        ("overlay", "ufw-v6-only-leftover-overlay", []),
+    ],
+)
+def test_a_second_run_on_this_machine_does_not_change_a_host_the_first_is_changing(
+    monkeypatch, tmp_path, servers, command, case, extra
+):
+    """The host's lock file is held (by another run here): after the prompt the run stops, naming it; no `ufw` ran."""
+    import fcntl
+    import os
+
+    state = tmp_path / "state"
+    state.mkdir()
+    session = FakeSession(probe_output(DATA / "realworld" / case))
+    monkeypatch.setattr(ufw_apply, "open_session", lambda *_a, **_k: session)
+    monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(state))
+    argv = [command, str(servers), "--yes", *extra]
+    fd = os.open(state / f"lock-host-{PRIVATE_IP}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, b"bob@ops-laptop pid 77 since 2026-01-01T00:00:00.000000Z (overlay)", 0)
+        result = CliRunner().invoke(app, argv)
+    finally:
+        os.close(fd)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (
+        "keybuzz-fix: error: another keybuzz-fix run on this machine is changing these hosts: k8s-worker-01 by "
+        "bob@ops-laptop pid 77 since 2026-01-01T00:00:00.000000Z (overlay); nothing changed; wait for it to end, "
+        "or stop it (kill 77) if it hangs: its lock ends with its process\n"
+    )
+    assert session.scripts and not any("ufw allow" in s or "ufw prepend" in s for s in session.scripts)
+
+    # Once that run has ended, the same command changes the host, holding the lock as it does.
+    held_while_applying: list[str] = []
+    run_script = session.run
+
+    def record(script: str, **kw: object) -> object:
+        if "ufw allow" in script:
+            held_while_applying.append((state / f"lock-host-{PRIVATE_IP}").read_text())
+        return run_script(script, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session, "run", record)
+    CliRunner().invoke(app, argv)
+    assert held_while_applying, "no `ufw allow` was sent"
+    assert all(f"pid {os.getpid()} since " in w and w.endswith(f"({command})") for w in held_while_applying)

@@ -6,18 +6,22 @@ import datetime as dt
 import fcntl
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from kubernetes import client
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
+from keybuzz_fix import storage
 from keybuzz_fix.cli import app
 from keybuzz_fix.cluster.connect import from_kubeconfig
-from keybuzz_fix.cluster.lock import LEASE, lease_object
+from keybuzz_fix.cluster.lock import DURATION, LEASE, lease_object
 
 if TYPE_CHECKING:
+    from keybuzz_fix.cluster.client import Kube
+    from keybuzz_fix.cluster.objects import Obj
     from tests.cluster.fixtures import KeybuzzCluster
 
 pytestmark = pytest.mark.integration
@@ -42,7 +46,9 @@ def test_a_second_run_names_the_lease_holder_and_changes_nothing(
         assert line == (
             f"keybuzz-fix: error: another keybuzz-fix run is changing namespace {NS} of {kube.endpoint.server}: "
             f"alice@ops-laptop pid 4242 since {held['spec']['acquireTime']} (all) (Lease {NS}/{LEASE}); "
-            "nothing changed; wait for it to end"
+            "nothing changed; wait for it to end, or, if that run is gone, delete its Lease "
+            f"(kubectl -n {NS} delete lease {LEASE}) or wait until it expires at "
+            f"{(now + dt.timedelta(seconds=DURATION)).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
         )
         assert _deployments(keybuzz_cluster) == before >= {"keybuzz-api", "keybuzz-front"}
         assert not (state_dir / "backups").exists() or not list((state_dir / "backups").iterdir())
@@ -67,9 +73,89 @@ def test_a_second_run_on_this_machine_stops_on_the_local_lock(keybuzz_cluster: K
     assert result.stderr == (
         f"keybuzz-fix: error: another keybuzz-fix run on this machine is changing {kube.endpoint.server} namespace "
         f"{NS}: bob@ops-laptop pid 77 since 2026-01-01T00:00:00.000000Z (convert); nothing changed; wait for it to "
-        "end\n"
+        "end, or stop it (kill 77) if it hangs: its lock ends with its process\n"
     )
     assert kube.get("Lease", LEASE, NS) is None  # stopped before the API server was asked for the Lease
+
+
+def _alice(kube: Kube) -> Obj:
+    """A Lease held by a run on another machine, now."""
+    return kube.create(lease_object(NS, "alice@ops-laptop pid 4242", "all", dt.datetime.now(dt.UTC)))
+
+
+def _refused(result: Result, kube: Kube, held: Obj) -> None:
+    """The run stopped on the Lease: exit 1, one line naming alice's run, and the Lease is still hers."""
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"keybuzz-fix: error: another keybuzz-fix run is changing namespace {NS} of {kube.endpoint.server}: "
+        f"alice@ops-laptop pid 4242 since {held['spec']['acquireTime']} (all) (Lease {NS}/{LEASE}); nothing changed; "
+    ), line
+    assert kube.get("Lease", LEASE, NS)["metadata"]["uid"] == held["metadata"]["uid"]
+
+
+def test_ingress_takes_the_lock_after_its_confirmation(
+    keybuzz_cluster: KeybuzzCluster, state_dir: Path, no_routes: client.NetworkingV1Api
+) -> None:
+    kube = from_kubeconfig(keybuzz_cluster.kubeconfig)
+    held = _alice(kube)
+    try:
+        result = CliRunner().invoke(app, ["ingress", "--yes", "--kubeconfig", str(keybuzz_cluster.kubeconfig)])
+        _refused(result, kube, held)
+        assert no_routes.list_namespaced_ingress(NS).items == []
+        assert not (state_dir / "audit.jsonl").exists()
+    finally:
+        kube.delete("Lease", LEASE, NS)
+    again = CliRunner().invoke(app, ["ingress", "--yes", "--kubeconfig", str(keybuzz_cluster.kubeconfig)])
+    assert again.exit_code == 0, again.output  # with the Lease gone, the same run applies the routes
+    assert len(no_routes.list_namespaced_ingress(NS).items) == 2
+    assert kube.get("Lease", LEASE, NS) is None
+
+
+def test_rollback_takes_the_lock_after_its_confirmation(keybuzz_cluster: KeybuzzCluster, state_dir: Path) -> None:
+    kube = from_kubeconfig(keybuzz_cluster.kubeconfig)
+    cluster = ["--kubeconfig", str(keybuzz_cluster.kubeconfig)]
+    converted = CliRunner().invoke(app, ["convert", "--yes", "--timeout", "90", *cluster])
+    assert converted.exit_code == 0, converted.output
+    audited = (state_dir / "audit.jsonl").read_text()
+    held = _alice(kube)
+    try:
+        result = CliRunner().invoke(app, ["rollback", "--latest", "--yes", "--timeout", "90", *cluster])
+        _refused(result, kube, held)
+        assert _deployments(keybuzz_cluster) == set()  # nothing restored
+        assert [p.name.split("-")[0] for p in (state_dir / "backups").iterdir()] == ["convert"]  # no rollback backup
+        assert (state_dir / "audit.jsonl").read_text() == audited
+    finally:
+        kube.delete("Lease", LEASE, NS)
+    restored = CliRunner().invoke(app, ["rollback", "--latest", "--yes", "--timeout", "90", *cluster])
+    assert restored.exit_code == 0, restored.output
+    assert _deployments(keybuzz_cluster) == {"keybuzz-api", "keybuzz-front"}
+
+
+def test_a_lease_of_this_user_is_taken_over_only_once_its_process_is_gone(
+    keybuzz_cluster: KeybuzzCluster, state_dir: Path, no_routes: client.NetworkingV1Api
+) -> None:
+    # Another run of this user on this machine, with another state folder: its lock file is not ours.
+    kube = from_kubeconfig(keybuzz_cluster.kubeconfig)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        held = kube.create(lease_object(NS, f"{storage.operator()} pid {sleeper.pid}", "ufw", dt.datetime.now(dt.UTC)))
+        ingress = ["ingress", "--yes", "--kubeconfig", str(keybuzz_cluster.kubeconfig)]
+        result = CliRunner().invoke(app, ingress)
+        assert result.exit_code == 1 and f"pid {sleeper.pid} since " in result.stderr, result.output
+        assert no_routes.list_namespaced_ingress(NS).items == []
+        assert kube.get("Lease", LEASE, NS)["metadata"]["uid"] == held["metadata"]["uid"]
+        sleeper.kill()
+        sleeper.wait(10)
+        # Its process is gone (the API server went away before it could delete its Lease): taken over.
+        result = CliRunner().invoke(app, ingress)
+        assert result.exit_code == 0, result.output
+        assert len(no_routes.list_namespaced_ingress(NS).items) == 2
+        assert kube.get("Lease", LEASE, NS) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+        kube.delete("Lease", LEASE, NS)
 
 
 def test_a_run_releases_the_lease_when_it_ends(keybuzz_cluster: KeybuzzCluster, state_dir: Path) -> None:
