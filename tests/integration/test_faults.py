@@ -231,9 +231,7 @@ def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_
         assert host["status"] == "unknown" and host["error_type"] == "ChangeUnknown", host
         assert host["applied"] == [RULES[0]]
         assert f"unknown — the connection to {name} was lost while `{RULES[1]}` ran (" in host["error"]
-        assert (
-            f"; 1 of 2 change(s) done ({RULES[0]}); check with `keybuzz-fix ufw --dry-run` again" in host["error"]
-        )
+        assert f"; 1 of 2 change(s) done ({RULES[0]}); check with `keybuzz-fix ufw --dry-run` again" in host["error"]
     assert "(nothing heard from it for 2s, --timeout)" in silent["error"]  # the keepalives went unanswered
     assert run.data["summary"] == {"unknown": 2, "changed": 1}
     assert Path(run.data["retry_file"]).read_text().split() == [dropped.name, cut.name]
