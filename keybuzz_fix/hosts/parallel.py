@@ -4,8 +4,7 @@ A thread per host (bounded by ``--concurrency``): the work is network-bound (SSH
 threads suffice and keep paramiko usable. Progress goes to a :class:`Progress` the caller passes
 (the report draws it on a terminal). Ctrl-C cancels the hosts not yet started; the ones in flight
 finish their current command (its own timeout; a host silent for ``--timeout`` is given up
-sooner), then the error names the hosts that
-finished, failed, and never started.
+sooner), then the error names the hosts that finished, failed, and never started.
 """
 
 from __future__ import annotations
