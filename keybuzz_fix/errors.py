@@ -182,6 +182,26 @@ class HostUnreachable(HostError):
     """TCP connect or SSH handshake failed or timed out."""
 
 
+class ConnectionLost(HostUnreachable):
+    """The connection to a host went after a command was sent: whether the command ran, or finished, is unknown."""
+
+    def __init__(self, host: str, command: str, why: str) -> None:
+        super().__init__(host, f"connection lost while `{command}` ran: {why}")
+        self.command = command
+        self.why = why
+
+
+class ChangeUnknown(HostError):
+    """A change was sent to a host and no answer came back (the connection went, or its time ran out).
+
+    Whether it was made is unknown until the host is read again; the run fails.
+    """
+
+    def __init__(self, host: str, problem: str, done: tuple[str, ...] = ()) -> None:
+        super().__init__(host, problem)
+        self.done = done  # the changes known to be made before the answers stopped
+
+
 class HostKeyError(HostError):
     """The host key is unknown or differs from known_hosts."""
 

@@ -52,7 +52,8 @@ def connections(
         identity=ssh.identity.expanduser() if ssh.identity else None,
         accept_new_host_keys=ssh.accept_new_host_keys,
         connect_timeout=timeout,
-        command_timeout=max(timeout, 30.0),
+        command_timeout=max(timeout, 30.0),  # a live command: ufw reload can take that long
+        silence_timeout=timeout,  # a host gone mid-command is given up after --timeout, not the command's time
         user=ssh.user,
     )
     if ssh.ssh_config is not None:  # as ssh -F: only this file, and not the system one

@@ -185,9 +185,11 @@ class FleetArgs:
         float,
         _opt(
             "--timeout",
-            "Seconds allowed to connect to a host (TCP and SSH handshake). Each remote command gets this long but "
-            "at least 30 s (a ufw reload can take that long): a host whose link drops mid-command is given up "
-            "after that, its unfinished change reported as unknown (re-run to see where it stands).",
+            "Seconds each host has to answer: to connect (TCP, SSH banner, key exchange and login together), and, "
+            "while a command runs, to answer anything at all (a keepalive every second): a host silent that long "
+            "is given up, a change in flight reported as unknown (read it again to see where it stands). A command "
+            "on a host that answers gets max(this, 30) s: a ufw reload can take seconds. ufw and diagnose also bound "
+            "each cluster read by max(this, 10) s. URL checks and waits for pods have their own options.",
             SSH,
         ),
     ] = 10.0

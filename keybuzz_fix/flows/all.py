@@ -303,9 +303,8 @@ def _plan_firewall(
 def _apply_firewall(console: Console, fw: FirewallRun, planned: Sequence[HostOutcome]) -> list[HostOutcome]:
     applied = fw.apply(planned, progress_bar(console))
     firewall_summary(console, applied, "ufw: result")
-    bad = [o.host.hostname for o in applied if o.failed]
-    if bad:
-        raise StepFailed(f"ufw failed on {', '.join(bad)}")
+    if any(o.failed for o in applied):
+        raise StepFailed(steps.firewall_failed(applied))
     return applied
 
 

@@ -3,8 +3,8 @@
 A thread per host (bounded by ``--concurrency``): the work is network-bound (SSH round trips), so
 threads suffice and keep paramiko usable. Progress goes to a :class:`Progress` the caller passes
 (the report draws it on a terminal). Ctrl-C cancels the hosts not yet started; the ones in flight
-finish their current command (bounded by ``--timeout``), then the error names the hosts that
-finished, failed, and never started.
+finish their current command (its own timeout; a host silent for ``--timeout`` is given up
+sooner), then the error names the hosts that finished, failed, and never started.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def on_each_host(
         if progress is not None and (changing or not interrupted):
             progress.stop()
         if changing or not interrupted:
-            pool.shutdown(wait=True)  # the hosts in flight finish their current command (bounded by --timeout)
+            pool.shutdown(wait=True)  # hosts in flight finish their command (a silent one: --timeout)
     if interrupted:
         for fut in submitted:
             if fut.done() and not fut.cancelled():

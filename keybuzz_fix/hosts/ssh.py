@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.errors import (
     AuthError,
+    ConnectionLost,
     HostError,
     HostKeyError,
     HostUnreachable,
@@ -42,6 +43,7 @@ from keybuzz_fix.errors import (
     redact_credentials,
 )
 from keybuzz_fix.hints import hint
+from keybuzz_fix.hosts.sshalive import Liveness
 from keybuzz_fix.hosts.sshconfig.hops import Route
 from keybuzz_fix.hosts.sshconnect import _connect_hop, _Jump, _jump_role, _proxy_command
 from keybuzz_fix.hosts.ssherrors import _quiet_paramiko, _why
@@ -171,35 +173,31 @@ class Session:
         line = (
             f"sh -c {shlex.quote(script)} </dev/null; printf '\\n%s %s\\n' {token.decode()} $?; "
             f"printf '\\n%s\\n' {token.decode()} >&2\n"
-        )
+        ).encode()
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         exited: float | None = None  # the shell itself ended: sudo refused, or killed
+        sent = 0  # bytes of the line handed to the connection: from the first one on, the command may run
         try:
             try:
                 chan.settimeout(max(0.01, deadline - time.monotonic()))  # a full window cannot hold the send
-                chan.sendall(line.encode())
+                while sent < len(line):
+                    sent += chan.send(line[sent:])
             except OSError:
                 if not chan.exit_status_ready():
                     raise
             finally:
                 chan.settimeout(None)
+            alive = Liveness(chan.get_transport(), self._options.silence_timeout)
             while True:
                 if time.monotonic() > deadline and not (end_out.search(out) and end_err in err):
-                    self._drop_shell()  # output kept coming: the deadline holds all the same
-                    raise _partial(
-                        RemoteCommandError(
-                            self.host.hostname,
-                            shown,
-                            None,
-                            f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)"),
-                        ),
-                        out,
-                    )
+                    raise self._no_answer(shown, timeout, out)  # output kept coming: the deadline holds all the same
                 if chan.recv_ready():
                     out += chan.recv(65536)
+                    alive.heard()
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
+                    alive.heard()
                 elif (done := end_out.search(out)) and end_err in err:
                     return CommandResult(
                         shown,
@@ -213,23 +211,19 @@ class Session:
                     status = chan.recv_exit_status()
                     self._drop_shell()
                     if status == -1:  # no exit status: the connection went, or the shell was killed
-                        raise _partial(HostUnreachable(self.host.hostname, f"connection lost during `{shown}`"), out)
+                        raise _partial(self._lost(shown, sent, "the connection closed"), out)
                     return CommandResult(shown, status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
                 else:
                     if exited is None and chan.exit_status_ready():
                         exited = time.monotonic()
+                    if exited is None and alive.lost():
+                        self._drop_shell()
+                        self._client.close()  # the connection is no use any more: end its threads too
+                        why = f"nothing heard from it for {alive.silence:g}s" + hint("--timeout", ", --timeout")
+                        raise _partial(self._lost(shown, sent, why), out)
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        self._drop_shell()  # it is still busy with this command: the next one gets a new shell
-                        raise _partial(
-                            RemoteCommandError(
-                                self.host.hostname,
-                                shown,
-                                None,
-                                f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)"),
-                            ),
-                            out,
-                        )
+                        raise self._no_answer(shown, timeout, out)  # the next command gets a new shell
                     select.select([chan], [], [], min(left, 0.5 if exited is None else 0.05))
                 if len(out) + len(err) > _MAX_OUTPUT:
                     self._drop_shell()
@@ -238,9 +232,19 @@ class Session:
                     )
         except (paramiko.SSHException, OSError, EOFError) as e:
             self._drop_shell()
-            raise _partial(
-                HostUnreachable(self.host.hostname, f"connection lost during `{shown}`: {_why(e)}"), out
-            ) from e
+            raise _partial(self._lost(shown, sent, _why(e)), out) from e
+
+    def _no_answer(self, shown: str, timeout: float, out: bytes | bytearray) -> HostError:
+        """The command's time ran out with the host still there: drop its shell (it is still busy) and say so."""
+        self._drop_shell()
+        problem = f"no answer within {timeout:g}s" + hint("--timeout", " (--timeout)")
+        return _partial(RemoteCommandError(self.host.hostname, shown, None, problem), out)
+
+    def _lost(self, shown: str, sent: int, why: str) -> HostUnreachable:
+        """The connection went: before the command was sent nothing ran; after, whether it ran is unknown."""
+        if sent:
+            return ConnectionLost(self.host.hostname, shown, why)
+        return HostUnreachable(self.host.hostname, f"connection lost before `{shown}` was sent: {why}")
 
     def _drop_shell(self) -> None:
         if self._shell is not None:

@@ -23,7 +23,8 @@ class SshOptions:
     identity: Path | None = None  # --identity, tried first
     accept_new_host_keys: bool = False
     connect_timeout: float = 10.0
-    command_timeout: float = 60.0
+    command_timeout: float = 60.0  # a live command (the host answers its keepalives)
+    silence_timeout: float = 10.0  # a host that answers nothing at all, not even a keepalive, for this long is lost
     port: int = 22  # where the config names none
     ssh_config: Path | None = field(default_factory=lambda: Path.home() / ".ssh" / "config")  # None: none at all
     system_ssh_config: Path | None = SYSTEM_CONFIG  # read after ssh_config (not with --ssh-config, as ssh -F)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from keybuzz_fix.errors import ExitCode
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.ufw.plan import Action, ActionKind
-from keybuzz_fix.hosts.ufw.run import FirewallResult, HostOutcome, Wanted, tally
+from keybuzz_fix.hosts.ufw.run import FirewallResult, HostOutcome, HostStatus, Wanted, tally
 from keybuzz_fix.inventory import Host, Role
 from keybuzz_fix.report.output import STATUS_STYLE, Output, confirm, print_json, progress_bar
 
@@ -93,6 +93,13 @@ class FirewallView:
         firewall_summary(self.console, result.outcomes, title)
         for host, key in result.accepted:
             self.console.print(f"[yellow]accepted new host key[/] for {host}: {key} (recorded in {result.known_hosts})")
+        unknown = [o.host.hostname for o in result.outcomes if o.status is HostStatus.UNKNOWN]
+        if unknown:
+            self.console.print(
+                f"[bold magenta]{len(unknown)} host(s) in an unknown state[/] ({', '.join(unknown)}): a change was "
+                "in flight when the answers stopped; reading them again tells where they stand",
+                soft_wrap=True,
+            )
         if result.retry_file is not None:
             rerun = hint("--limit", f": re-run only them with [bold]--limit @{result.retry_file}[/]")
             self.console.print(
@@ -234,8 +241,10 @@ def firewall_json(result: FirewallResult) -> dict[str, Any]:
     hosts = []
     for o in result.outcomes:
         entry = {**host_entry(o.host), "seconds": round(o.seconds, 3)}
-        if o.error is not None:
-            entry.update(status="failed", error=str(o.error), error_type=type(o.error).__name__)
+        if o.error is not None:  # failed, or unknown: a change was in flight when the answers stopped
+            entry.update(status=o.status.value, error=str(o.error), error_type=type(o.error).__name__)
+            if o.applied is not None:
+                entry.update(applied=list(o.applied))
         elif o.applied is not None:
             entry.update(
                 status=o.status.value,

@@ -52,6 +52,7 @@ STATUS_STYLE = {
     "planned": "yellow",
     "blocked": "bold yellow",
     "failed": "bold red",
+    "unknown": "bold magenta",
     "interrupted": "bold yellow",
     "pass": "green",
     "fail": "bold red",

@@ -191,6 +191,20 @@ def stuck_workers(stuck: Sequence[HostOutcome]) -> str:
     return f"ufw: {len(stuck)} worker(s) cannot be changed safely: {'; '.join(parts)}; nothing changed{going_on}"
 
 
+def firewall_failed(applied: Sequence[HostOutcome]) -> str:
+    """Say why ``all`` stops after the ufw step: the workers that failed, and those whose state is unknown."""
+    unknown = [o.host.hostname for o in applied if o.status is HostStatus.UNKNOWN]
+    failed = [o.host.hostname for o in applied if o.failed and o.status is not HostStatus.UNKNOWN]
+    parts = [f"ufw failed on {', '.join(failed)}"] if failed else []
+    if unknown:
+        parts.append(
+            f"ufw's outcome is unknown on {', '.join(unknown)} (the connection was lost, or the time ran out, "
+            "while a change was in flight); convert, ingress and validate did not run: re-run to read them "
+            "again and go on"
+        )
+    return "; ".join(parts)
+
+
 def describe_firewall_plan(planned: Sequence[HostOutcome]) -> tuple[str, str]:
     """Say what the ufw step would change."""
     n = sum(len(o.changes) for o in planned)

@@ -241,10 +241,13 @@ def test_at_an_80_column_terminal_lines_fold_to_the_width(tmp_path):
 
 
 def test_timeout_help_says_what_it_bounds(tmp_path):
-    proc, _ = run(["ufw", "--help"], tmp_path / "home")
-    text = " ".join(proc.stdout.split())
-    assert "Seconds allowed to connect to a host (TCP and SSH handshake)" in text
-    assert "at least 30 s" in text and "reported as unknown" in text
+    for command in ("ufw", "overlay", "all"):
+        proc, _ = run([command, "--help"], tmp_path / "home")
+        text = " ".join(proc.stdout.split())
+        assert "to connect (TCP, SSH banner, key exchange and login together)" in text, command
+        assert "a host silent that long is given up, a change in flight reported as unknown" in text, command
+        assert "A command on a host that answers gets max(this, 30) s" in text, command
+        assert "URL checks and waits for pods have their own options" in text, command
 
 
 # -- 8: host results shown as they arrive ---------------------------------------------------------------

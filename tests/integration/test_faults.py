@@ -225,15 +225,16 @@ def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_
         gate.open()
 
     assert run.code == 1
-    assert run.seconds < 90  # the cut host is bounded by the command timeout (30 s), never a hang
+    assert run.seconds < 60  # the cut host is given up after 2 s of silence (--timeout), never a hang
     lost, silent = run.host(dropped.name), run.host(cut.name)
-    assert lost["status"] == "failed" and lost["error_type"] == "HostUnreachable"
-    assert (
-        f"connection lost while applying: 1 of 2 change(s) done ({RULES[0]}); unknown whether this one "
-        f"finished: {RULES[1]}; re-run to converge" in lost["error"]
-    )
-    assert silent["status"] == "failed" and silent["error_type"] == "RemoteCommandError"
-    assert "no answer in time (--timeout) while applying: 1 of 2 change(s) done" in silent["error"]
+    for host, name in ((lost, dropped.name), (silent, cut.name)):  # a change in flight: neither done nor failed
+        assert host["status"] == "unknown" and host["error_type"] == "ChangeUnknown", host
+        assert host["applied"] == [RULES[0]]
+        assert f"unknown — the connection to {name} was lost while `{RULES[1]}` ran (" in host["error"]
+        assert f"; 1 of 2 change(s) done ({RULES[0]}); check with `keybuzz-fix ufw --dry-run` again" in host["error"]
+    assert "(nothing heard from it for 2s, --timeout)" in silent["error"]  # the keepalives went unanswered
+    assert run.data["summary"] == {"unknown": 2, "changed": 1}
+    assert Path(run.data["retry_file"]).read_text().split() == [dropped.name, cut.name]
     assert run.host(fine.name)["status"] == "changed"
     for h in (dropped, cut):
         assert added(h) == before[h.name] + [RULES[0]]  # the first rule landed, the second did not

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from keybuzz_fix import inventory
-from keybuzz_fix.errors import RemoteCommandError
+from keybuzz_fix.errors import ConnectionLost, RemoteCommandError
 from keybuzz_fix.hosts.ssh import connect
 from keybuzz_fix.hosts.sshoptions import SshOptions
-from tests.lab.hosts import Lab
+from tests.lab.hosts import GATEWAY, Lab
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +60,34 @@ def test_one_shell_runs_every_command_to_its_end(lab_hosts: Lab, tmp_path: Path)
                 session.run(trickle, timeout=1)
             assert time.monotonic() - start < 1 + 2
         assert session.run("echo after").stdout == "after\n"
+
+
+def test_a_quiet_live_command_outlasts_the_silence_bound_and_a_silent_host_does_not(
+    lab_hosts: Lab, tmp_path: Path
+) -> None:
+    """The keepalives tell a slow command (the host answers them) from a host that is gone (nothing answers)."""
+    host = inventory.select(inventory.read_inventory(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[1]
+    options = SshOptions(
+        known_hosts=lab_hosts.known_hosts_file,
+        identity=lab_hosts.identity_file,
+        connect_timeout=5,
+        command_timeout=30,
+        silence_timeout=2,
+        ssh_config=None,
+    )
+    lab_host = lab_hosts.host(host.hostname)
+    with connect(host, options) as session:
+        start = time.monotonic()
+        assert session.run("sleep 6; echo slept").stdout == "slept\n"  # three times the silence bound: alive
+        assert time.monotonic() - start >= 6
+
+        lab_host.run("ip link set eth0 down")  # from inside the host: no answer, not even a reset
+        try:
+            start = time.monotonic()
+            with pytest.raises(
+                ConnectionLost, match=r"connection lost while `echo sent` ran: nothing heard from it for 2s"
+            ):
+                session.run("echo sent")
+            assert time.monotonic() - start < 2 + 5  # the silence bound, not the command's 30 s
+        finally:
+            lab_host.run(f"ip link set eth0 up && ip route replace default via {GATEWAY}")

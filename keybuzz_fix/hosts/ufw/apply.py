@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from keybuzz_fix import storage
-from keybuzz_fix.errors import HostError, HostUnreachable, MissingTool, RemoteCommandError
+from keybuzz_fix.errors import (
+    ChangeUnknown,
+    ConnectionLost,
+    HostError,
+    HostUnreachable,
+    MissingTool,
+    RemoteCommandError,
+)
 from keybuzz_fix.hints import hint
 from keybuzz_fix.hosts.parallel import Attempt, Progress, on_each_host, raise_open_files_limit
 from keybuzz_fix.hosts.sections import MARK, section_name
@@ -69,7 +76,7 @@ class FirewallRun:
             label="applying",
             changing=True,
         )
-        done = {a.host.hostname: _outcome(a) for a in attempts}
+        done = {a.host.hostname: _outcome(a, ready[a.host.hostname]) for a in attempts}
         return [done.get(o.host.hostname, o) for o in planned]
 
     def close(self) -> None:
@@ -131,8 +138,10 @@ class FirewallRun:
         try:
             enabling = any(a.kind is ActionKind.ENABLE for a in planned.changes)
             result = session.run(apply_script(commands) + "; " + self._probe(status=enabling), check=False)
-        except (HostUnreachable, RemoteCommandError) as e:
+        except (ConnectionLost, RemoteCommandError) as e:  # sent, and no answer: it may have run, or not
             raise self._cut_short(host, commands, e) from e
+        except HostUnreachable as e:  # gone before the changes were sent: nothing changed there
+            raise HostUnreachable(host.hostname, f"{e.problem}; nothing changed") from e
         ran, failure = parse_apply(result.stdout, commands)
         for cmd in ran:
             storage.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
@@ -153,25 +162,28 @@ class FirewallRun:
         status = HostStatus.BLOCKED if blocked else HostStatus.CHANGED
         return HostOutcome(host, status, after, planned.actions, tuple(ran), "; ".join(blocked))
 
-    def _cut_short(self, host: Host, commands: Sequence[str], error: HostError) -> HostError:
-        """Audit what ran before the connection dropped or the time ran out; say it in the host's error."""
+    def _cut_short(self, host: Host, commands: Sequence[str], error: HostError) -> ChangeUnknown:
+        """Audit what ran before the connection went or the time ran out; the host's outcome is then unknown."""
         ran = parse_apply(error.partial, commands)[0]
         for cmd in ran:
             storage.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
         rest = list(commands[len(ran) :])
         if rest:  # it was running: ufw may or may not have finished it
             storage.audit(self.command, host.hostname, rest[0], "unknown", address=host.private_ip, error=error.problem)
-        what = (
-            "connection lost"
-            if isinstance(error, HostUnreachable)
-            else "no answer in time" + hint("--timeout", " (--timeout)")
-        )
-        done = f"{len(ran)} of {len(commands)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
-        unknown = f"; unknown whether this one finished: {rest[0]}" if rest else ""
-        problem = f"{what} while applying: {done}{unknown}; re-run to converge"
-        if isinstance(error, HostUnreachable):
-            return HostUnreachable(host.hostname, problem)
-        return RemoteCommandError(host.hostname, rest[0] if rest else "read-back", None, problem)
+        problem = in_flight(host.hostname, error, ran, rest, again="overlay" if self.command == "overlay" else "ufw")
+        return ChangeUnknown(host.hostname, problem, tuple(ran))
+
+
+def in_flight(host: str, error: HostError, ran: Sequence[str], rest: Sequence[str], *, again: str) -> str:
+    """Say why a host's outcome is unknown, what is known to be done, and how to find out the rest."""
+    running = f"`{rest[0]}` ran" if rest else "the rules were read back"
+    if isinstance(error, ConnectionLost):
+        what = f"the connection to {host} was lost while {running} ({error.why})"
+    else:
+        what = f"no answer from {host} in time" + hint("--timeout", " (--timeout)") + f" while {running}"
+    done = f"{len(ran)} of {len(ran) + len(rest)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
+    check = f"check with `keybuzz-fix {again}" + hint("--dry-run", " --dry-run") + "` again"
+    return f"unknown — {what}; {done}; {check}"
 
 
 def apply_script(commands: Sequence[str]) -> str:
@@ -227,7 +239,12 @@ def parse_apply(stdout: str, commands: Sequence[str]) -> tuple[list[str], tuple[
     return ran, failure
 
 
-def _outcome(attempt: Attempt[HostOutcome]) -> HostOutcome:
+def _outcome(attempt: Attempt[HostOutcome], planned: HostOutcome | None = None) -> HostOutcome:
+    """A host's outcome from its attempt: a change in flight when the answers stopped leaves it unknown."""
+    if isinstance(attempt.error, ChangeUnknown) and planned is not None:
+        return replace(
+            planned, status=HostStatus.UNKNOWN, applied=attempt.error.done, error=attempt.error, seconds=attempt.seconds
+        )
     if attempt.error is not None or attempt.result is None:
         return HostOutcome(attempt.host, HostStatus.FAILED, error=attempt.error, seconds=attempt.seconds)
     return replace(attempt.result, seconds=attempt.seconds)

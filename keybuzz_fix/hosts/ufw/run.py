@@ -79,6 +79,7 @@ class HostStatus(str, Enum):
     CHANGED = "changed"  # changes applied and read back
     BLOCKED = "blocked"  # something needs the operator (inactive ufw, shadowing deny rule)
     FAILED = "failed"  # the host could not be worked on
+    UNKNOWN = "unknown"  # the connection went (or the time ran out) while a change was in flight: read it again
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,8 @@ class HostOutcome:
 
     @property
     def failed(self) -> bool:
-        """Whether the host failed or needs the operator (either makes the run fail)."""
-        return self.status in (HostStatus.FAILED, HostStatus.BLOCKED)
+        """Whether the host failed, needs the operator or is in an unknown state (each makes the run fail)."""
+        return self.status in (HostStatus.FAILED, HostStatus.BLOCKED, HostStatus.UNKNOWN)
 
 
 @dataclass(frozen=True)
