@@ -9,6 +9,7 @@ output judged by ``diagnose --from-dir``: both must name the cause first, with t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +20,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from keybuzz_fix import storage
 from keybuzz_fix.cli import app
+from keybuzz_fix.cluster.observed import OVERLAY_RECORD, OverlaySeen, overlay_seen
 from tests.lab.hosts import HostSpec, Lab
 from tests.lab.overlay_faults import OverlayLab
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("state_dir")]
 NAMES = ("k3s-node-01", "k3s-node-02", "k3s-node-03")
 TIMES: dict[str, float] = {}
 
@@ -103,6 +106,12 @@ def failed(data: dict[str, Any]) -> list[str]:
     return [f"{p['node']} {p['from']}->{p['kind']} {p['target']}" for p in data["paths"] if p["result"] != "ok"]
 
 
+def recorded(world: OverlayLab) -> OverlaySeen | None:
+    """What the last diagnose over SSH recorded of the lab's nodes, as convert and all read it."""
+    names: dict[str, str | None] = {n.name: n.ip for n in world.nodes}
+    return overlay_seen(storage.read_record(OVERLAY_RECORD), names, dt.datetime.now(dt.UTC))
+
+
 def test_sh_is_posix_dash_as_on_debian_and_ubuntu(world: OverlayLab) -> None:
     assert world.nodes[0].host.run("readlink -f /bin/sh").stdout.strip().endswith("dash")
 
@@ -115,6 +124,8 @@ def test_a_healthy_vxlan_overlay_is_healthy(world: OverlayLab, files: dict[str, 
         assert {h["pod_netns"] for h in data["hosts"]} == {"cni-probe"}
     kinds = {p["kind"] for p in ssh["paths"]}
     assert {"pod", "pod-big", "api", "dns", "dns-pod", "nodeport", "underlay", "underlay-big", "vtep"} <= kinds
+    seen = recorded(world)  # what convert and all read: healthy, these nodes at these addresses
+    assert seen is not None and seen.healthy is True, storage.read_record(OVERLAY_RECORD)
 
 
 def test_forward_policy_drop(world: OverlayLab, files: dict[str, Path]) -> None:
@@ -146,6 +157,8 @@ def test_ufw_drops_8472(world: OverlayLab, files: dict[str, Path]) -> None:
         world.heal()
     f = top(ssh)
     assert (f["cause"], f["status"], f["hosts"]) == ("ufw-blocks-vxlan", "confirmed", ["k3s-node-02"]), failed(ssh)
+    seen = recorded(world)  # the SSH run's, not the capture's (--from-dir records nothing)
+    assert seen is not None and (seen.healthy, seen.cause) == (False, "ufw-blocks-vxlan")
 
 
 def test_iptables_drops_8472_on_input(world: OverlayLab, files: dict[str, Path]) -> None:

@@ -153,3 +153,21 @@ def test_all_ends_by_pointing_at_diagnose_then_rollback(tmp_path):
     first, then = next_steps(tmp_path / "servers.tsv")
     assert f"`keybuzz-fix diagnose {tmp_path / 'servers.tsv'}` finds why" in first
     assert "`keybuzz-fix rollback --latest`" in then and "leaves the UFW rules and the Ingress routes" in then
+
+
+def test_all_points_at_rollback_once_diagnose_saw_the_overlay_healthy_and_at_overlay_while_broken(tmp_path):
+    import datetime as dt
+
+    from keybuzz_fix.cluster.observed import OverlaySeen
+    from keybuzz_fix.report.steps import next_steps
+
+    when = dt.datetime(2026, 11, 30, 7, 50, tzinfo=dt.UTC)
+    servers = tmp_path / "servers.tsv"
+    (healthy,) = next_steps(servers, OverlaySeen(True, when))
+    assert healthy.startswith("diagnose found the overlay healthy at 07:50 UTC: the workaround is no longer needed")
+    assert "`keybuzz-fix rollback --latest`" in healthy and "diagnose " + str(servers) not in healthy
+    broken, then = next_steps(servers, OverlaySeen(False, when, "ufw-blocks-vxlan"))
+    assert "still broken — diagnose found the overlay broken at 07:50 UTC (ufw-blocks-vxlan)" in broken
+    assert f"`keybuzz-fix overlay {servers}` fixes what UFW blocks" in broken
+    assert then.startswith("Once diagnose says the overlay is healthy, `keybuzz-fix rollback --latest`")
+    assert next_steps(servers, OverlaySeen(None, when)) == next_steps(servers)  # not everything checked: as unknown
