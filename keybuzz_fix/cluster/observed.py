@@ -25,7 +25,7 @@ class OverlaySeen:
     """What the last ``diagnose`` of these nodes saw of the overlay between them (ClusterIP and DNS cross it).
 
     ``healthy``: True (no problem, everything checked), False (a problem: ``cause`` names the
-    first), None (no problem found, but not everything was checked). ``when``: UTC.
+    first), None (no problem found, but not every node was probed). ``when``: UTC.
     """
 
     healthy: bool | None
@@ -39,7 +39,7 @@ class OverlaySeen:
             return f"diagnose found the overlay healthy at {at}"
         if self.healthy is False:
             return f"diagnose found the overlay broken at {at}" + (f" ({self.cause})" if self.cause else "")
-        return f"diagnose found no problem with the overlay at {at}, but did not check everything"
+        return f"diagnose found no problem with the overlay at {at}, but did not probe every node"
 
 
 def overlay_seen(

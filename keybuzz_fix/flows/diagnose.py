@@ -37,7 +37,7 @@ from keybuzz_fix.hosts.sections import split_sections
 from keybuzz_fix.hosts.ssh import open_session
 from keybuzz_fix.hosts.sshoptions import AcceptedKeys, SshOptions
 from keybuzz_fix.inventory import Host
-from keybuzz_fix.report.diagnosis import gaps, show_diagnosis
+from keybuzz_fix.report.diagnosis import show_diagnosis
 from keybuzz_fix.report.output import Output, progress_bar, write_stdout
 
 if TYPE_CHECKING:
@@ -76,14 +76,15 @@ def run_diagnose(console: Console, reach: Connections, hosts: Sequence[Host], ou
 
 
 def overlay_record(found: Diagnosis, hosts: Sequence[Host]) -> dict[str, Any]:
-    """What ``convert`` and ``all`` read of this diagnose: when, healthy or not (or not all checked), which nodes.
+    """What ``convert`` and ``all`` read of this diagnose: when, healthy or not (or not all probed), which nodes.
 
     Only a live run over SSH is recorded: a ``--from-dir`` capture is of another moment.
     """
+    # ClusterIP and DNS calls work when every probed path does: healthy needs the path matrix, from every node
     if not healthy(found.findings, found.paths):
         state: bool | None = False
     else:
-        state = True if not gaps(found) and not any(n.error for n in found.nodes) else None
+        state = True if found.paths and not any(n.error for n in found.nodes) else None
     cause = next((f.cause.value for f in found.findings if f.problem), "")
     return {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

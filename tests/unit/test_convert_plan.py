@@ -407,7 +407,7 @@ def test_the_clusterip_warning_follows_what_diagnose_saw_of_the_overlay():
     assert "those calls fail while the overlay between the nodes is broken" in failing
     assert "diagnose found the overlay broken at 07:50 UTC (ufw-blocks-vxlan)" in failing
     (partly,) = about_env(unsure.warnings)
-    assert "did not check everything" in partly
+    assert "did not probe every node" in partly
     assert about_env(healthy.warnings) == []  # seen healthy: no warning, a note
     (fine,) = about_env(healthy.notes)
     assert fine.endswith("diagnose found the overlay healthy at 07:50 UTC, so those calls go through")
