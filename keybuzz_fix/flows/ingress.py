@@ -33,7 +33,7 @@ from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj, name_of
 from keybuzz_fix.cluster.scheduling import is_worker_node, worker_nodes
 from keybuzz_fix.config import Config, IngressConfig
-from keybuzz_fix.errors import ClusterError, Conflict, Interrupted
+from keybuzz_fix.errors import ClusterError, Conflict, Interrupted, KeybuzzFixError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.ingress import ingress_json, ingress_plan, ingress_summary
@@ -103,8 +103,13 @@ def run_ingress(
         ingress_plan(console, plan, dry_run=dry_run)
     if not dry_run and plan.changes:
         confirm(f"Apply {len(plan.changes)} Ingress route(s)?", yes=yes)
-        with one_at_a_time("ingress", kube=kube, namespace=cfg.namespace):  # one run at a time changes the cluster
-            plan = apply_ingress(kube, plan)
+        try:
+            with one_at_a_time("ingress", kube=kube, namespace=cfg.namespace):  # one run at a time changes the cluster
+                plan = apply_ingress(kube, plan)
+        except KeybuzzFixError as e:
+            if quiet:  # -o json: one document also when the run stops (the lock is held, a write failed)
+                print_json(ingress_json(plan, dry_run=dry_run, error=e))
+            raise
     if quiet:
         print_json(ingress_json(plan, dry_run=dry_run))
     else:

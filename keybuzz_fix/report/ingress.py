@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from keybuzz_fix.checks.ingress import IngressPlan
-from keybuzz_fix.errors import ExitCode
+from keybuzz_fix.errors import ExitCode, KeybuzzFixError
 from keybuzz_fix.hints import hint
 
 if TYPE_CHECKING:
@@ -90,12 +90,13 @@ def ingress_summary(console: Console, plan: IngressPlan, *, dry_run: bool) -> No
     console.print(f"[{style}]{head}[/]: {controller}; {routes}")
 
 
-def ingress_json(plan: IngressPlan, *, dry_run: bool) -> dict[str, Any]:
-    """Return the machine-readable outcome of the ingress step."""
+def ingress_json(plan: IngressPlan, *, dry_run: bool, error: KeybuzzFixError | None = None) -> dict[str, Any]:
+    """Return the machine-readable outcome of the ingress step (``error``: why it stopped; routes as planned)."""
     return {
         "command": "ingress",
         "dry_run": dry_run,
-        "exit_code": int(ExitCode.of(plan)),
+        "exit_code": int(error.exit_code if error is not None else ExitCode.of(plan)),
+        "error": str(error) if error is not None else None,
         "force_conflicts": plan.force_conflicts,
         "controller": [{"subject": f.subject, "ok": f.ok, "detail": f.detail} for f in plan.findings],
         "routes": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -144,6 +145,10 @@ def test_a_lease_of_this_user_is_taken_over_only_once_its_process_is_gone(
         result = CliRunner().invoke(app, ingress)
         assert result.exit_code == 1 and f"pid {sleeper.pid} since " in result.stderr, result.output
         assert no_routes.list_namespaced_ingress(NS).items == []
+        machine = CliRunner().invoke(app, [*ingress, "-o", "json"])  # -o json: one document, saying why
+        stopped = json.loads(machine.stdout)
+        assert (machine.exit_code, stopped["exit_code"]) == (1, 1) and f"pid {sleeper.pid} since " in stopped["error"]
+        assert [r["status"] for r in stopped["routes"]] == ["create", "create"]
         assert kube.get("Lease", LEASE, NS)["metadata"]["uid"] == held["metadata"]["uid"]
         sleeper.kill()
         sleeper.wait(10)
