@@ -27,14 +27,22 @@ from typer.core import TyperCommand, TyperGroup
 from keybuzz_fix import __version__
 from keybuzz_fix.cli import cluster, hosts, remediate
 from keybuzz_fix.cli.options import FROM_COMMAND_SERVERS, GROUPS
-from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError
+from keybuzz_fix.cli.parse import ENV_PREFIX, from_environment
+from keybuzz_fix.errors import DETAILED_ERROR, ExitCode, Interrupted, KeybuzzFixError, UsageError
 from keybuzz_fix.report.output import end_now, error_line, new_console, print_line, silence_stdout, start_trace
 
 
-def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool], detailed: bool = False) -> int:
+def raw_main(
+    program: Callable[[], Any],
+    *,
+    debug: Callable[[], bool],
+    detailed: bool = False,
+    explain: Callable[[str], str] = str,
+) -> int:
     """Run ``program``; return the exit code of how it ended (``--debug`` lets errors through with their traceback).
 
     ``detailed`` (``--exit-code``): 0 nothing to do, 2 changes pending, 1 any error (Ctrl-C stays 130).
+    ``explain`` adds to a usage error where a bad value came from (an environment variable).
     """
     try:
         result = program()
@@ -43,14 +51,14 @@ def raw_main(program: Callable[[], Any], *, debug: Callable[[], bool], detailed:
     except KeybuzzFixError as e:
         if debug():
             raise
-        error_line(str(e))
+        error_line(explain(str(e)) if isinstance(e, UsageError) else str(e))
         if isinstance(e, Interrupted):
             return int(e.exit_code)
         return DETAILED_ERROR if detailed else int(e.exit_code)
     except typer.TyperException as e:  # a bad command line: Typer's own usage errors
         if debug():
             raise
-        error_line(e.format_message())
+        error_line(explain(e.format_message()))
         return DETAILED_ERROR if detailed else int(ExitCode.USAGE)
     except (KeyboardInterrupt, typer.Abort):
         if debug():
@@ -116,6 +124,7 @@ class _Group(TyperGroup):
             program,
             debug=lambda: bool(contexts and contexts[0].params.get("debug")),
             detailed="--exit-code" in options and self._has_exit_code(options),
+            explain=lambda message: from_environment(message, argv, os.environ),
         )
         if standalone_mode:
             sys.exit(code)
@@ -128,7 +137,6 @@ class _Group(TyperGroup):
         return command is not None and any("--exit-code" in getattr(p, "opts", ()) for p in command.params)
 
 
-ENV_PREFIX = "KEYBUZZ_FIX_"
 # Options an environment variable must not set behind the operator's back: each one loosens a safety.
 _NOT_FROM_ENV = {"yes", "force_conflicts", "allow_managed", "enable", "insecure", "accept_new_host_keys", "show_values"}
 

@@ -6,6 +6,8 @@ anything connects.
 """
 
 import math
+import re
+from collections.abc import Mapping, Sequence
 
 from keybuzz_fix.errors import UsageError
 from keybuzz_fix.inventory import plain_network
@@ -57,3 +59,21 @@ def parse_source(value: str) -> str:
     if str(net.network_address) != value.split("/")[0]:
         raise UsageError(f"--source: {value!r} has host bits set; did you mean {net}?")
     return str(net) if "/" in value else str(net.network_address)
+
+
+ENV_PREFIX = "KEYBUZZ_FIX_"  # KEYBUZZ_FIX_<LONG_OPTION> sets an option's default (see option_defaults)
+_OPTION = re.compile(r"--[a-z][a-z0-9-]*")
+
+
+def from_environment(message: str, argv: Sequence[str], environ: Mapping[str, str]) -> str:
+    """Name the variable behind a bad option value: the error names ``--timeout``, the line never gave it.
+
+    ``KEYBUZZ_FIX_TIMEOUT=abc`` fails as ``--timeout``; the operator looking at the command line
+    would not see where it came from.
+    """
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    for option in dict.fromkeys(_OPTION.findall(message)):
+        variable = ENV_PREFIX + option[2:].upper().replace("-", "_")
+        if option not in given and environ.get(variable):
+            return f"{message} (set by {variable} in the environment)"
+    return message

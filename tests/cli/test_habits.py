@@ -324,6 +324,24 @@ def test_env_variables_give_option_defaults_and_the_command_line_wins():
     assert [h["hostname"] for h in json.loads(limited.stdout)] == ["k8s-worker-02"]
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "option"),
+    [
+        ("KEYBUZZ_FIX_TIMEOUT", "abc", "--timeout"),  # refused by the option's type (click)
+        ("KEYBUZZ_FIX_TIMEOUT", "-1", "--timeout"),  # refused by the tool's own check
+        ("KEYBUZZ_FIX_CONCURRENCY", "0", "--concurrency"),
+    ],
+)
+def test_a_bad_value_from_the_environment_names_its_variable(variable, value, option):
+    argv = ["ufw", str(SERVERS / "realistic-40.tsv"), "--dry-run"]
+    result = runner.invoke(app, argv, env={variable: value})
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert option in line and line.endswith(f"(set by {variable} in the environment)"), line
+    given = runner.invoke(app, [*argv, option, value], env={variable: value})  # on the line: the line is to blame
+    assert given.exit_code == 2 and "in the environment" not in given.stderr, given.stderr
+
+
 def test_env_verbose_and_no_safety_option_from_the_environment():
     from keybuzz_fix.cli import option_defaults
 
