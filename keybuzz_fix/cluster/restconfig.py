@@ -14,6 +14,7 @@ import builtins
 import logging
 import ssl
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +50,11 @@ def endpoint_from(
         if parts.password:
             hidden.append(parts.password)
         source += f", proxy {_without_credentials(proxy)}"
+    if not cfg.verify_ssl:
+        # Said once, where the cluster is named (the plan's target, the prompt), instead of urllib3's
+        # InsecureRequestWarning on every request.
+        source += ", TLS not verified (insecure-skip-tls-verify)"
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
     try:
         pool = rest.RESTClientObject(cfg).pool_manager
     except ImportError as e:  # socks5:// needs PySocks

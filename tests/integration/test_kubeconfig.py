@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pexpect
 import pytest
 import yaml
 from kubernetes import client
@@ -237,6 +238,27 @@ def test_insecure_skip_tls_verify_as_the_kubeconfig_says(keybuzz_cluster: Keybuz
         cluster={"certificate-authority-data": None, "insecure-skip-tls-verify": True},
     )
     assert cli("convert", "--dry-run", "--kubeconfig", str(insecure)).exit_code == 0
+    # At a terminal, in a process of its own (warning filters are per process): urllib3's
+    # InsecureRequestWarning never repeats; the prompt names the cluster as not verified, once.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["KEYBUZZ_FIX_STATE_DIR"] = str(tmp_path / "state")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "keybuzz_fix", "convert", "--kubeconfig", str(insecure)],
+        env=env,
+        dimensions=(50, 400),
+        encoding="utf-8",
+        timeout=120,
+    )
+    try:
+        child.expect(r"\[y/N\]")
+        shown = child.before
+        child.sendline("n")
+        child.expect(pexpect.EOF)
+    finally:
+        child.terminate(force=True)
+    assert "Unverified HTTPS request" not in shown and "InsecureRequestWarning" not in shown, shown
+    assert shown.count("TLS not verified (insecure-skip-tls-verify)") == 1, shown
     unverified = edited(keybuzz_cluster.kubeconfig, tmp_path / "no-ca", cluster={"certificate-authority-data": None})
     result = cli("convert", "--dry-run", "--kubeconfig", str(unverified))
     assert result.exit_code == 1 and "TLS verification of the Kubernetes API" in one_error(result)
