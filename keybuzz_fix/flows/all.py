@@ -157,9 +157,8 @@ def _run_all(
         try:
             result = work()
         except KeybuzzFixError as e:
-            log.record(
-                name, "interrupted" if isinstance(e, Interrupted) else "failed", str(e), time.monotonic() - start
-            )
+            status = "interrupted" if isinstance(e, Interrupted) else "failed"
+            log.record(name, status, str(e), time.monotonic() - start, show=show)  # planning: the table says it
             raise
         log.record(name, *describe(result), time.monotonic() - start, show=show)
         return result
