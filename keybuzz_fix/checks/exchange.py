@@ -9,12 +9,12 @@ The URL checks built on them (options, retries, rounds) are :mod:`keybuzz_fix.ch
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import ssl
-import threading
 import time
-from typing import Any
+
+from keybuzz_fix.hosts.tcp import left as _left
+from keybuzz_fix.hosts.tcp import open_connection
 
 # Answers worth another try: the load balancer or the backend may be catching up.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -132,57 +132,6 @@ def _request_bytes(host: str, port: int, scheme: str, path: str) -> bytes:
         f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: keybuzz-fix\r\n"
         "Accept: */*\r\nConnection: close\r\n\r\n"
     ).encode("ascii", "strict")
-
-
-def _left(deadline: float) -> float:
-    """Return the seconds left before ``deadline``; raise TimeoutError when none are."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    return left
-
-
-def resolve(host: str, port: int, deadline: float) -> list[tuple[int, str]]:
-    """Return (family, address) for ``host``, within the deadline (the system resolver has no timeout of its own)."""
-    try:
-        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
-        return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))]
-    except ValueError:
-        pass
-    found: list[Any] = []
-
-    def lookup() -> None:
-        try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as e:
-            found.append(e)
-
-    worker = threading.Thread(target=lookup, name="resolve", daemon=True)  # left behind if it never ends
-    worker.start()
-    worker.join(_left(deadline))
-    if not found:
-        raise TimeoutError
-    if isinstance(found[0], OSError):
-        raise found[0]
-    return [(family, str(sockaddr[0])) for family, _t, _p, _c, sockaddr in found[0]]
-
-
-def open_connection(host: str, port: int, deadline: float) -> socket.socket:
-    """Connect to ``host:port`` before the deadline, trying each address in the time left."""
-    error: OSError = TimeoutError()
-    for family, address in resolve(host, port, deadline):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(_left(deadline))
-            sock.connect((address, port))
-            return sock
-        except TimeoutError:
-            sock.close()
-            raise
-        except OSError as e:
-            sock.close()
-            error = e
-    raise error
 
 
 def tcp_open(address: str, port: int, timeout: float) -> tuple[bool, str]:

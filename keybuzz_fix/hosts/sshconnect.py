@@ -21,6 +21,7 @@ from keybuzz_fix.hosts.sshconfig.hops import Hop
 from keybuzz_fix.hosts.ssherrors import _why
 from keybuzz_fix.hosts.sshhostkey import _HostKeyCheck
 from keybuzz_fix.hosts.sshoptions import AcceptedKeys, SshOptions
+from keybuzz_fix.hosts.tcp import open_connection, resolve
 
 if TYPE_CHECKING:
     import paramiko
@@ -43,27 +44,20 @@ def _connect_hop(
     keys = [str(options.identity)] if options.identity else []
     keys += [p for p in hop.identity_paths() if p not in keys and os.path.isfile(p)]
     start = time.monotonic()
-    cut: threading.Timer | None = None
     fired = threading.Event()
-    if sock is None:  # a direct connection: one deadline for it all (a jump's channel or a ProxyCommand has its own)
+    if sock is None:  # a direct connection: the lookup and the TCP connection count against the deadline too
         try:
-            sock = socket.create_connection((hop.hostname, hop.port), timeout=options.connect_timeout)
-        except OSError as e:
+            sock = _open(hop, role, options.connect_timeout, label)
+        except HostUnreachable:
             client.close()
-            why = _why(e)
-            if isinstance(e, TimeoutError):
-                why = (
-                    f"no SSH answer within {options.connect_timeout:g}s"
-                    + hint("--timeout", " (--timeout)")
-                    + ": the host is down or too slow"
-                )
-            raise HostUnreachable(label, f"{role}cannot connect to {hop.address}: {why}") from e
-        # The banner, key exchange and authentication share the deadline: paramiko bounds each
-        # wait, and a host that sends its banner or its packets a byte at a time would stretch them.
-        left = max(0.0, options.connect_timeout - (time.monotonic() - start))
-        cut = threading.Timer(left, _shut, args=(sock, fired))
-        cut.daemon = True
-        cut.start()
+            raise
+    # The banner, key exchange and authentication share the deadline, also through a jump host's
+    # channel or a ProxyCommand: paramiko bounds each wait, and a host (or a tunnel) that sends its
+    # banner or its packets a byte at a time would stretch them.
+    left = max(0.0, options.connect_timeout - (time.monotonic() - start))
+    cut = threading.Timer(left, _shut, args=(sock, fired))
+    cut.daemon = True
+    cut.start()
     try:
         client.connect(
             hop.hostname,
@@ -96,8 +90,7 @@ def _connect_hop(
         through = " (ProxyCommand)" if hop.proxy_command is not None and first else ""
         raise HostUnreachable(label, f"{role}cannot connect to {hop.address}{through}: {why}") from e
     finally:
-        if cut is not None:
-            cut.cancel()
+        cut.cancel()
     if fired.is_set():  # the deadline cut the socket just as the connection was made: it is no use
         client.close()
         raise HostUnreachable(
@@ -109,12 +102,45 @@ def _connect_hop(
     return client
 
 
-def _shut(sock: socket.socket, fired: threading.Event) -> None:
-    """Wake every wait on ``sock``: paramiko's reads then fail at once."""
+def _open(hop: Hop, role: str, timeout: float, label: str) -> socket.socket:
+    """Connect to a hop within ``timeout`` in all, its name looked up first (ssh_config's HostName may be a name)."""
+    deadline = time.monotonic() + timeout
+    try:
+        addresses = resolve(hop.hostname, hop.port, deadline)
+    except TimeoutError:
+        raise HostUnreachable(
+            label,
+            f"{role}cannot look up {hop.hostname}: no answer from the resolver within {timeout:g}s"
+            + hint("--timeout", " (--timeout)"),
+        ) from None
+    except OSError as e:
+        raise HostUnreachable(label, f"{role}cannot look up {hop.hostname}: {_why(e)}") from e
+    error: OSError = TimeoutError()
+    for _family, address in addresses:
+        try:
+            return open_connection(address, hop.port, deadline)
+        except TimeoutError as e:
+            error = e
+            break
+        except OSError as e:
+            error = e
+    why = _why(error)
+    if isinstance(error, TimeoutError):
+        why = (
+            f"no SSH answer within {timeout:g}s" + hint("--timeout", " (--timeout)") + ": the host is down or too slow"
+        )
+    raise HostUnreachable(label, f"{role}cannot connect to {hop.address}: {why}") from error
+
+
+def _shut(sock: Any, fired: threading.Event) -> None:
+    """Wake every wait on ``sock`` (a socket, a jump's channel, a ProxyCommand): paramiko's reads then fail at once."""
     fired.set()
     try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+        else:
+            sock.close()  # a Channel closes; a ProxyCommand's process is killed
+    except (OSError, EOFError):
         pass
 
 

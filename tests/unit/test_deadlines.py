@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -314,3 +315,75 @@ def test_a_resolver_that_never_answers_is_cut_at_the_deadline(monkeypatch: pytes
         release.set()
     assert (answer.status, answer.reason) == (None, "timed out after 1 s")
     assert took < 1.0 + SLACK
+
+
+def _ssh_options(tmp_path, config_text: str):  # type: ignore[no-untyped-def]
+    from keybuzz_fix.hosts.sshoptions import SshOptions
+
+    config = tmp_path / "ssh_config"
+    config.write_text(config_text)
+    return SshOptions(
+        known_hosts=tmp_path / "known_hosts",
+        accept_new_host_keys=True,
+        connect_timeout=1.5,
+        ssh_config=config,
+        system_ssh_config=None,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "exec sleep 30",  # says nothing
+        "printf SSH-2.0-; while :; do printf x; sleep 0.2; done",  # a banner dripped
+        "printf 'SSH-2.0-OpenSSH_9.6\\r\\n'; exec sleep 30",  # the key exchange never starts
+    ],
+    ids=["silent", "banner-dripped", "no-key-exchange"],
+)
+def test_an_ssh_connection_through_a_proxycommand_ends_within_its_timeout(command: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A ProxyCommand (a bastion's ``ssh -W``, a cloud's tunnel) that stalls or trickles is cut as a socket is."""
+    from keybuzz_fix.errors import HostUnreachable
+    from keybuzz_fix.hosts.ssh import open_session
+    from keybuzz_fix.inventory import Host
+
+    script = tmp_path / "proxy.sh"
+    script.write_text(command + "\n")
+    host = Host("k8s-worker-01", "198.18.0.11", None, "root", "prod", "k3s", "worker")
+    options = _ssh_options(tmp_path, f"Host *\n  ProxyCommand sh {script}\n")
+    start = time.monotonic()
+    with pytest.raises(HostUnreachable) as caught:
+        open_session(host, options)
+    took = time.monotonic() - start
+    assert took < 1.5 + SLACK, took
+    assert "(ProxyCommand)" in str(caught.value) and "no SSH answer within 1.5s (--timeout)" in str(caught.value)
+
+
+def test_an_ssh_host_name_whose_lookup_never_answers_is_cut_at_the_deadline(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ssh_config's HostName may be a name: the system resolver has no timeout of its own."""
+    import threading
+
+    from keybuzz_fix.errors import HostUnreachable
+    from keybuzz_fix.hosts.ssh import open_session
+    from keybuzz_fix.inventory import Host
+
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def stuck(host: str, port: object, *args: Any, **kwargs: Any) -> list:
+        flags = args[3] if len(args) > 3 else kwargs.get("flags", 0)
+        if host != "worker-01.keybuzz.invalid" or flags & socket.AI_NUMERICHOST:  # no resolver asked
+            return real(host, port, *args, **kwargs)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    host = Host("k8s-worker-01", "198.18.0.11", None, "root", "prod", "k3s", "worker")
+    options = _ssh_options(tmp_path, "Host *\n  HostName worker-01.keybuzz.invalid\n")
+    start = time.monotonic()
+    try:
+        with pytest.raises(HostUnreachable) as caught:
+            open_session(host, options)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 1.5 + SLACK
+    assert "worker-01.keybuzz.invalid" in str(caught.value) and "1.5s" in str(caught.value), str(caught.value)
