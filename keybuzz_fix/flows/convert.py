@@ -13,6 +13,7 @@ when re-run. ``all`` plans with :func:`check_plan` and applies the confirmed pla
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
@@ -50,20 +51,19 @@ def read_convert_state(kube: Kube, cfg: Config, workers: Sequence[Host] | None =
 
     ``workers`` (servers.tsv's) are the nodes each DaemonSet must reach; None: the cluster's workers.
     """
-    nodes = kube.list("Node")
-    return Observed(
+    observed = Observed(  # read in this order: a missing permission is named for the first list it stops
         namespace=cfg.namespace,
         deployments=kube.list("Deployment"),
         daemonsets=kube.list("DaemonSet"),
         statefulsets=kube.list("StatefulSet"),
         services=kube.list("Service"),
         hpas=kube.list("HorizontalPodAutoscaler", cfg.namespace),
-        nodes=nodes,
+        nodes=kube.list("Node"),
         service_cidr=cfg.overlay.service_cidr,
         pdbs=_disruption_budgets(kube, cfg.namespace),
         workers=workers,
-        overlay=overlay_now(workers, nodes),
     )
+    return dataclasses.replace(observed, overlay=overlay_now(workers, observed.nodes or ()))
 
 
 def overlay_now(workers: Sequence[Host] | None, nodes: Sequence[Obj] = ()) -> OverlaySeen | None:

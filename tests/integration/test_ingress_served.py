@@ -109,6 +109,21 @@ def ingress(
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec}
 
 
+def default_class_seen(net: client.NetworkingV1Api, within: float = 15.0) -> None:
+    """Wait until the DefaultIngressClass admission sees a just-marked default (it reads IngressClasses from a cache).
+
+    Asked with server-side dry runs, so nothing is created; bounded by ``within`` seconds.
+    """
+    probe = ingress("default-class-probe", "legacy", class_name=None)
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        answer = net.create_namespaced_ingress("legacy", probe, dry_run="All")
+        if answer.spec.ingress_class_name is not None:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the API server's admission did not give the default IngressClass within {within:g}s")
+
+
 def older(net: client.NetworkingV1Api, obj: dict[str, Any]) -> client.V1Ingress:
     """Create ``obj`` and wait a second, so that whatever is created next is strictly newer (timestamps are in s).
 
@@ -286,6 +301,7 @@ def test_with_a_default_class_an_ingress_without_class_gets_it_and_competes(
     net.patch_ingress_class(
         "nginx", {"metadata": {"annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}}
     )
+    default_class_seen(net)
     old = older(net, ingress("old-front", "legacy", class_name=None))
     assert old.spec.ingress_class_name == "nginx"  # the API server's DefaultIngressClass admission
     code, routes = plan(keybuzz_cluster, "--dry-run")
