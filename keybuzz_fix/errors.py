@@ -264,3 +264,7 @@ class Interrupted(KeybuzzFixError):
     """Ctrl-C: stop cleanly and say what was done."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class Unanswered(Interrupted):
+    """Ctrl-C (or the end of input) at the confirmation: nothing changed, since nothing changes before the answer."""

@@ -26,7 +26,7 @@ from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
 from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import Aborted, Interrupted, KeybuzzFixError
+from keybuzz_fix.errors import Aborted, Interrupted, KeybuzzFixError, Unanswered
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.convert import apply_confirmed, check_plan, overlay_now, read_convert_state
 from keybuzz_fix.flows.firewall import worker_rules
@@ -256,8 +256,8 @@ def _run_all(
             steps.describe_score,
         )
         scorecard_table(console, card)
-    except Aborted:
-        raise  # answered no: the error line says nothing changed; the plan is on screen
+    except (Aborted, Unanswered):
+        raise  # answered no, or Ctrl-C at the question: the error line says nothing changed; the plan is on screen
     except KeybuzzFixError:
         log.summary("all: stopped")
         raise

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
-from keybuzz_fix.errors import Aborted, UsageError
+from keybuzz_fix.errors import Aborted, Unanswered, UsageError
 from keybuzz_fix.hints import hint
 
 if TYPE_CHECKING:
@@ -215,10 +215,33 @@ def confirm(question: str, *, yes: bool) -> None:
             f"{question} — needs confirmation but stdin is not a terminal"
             + hint("--yes", "; pass --yes to proceed, or --dry-run to only see the plan")
         )
-    import typer
-
-    if not typer.confirm(question, default=False):
+    if not _answered_yes(question):
         raise Aborted("nothing changed (answered no)")
+
+
+def _answered_yes(question: str) -> bool:
+    """Ask on stderr and read one line: only y or yes is yes.
+
+    On stderr, as the plan is under ``-o json``: stdout carries the JSON document and nothing else
+    (click's prompt, as Typer ships it, writes its last character to stdout). The question is
+    folded at spaces to the terminal, never inside a word or a name.
+    """
+    import shutil
+    import textwrap
+
+    sys.stdout.flush()
+    width = max(shutil.get_terminal_size().columns - 1, 40)
+    sys.stderr.write(textwrap.fill(question, width, break_on_hyphens=False) + " [y/N]: ")
+    sys.stderr.flush()
+    try:
+        line = sys.stdin.readline()
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")  # the error line that follows starts on a line of its own
+        raise Unanswered("interrupted at the question; nothing changed") from None
+    if not line:  # Ctrl-D: the input ended
+        sys.stderr.write("\n")
+        raise Unanswered("no answer at the question (end of input); nothing changed")
+    return line.strip().lower() in ("y", "yes")
 
 
 class ProgressBar:
