@@ -148,7 +148,7 @@ def _run_all(
     # are drawn while planning but held back until the summary is out; warnings are in the summary only.
     brief = not (options.dry_run or verbosity() > 0)
     details = held_back(console)
-    view = ChangeView(details, PlanOutput.TEXT, "convert", diffs=not brief, warnings=False)
+    view = ChangeView(details, PlanOutput.TEXT, "convert", diffs=not brief, warnings=False, titled=not brief)
 
     def step(
         name: str, work: Callable[[], Result], describe: Callable[[Result], tuple[str, str]], *, show: bool = True
@@ -158,7 +158,7 @@ def _run_all(
             result = work()
         except KeybuzzFixError as e:
             status = "interrupted" if isinstance(e, Interrupted) else "failed"
-            log.record(name, status, str(e), time.monotonic() - start, show=show)  # planning: the table says it
+            log.record(name, status, str(e), time.monotonic() - start, show=False)  # the error line says it, once
             raise
         log.record(name, *describe(result), time.monotonic() - start, show=show)
         return result
@@ -177,7 +177,7 @@ def _run_all(
                 steps.describe_firewall_plan,
                 show=False,
             )
-            log.heading(2, "convert", planning, on=details)
+            log.heading(2, f"convert in namespace {cfg.namespace}", planning, on=details)
             checked = ChangeRun("convert", dry_run=True)
             with working(console, "planning convert: reading the cluster, then a server-side dry run…"):
                 converting = step(

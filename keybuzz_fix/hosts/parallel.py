@@ -57,12 +57,14 @@ def on_each_host(
     progress: Progress | None = None,
     label: str = "working",
     changing: bool = False,
+    finished: Callable[[ResultT], str] | None = None,
 ) -> list[Attempt[ResultT]]:
     """Run ``work`` on every host in parallel; return one attempt per host, in input order.
 
     After Ctrl-C, work that changes hosts (``changing``) finishes the command in flight on each
     host and the error says where it finished; work that only reads is left behind at once, and
-    the error says that nothing changed.
+    the error says that nothing changed. ``finished`` says, after Ctrl-C, what a host that
+    finished did (``changed: 6 rule(s) added``, ``nothing to change``); else "finished".
 
     Only the tool's own errors are contained per host; anything else is a bug and propagates.
     """
@@ -112,7 +114,7 @@ def on_each_host(
             if fut.done() and not fut.cancelled():
                 index, outcome = fut.result()
                 outcomes[index] = outcome
-        raise Interrupted(_interrupted(hosts, outcomes)) from None
+        raise Interrupted(_interrupted(hosts, outcomes, finished)) from None
     return [outcomes[i] for i in range(len(hosts))]
 
 
@@ -137,16 +139,19 @@ def raise_open_files_limit(needed: int) -> int:
     return soft
 
 
-def _interrupted(hosts: Sequence[Host], outcomes: dict[int, Attempt[ResultT]]) -> str:
-    """Say, after Ctrl-C, which hosts finished, which failed and which were never started."""
-
-    def names(which: list[str]) -> str:
-        return ", ".join(which) or "none"
-
-    finished = [o.host.hostname for _, o in sorted(outcomes.items()) if o.ok]
+def _interrupted(
+    hosts: Sequence[Host], outcomes: dict[int, Attempt[ResultT]], finished: Callable[[ResultT], str] | None
+) -> str:
+    """Say, after Ctrl-C, what each host that finished did, which failed and which were never started."""
+    done: dict[str, list[str]] = {}
+    for _, o in sorted(outcomes.items()):
+        if o.ok:
+            what = finished(o.result) if finished is not None and o.result is not None else "finished"
+            done.setdefault(what, []).append(o.host.hostname)
     failed = [f"{o.host.hostname} ({o.error.problem})" for _, o in sorted(outcomes.items()) if o.error is not None]
     untouched = [h.hostname for i, h in enumerate(hosts) if i not in outcomes]
-    return (
-        f"interrupted: finished on {names(finished)}; failed on {names(failed)}; not started on "
-        f"{names(untouched)}; re-run to converge (the audit log lists every change made)"
-    )
+    parts = [f"{what} on {', '.join(names)}" for what, names in done.items()]
+    parts += [f"failed on {', '.join(failed)}"] if failed else []
+    parts += [f"not started on {', '.join(untouched)}"] if untouched else []
+    said = "; ".join(parts) or "no host finished"
+    return f"interrupted: {said}; re-run to converge (the audit log lists every change made)"

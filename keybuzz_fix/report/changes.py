@@ -49,6 +49,7 @@ class ChangeView:
         show_values: bool = False,
         diffs: bool = True,
         warnings: bool = True,
+        titled: bool = True,
     ) -> None:
         self.console = console
         self.format: str = output.value
@@ -56,6 +57,7 @@ class ChangeView:
         self.show_values = show_values
         self.diffs = diffs  # False: each change on one line, the objects' diffs left to -v
         self.warnings = warnings  # False: the plan's warnings are shown elsewhere (all's summary), once
+        self.titled = titled  # False: the plan's title is the heading above it (all's step)
 
     @property
     def text(self) -> bool:
@@ -84,6 +86,7 @@ class ChangeView:
                 show_values=self.show_values,
                 shown_env=shown_env,
                 diffs=self.diffs,
+                titled=self.titled,
             )
 
     def objects(self, plan: ConvertPlan) -> None:
@@ -169,6 +172,7 @@ def change_plan(
     show_values: bool = False,
     shown_env: Collection[str] = (),
     diffs: bool = True,
+    titled: bool = True,
 ) -> None:
     """Print a plan of object changes: each action with its reason and diff, env values masked unless asked.
 
@@ -180,7 +184,8 @@ def change_plan(
     def shown(obj: Any) -> Any:
         return obj if obj is None or show_values else mask_values(obj, shown_env)
 
-    console.print(f"[bold]{escape(title)}[/]")
+    if titled:
+        console.print(f"[bold]{escape(title)}[/]")
     for c in changes:
         console.print(f"  [{_CHANGE_STYLE[c.label]}]{c.label:>9}[/] {escape(c.target)}: {escape(c.reason)}")
         if not diffs or not c.changes or c.after is None:

@@ -74,14 +74,17 @@ def plan_summary(
 
 
 def question(target: Target, ufw_hosts: int, convert: Sequence[Change], routes: int) -> str:
-    """The one question of ``all``: where, and what changes, deletions counted."""
+    """The one question of ``all``: where, and what changes (only what does), deletions counted."""
     changing = sum(1 for c in convert if c.changes)
     deleted = deletions(convert)
-    return (
-        f"Apply to {target}: ufw on {ufw_hosts} worker(s); convert: {changing} change(s) in namespace "
-        f"{target.namespace}" + (f", deleting {deleted}" if deleted else "") + f"; {routes} Ingress route(s); "
-        "then validate?"
-    )
+    parts = [f"ufw on {ufw_hosts} worker(s)"] if ufw_hosts else []
+    if changing:
+        parts.append(
+            f"convert: {changing} change(s) in namespace {target.namespace}"
+            + (f", deleting {deleted}" if deleted else "")
+        )
+    parts += [f"{routes} Ingress route(s)"] if routes else []
+    return f"Apply to {target}: {'; '.join(parts) or 'nothing to change'}; then validate?"
 
 
 @dataclass
@@ -105,7 +108,7 @@ class StepLog:
         from rich.markup import escape
 
         for line in next_steps(servers, seen):
-            self.console.print(f"[bold]next[/]: {escape(line)}", soft_wrap=True)
+            self.console.print(f"[bold]next[/]: {escape(line)}")
 
     def target(self, target: Target) -> None:
         """Say, before anything else, which cluster and workers the run works on."""
@@ -137,6 +140,8 @@ class StepLog:
             table.add_column(col, overflow="fold")
         for step, status, detail, seconds in self.rows:
             style = STATUS_STYLE.get(status, "")
+            if status in ("failed", "interrupted"):
+                detail = "the error line below says what and why"  # said once, there (-o json has it here)
             table.add_row(step, f"[{style}]{status}[/]" if style else status, escape(detail), f"{seconds:.1f}")
         for step in STEPS:
             if step not in done:

@@ -93,6 +93,9 @@ def test_the_all_question_names_the_cluster_the_inventory_and_counts_deletions(t
         f"{tmp_path / 'servers.tsv'}: ufw on 5 worker(s); convert: 4 change(s) in namespace keybuzz, deleting "
         "1 HorizontalPodAutoscaler(s), 2 Deployment(s); 2 Ingress route(s); then validate?"
     )
+    # only what changes is asked about
+    only_routes = question(target, 0, [Change(Verb.NONE, "Service", "keybuzz", "keybuzz-front", "already")], 2)
+    assert only_routes.endswith("5 worker(s) from " + f"{tmp_path / 'servers.tsv'}: 2 Ingress route(s); then validate?")
 
 
 def _host(name: str = "k8s-worker-04", ip: str = "127.0.0.1"):

@@ -75,6 +75,7 @@ class FirewallRun:
             progress=progress,
             label="applying",
             changing=True,
+            finished=_what_it_did,
         )
         done = {a.host.hostname: _outcome(a, ready[a.host.hostname]) for a in attempts}
         return [done.get(o.host.hostname, o) for o in planned]
@@ -184,6 +185,11 @@ def in_flight(host: str, error: HostError, ran: Sequence[str], rest: Sequence[st
     done = f"{len(ran)} of {len(ran) + len(rest)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
     check = f"check with `keybuzz-fix {again}" + hint("--dry-run", " --dry-run") + "` again"
     return f"unknown — {what}; {done}; {check}"
+
+
+def _what_it_did(outcome: HostOutcome) -> str:
+    """A host's apply in a few words, for the message after Ctrl-C."""
+    return f"changed ({len(outcome.applied)} change(s) made)" if outcome.applied else "nothing to change"
 
 
 def apply_script(commands: Sequence[str]) -> str:
