@@ -38,7 +38,17 @@ if TYPE_CHECKING:
     from keybuzz_fix.cluster.client import Kube
     from keybuzz_fix.inventory import Host
 
-__all__ = ["COMMAND_KEY", "DURATION", "LEASE", "Held", "expired", "held_by", "lease_object", "one_at_a_time"]
+__all__ = [
+    "COMMAND_KEY",
+    "DURATION",
+    "LEASE",
+    "Held",
+    "expired",
+    "held_by",
+    "lease_object",
+    "one_at_a_time",
+    "running_now",
+]
 
 LEASE = "keybuzz-fix"
 COMMAND_KEY = "keybuzz-fix/command"
@@ -147,6 +157,21 @@ def one_at_a_time(
             lease = _take_lease(kube, namespace, holder, command, now)
             held.callback(_release, kube, namespace, lease)
         yield
+
+
+def running_now(kube: Kube, namespace: str) -> str | None:
+    """Say who holds this namespace's Lease, if a live run does (read only; None when none, or it cannot be read).
+
+    A run that fails while planning asks this: another run's changes, made between its reads and
+    its server-side dry run, are a likely cause (a nodePort "already allocated", a 409).
+    """
+    try:
+        lease = kube.get("Lease", LEASE, namespace)
+    except KeybuzzFixError:
+        return None
+    if lease is None or _abandoned(lease, _now()):
+        return None
+    return held_by(lease)
 
 
 def _lock_hosts(held: ExitStack, hosts: Sequence[Host], mine: str) -> None:

@@ -28,7 +28,7 @@ from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
 from keybuzz_fix.errors import Aborted, Interrupted, KeybuzzFixError, Unanswered
 from keybuzz_fix.flows import Connections
-from keybuzz_fix.flows.convert import apply_confirmed, check_plan, overlay_now, read_convert_state
+from keybuzz_fix.flows.convert import apply_confirmed, check_plan, name_running, overlay_now, read_convert_state
 from keybuzz_fix.flows.firewall import worker_rules
 from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
 from keybuzz_fix.flows.validate import WorkerAccess, score_cluster
@@ -210,6 +210,9 @@ def _run_all(
                     show=False,
                 )
             log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
+        except KeybuzzFixError as e:
+            name_running(e, kube, cfg.namespace)
+            raise
         finally:
             let_out(console, details)  # the steps' plans, after the summary (or, if planning stopped, what was planned)
         if brief:

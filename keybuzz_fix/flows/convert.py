@@ -26,7 +26,7 @@ from keybuzz_fix.cluster import backup
 from keybuzz_fix.cluster.changes import ChangeRun, sent
 from keybuzz_fix.cluster.client import Kube
 from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
-from keybuzz_fix.cluster.lock import one_at_a_time
+from keybuzz_fix.cluster.lock import one_at_a_time, running_now
 from keybuzz_fix.cluster.objects import Obj, meta_of, name_of, parse_objects
 from keybuzz_fix.cluster.observed import OVERLAY_RECORD, Observed, OverlaySeen, observed_from_objects, overlay_seen
 from keybuzz_fix.cluster.rbac import permissions, preflight
@@ -122,16 +122,20 @@ def _convert(
     workers: Sequence[Host] | None,
 ) -> ChangeRun:
     dry_run = run.dry_run
-    plan = check_plan(
-        kube,
-        cfg,
-        run,
-        view,
-        keep_port=keep_port,
-        force=force_conflicts,
-        allow_managed=allow_managed,
-        workers=workers,
-    )
+    try:
+        plan = check_plan(
+            kube,
+            cfg,
+            run,
+            view,
+            keep_port=keep_port,
+            force=force_conflicts,
+            allow_managed=allow_managed,
+            workers=workers,
+        )
+    except KeybuzzFixError as e:
+        name_running(e, kube, cfg.namespace)
+        raise
     if plan.pending and not dry_run:
         with ExitStack() as held:
             with _stopping(view, run):
@@ -147,6 +151,12 @@ def _convert(
             carry_out(kube, plan, run, view, timeout=timeout, force=force_conflicts)
     view.finished(run)
     return run
+
+
+def name_running(error: KeybuzzFixError, kube: Kube, namespace: str) -> None:
+    """Add to a planning error the run that holds this namespace's Lease, if one does: its changes may be why."""
+    if not isinstance(error, Interrupted) and (who := running_now(kube, namespace)) is not None:
+        error.message += f"; another keybuzz-fix run is changing this cluster right now: {who}; re-run once it ends"
 
 
 def check_plan(

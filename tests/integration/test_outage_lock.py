@@ -59,6 +59,37 @@ def test_a_second_run_names_the_lease_holder_and_changes_nothing(
         kube.delete("Lease", LEASE, NS)
 
 
+def test_a_plan_that_fails_while_another_run_changes_the_cluster_names_that_run(
+    keybuzz_cluster: KeybuzzCluster, state_dir: Path, tmp_path: Path
+) -> None:
+    """Another run's changes, made between this run's reads and its dry run, are a likely cause: it is named."""
+    kube = from_kubeconfig(keybuzz_cluster.kubeconfig)
+    core = client.CoreV1Api(keybuzz_cluster.api_client)
+    squatter = {  # what another run (or team) made meanwhile: a Service on the nodePort convert wants
+        "metadata": {"name": "kbf-squatter", "namespace": "default"},
+        "spec": {"type": "NodePort", "selector": {"app": "none"}, "ports": [{"port": 80, "nodePort": 30080}]},
+    }
+    core.create_namespaced_service("default", squatter)
+    convert = ["convert", "--dry-run", "--kubeconfig", str(keybuzz_cluster.kubeconfig)]
+    held = None
+    try:
+        alone = CliRunner().invoke(app, convert)
+        assert alone.exit_code != 0 and "30080" in alone.stderr, alone.output
+        assert "another keybuzz-fix run" not in alone.stderr
+        held = kube.create(lease_object(NS, "alice@ops-laptop pid 4242", "all", dt.datetime.now(dt.UTC)))
+        result = CliRunner().invoke(app, convert)
+        assert result.exit_code == alone.exit_code, result.output
+        (line,) = result.stderr.splitlines()
+        assert line == alone.stderr.strip() + (
+            "; another keybuzz-fix run is changing this cluster right now: "
+            f"alice@ops-laptop pid 4242 since {held['spec']['acquireTime']} (all); re-run once it ends"
+        )
+    finally:
+        core.delete_namespaced_service("kbf-squatter", "default")
+        if held is not None:
+            kube.delete("Lease", LEASE, NS)
+
+
 def test_a_second_run_on_this_machine_stops_on_the_local_lock(keybuzz_cluster: KeybuzzCluster, state_dir: Path) -> None:
     kube = from_kubeconfig(keybuzz_cluster.kubeconfig)
     state_dir.mkdir(parents=True, exist_ok=True)
