@@ -24,7 +24,8 @@ from keybuzz_fix.errors import UsageError
 from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.convert import stopping
 from keybuzz_fix.report.changes import ChangeView
-from keybuzz_fix.report.output import Output
+from keybuzz_fix.report.output import Output, verbosity
+from keybuzz_fix.report.steps import deletions
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,7 +63,9 @@ def run_rollback(
     if wanted and saved.namespace and wanted != saved.namespace:
         raise UsageError(f"{path} holds objects of namespace {saved.namespace}, not {wanted} (-n)")
     kube = reach.kube()
-    view = ChangeView(console, output, ROLLBACK)
+    # Before the question each change on one line; its diff is what -v (or --dry-run, which asks for the plan) adds
+    diffs = dry_run or verbosity() > 0
+    view = ChangeView(console, output, ROLLBACK, diffs=diffs)
     run = ChangeRun(ROLLBACK, dry_run)
     identity = kube.cluster_identity()
     warning = backup.cluster_check(saved, identity, kube.endpoint.server, force=force_cluster)
@@ -95,7 +98,15 @@ def run_rollback(
             view.accepted_by_server(len(pending))
             view.finished(run)
             return run
-        view.confirm(f"Restore {len(pending)} object(s) from {path.name}?", yes=yes)
+        if not diffs:
+            view.say("[dim]-v shows each object's diff[/]")
+        deleted = deletions(pending)
+        view.confirm(
+            f"Restore {len(pending)} object(s) from {path.name} in namespace {namespace}"
+            + (f", deleting {deleted}" if deleted else "")
+            + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
+            yes=yes,
+        )
         held.enter_context(one_at_a_time(ROLLBACK, kube=kube, namespace=namespace))  # one run at a time
         undo = [c.before for c in pending if c.before is not None]
         run.backup = backup.write(

@@ -59,13 +59,19 @@ def test_convert_prompt_names_the_cluster_and_counts_deletions(keybuzz_cluster: 
     }
 
 
-def test_the_readiness_wait_shows_pods_ready_as_they_come(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
-    # Runs last in this module: it converts the seeded cluster.
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's state folder: the backup the readiness test's convert writes is the one rollback restores."""
+    return tmp_path_factory.mktemp("prompt-state")
+
+
+def test_the_readiness_wait_shows_pods_ready_as_they_come(keybuzz_cluster: KeybuzzCluster, state: Path) -> None:
+    # Runs after the prompt tests: it converts the seeded cluster (the last test rolls it back).
     from typer.testing import CliRunner
 
     from keybuzz_fix.cli import app
 
-    env = {"KEYBUZZ_FIX_STATE_DIR": str(tmp_path / "state")}
+    env = {"KEYBUZZ_FIX_STATE_DIR": str(state)}
     result = CliRunner().invoke(
         app, ["convert", "--yes", "--timeout", "120", "--kubeconfig", str(keybuzz_cluster.kubeconfig)], env=env
     )
@@ -77,3 +83,40 @@ def test_the_readiness_wait_shows_pods_ready_as_they_come(keybuzz_cluster: Keybu
     workers = len(keybuzz_cluster.worker_names)
     assert counts[-1] == (workers, workers, workers, workers)  # the last line: every pod ready
     assert [c[0] for c in counts] == sorted(c[0] for c in counts)  # ready pods only go up
+
+
+def test_rollback_asks_on_one_page_naming_the_cluster_and_what_it_deletes(
+    keybuzz_cluster: KeybuzzCluster, state: Path
+) -> None:
+    config = keybuzz_cluster.kubeconfig
+    server = re.search(r"server: (\S+)", config.read_text()).group(1)  # type: ignore[union-attr]
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
+    env.update(KEYBUZZ_FIX_STATE_DIR=str(state))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "keybuzz_fix", "rollback", "--latest", "--timeout", "120", "--kubeconfig", str(config)],
+        env=env,
+        cwd=str(ROOT),
+        dimensions=(50, 250),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=150,
+    )
+    try:
+        child.expect(r"\[y/N\]")
+        before = child.before
+        child.sendline("y")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        child.terminate(force=True)
+    text = re.sub(r"\s+", " ", before)
+    assert f"in namespace keybuzz, deleting 2 DaemonSet(s), on {server} (kubeconfig {config}, context " in text
+    assert "+++" not in before and "-v shows each object's diff" in text  # each change on one line
+    assert len([line for line in before.splitlines() if line.strip()]) <= 20, before
+    assert child.exitstatus == 0  # restored: the Deployments are back for what runs next
+    apps = client.AppsV1Api(keybuzz_cluster.api_client)
+    assert {d.metadata.name for d in apps.list_namespaced_deployment("keybuzz").items} >= {
+        "keybuzz-api",
+        "keybuzz-front",
+    }
