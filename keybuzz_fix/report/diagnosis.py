@@ -61,6 +61,23 @@ def cells(paths: tuple[Path, ...]) -> dict[str, dict[str, tuple[int, int]]]:
     return out
 
 
+_PATH_WIDTH = len("node → underlay DF") + 4  # the widest path label, with the table's borders and padding
+
+
+def fitting(nodes: list[str], width: int) -> list[list[str]]:
+    """Split the matrix's node columns into parts that each fit ``width`` with the path column; at least one a part."""
+    parts: list[list[str]] = [[]]
+    used = _PATH_WIDTH
+    for node in nodes:
+        need = max(len(node), len("99/99")) + 3
+        if parts[-1] and used + need > width:
+            parts.append([])
+            used = _PATH_WIDTH
+        parts[-1].append(node)
+        used += need
+    return parts if nodes else []
+
+
 def diagnosis_text(console: Console, found: Diagnosis) -> None:
     """Print the path matrix, the problem findings with their evidence and fixes, then what was ruled out."""
     from rich.markup import escape
@@ -73,12 +90,13 @@ def diagnosis_text(console: Console, found: Diagnosis) -> None:
         Status.OK: "green",
     }
     grid = cells(found.paths)
-    nodes = list(grid)
-    if grid:
-        table = Table(title="paths probed, from a pod and from the node (ok/probed)", title_justify="left")
-        table.add_column("path")
+    title = "paths probed, from a pod and from the node (ok/probed)"
+    for part, nodes in enumerate(fitting(list(grid), console.width)):
+        # too many nodes for the width: the matrix in parts, each node's name whole (never "k8s-wor…")
+        table = Table(title=title if part == 0 else None, title_justify="left")
+        table.add_column("path", no_wrap=True)
         for node in nodes:
-            table.add_column(node, justify="center")
+            table.add_column(node, justify="center", no_wrap=True)
         for source, kind in COLUMNS:
             key = f"{source}/{kind}"
             if not any(key in row for row in grid.values()):

@@ -741,3 +741,17 @@ def test_hosts_that_saw_different_things_keep_their_own_blocks(tmp_path: Path) -
 )
 def test_host_lists_fold_numbered_runs_and_name_each_host_once(names: list[str], shown: str) -> None:
     assert host_list(names) == shown
+
+
+def test_the_path_matrix_of_eight_nodes_keeps_every_name_whole_at_100_columns(tmp_path: Path) -> None:
+    names = [f"k8s-master-0{i}" for i in range(1, 4)] + [f"k8s-worker-0{i}" for i in range(1, 6)]
+    nodes = [NodeSpec(name, f"10.0.0.{i + 2}", f"10.42.{i}.0/24") for i, name in enumerate(names)]
+    capture = World(nodes).write(tmp_path / "capture")
+    result = CliRunner().invoke(app, ["diagnose", "--from-dir", str(capture)], env={"COLUMNS": "100"})
+    lines = result.stdout.splitlines()
+    assert "…" not in result.stdout
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]  # text lines stay whole in a pipe; tables fit
+    assert table and all(len(line) <= 100 for line in table), max(table, key=len)
+    headers = [line for line in lines if "path" in line and "k8s-" in line]
+    assert len(headers) >= 2  # eight nodes do not fit 100 columns: the matrix comes in parts
+    assert sorted(n for h in headers for n in h.replace("┃", " ").split() if n.startswith("k8s-")) == sorted(names)
