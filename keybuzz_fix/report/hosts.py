@@ -152,22 +152,34 @@ def wanted_json(wanted: Wanted) -> list[dict[str, Any]]:
 
 
 def firewall_plans(console: Console, outcomes: Sequence[HostOutcome]) -> None:
-    """Print each host's plan: what would run and what is already in place."""
+    """Print each host's plan: what would run and what is already in place; hosts with the same plan together."""
     from rich.markup import escape
 
+    groups: dict[tuple[str, ...], list[HostOutcome]] = {}
     for o in outcomes:
-        head = f"[bold]{o.host.hostname}[/] ({o.host.private_ip})"
-        if o.facts is None:
-            console.print(f"{head}: [bold red]cannot plan[/]: {escape(str(o.error))}")
-            continue
-        console.print(f"{head}: ufw {'active' if o.facts.active else 'inactive'}")
-        for a in o.actions:
-            if a.changes:
-                console.print(f"  [yellow]+[/] {escape(a.command or '')}")
-            elif a.kind is ActionKind.BLOCKED:
-                console.print(f"  [bold yellow]![/] {escape(a.reason)}")
-            else:
-                console.print(f"  [green]=[/] {escape(a.reason)}")
+        groups.setdefault(_plan_lines(o), []).append(o)
+    for lines, hosts in groups.items():
+        names = ", ".join(f"[bold]{escape(o.host.hostname)}[/] ({o.host.private_ip})" for o in hosts)
+        console.print(f"{names}{lines[0]}")
+        for line in lines[1:]:
+            console.print(line)
+
+
+def _plan_lines(o: HostOutcome) -> tuple[str, ...]:
+    """One host's plan as markup lines: the state after its name, then each action."""
+    from rich.markup import escape
+
+    if o.facts is None:
+        return (f": [bold red]cannot plan[/]: {escape(str(o.error))}",)
+    lines = [f": ufw {'active' if o.facts.active else 'inactive'}"]
+    for a in o.actions:
+        if a.changes:
+            lines.append(f"  [yellow]+[/] {escape(a.command or '')}")
+        elif a.kind is ActionKind.BLOCKED:
+            lines.append(f"  [bold yellow]![/] {escape(a.reason)}")
+        else:
+            lines.append(f"  [green]=[/] {escape(a.reason)}")
+    return tuple(lines)
 
 
 def wanted_brief(console: Console, wanted: Wanted) -> None:

@@ -174,3 +174,30 @@ def test_all_points_at_rollback_once_diagnose_saw_the_overlay_healthy_and_at_ove
     assert f"`keybuzz-fix overlay {servers}` fixes what UFW blocks" in broken
     assert then.startswith("Once diagnose says the overlay is healthy, `keybuzz-fix rollback --latest`")
     assert next_steps(servers, OverlaySeen(None, when)) == next_steps(servers)  # not everything checked: as unknown
+
+
+def test_hosts_with_the_same_ufw_plan_are_shown_once_together():
+    import io
+
+    from rich.console import Console
+
+    from keybuzz_fix.hosts.ufw.facts import UfwFacts
+    from keybuzz_fix.hosts.ufw.plan import Action, ActionKind
+    from keybuzz_fix.hosts.ufw.rules import UfwRule
+    from keybuzz_fix.hosts.ufw.run import HostOutcome
+    from keybuzz_fix.report.hosts import firewall_plans
+
+    rule = UfwRule(port="31695", proto="tcp", source="10.0.0.0/16")
+    add = Action(ActionKind.ADD, "missing", rule=rule)
+    kept = Action(ActionKind.NOOP, "already open by rule 2", rule=rule)
+    outcomes = [
+        HostOutcome.planned(_host(f"k8s-worker-0{i}", f"10.0.0.1{i}"), UfwFacts(True, True), [add]) for i in (1, 2)
+    ] + [HostOutcome.planned(_host("k8s-worker-03", "10.0.0.13"), UfwFacts(True, True), [kept])]
+    out = io.StringIO()
+    firewall_plans(Console(file=out, width=300, color_system=None), outcomes)
+    assert out.getvalue().splitlines() == [
+        "k8s-worker-01 (10.0.0.11), k8s-worker-02 (10.0.0.12): ufw active",
+        f"  + {rule.command()}",
+        "k8s-worker-03 (10.0.0.13): ufw active",
+        "  = already open by rule 2",
+    ]
