@@ -113,7 +113,9 @@ def run_all(
         result = _run_all(console, reach.kube(), reach, hosts, cfg, options, log)
     except KeybuzzFixError as e:
         if options.json:
-            print_json(steps.all_json(log, dry_run=options.dry_run, error=e))
+            # declined, or stopped before validate: some of what was planned is still to be done
+            pending = log.changes_pending and not any(step == "validate" for step, *_rest in log.rows)
+            print_json(steps.all_json(log, dry_run=options.dry_run, error=e, changes_pending=pending))
         raise
     if options.json:
         print_json(
@@ -217,11 +219,10 @@ def _run_all(
             let_out(console, details)  # the steps' plans, after the summary (or, if planning stopped, what was planned)
         if brief:
             console.print("[dim]-v shows every command each worker will run and every object's and route's diff[/]")
+        log.changes_pending = any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
         if options.dry_run:
             console.print("[yellow]all: dry run: nothing changed[/]")
-            return Remediation(
-                changes_pending=any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
-            )
+            return Remediation(changes_pending=log.changes_pending)
         changing = [o for o in planned if o.changes]
         confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
         # one run at a time changes this cluster, and the workers the ufw step changes

@@ -93,6 +93,7 @@ class StepLog:
 
     console: Console
     rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+    changes_pending: bool = False  # the plan found work (a dry run, or a run declined or stopped before it)
 
     def plan_summary(self, lines: Sequence[str]) -> None:
         """Show what the run will do, just before its question."""

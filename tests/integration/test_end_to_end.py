@@ -135,6 +135,41 @@ def test_before_its_prompt_all_reads_as_one_page(world: OutageLab) -> None:
     assert "  all 5 workers (ufw active): 6 to add\n" in page
     assert {h.name: h.run("ufw show added").stdout for h in lab.hosts} == rules  # nothing changed
 
+    # With -o json the plan and the question go to stderr; stdout holds the one document, which says
+    # the answer was no and the changes are still pending.
+    out = subprocess_pty_json(argv + ["-o", "json"], env)
+    assert (out["exit_code"], out["error"], out["changes_pending"]) == (4, "nothing changed (answered no)", True)
+
+
+def subprocess_pty_json(argv: list[str], env: dict[str, str]) -> dict:
+    """Run at a terminal (stdin a pty: the question is asked), answer no; return the JSON on stdout alone."""
+    import pty
+    import select
+    import subprocess
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, *argv], stdin=follower, stdout=subprocess.PIPE, stderr=follower, env=env, cwd=str(ROOT)
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        end = time.monotonic() + 120  # bounded: a run that never asks fails the test
+        while b"[y/N]" not in seen:
+            ready, _w, _x = select.select([leader], [], [], max(0.0, end - time.monotonic()))
+            assert ready, f"no question within 120 s: {seen.decode(errors='replace')}"
+            chunk = os.read(leader, 4096)
+            assert chunk, seen.decode(errors="replace")
+            seen += chunk
+        os.write(leader, b"n\n")
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        os.close(leader)
+    assert proc.returncode == 4, seen.decode(errors="replace")
+    return json.loads(stdout)
+
 
 def test_ufw_plans_the_six_ports_the_traffic_uses_with_their_purpose(world: OutageLab) -> None:
     result = invoke(world, "ufw", "--dry-run", "-o", "json")
