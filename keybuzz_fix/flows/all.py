@@ -212,6 +212,12 @@ def _run_all(
                     show=False,
                 )
             log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
+        except KeyboardInterrupt:
+            raise _while_planning(log) from None
+        except Interrupted as e:
+            if not str(e).startswith("interrupted while planning"):
+                raise _while_planning(log) from None  # e.g. convert's "re-run convert to finish": nothing was applied
+            raise
         except KeybuzzFixError as e:
             name_running(e, kube, cfg.namespace)
             raise
@@ -276,6 +282,14 @@ def _run_all(
             "after every step ran: see the scorecard"
         )
     return Remediation(card)
+
+
+def _while_planning(log: steps.StepLog) -> Interrupted:
+    """Ctrl-C before the question: say which step was planning, and that nothing changed."""
+    stopped = [step for step, status, *_rest in log.rows if status == "interrupted"]
+    planned = [step for step, *_rest in log.rows]
+    step = stopped[-1] if stopped else next((s for s in steps.STEPS if s not in planned), "validate")
+    return Interrupted(f"interrupted while planning ({step}); nothing changed")
 
 
 def _as_converted(kube: Kube, cfg: Config, hosts: Sequence[Host], options: AllOptions) -> list[Obj]:

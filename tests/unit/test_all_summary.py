@@ -71,3 +71,14 @@ def test_the_summary_says_what_changes_what_is_deleted_and_the_warnings() -> Non
     StepLog(Console(file=out, width=400, color_system=None)).plan_summary(lines)
     printed = out.getvalue().splitlines()
     assert printed[0] == "summary" and printed[1] == "  " + lines[0] and len(printed) == len(lines) + 1
+
+
+def test_ctrl_c_while_planning_names_the_step_and_says_nothing_changed() -> None:
+    from keybuzz_fix.flows.all import _while_planning
+
+    log = StepLog(Console(file=io.StringIO(), color_system=None))
+    assert str(_while_planning(log)) == "interrupted while planning (ufw); nothing changed"
+    log.record("ufw", "planned", "30 rule change(s)", 0.3, show=False)
+    assert str(_while_planning(log)) == "interrupted while planning (convert); nothing changed"  # a raw Ctrl-C
+    log.record("convert", "interrupted", "interrupted (Ctrl-C): …; re-run convert to finish", 0.1, show=False)
+    assert str(_while_planning(log)) == "interrupted while planning (convert); nothing changed"
