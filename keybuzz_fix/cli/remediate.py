@@ -112,7 +112,8 @@ def all_steps(
         keybuzz-fix all servers.tsv --resolve platform.keybuzz.io:443:10.0.0.2 --kubeconfig-from-master
     """
     from keybuzz_fix.config import load_config
-    from keybuzz_fix.flows.all import AllOptions, run_all
+    from keybuzz_fix.flows.all import run_all
+    from keybuzz_fix.flows.allplan import AllOptions
 
     cfg = load_config(config)
     reach = connections(env, ssh, fleet=fleet, cluster=cluster, http=http, urls=cfg.validate.urls, servers=servers)

@@ -11,12 +11,10 @@ is already done.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from keybuzz_fix.checks.http import HttpOptions
 from keybuzz_fix.checks.ingress import IngressPlan
@@ -26,29 +24,21 @@ from keybuzz_fix.cluster.convert import ConvertPlan, plan_convert
 from keybuzz_fix.cluster.lock import one_at_a_time
 from keybuzz_fix.cluster.objects import Obj
 from keybuzz_fix.config import Config
-from keybuzz_fix.errors import Aborted, Interrupted, KeybuzzFixError, Unanswered
+from keybuzz_fix.errors import Aborted, KeybuzzFixError, Unanswered
 from keybuzz_fix.flows import Connections
-from keybuzz_fix.flows.convert import apply_confirmed, check_plan, name_running, overlay_now, read_convert_state
+from keybuzz_fix.flows.allplan import AllOptions, Plans, StepFailed, plan_all, step
+from keybuzz_fix.flows.convert import apply_confirmed, overlay_now, read_convert_state
 from keybuzz_fix.flows.firewall import worker_rules
-from keybuzz_fix.flows.ingress import apply_ingress, plan_ingress
+from keybuzz_fix.flows.ingress import apply_ingress
 from keybuzz_fix.flows.validate import WorkerAccess, score_cluster
 from keybuzz_fix.hosts.ufw.apply import FirewallRun
-from keybuzz_fix.hosts.ufw.run import HostOutcome, Wanted
+from keybuzz_fix.hosts.ufw.run import HostOutcome
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report import steps
 from keybuzz_fix.report.changes import ChangeView
-from keybuzz_fix.report.hosts import firewall_brief, firewall_plans, firewall_summary, wanted_brief, wanted_rules
-from keybuzz_fix.report.ingress import ingress_plan, ingress_summary
-from keybuzz_fix.report.output import (
-    PlanOutput,
-    confirm,
-    held_back,
-    let_out,
-    print_json,
-    progress_bar,
-    verbosity,
-    working,
-)
+from keybuzz_fix.report.hosts import firewall_summary
+from keybuzz_fix.report.ingress import ingress_summary
+from keybuzz_fix.report.output import PlanOutput, confirm, print_json, progress_bar
 from keybuzz_fix.report.scorecard import scorecard_table
 
 if TYPE_CHECKING:
@@ -56,31 +46,7 @@ if TYPE_CHECKING:
 
     from keybuzz_fix.cluster.client import Kube
 
-Result = TypeVar("Result")
 SETTLE = 30.0  # seconds the URL checks allow ingress-nginx to serve routes and endpoints that just changed
-
-
-class StepFailed(KeybuzzFixError):
-    """A step of ``all`` did not succeed; the run stops there."""
-
-
-@dataclass(frozen=True)
-class AllOptions:
-    """What ``all`` needs beyond the connections."""
-
-    dry_run: bool = False
-    yes: bool = False
-    enable: bool = False
-    insert_first: bool = False  # the allow rules at the top of UFW's lists (ufw prepend)
-    ready_timeout: float = 300.0
-    force_conflicts: bool = False
-    keep_port: bool = False
-    allow_managed: bool = False
-    threshold: int | None = None
-    strict: bool = False
-    firewall_hosts: tuple[str, ...] | None = None  # --limit: the workers the ufw step works on (None: all)
-    json: bool = False  # -o json: one document on stdout at the end (the steps' text goes to stderr)
-    servers: Path | None = None  # the servers.tsv the workers were read from, named in the plan and the prompt
 
 
 @dataclass(frozen=True)
@@ -133,7 +99,6 @@ def _run_all(
     options: AllOptions,
     log: steps.StepLog,
 ) -> Remediation:
-    http = reach.http or HttpOptions()
     wanted = worker_rules(reach, cfg, kube=kube, planned=_as_converted(kube, cfg, hosts, options))
     rules = wanted.ufw_rules
     fw = FirewallRun(
@@ -145,127 +110,20 @@ def _run_all(
         insert_first=options.insert_first,
         concurrency=reach.concurrency,
     )
-    # Before the prompt, one page: the summary first, then each step's plan in brief (each change on
-    # one line); -v (and --dry-run, which asks for the plan) adds every command and diff. The plans
-    # are drawn while planning but held back until the summary is out; warnings are in the summary only.
-    brief = not (options.dry_run or verbosity() > 0)
-    details = held_back(console)
-    view = ChangeView(details, PlanOutput.TEXT, "convert", diffs=not brief, warnings=False, titled=not brief)
-
-    def step(
-        name: str, work: Callable[[], Result], describe: Callable[[Result], tuple[str, str]], *, show: bool = True
-    ) -> Result:
-        start = time.monotonic()
-        try:
-            result = work()
-        except KeybuzzFixError as e:
-            status = "interrupted" if isinstance(e, Interrupted) else "failed"
-            log.record(name, status, str(e), time.monotonic() - start, show=False)  # the error line says it, once
-            raise
-        log.record(name, *describe(result), time.monotonic() - start, show=show)
-        return result
-
     target = steps.Target(kube.endpoint.server, kube.endpoint.source, options.servers, len(hosts), cfg.namespace)
     log.target(target)
     held = ExitStack()
     try:
-        # -- the combined plan: nothing changes here ---------------------------------------------
-        planning = "plan (dry run)" if options.dry_run else "plan (nothing changes before you confirm)"
-        try:
-            log.heading(1, "ufw", planning, on=details)
-            planned = step(
-                "ufw",
-                lambda: _plan_firewall(console, details, fw, wanted, brief=brief),
-                steps.describe_firewall_plan,
-                show=False,
-            )
-            log.heading(2, f"convert in namespace {cfg.namespace}", planning, on=details)
-            checked = ChangeRun("convert", dry_run=True)
-            with working(console, "planning convert: reading the cluster, then a server-side dry run…"):
-                converting = step(
-                    "convert",
-                    lambda: check_plan(
-                        kube,
-                        cfg,
-                        checked,
-                        view,
-                        keep_port=options.keep_port,
-                        force=options.force_conflicts,
-                        allow_managed=options.allow_managed,
-                        workers=hosts,
-                        confirm_first=not options.dry_run,
-                    ),
-                    lambda _plan: steps.describe_convert(checked),
-                    show=False,
-                )
-            log.heading(3, "ingress", planning, on=details)
-            with working(console, "planning ingress: reading ingress-nginx, then a server-side dry run…"):
-                routes = step(
-                    "ingress",
-                    lambda: _plan_ingress(
-                        details,
-                        plan_ingress(kube, cfg, hosts, force_conflicts=options.force_conflicts),
-                        dry_run=options.dry_run,
-                        brief=brief,
-                    ),
-                    steps.describe_ingress_plan,
-                    show=False,
-                )
-            log.plan_summary(steps.plan_summary(planned, converting.changes, len(routes.changes), converting.warnings))
-        except KeyboardInterrupt:
-            raise _while_planning(log) from None
-        except Interrupted as e:
-            if not str(e).startswith("interrupted while planning"):
-                raise _while_planning(log) from None  # e.g. convert's "re-run convert to finish": nothing was applied
-            raise
-        except KeybuzzFixError as e:
-            name_running(e, kube, cfg.namespace)
-            raise
-        finally:
-            let_out(console, details)  # the steps' plans, after the summary (or, if planning stopped, what was planned)
-        if brief:
-            console.print("[dim]-v shows every command each worker will run and every object's and route's diff[/]")
-        log.changes_pending = any(o.changes for o in planned) or bool(converting.pending) or bool(routes.changes)
+        plan = plan_all(console, kube, cfg, hosts, fw, wanted, options, log)
         if options.dry_run:
             console.print("[yellow]all: dry run: nothing changed[/]")
             return Remediation(changes_pending=log.changes_pending)
-        changing = [o for o in planned if o.changes]
-        confirm(steps.question(target, len(changing), converting.changes, len(routes.changes)), yes=options.yes)
+        changing = [o for o in plan.firewall if o.changes]
+        confirm(steps.question(target, len(changing), plan.convert.changes, len(plan.routes.changes)), yes=options.yes)
         # one run at a time changes this cluster, and the workers the ufw step changes
         held.enter_context(one_at_a_time("all", kube=kube, namespace=cfg.namespace, hosts=[o.host for o in changing]))
         log.rows.clear()
-
-        # -- the steps, in order, each applying what was confirmed --------------------------------
-        log.heading(1, "ufw", "applying")
-        step("ufw", lambda: _apply_firewall(console, fw, planned), steps.describe_firewall_result)
-        log.heading(2, "convert", "applying")
-        shown = ChangeView(console, PlanOutput.TEXT, "convert")  # the backup, the readiness wait, the outcome
-        step("convert", lambda: _apply_convert(kube, cfg, converting, shown, options, hosts), steps.describe_convert)
-        log.heading(3, "ingress", "applying")
-        step(
-            "ingress",
-            lambda: _apply_ingress(console, apply_ingress(kube, routes, command="all")),
-            steps.describe_ingress_result,
-        )
-        log.heading(4, "validate", "scoring")
-        # Just-applied routes, pods and rules take a moment to serve (ingress-nginx reloads, the apps
-        # start): a failed URL round or worker path is tried again for a while before it counts.
-        settle = SETTLE if routes.changes or converting.pending or any(o.changes for o in planned) else 0.0
-        card = step(
-            "validate",
-            lambda: score_cluster(
-                kube,
-                cfg,
-                hosts,
-                http=http,
-                threshold=options.threshold,
-                strict=options.strict,
-                access=WorkerAccess(reach.ssh, reach.concurrency),
-                settle=settle,
-            ),
-            steps.describe_score,
-        )
-        scorecard_table(console, card)
+        card = _apply(console, kube, reach, hosts, cfg, fw, plan, options, log)
     except (Aborted, Unanswered):
         raise  # answered no, or Ctrl-C at the question: the error line says nothing changed; the plan is on screen
     except KeybuzzFixError:
@@ -284,12 +142,51 @@ def _run_all(
     return Remediation(card)
 
 
-def _while_planning(log: steps.StepLog) -> Interrupted:
-    """Ctrl-C before the question: say which step was planning, and that nothing changed."""
-    stopped = [step for step, status, *_rest in log.rows if status == "interrupted"]
-    planned = [step for step, *_rest in log.rows]
-    step = stopped[-1] if stopped else next((s for s in steps.STEPS if s not in planned), "validate")
-    return Interrupted(f"interrupted while planning ({step}); nothing changed")
+def _apply(
+    console: Console,
+    kube: Kube,
+    reach: Connections,
+    hosts: Sequence[Host],
+    cfg: Config,
+    fw: FirewallRun,
+    plan: Plans,
+    options: AllOptions,
+    log: steps.StepLog,
+) -> Scorecard:
+    """Run the steps in order, each applying what was confirmed; then score the cluster."""
+    log.heading(1, "ufw", "applying")
+    step(log, "ufw", lambda: _apply_firewall(console, fw, plan.firewall), steps.describe_firewall_result)
+    log.heading(2, "convert", "applying")
+    shown = ChangeView(console, PlanOutput.TEXT, "convert")  # the backup, the readiness wait, the outcome
+    step(log, "convert", lambda: _apply_convert(kube, cfg, plan.convert, shown, options, hosts), steps.describe_convert)
+    log.heading(3, "ingress", "applying")
+    step(
+        log,
+        "ingress",
+        lambda: _apply_ingress(console, apply_ingress(kube, plan.routes, command="all")),
+        steps.describe_ingress_result,
+    )
+    log.heading(4, "validate", "scoring")
+    # Just-applied routes, pods and rules take a moment to serve (ingress-nginx reloads, the apps
+    # start): a failed URL round or worker path is tried again for a while before it counts.
+    settle = SETTLE if log.changes_pending else 0.0
+    card = step(
+        log,
+        "validate",
+        lambda: score_cluster(
+            kube,
+            cfg,
+            hosts,
+            http=reach.http or HttpOptions(),
+            threshold=options.threshold,
+            strict=options.strict,
+            access=WorkerAccess(reach.ssh, reach.concurrency),
+            settle=settle,
+        ),
+        steps.describe_score,
+    )
+    scorecard_table(console, card)
+    return card
 
 
 def _as_converted(kube: Kube, cfg: Config, hosts: Sequence[Host], options: AllOptions) -> list[Obj]:
@@ -301,20 +198,6 @@ def _as_converted(kube: Kube, cfg: Config, hosts: Sequence[Host], options: AllOp
         allow_managed=options.allow_managed,
     )
     return [c.after for c in plan.daemonsets + plan.services if c.after is not None]
-
-
-def _plan_firewall(
-    console: Console, details: Console, fw: FirewallRun, wanted: Wanted, *, brief: bool
-) -> list[HostOutcome]:
-    """Read every worker's UFW (progress on ``console``) and draw the plan on ``details``."""
-    (wanted_brief if brief else wanted_rules)(details, wanted)
-    planned = fw.plan(progress_bar(console))
-    (firewall_brief if brief else firewall_plans)(details, planned)
-    stuck = [o for o in planned if o.error or o.blocked]
-    if stuck:
-        firewall_summary(details, planned, "ufw: cannot go on")
-        raise StepFailed(steps.stuck_workers(stuck))
-    return planned
 
 
 def _apply_firewall(console: Console, fw: FirewallRun, planned: Sequence[HostOutcome]) -> list[HostOutcome]:
@@ -342,17 +225,6 @@ def _apply_convert(
         workers=hosts,
     )
     return run
-
-
-def _plan_ingress(console: Console, plan: IngressPlan, *, dry_run: bool, brief: bool) -> IngressPlan:
-    ingress_plan(console, plan, dry_run=dry_run, brief=brief)
-    if plan.failed:
-        problems = "; ".join(
-            [f.detail for f in plan.mismatches] + [p.describe() for r in plan.unserved for p in r.serving]
-        )
-        problems = problems or "a route cannot be applied (see above)"
-        raise StepFailed(f"ingress: {problems}; nothing changed")
-    return plan
 
 
 def _apply_ingress(console: Console, plan: IngressPlan) -> IngressPlan:

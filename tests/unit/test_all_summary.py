@@ -74,7 +74,7 @@ def test_the_summary_says_what_changes_what_is_deleted_and_the_warnings() -> Non
 
 
 def test_ctrl_c_while_planning_names_the_step_and_says_nothing_changed() -> None:
-    from keybuzz_fix.flows.all import _while_planning
+    from keybuzz_fix.flows.allplan import while_planning as _while_planning
 
     log = StepLog(Console(file=io.StringIO(), color_system=None))
     assert str(_while_planning(log)) == "interrupted while planning (ufw); nothing changed"
