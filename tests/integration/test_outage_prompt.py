@@ -23,35 +23,41 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def test_convert_prompt_names_the_cluster_and_counts_deletions(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
+def answered(args: list[str], state: Path, answer: str, *, home: Path | None = None) -> tuple[str, int | None]:
+    """Run ``keybuzz-fix ARGS`` at a terminal, give ``answer`` to its question; return what came before it, the exit."""
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
-    env.update(HOME=str(tmp_path), KEYBUZZ_FIX_STATE_DIR=str(tmp_path / "state"))
-    config = keybuzz_cluster.kubeconfig
-    server = re.search(r"server: (\S+)", config.read_text()).group(1)  # type: ignore[union-attr]
+    env.update(KEYBUZZ_FIX_STATE_DIR=str(state), **({"HOME": str(home)} if home is not None else {}))
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "keybuzz_fix", "convert", "--kubeconfig", str(config)],
+        ["-m", "keybuzz_fix", *args],
         env=env,
         cwd=str(ROOT),
         dimensions=(50, 250),
         encoding="utf-8",
         codec_errors="replace",
-        timeout=90,
+        timeout=150,
     )
     try:
         child.expect(r"\[y/N\]")
         before = child.before
-        child.sendline("n")
+        child.sendline(answer)
         child.expect(pexpect.EOF)
         child.close()
     finally:
         child.terminate(force=True)
+    return before, child.exitstatus
+
+
+def test_convert_prompt_names_the_cluster_and_counts_deletions(keybuzz_cluster: KeybuzzCluster, tmp_path: Path) -> None:
+    config = keybuzz_cluster.kubeconfig
+    server = re.search(r"server: (\S+)", config.read_text()).group(1)  # type: ignore[union-attr]
+    before, status = answered(["convert", "--kubeconfig", str(config)], tmp_path / "state", "n", home=tmp_path)
     text = re.sub(r"\s+", " ", before)
     assert f"on {server} (kubeconfig {config}, context " in text
     assert "Apply 8 change(s) in namespace keybuzz, deleting 2 HorizontalPodAutoscaler(s), 2 Deployment(s), on " in text
     assert "(dry run)" not in text and "nothing changed" not in text  # a real run's plan
     assert "3000 → 3000" not in text and "8080 → 8080" not in text  # no non-change shown as a change
-    assert child.exitstatus == 4
+    assert status == 4
     apps = client.AppsV1Api(keybuzz_cluster.api_client)
     assert {d.metadata.name for d in apps.list_namespaced_deployment("keybuzz").items} >= {
         "keybuzz-api",
@@ -90,31 +96,12 @@ def test_rollback_asks_on_one_page_naming_the_cluster_and_what_it_deletes(
 ) -> None:
     config = keybuzz_cluster.kubeconfig
     server = re.search(r"server: (\S+)", config.read_text()).group(1)  # type: ignore[union-attr]
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
-    env.update(KEYBUZZ_FIX_STATE_DIR=str(state))
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "keybuzz_fix", "rollback", "--latest", "--timeout", "120", "--kubeconfig", str(config)],
-        env=env,
-        cwd=str(ROOT),
-        dimensions=(50, 250),
-        encoding="utf-8",
-        codec_errors="replace",
-        timeout=150,
-    )
-    try:
-        child.expect(r"\[y/N\]")
-        before = child.before
-        child.sendline("y")
-        child.expect(pexpect.EOF)
-        child.close()
-    finally:
-        child.terminate(force=True)
+    before, status = answered(["rollback", "--latest", "--timeout", "120", "--kubeconfig", str(config)], state, "y")
     text = re.sub(r"\s+", " ", before)
     assert f"in namespace keybuzz, deleting 2 DaemonSet(s), on {server} (kubeconfig {config}, context " in text
     assert "+++" not in before and "-v shows each object's diff" in text  # each change on one line
     assert len([line for line in before.splitlines() if line.strip()]) <= 20, before
-    assert child.exitstatus == 0  # restored: the Deployments are back for what runs next
+    assert status == 0  # restored: the Deployments are back for what runs next
     apps = client.AppsV1Api(keybuzz_cluster.api_client)
     assert {d.metadata.name for d in apps.list_namespaced_deployment("keybuzz").items} >= {
         "keybuzz-api",
