@@ -66,8 +66,21 @@ def strict_controller(keybuzz_cluster: KeybuzzCluster) -> Iterator[None]:
     assert "--watch-ingress-without-class=true" in args  # as seeded, like the KeyBuzz cluster
 
     def set_args(new: list[str]) -> None:
+        """Change the controller's args and wait for the rollout: a worker between two pods has no controller."""
         patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": new}]
-        apps.patch_namespaced_daemon_set("ingress-nginx-controller", "ingress-nginx", patch)
+        changed = apps.patch_namespaced_daemon_set("ingress-nginx-controller", "ingress-nginx", patch)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            ds = apps.read_namespaced_daemon_set("ingress-nginx-controller", "ingress-nginx")
+            st = ds.status
+            if (
+                (st.observed_generation or 0) >= changed.metadata.generation
+                and st.updated_number_scheduled == st.desired_number_scheduled
+                and st.number_available == st.desired_number_scheduled
+            ):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the ingress-nginx DaemonSet did not roll out within 60 s: {ds.status}")
 
     set_args([a for a in args if not a.startswith("--watch-ingress-without-class")])
     try:
