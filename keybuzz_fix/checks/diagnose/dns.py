@@ -36,7 +36,8 @@ def coredns(nodes: Sequence[NodeView], cluster: ClusterView) -> Candidate:
                 continue
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
-                if waiting in ("CrashLoopBackOff", "Error") or int(cs.get("restartCount") or 0) >= 3:
+                restarts = cs.get("restartCount")  # an int from the API; a hand-edited cluster.yaml may say anything
+                if waiting in ("CrashLoopBackOff", "Error") or (isinstance(restarts, int) and restarts >= 3):
                     name = (pod.get("metadata") or {}).get("name")
                     lines.setdefault("cluster", []).extend(
                         [

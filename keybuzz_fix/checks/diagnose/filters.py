@@ -215,9 +215,11 @@ def _iface(iface: str | None, pattern: str) -> bool:
 
 
 def _port_in(port: int, spec: str) -> bool:
+    """Whether ``port`` is in an iptables/nft port spec (``80``, ``80:90``, ``80,443``); damaged parts match none."""
     for part in spec.split(","):
         lo, _, hi = part.partition(":")
-        if lo.isascii() and lo.isdigit() and int(lo) <= port <= int(hi or lo):
+        hi = hi or lo
+        if all(end.isascii() and end.isdigit() for end in (lo, hi)) and int(lo) <= port <= int(hi):
             return True
     return False
 

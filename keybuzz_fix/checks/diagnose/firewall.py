@@ -8,6 +8,7 @@ each peer, pods to the API server).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -127,9 +128,7 @@ def _first_pod(topo: Topology, node: str) -> str | None:
     cidr = next((c for c, owner in topo.subnets.items() if owner == node), None)
     if cidr is None:
         return None
-    base, _, _ = cidr.partition("/")
-    parts = base.split(".")
-    return ".".join([*parts[:3], str(int(parts[3]) + 2)])
+    return str(ipaddress.ip_network(cidr, strict=False)[2])  # as flannel hands them out: .1 is cni0
 
 
 def firewall_candidates(nodes: Sequence[NodeView], paths: Sequence[Path], topo: Topology) -> list[Candidate]:
