@@ -37,7 +37,7 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.inventory import Host
 from keybuzz_fix.report.changes import ChangeView, offline_json, offline_plan
 from keybuzz_fix.report.output import PlanOutput, print_json
-from keybuzz_fix.report.steps import deletions
+from keybuzz_fix.report.steps import deleting
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,11 +139,9 @@ def _convert(
     if plan.pending and not dry_run:
         with ExitStack() as held:
             with _stopping(view, run):
-                deleted = deletions(plan.changes)
                 view.confirm(
-                    f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}"
-                    + (f", deleting {deleted}" if deleted else "")
-                    + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
+                    f"Apply {len(plan.pending)} change(s) in namespace {cfg.namespace}{deleting(plan.changes)}, "
+                    f"on {kube.endpoint.server} ({kube.endpoint.source})?",
                     yes=yes,
                 )
                 # one run at a time changes the cluster: a second one stops here, before its backup

@@ -25,7 +25,7 @@ from keybuzz_fix.flows import Connections
 from keybuzz_fix.flows.convert import stopping
 from keybuzz_fix.report.changes import ChangeView
 from keybuzz_fix.report.output import Output, verbosity
-from keybuzz_fix.report.steps import deletions
+from keybuzz_fix.report.steps import deleting
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -100,11 +100,9 @@ def run_rollback(
             return run
         if not diffs:
             view.say("[dim]-v shows each object's diff[/]")
-        deleted = deletions(pending)
         view.confirm(
-            f"Restore {len(pending)} object(s) from {path.name} in namespace {namespace}"
-            + (f", deleting {deleted}" if deleted else "")
-            + f", on {kube.endpoint.server} ({kube.endpoint.source})?",
+            f"Restore {len(pending)} object(s) from {path.name} in namespace {namespace}{deleting(pending)}, "
+            f"on {kube.endpoint.server} ({kube.endpoint.source})?",
             yes=yes,
         )
         held.enter_context(one_at_a_time(ROLLBACK, kube=kube, namespace=namespace))  # one run at a time

@@ -82,11 +82,7 @@ def _connect_hop(
         client.close()
         why = _why(e)
         if fired.is_set() or time.monotonic() - start >= options.connect_timeout:  # paramiko words these oddly
-            why = (
-                f"no SSH answer within {options.connect_timeout:g}s"
-                + hint("--timeout", " (--timeout)")
-                + ": the host is down or too slow"
-            )
+            why = _silent(options.connect_timeout)
         through = " (ProxyCommand)" if hop.proxy_command is not None and first else ""
         raise HostUnreachable(label, f"{role}cannot connect to {hop.address}{through}: {why}") from e
     finally:
@@ -95,9 +91,7 @@ def _connect_hop(
         client.close()
         raise HostUnreachable(
             label,
-            f"{role}cannot connect to {hop.address}: no SSH answer within {options.connect_timeout:g}s"
-            + hint("--timeout", " (--timeout)")
-            + ": the host is down or too slow",
+            f"{role}cannot connect to {hop.address}: {_silent(options.connect_timeout)}",
         )
     return client
 
@@ -126,10 +120,13 @@ def _open(hop: Hop, role: str, timeout: float, label: str) -> socket.socket:
             error = e
     why = _why(error)
     if isinstance(error, TimeoutError):
-        why = (
-            f"no SSH answer within {timeout:g}s" + hint("--timeout", " (--timeout)") + ": the host is down or too slow"
-        )
+        why = _silent(timeout)
     raise HostUnreachable(label, f"{role}cannot connect to {hop.address}: {why}") from error
+
+
+def _silent(timeout: float) -> str:
+    """Why a connection failed when nothing (or not enough) came back within the connection deadline."""
+    return f"no SSH answer within {timeout:g}s" + hint("--timeout", " (--timeout)") + ": the host is down or too slow"
 
 
 def _shut(sock: Any, fired: threading.Event) -> None:

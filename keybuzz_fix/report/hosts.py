@@ -6,8 +6,8 @@ json``, one JSON document); ``all`` shows the same pieces inside its steps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from keybuzz_fix.errors import ExitCode
 from keybuzz_fix.hints import hint
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from keybuzz_fix.report.output import ProgressBar
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def show_inventory(console: Console, hosts: Sequence[Host], role: Role, env: str, output: Output) -> None:
@@ -155,14 +157,19 @@ def firewall_plans(console: Console, outcomes: Sequence[HostOutcome]) -> None:
     """Print each host's plan: what would run and what is already in place; hosts with the same plan together."""
     from rich.markup import escape
 
-    groups: dict[tuple[str, ...], list[HostOutcome]] = {}
-    for o in outcomes:
-        groups.setdefault(_plan_lines(o), []).append(o)
-    for lines, hosts in groups.items():
+    for lines, hosts in _same_plan(outcomes, _plan_lines).items():
         names = ", ".join(f"[bold]{escape(o.host.hostname)}[/] ({o.host.private_ip})" for o in hosts)
         console.print(f"{names}{lines[0]}")
         for line in lines[1:]:
             console.print(line)
+
+
+def _same_plan(outcomes: Sequence[HostOutcome], shown: Callable[[HostOutcome], Key]) -> dict[Key, list[HostOutcome]]:
+    """Group hosts whose plans are shown alike, in the order they first appear: each plan printed once."""
+    groups: dict[Key, list[HostOutcome]] = {}
+    for o in outcomes:
+        groups.setdefault(shown(o), []).append(o)
+    return groups
 
 
 def _plan_lines(o: HostOutcome) -> tuple[str, ...]:
@@ -201,10 +208,9 @@ def firewall_brief(console: Console, outcomes: Sequence[HostOutcome]) -> None:
     """
     from rich.markup import escape
 
-    groups: dict[str, list[str]] = {}
-    for o in outcomes:
-        groups.setdefault(_brief_plan(o), []).append(o.host.hostname)
-    for line, names in groups.items():
+    groups = _same_plan(outcomes, _brief_plan)
+    for line, hosts in groups.items():
+        names = [o.host.hostname for o in hosts]
         who = f"all {len(names)} workers" if len(groups) == 1 and len(names) > 1 else ", ".join(names)
         console.print(f"  [bold]{escape(who)}[/] {escape(line)}")
 

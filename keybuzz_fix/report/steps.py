@@ -43,13 +43,16 @@ class Target:
         return f"cluster {self.server} ({self.source}); {self.workers} worker(s) from {where}"
 
 
-def deletions(changes: Sequence[Change]) -> str:
-    """Count what a plan deletes, by kind: ``2 Deployment(s), 2 HorizontalPodAutoscaler(s)``."""
+def deleting(changes: Sequence[Change]) -> str:
+    """Count what a plan deletes, by kind, for a plan line or a question.
+
+    ``, deleting 2 Deployment(s), 2 HorizontalPodAutoscaler(s)``; nothing when it deletes nothing.
+    """
     kinds: dict[str, int] = {}
     for c in changes:
         if c.verb is Verb.DELETE:
             kinds[c.kind] = kinds.get(c.kind, 0) + 1
-    return ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items())
+    return ", deleting " + ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items()) if kinds else ""
 
 
 def plan_summary(
@@ -62,12 +65,11 @@ def plan_summary(
     """
     changing = [o for o in planned if o.changes]
     rules = sum(len(o.changes) for o in changing)
-    deleted = deletions(convert)
     lines = [
         f"ufw: {rules} rule(s) to add on {len(changing)} of {len(planned)} worker(s)"
         if changing
         else f"ufw: nothing to add on the {len(planned)} worker(s)",
-        f"convert: {sum(1 for c in convert if c.changes)} change(s)" + (f", deleting {deleted}" if deleted else ""),
+        f"convert: {sum(1 for c in convert if c.changes)} change(s){deleting(convert)}",
         f"ingress: {routes} route(s) to apply" if routes else "ingress: routes as wanted",
     ]
     return lines + [f"warning: {w}" for w in warnings]
@@ -76,13 +78,9 @@ def plan_summary(
 def question(target: Target, ufw_hosts: int, convert: Sequence[Change], routes: int) -> str:
     """The one question of ``all``: where, and what changes (only what does), deletions counted."""
     changing = sum(1 for c in convert if c.changes)
-    deleted = deletions(convert)
     parts = [f"ufw on {ufw_hosts} worker(s)"] if ufw_hosts else []
     if changing:
-        parts.append(
-            f"convert: {changing} change(s) in namespace {target.namespace}"
-            + (f", deleting {deleted}" if deleted else "")
-        )
+        parts.append(f"convert: {changing} change(s) in namespace {target.namespace}{deleting(convert)}")
     parts += [f"{routes} Ingress route(s)"] if routes else []
     return f"Apply to {target}: {'; '.join(parts) or 'nothing to change'}; then validate?"
 

@@ -199,8 +199,8 @@ def check6(cluster: KeybuzzCluster, tmp_path: Path, *config: str) -> dict:
     return c6
 
 
-def apply_routes(cluster: KeybuzzCluster) -> int:
-    result = CliRunner().invoke(app, ["ingress", "--kubeconfig", str(cluster.kubeconfig), "--yes", "-o", "json"])
+def apply_routes(cluster: KeybuzzCluster, *args: str) -> int:
+    result = CliRunner().invoke(app, ["ingress", "--kubeconfig", str(cluster.kubeconfig), "--yes", "-o", "json", *args])
     print(f"ingress --yes: exit {result.exit_code}\n{result.output}")  # shown with a failing assertion
     return result.exit_code
 
@@ -358,12 +358,7 @@ def test_the_routes_class_unknown_or_of_another_controller(
         "'nginx-internal': IngressClass nginx-internal belongs to controller example.com/other, "
         "not k8s.io/ingress-nginx"
     ]
-    assert (
-        CliRunner()
-        .invoke(app, ["ingress", "--kubeconfig", str(keybuzz_cluster.kubeconfig), "--config", str(cfg), "--yes"])
-        .exit_code
-        == 1
-    )
+    assert apply_routes(keybuzz_cluster, "--config", str(cfg)) == 1
     c6 = check6(keybuzz_cluster, tmp_path, "ingress:\n  class_name: nginx-internal\n")
     assert (
         c6["status"] == "fail"
@@ -422,12 +417,7 @@ def test_a_missing_service_or_port(
     assert problems(routes[FRONT]) == [
         "Service keybuzz/keybuzz-front: has no port 8080 (ports: http:80): ingress-nginx answers 503 for this route"
     ]
-    assert (
-        CliRunner()
-        .invoke(app, ["ingress", "--kubeconfig", str(keybuzz_cluster.kubeconfig), "--config", str(port), "--yes"])
-        .exit_code
-        == 1
-    )
+    assert apply_routes(keybuzz_cluster, "--config", str(port)) == 1
     c6 = check6(keybuzz_cluster, tmp_path, ROUTES_WITH.format(front="keybuzz-front", port=8080))
     assert c6["status"] == "fail" and "Service keybuzz/keybuzz-front: has no port 8080" in c6["detail"]
 
