@@ -192,7 +192,9 @@ class ConnectionLost(HostUnreachable):
 
 
 class ChangeUnknown(HostError):
-    """A change was sent to a host and no answer came back (the connection went, or its time ran out).
+    """A change was sent to a host and no answer for it came back.
+
+    The connection went, its time ran out, or the shell running it was killed.
 
     Whether it was made is unknown until the host is read again; the run fails.
     """

@@ -202,9 +202,9 @@ def firewall_failed(applied: Sequence[HostOutcome]) -> str:
     parts = [f"ufw failed on {', '.join(failed)}"] if failed else []
     if unknown:
         parts.append(
-            f"ufw's outcome is unknown on {', '.join(unknown)} (the connection was lost, or the time ran out, "
-            "while a change was in flight); convert, ingress and validate did not run: re-run to read them "
-            "again and go on"
+            f"ufw's outcome is unknown on {', '.join(unknown)} (the connection was lost, the time ran out, or "
+            "the shell running the changes ended, while a change was in flight); convert, ingress and validate "
+            "did not run: re-run to read them again and go on"
         )
     return "; ".join(parts)
 

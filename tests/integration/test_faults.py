@@ -9,6 +9,7 @@ wrong, deterministically:
   rule and before the second, in the middle of that host's commands;
 - a dropped connection: the host's sshd session processes are killed (by pid, found from the
   gated command up to the sshd the lab started);
+- a killed script: the shell running the changes is killed, the SSH session lives on;
 - a cut link: the host's veth is set down in the root namespace (a lab link), so nothing answers;
 - slow hosts: one whose sshd is stopped (SIGSTOP: TCP is accepted, SSH never answers), one whose
   eth0 sends at 1 kbit/s (a tbf qdisc inside the host's namespace; this kernel has no netem);
@@ -95,12 +96,29 @@ class Gate:
         self.host.run("touch /run/kbf-gate.open")
 
     def kill_session(self, pid: int) -> None:
-        """Kill the held command and every process above it up to (not including) the lab's sshd."""
+        """Kill the held command and every process above it up to (not including) the lab's sshd.
+
+        All are stopped first, then killed: none can answer on the way out (an exit status sent by
+        the sshd session before its own end would make this a script that ended, not a lost connection).
+        """
         listener = self.host._procs.sshd
         assert listener is not None
-        for p in _ancestors(pid, stop=listener.pid):
+        _stop_then_kill(_ancestors(pid, stop=listener.pid))
+
+    def kill_script(self, pid: int) -> None:
+        """Kill the held command and the shell running the changes' script; the SSH session lives on."""
+        listener = self.host._procs.sshd
+        assert listener is not None
+        chain = _ancestors(pid, stop=listener.pid)
+        script = next(i for i, p in enumerate(chain) if b"kbf_failed=0" in Path(f"/proc/{p}/cmdline").read_bytes())
+        _stop_then_kill(chain[: script + 1])
+
+
+def _stop_then_kill(pids: list[int]) -> None:
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for p in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGKILL)
+                os.kill(p, sig)
 
 
 def _ancestors(pid: int, stop: int) -> list[int]:
@@ -258,6 +276,39 @@ def test_a_dropped_or_cut_connection_mid_apply_fails_that_host_only_and_a_rerun_
         assert rules == before[h.name] + list(RULES)  # converged, each rule once, nothing reordered
     third = ufw(lab, servers, state, "--yes", "--timeout", "2")
     assert {h["status"] for h in third.data["hosts"]} == {"unchanged"}
+
+
+def test_a_script_killed_mid_apply_leaves_the_change_in_flight_unknown_and_a_rerun_converges(
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
+    """An OOM kill or an operator's kill of the shell running the changes: the answer comes back, cut short."""
+    with lab_factory(["k8s-worker-01"]) as lab:
+        state, host = tmp_path / "state", lab.host("k8s-worker-01")
+        servers = lab.servers_tsv(tmp_path / "servers.tsv", masters=())
+        gate = Gate(host)
+        before = added(host)
+
+        proc = start(lab, servers, state, "--yes", "--timeout", "10")
+        gate.kill_script(gate.reached(proc))
+        run = finish(proc)
+        gate.open()
+
+        assert run.code == 1
+        outcome = run.host(host.name)
+        assert outcome["status"] == "unknown" and outcome["error_type"] == "ChangeUnknown", outcome
+        assert outcome["applied"] == [RULES[0]]
+        assert outcome["error"] == (
+            f"{host.name}: unknown — the shell running the changes on {host.name} ended (killed by SIGKILL, "
+            f"exit 137) while `{RULES[1]}` ran; 1 of 2 change(s) done ({RULES[0]}); "
+            "check with `keybuzz-fix ufw --dry-run` again"
+        )
+        mine = [(e["action"], e["outcome"]) for e in audit(state) if e["where"] == host.name]
+        assert mine == [(RULES[0], "ok"), (RULES[1], "unknown")]
+        assert added(host) == before + [RULES[0]]
+
+        again = ufw(lab, servers, state, "--yes", "--timeout", "10")
+        assert again.code == 0 and again.host(host.name)["applied"] == [RULES[1]], again.data
+        assert added(host) == before + list(RULES)
 
 
 def test_slow_hosts_are_bounded_by_the_timeout_and_the_others_are_unaffected(

@@ -225,9 +225,18 @@ def test_apply_script_runs_in_order_and_stops_at_first_failure(tmp_path):
     assert log.read_text() == "one\n"
 
 
-def test_parse_apply_truncated_output_names_the_command_not_run():
+def test_parse_apply_truncated_output_is_neither_done_nor_failed():
     ran, failure = parse_apply("", ["ufw allow 1/tcp"])
-    assert ran == [] and failure is not None and "did not run" in failure[1]
+    assert ran == [] and failure is None  # the caller sees fewer answers than commands: unknown
+
+
+def test_a_script_killed_mid_way_answers_for_what_ran_before_only(tmp_path):
+    log = tmp_path / "log"
+    commands = [f"echo one >> {log}", "kill -KILL $$", f"echo three >> {log}"]  # $$: the script's own shell
+    proc = subprocess.run(["sh", "-c", apply_script(commands)], capture_output=True, text=True, check=False)
+    assert proc.returncode == -9
+    assert parse_apply(proc.stdout, commands) == (commands[:1], None)
+    assert log.read_text() == "one\n"
 
 
 def test_read_back_probe_without_status_keeps_the_known_status():

@@ -37,20 +37,24 @@ HOSTS = [Host(f"k8s-worker-0{i}", f"10.0.0.1{i}", None, "root", "prod", "k3s", "
 class LosingSession:
     """Answers the probe; the apply round trip raises ``error`` (with what the host printed before)."""
 
-    error: HostError | None
+    error: HostError | CommandResult | None  # a result: the round trip came back, cut short
     scripts: list[str] = field(default_factory=list)
 
     def run(self, script: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         self.scripts.append(script)
         if len(self.scripts) == 1 or self.error is None:
             return CommandResult(script, 0, probe([SSH4], [SSH6]), "")
+        if isinstance(self.error, CommandResult):
+            return self.error
         raise self.error
 
     def close(self) -> None:
         pass
 
 
-def run_with(monkeypatch: pytest.MonkeyPatch, tmp_path, lost: HostError) -> tuple[FirewallRun, FirewallResult]:
+def run_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, lost: HostError | CommandResult
+) -> tuple[FirewallRun, FirewallResult]:
     """Worker 01 loses its connection as ``lost`` says; worker 02 applies both rules."""
     monkeypatch.setenv("KEYBUZZ_FIX_STATE_DIR", str(tmp_path))
     after = probe(
@@ -127,12 +131,33 @@ def test_a_live_command_out_of_time_is_unknown_too_and_says_so(monkeypatch, tmp_
     )
 
 
+@pytest.mark.parametrize(
+    ("status", "how"), [(137, "killed by SIGKILL, exit 137"), (143, "killed by SIGTERM, exit 143"), (2, "exit 2")]
+)
+def test_a_script_that_ended_before_answering_for_a_change_is_unknown_not_failed(monkeypatch, tmp_path, status, how):
+    """The shell running the changes was killed (OOM killer, an operator's kill): the answer came, cut short."""
+    cut = CommandResult("kbf_failed=0; …", status, f"{APPLY_MARK} 0 0\nRule added\n", "")
+    _, result = run_with(monkeypatch, tmp_path, cut)
+    outcome = result.outcomes[0]
+    assert outcome.status is HostStatus.UNKNOWN and isinstance(outcome.error, ChangeUnknown)
+    assert outcome.applied == (HTTP.command(),)
+    assert outcome.error.problem == (
+        f"unknown — the shell running the changes on k8s-worker-01 ended ({how}) while `{HTTPS.command()}` ran; "
+        f"1 of 2 change(s) done ({HTTP.command()}); check with `keybuzz-fix ufw --dry-run` again"
+    )
+    assert [a for a in audit(tmp_path) if a[0] == "k8s-worker-01"] == [
+        ("k8s-worker-01", HTTP.command(), "ok"),
+        ("k8s-worker-01", HTTPS.command(), "unknown"),
+    ]
+
+
 def test_all_stops_at_the_ufw_step_naming_the_unknown_and_the_failed_workers(monkeypatch, tmp_path):
     lost = ConnectionLost(HOSTS[0].hostname, "kbf_failed=0; …", "the connection closed")
     _, result = run_with(monkeypatch, tmp_path, lost)
     assert firewall_failed(result.outcomes) == (
-        "ufw's outcome is unknown on k8s-worker-01 (the connection was lost, or the time ran out, while a change "
-        "was in flight); convert, ingress and validate did not run: re-run to read them again and go on"
+        "ufw's outcome is unknown on k8s-worker-01 (the connection was lost, the time ran out, or the shell running "
+        "the changes ended, while a change was in flight); convert, ingress and validate did not run: re-run to "
+        "read them again and go on"
     )
     failed = HostUnreachable(HOSTS[1].hostname, "cannot connect")
     _, worse = run_with(monkeypatch, tmp_path, failed)

@@ -9,7 +9,9 @@ read-back go in a single round trip.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -144,6 +146,10 @@ class FirewallRun:
         except HostUnreachable as e:  # gone before the changes were sent: nothing changed there
             raise HostUnreachable(host.hostname, f"{e.problem}; nothing changed") from e
         ran, failure = parse_apply(result.stdout, commands)
+        if failure is None and len(ran) < len(commands):  # the script ended before it answered for every change
+            ended = RemoteCommandError(host.hostname, result.command, result.status, result.stderr)
+            ended.partial = result.stdout
+            raise self._cut_short(host, commands, ended)
         for cmd in ran:
             storage.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)
         if failure is not None:
@@ -176,15 +182,30 @@ class FirewallRun:
 
 
 def in_flight(host: str, error: HostError, ran: Sequence[str], rest: Sequence[str], *, again: str) -> str:
-    """Say why a host's outcome is unknown, what is known to be done, and how to find out the rest."""
+    """Say why a host's outcome is unknown, what is known to be done, and how to find out the rest.
+
+    ``error`` is what ended the wait: :class:`ConnectionLost`; a :class:`RemoteCommandError` with a
+    status (the script ended, killed or cut, before it answered for every change: exit 128 + N is
+    signal N, the shell's convention); or one without (its time ran out).
+    """
     running = f"`{rest[0]}` ran" if rest else "the rules were read back"
     if isinstance(error, ConnectionLost):
         what = f"the connection to {host} was lost while {running} ({error.why})"
+    elif isinstance(error, RemoteCommandError) and error.status is not None:
+        what = f"the shell running the changes on {host} ended ({ended_by(error.status)}) while {running}"
     else:
         what = f"no answer from {host} in time" + hint("--timeout", " (--timeout)") + f" while {running}"
     done = f"{len(ran)} of {len(ran) + len(rest)} change(s) done" + (f" ({'; '.join(ran)})" if ran else "")
     check = f"check with `keybuzz-fix {again}" + hint("--dry-run", " --dry-run") + "` again"
     return f"unknown — {what}; {done}; {check}"
+
+
+def ended_by(status: int) -> str:
+    """Say how a shell command ended from its exit status: above 128 a shell reports a signal (128 + N)."""
+    if status > 128:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(status - 128).name}, exit {status}"
+    return f"exit {status}"
 
 
 def _what_it_did(outcome: HostOutcome) -> str:
@@ -209,7 +230,11 @@ def apply_script(commands: Sequence[str]) -> str:
 
 
 def parse_apply(stdout: str, commands: Sequence[str]) -> tuple[list[str], tuple[str, str] | None]:
-    """Return the commands that succeeded and the first failure (command, output), if any."""
+    """Return the commands that succeeded and the first failure (command, output), if any.
+
+    Fewer commands than asked and no failure: the script ended (or its output was cut) before it
+    answered for the next one, which may or may not have run.
+    """
     ran: list[str] = []
     failure: tuple[str, str] | None = None
     current: tuple[int, int] | None = None
@@ -240,8 +265,6 @@ def parse_apply(stdout: str, commands: Sequence[str]) -> tuple[list[str], tuple[
         elif current is not None:
             output.append(line)
     close()
-    if failure is None and len(ran) < len(commands):
-        failure = (commands[len(ran)], "did not run (connection lost?)")
     return ran, failure
 
 
