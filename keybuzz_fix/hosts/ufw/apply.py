@@ -170,7 +170,7 @@ class FirewallRun:
         return HostOutcome(host, status, after, planned.actions, tuple(ran), "; ".join(blocked))
 
     def _cut_short(self, host: Host, commands: Sequence[str], error: HostError) -> ChangeUnknown:
-        """Audit what ran before the connection went or the time ran out; the host's outcome is then unknown."""
+        """Audit what ran before the answers stopped (connection, time, shell); the host's outcome is then unknown."""
         ran = parse_apply(error.partial, commands)[0]
         for cmd in ran:
             storage.audit(self.command, host.hostname, cmd, "ok", address=host.private_ip)

@@ -79,7 +79,7 @@ class HostStatus(str, Enum):
     CHANGED = "changed"  # changes applied and read back
     BLOCKED = "blocked"  # something needs the operator (inactive ufw, shadowing deny rule)
     FAILED = "failed"  # the host could not be worked on
-    UNKNOWN = "unknown"  # the connection went (or the time ran out) while a change was in flight: read it again
+    UNKNOWN = "unknown"  # the answers stopped (connection, time, shell) with a change in flight: read it again
 
 
 @dataclass(frozen=True)
