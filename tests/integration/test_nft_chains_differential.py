@@ -1,13 +1,14 @@
 """diagnose's reading of ``nft list ruleset`` against what the real nft prints.
 
 ``diagnose`` judges nftables' own base chains (firewalld's, an operator's) from the capture's
-``nft list ruleset`` (:func:`keybuzz_fix.checks.diagnose.filters.nft_chains`). Here rule sets are
+``nft list ruleset`` (:func:`keybuzz_fix.checks.diagnose.nftables.nft_chains`). Here rule sets are
 generated — several tables of the ip, ip6 and inet families (some named as iptables-nft names
 its own, which diagnose leaves to the iptables reading), named sets with elements, base chains of
 every filter hook with numeric and named priorities, with and without a policy, regular chains,
 rules with counters, comments, anonymous sets and jumps — loaded into a lab host's own nft, and
 listed back by it; the parse must find exactly the chains that were loaded, each with its hook,
-its policy (nft's default, accept, when none is set) and its number of rules.
+its policy (nft's default, accept, when none is set), its priority (named or numbered) and its number
+of rules.
 
 ``KBF_NFT_DIFFERENTIAL_SETS`` changes the number of rule sets (120 by default, fixed seed).
 """
@@ -21,14 +22,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from keybuzz_fix.checks.diagnose.filters import nft_chains
+from keybuzz_fix.checks.diagnose.nftables import nft_chains
 from tests.lab.hosts import HostSpec, Lab, LabHost
 
 pytestmark = pytest.mark.integration
 SETS = int(os.environ.get("KBF_NFT_DIFFERENTIAL_SETS", "120"))
 SEED = 20261130
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
-PRIORITIES = ("filter", "raw", "mangle", "security", "0", "-150", "10", "filter - 5", "filter + 3")
+PRIORITIES = {  # as loaded → its value (nft(8), CHAINS: the standard priority names of ip, ip6 and inet)
+    "filter": 0,
+    "raw": -300,
+    "mangle": -150,
+    "security": 50,
+    "0": 0,
+    "-150": -150,
+    "10": 10,
+    "filter - 5": -5,
+    "filter + 3": 3,
+    "mangle - 1": -151,
+}
 RULES = (
     "counter accept",
     "tcp dport 8472 drop",
@@ -49,6 +61,7 @@ class Loaded:
     hook: str | None
     policy: str
     rules: int
+    priority: int | None = None
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +93,14 @@ def ruleset(rng: random.Random) -> tuple[str, list[Loaded]]:
             rules = [r for r in rng.sample(RULES, rng.randint(0, 3)) if family != "ip6" or "ip saddr" not in r]
             if regular and rng.random() < 0.5:
                 rules.append(f"jump {rng.choice(regular)}")
-            head = f"    type filter hook {hook} priority {rng.choice(PRIORITIES)};"
+            priority = rng.choice(sorted(PRIORITIES))
+            head = f"    type filter hook {hook} priority {priority};"
             text += [f"  chain {chain} {{", head + (f" policy {policy};" if policy else "")]
             text += [f"    {r}" for r in rules] + ["  }"]
             if not own:
-                wanted.append(Loaded(f"{family} {name}/{chain}", hook, policy or "accept", len(rules)))
+                wanted.append(
+                    Loaded(f"{family} {name}/{chain}", hook, policy or "accept", len(rules), PRIORITIES[priority])
+                )
         for chain in regular:
             rules = [r for r in rng.sample(RULES, rng.randint(0, 2)) if family != "ip6" or "ip saddr" not in r]
             text += [f"  chain {chain} {{"] + [f"    {r}" for r in rules] + ["  }"]
@@ -107,7 +123,7 @@ def test_nft_listing_is_read_as_nft_loaded_it(host: LabHost) -> None:
             continue
         listing = host.run("nft list ruleset").stdout
         read = nft_chains(listing.splitlines())
-        got = {k: Loaded(k, c.hook, c.policy, len(c.rules)) for k, c in read.items()}
+        got = {k: Loaded(k, c.hook, c.policy, len(c.rules), c.priority) for k, c in read.items()}
         assert got == {w.key: w for w in wanted}, f"loaded:\n{text}\nlisted:\n{listing}"
         compared += 1
     host.run("nft flush ruleset")

@@ -19,7 +19,6 @@ IPv6 twins arriving on eth0, from 198.19.2.10 / …:2::10 arriving on enp7s0. Ro
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import time
@@ -31,7 +30,8 @@ from hypothesis import strategies as st
 
 from keybuzz_fix.hosts.ufw.ruleset import Ruleset
 from keybuzz_fix.hosts.ufw.verdict import Decision, Flow, decide, judge
-from tests.lab.hosts import Lab, LabHost
+from tests.lab.helper import Helper
+from tests.lab.hosts import Lab
 
 V6 = "fd6b:6266:7566"
 SPORTS = "20000:59999"  # the source ports the prober uses (ufw_prober.PORTS)
@@ -308,42 +308,6 @@ NAMED: dict[str, Case] = {
 # -- the lab ----------------------------------------------------------------------------------
 
 
-class _Helper:
-    """A JSON-lines helper process inside a lab host."""
-
-    def __init__(self, host: LabHost, argv: Sequence[str], log: str) -> None:
-        self.host = host
-        self.proc = host.popen(argv, log)
-        self.log = host.workdir / log
-        self.ask_raw(None)
-
-    def ask_raw(self, req: object) -> object:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if req is not None:
-            self.proc.stdin.write(json.dumps(req) + "\n")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.host.name}: helper died:\n{self.log.read_text()[-2000:]}")
-        answer = json.loads(line)
-        if isinstance(answer, dict) and "error" in answer:
-            raise RuntimeError(f"{self.host.name}: {answer['error']}")
-        return answer
-
-    def ask(self, req: object) -> dict[str, object]:
-        answer = self.ask_raw(req)
-        assert isinstance(answer, dict)
-        return answer
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
 class Topology:
     """The three hosts wired as in the module docstring, with their helpers running."""
 
@@ -353,9 +317,9 @@ class Topology:
         self.t4 = self.t.ip
         self._wire()
         (self.t.workdir / "etc-ufw" / "applications.d" / "kbf-test").write_text(PROFILES)
-        self.target = _Helper(self.t, [SYSTEM_PYTHON, str(HERE / "ufw_agent.py"), "target"], "ufw-agent.log")
-        self.backend = _Helper(self.k, [SYSTEM_PYTHON, str(HERE / "ufw_agent.py"), "listen"], "ufw-agent.log")
-        self.prober = _Helper(self.s, [SYSTEM_PYTHON, str(HERE / "ufw_prober.py")], "ufw-prober.log")
+        self.target = Helper(self.t, [SYSTEM_PYTHON, str(HERE / "ufw_agent.py"), "target"], "ufw-agent.log")
+        self.backend = Helper(self.k, [SYSTEM_PYTHON, str(HERE / "ufw_agent.py"), "listen"], "ufw-agent.log")
+        self.prober = Helper(self.s, [SYSTEM_PYTHON, str(HERE / "ufw_prober.py")], "ufw-prober.log")
         bridge, private = "eth0", "enp7s0"
         self.sources = (
             Source("a1", 4, "198.19.1.10", bridge, self.t4),

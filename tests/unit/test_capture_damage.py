@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 
 from keybuzz_fix.checks.diagnose.dns import coredns
-from keybuzz_fix.checks.diagnose.filters import _port_in, nft_chains
+from keybuzz_fix.checks.diagnose.filters import port_in
 from keybuzz_fix.checks.diagnose.firewall import _first_pod
+from keybuzz_fix.checks.diagnose.nftables import nft_chains
 from keybuzz_fix.checks.diagnose.paths import Topology
 from keybuzz_fix.checks.diagnose.views import ClusterView, Objects
 
@@ -60,7 +61,7 @@ def test_an_nft_type_line_cut_off_anywhere_reads_as_unknown(type_line: str, hook
     ],
 )
 def test_a_port_spec_with_ends_that_are_not_numbers_matches_nothing(spec: str, inside: bool) -> None:
-    assert _port_in(8472, spec) is inside
+    assert port_in(8472, spec) is inside
 
 
 @pytest.mark.parametrize(

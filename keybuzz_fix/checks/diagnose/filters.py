@@ -33,6 +33,7 @@ class Flow:
     iface: str | None
     dst: str | None = None
     chain: str = "INPUT"
+    sport: int | None = None  # None: some ephemeral port (EPHEMERAL), as the flows diagnose judges have
 
     def describe(self) -> str:
         """Return the flow in a few words (``udp/8472 from 10.0.0.3 on enp7s0``)."""
@@ -129,7 +130,7 @@ def _walk(tables: Tables, chain: str, flow: Flow, skip: tuple[str, ...], depth: 
     if depth > 10:
         return None
     for line in tables.rules(chain):
-        target, matched = _rule(line, flow)
+        target, matched, goto = _rule(line, flow)
         if not matched or target is None:
             continue
         if target in TERMINAL:
@@ -139,7 +140,7 @@ def _walk(tables: Tables, chain: str, flow: Flow, skip: tuple[str, ...], depth: 
         if target.startswith(skip) or target not in _chains(tables):
             continue
         found = _walk(tables, target, flow, skip, depth + 1)
-        if found is not None:
+        if found is not None or goto:  # after -g, the end of the target ends this chain too (iptables(8))
             return found
     return None
 
@@ -148,12 +149,13 @@ def _chains(tables: Tables) -> set[str]:
     return {line.split()[0][1:] for line in tables.filter if line.startswith(":")}
 
 
-def _rule(line: str, flow: Flow) -> tuple[str | None, bool]:
+def _rule(line: str, flow: Flow) -> tuple[str | None, bool, bool]:
+    """Return the rule's target, whether it matches the flow, and whether the target is a goto (``-g``)."""
     try:
         words = shlex.split(line)
     except ValueError:
-        return None, False
-    target = None
+        return None, False, False
+    target, goto = None, False
     ok = True
     i, neg = 2, False
     while i < len(words):
@@ -165,11 +167,15 @@ def _rule(line: str, flow: Flow) -> tuple[str | None, bool]:
         hit: bool | None = None
         step = 2
         if w in ("-j", "--jump", "-g", "--goto"):
-            target = nxt
+            target, goto = nxt, w in ("-g", "--goto")
         elif w in ("-s", "--source"):
-            hit = _in(flow.src, nxt)
+            hit = address_in(flow.src, nxt)
         elif w in ("-d", "--destination"):
-            hit = _in(flow.dst, nxt)
+            hit = address_in(flow.dst, nxt)
+        elif w in ("--src-range", "--dst-range"):  # -m iprange
+            hit = address_in(flow.src if w == "--src-range" else flow.dst, nxt)
+        elif w == "--tcp-flags":  # a new flow's first packet: SYN alone (iptables-save prints --syn this way)
+            hit, step = _syn_matches(nxt, words[i + 2] if i + 2 < len(words) else ""), 3
         elif w in ("-i", "--in-interface"):
             hit = _iface(flow.iface, nxt)
         elif w in ("-o", "--out-interface"):
@@ -177,7 +183,9 @@ def _rule(line: str, flow: Flow) -> tuple[str | None, bool]:
         elif w in ("-p", "--protocol"):
             hit = nxt in ("all", "0") or nxt == flow.proto
         elif w in ("--dport", "--destination-port", "--dports", "--destination-ports"):
-            hit = flow.dport is not None and _port_in(flow.dport, nxt)
+            hit = flow.dport is not None and port_in(flow.dport, nxt)
+        elif w in ("--sport", "--source-port", "--sports", "--source-ports"):
+            hit, neg = sport_holds(flow.sport, nxt, negated=neg), False
         elif w in ("--ctstate", "--state"):
             hit = "NEW" in nxt.split(",")
         elif w == "--mark":
@@ -196,15 +204,35 @@ def _rule(line: str, flow: Flow) -> tuple[str | None, bool]:
             ok = ok and hit
         neg = False
         i += step
-    return target, ok
+    return target, ok, goto
 
 
-def _in(address: str | None, net: str) -> bool:
+def _syn_matches(mask: str, comp: str) -> bool:
+    """Whether a SYN and nothing else matches ``--tcp-flags MASK COMP``: its flags among MASK are exactly COMP."""
+    names = {"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
+
+    def read(listed: str) -> set[str]:
+        flags = set(listed.split(","))
+        return names if "ALL" in flags else flags & names  # NONE: no flag
+
+    return {"SYN"} & read(mask) == read(comp)
+
+
+def address_in(address: str | None, net: str) -> bool:
+    """Whether ``address`` is in ``net``: an address, a network, or a range ``first-last``; None is in every one.
+
+    nft lists a set of networks that touch as one range (``{ 198.19.1.0/24, 198.19.2.0/24 }`` reads
+    back as ``{ 198.19.1.0-198.19.2.255 }``).
+    """
     if address is None:
         return True
     try:
-        return ipaddress.ip_address(address) in ipaddress.ip_network(net, strict=False)
-    except ValueError:
+        ip = ipaddress.ip_address(address)
+        first, dash, last = net.partition("-")
+        if dash:
+            return ipaddress.ip_address(first) <= ip <= ipaddress.ip_address(last)  # type: ignore[operator]
+        return ip in ipaddress.ip_network(net, strict=False)
+    except (ValueError, TypeError):  # not an address; or of the other family (a TypeError when compared)
         return False
 
 
@@ -214,165 +242,42 @@ def _iface(iface: str | None, pattern: str) -> bool:
     return iface.startswith(pattern[:-1]) if pattern.endswith("+") else iface == pattern
 
 
-def _port_in(port: int, spec: str) -> bool:
+EPHEMERAL = (32768, 60999)
+"""The source ports of a flow whose port is not known: Linux's default ``net.ipv4.ip_local_port_range``,
+which is also the range a VXLAN device picks its source ports from (ip-link(8), ``srcport``)."""
+
+
+def port_in(port: int, spec: str) -> bool:
     """Whether ``port`` is in an iptables/nft port spec (``80``, ``80:90``, ``80,443``); damaged parts match none."""
+    return any(lo <= port <= hi for lo, hi in _spans(spec))
+
+
+def _spans(spec: str) -> list[tuple[int, int]]:
+    """The port ranges of a spec, as iptables-save prints them (``a:b``; nft's ``a-b`` is turned into that first)."""
+    out = []
     for part in spec.split(","):
         lo, _, hi = part.partition(":")
         hi = hi or lo
-        if all(end.isascii() and end.isdigit() for end in (lo, hi)) and int(lo) <= port <= int(hi):
-            return True
-    return False
+        if all(end.isascii() and end.isdigit() for end in (lo, hi)):
+            out.append((int(lo), int(hi)))
+    return out
 
 
-# -- nftables' own tables (firewalld's, or an operator's), not iptables-nft's -------------------------------
+def sport_holds(sport: int | None, spec: str, *, negated: bool) -> bool:
+    """Whether a source-port condition holds; for an unknown (ephemeral) port, only when it holds for every one.
 
-_IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
-
-
-@dataclass(frozen=True)
-class NftChain:
-    """One chain of ``nft list ruleset``: its table, hook and policy (base chains), its rules."""
-
-    table: str
-    name: str
-    hook: str | None
-    policy: str
-    rules: tuple[str, ...]
-
-
-def nft_chains(lines: Sequence[str]) -> dict[str, NftChain]:
-    """Parse ``nft list ruleset`` into chains (``family table/chain``), leaving out iptables-nft's own tables."""
-    chains: dict[str, NftChain] = {}
-    table = chain = None
-    hook: str | None = None
-    policy = "accept"
-    rules: list[str] = []
-    depth = 0
-    for raw in lines:
-        line = raw.strip()
-        if line.startswith("table ") and line.endswith("{"):
-            words = line.split()
-            table = f"{words[1]} {words[2]}" if len(words) >= 4 else words[1]
-            depth = 1
-        elif line.startswith("chain ") and line.endswith("{") and table:
-            chain, hook, policy, rules, depth = line.split()[1], None, "accept", [], 2
-        elif line == "}":
-            if depth == 2 and table and chain:
-                family, _, name = table.partition(" ")
-                if not (family in ("ip", "ip6") and name in _IPTABLES_TABLES):
-                    chains[f"{table}/{chain}"] = NftChain(table, chain, hook, policy, tuple(rules))
-                chain = None
-            depth -= 1
-        elif chain is not None:
-            if line.startswith("type "):
-                words = line.replace(";", " ").split()
-                hook = _word_after(words, "hook")
-                policy = _word_after(words, "policy") or policy
-            elif line:
-                rules.append(line)
-    return chains
-
-
-def _word_after(words: Sequence[str], key: str) -> str | None:
-    """The word after ``key`` (``hook input``, ``policy drop``); None if there is none (a cut-off line)."""
-    at = words.index(key) if key in words else len(words)
-    return words[at + 1] if at + 1 < len(words) else None
-
-
-def nft_verdict(lines: Sequence[str], flow: Flow) -> IptVerdict | None:
-    """Return the verdict of nftables' own base chains on the flow's hook: the first that drops, else None."""
-    chains = nft_chains(lines)
-    hook = flow.chain.lower()
-    for key, c in chains.items():
-        if c.hook != hook:
-            continue
-        found = _nft_walk(chains, key, flow, 0)
-        if found is None:
-            found = IptVerdict(c.policy.upper(), f"{key}: policy {c.policy}", key)
-        if found.verdict in ("DROP", "REJECT"):
-            return found
-    return None
-
-
-def _nft_walk(chains: dict[str, NftChain], key: str, flow: Flow, depth: int) -> IptVerdict | None:
-    c = chains.get(key)
-    if c is None or depth > 10:
-        return None
-    for rule in c.rules:
-        verdict, target = _nft_rule(rule, flow)
-        if verdict is None:
-            continue
-        if verdict in ("accept", "drop", "reject"):
-            return IptVerdict(verdict.upper(), f"{key}: {rule}", key)
-        if verdict == "return":
-            return None
-        if verdict in ("jump", "goto") and target:
-            found = _nft_walk(chains, f"{c.table}/{target}", flow, depth + 1)
-            if found is not None or verdict == "goto":
-                return found
-    return None
-
-
-def _nft_rule(rule: str, flow: Flow) -> tuple[str | None, str | None]:
-    """Return the rule's verdict (and jump target) when it matches the flow, else (None, None)."""
-    words = rule.replace("{", " { ").replace("}", " } ").replace(",", " ").split()
-    verdict = target = None
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w in ("accept", "drop", "reject", "return"):
-            verdict = w
-            break
-        if w in ("jump", "goto") and i + 1 < len(words):
-            verdict, target = w, words[i + 1]
-            break
-        values, j = _nft_values(words, i + 2) if i + 1 < len(words) else ([], i + 1)
-        neg = bool(values) and values[0] == "!="
-        if neg:
-            values, j = _nft_values(words, i + 3)
-        hit: bool | None = None
-        if w == "ct" and words[i + 1] == "state":
-            hit = "new" in values
-        elif w in ("iif", "iifname"):
-            values, j = _nft_values(words, i + 1)
-            neg = bool(values) and values[0] == "!="
-            if neg:
-                values, j = _nft_values(words, i + 2)
-            hit = flow.iface is None or any(
-                flow.iface == v.strip('"') or v.endswith('*"') and flow.iface.startswith(v.strip('"*')) for v in values
-            )
-        elif w in ("ip",) and words[i + 1] in ("saddr", "daddr"):
-            addr = flow.src if words[i + 1] == "saddr" else flow.dst
-            hit = addr is None or any(_in(addr, v) for v in values)
-        elif w in ("tcp", "udp", "th") and words[i + 1] in ("dport", "sport"):
-            if words[i + 1] == "sport":
-                hit = True
-            else:
-                hit = (
-                    (w == "th" or flow.proto == w)
-                    and flow.dport is not None
-                    and any(_port_in(flow.dport, v.replace("-", ":")) for v in values)
-                )
-        elif w == "meta" and words[i + 1] == "l4proto":
-            hit = flow.proto in values
-        elif w == "ip" and words[i + 1] == "protocol":
-            hit = flow.proto in values
-        else:
-            j = i + 1
-        if hit is not None:
-            if neg:
-                hit = not hit
-            if not hit:
-                return None, None
-        i = max(j, i + 1)
-    return verdict, target
-
-
-def _nft_values(words: Sequence[str], i: int) -> tuple[list[str], int]:
-    """Return the value (or the set of values) at ``words[i]`` and the index after it."""
-    if i >= len(words):
-        return [], i
-    if words[i] == "{":
-        end = words.index("}", i) if "}" in words[i:] else len(words)
-        return list(words[i + 1 : end]), end + 1
-    return [words[i]], i + 1
+    ``--sport 53`` then never holds (a stateless firewall's DNS-reply rule lets no VXLAN in) and
+    ``! --sport 53`` always does; a spec that covers part of the ephemeral range holds either way for
+    some flows and not others, and is taken as not holding.
+    """
+    if sport is not None:
+        return port_in(sport, spec) != negated
+    lo, hi = EPHEMERAL
+    spans = _spans(spec)
+    if negated:
+        return not any(a <= hi and b >= lo for a, b in spans)
+    at = lo
+    for a, b in sorted(spans):
+        if a <= at <= b:
+            at = b + 1
+    return at > hi

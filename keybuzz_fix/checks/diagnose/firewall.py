@@ -12,8 +12,9 @@ import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, iptables_verdict, nft_verdict, ufw_verdict
+from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, iptables_verdict, ufw_verdict
 from keybuzz_fix.checks.diagnose.findings import Candidate, Cause
+from keybuzz_fix.checks.diagnose.nftables import nft_verdict
 from keybuzz_fix.checks.diagnose.paths import Leg, Path, Topology, services
 from keybuzz_fix.checks.diagnose.views import NodeView
 from keybuzz_fix.hosts.flannel.capture import Capture
