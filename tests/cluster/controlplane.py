@@ -54,7 +54,7 @@ class ControlPlaneError(RuntimeError):
 
 
 def read_versions() -> dict[str, str]:
-    """Return the pinned versions of versions.env (K8S_VERSION, ETCD_VERSION, KWOK_VERSION)."""
+    """Return the pinned versions of versions.env (K8S_VERSION, ETCD_VERSION, KWOK_VERSION, CNI_PLUGINS_VERSION)."""
     versions = {}
     for line in (HERE / "versions.env").read_text().splitlines():
         key, sep, value = line.partition("=")

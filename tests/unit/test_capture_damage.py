@@ -2,9 +2,12 @@
 
 The kinds: a word cut off after its keyword in ``nft list ruleset`` (``hook``, ``policy``); a port
 or range whose ends are not ASCII numbers (``str.isdigit`` takes ``²``, ``int`` does not); a pod
-network of the other family (IPv6 pod CIDRs, where the first pod is not ``a.b.c.d+2`` of text);
-a CoreDNS restart count that is not a number in a hand-made cluster.yaml. The well-formed
-readings are checked against the real nft by tests/integration/test_nft_chains_differential.py.
+network of the other family (IPv6 pod CIDRs, where the first pod is not ``a.b.c.d+2`` of text), one
+with no room for a pod (/31, /32, /127, /128: no pod address) or one written with host bits set (as
+cni0's address and FLANNEL_SUBNET are); a CoreDNS restart count that is not a number in a hand-made
+cluster.yaml. The well-formed readings are checked against the real nft by
+tests/integration/test_nft_chains_differential.py, the first pod against the real CNI host-local by
+tests/integration/test_hostlocal_differential.py.
 """
 
 from __future__ import annotations
@@ -66,9 +69,22 @@ def test_a_port_spec_with_ends_that_are_not_numbers_matches_nothing(spec: str, i
 
 @pytest.mark.parametrize(
     ("cidr", "first"),
-    [("10.42.1.0/24", "10.42.1.2"), ("10.42.1.128/25", "10.42.1.130"), ("fd00:42:1::/64", "fd00:42:1::2")],
+    [
+        ("10.42.1.0/24", "10.42.1.2"),
+        ("10.42.1.128/25", "10.42.1.130"),
+        ("fd00:42:1::/64", "fd00:42:1::2"),
+        ("10.42.1.1/24", "10.42.1.2"),  # FLANNEL_SUBNET and cni0 write the gateway: the network is meant
+        ("10.42.1.77/26", "10.42.1.66"),
+        ("fd00:42:1::1/64", "fd00:42:1::2"),
+        ("10.42.1.4/30", "10.42.1.6"),  # the smallest host-local takes: .5 the gateway, .6 the pod
+        ("fd00::4/126", "fd00::6"),  # no broadcast in IPv6, but the gateway still comes first
+        ("10.42.1.4/31", None),  # host-local: "too small to allocate from"
+        ("10.42.1.4/32", None),
+        ("fd00::4/127", None),
+        ("fd00::4/128", None),
+    ],
 )
-def test_the_first_pod_address_of_either_family(cidr: str, first: str) -> None:
+def test_the_first_pod_address_of_either_family(cidr: str, first: str | None) -> None:
     topo = Topology(addresses={}, subnets={cidr: "k3s-node-01"}, tunnels={}, private={})
     assert _first_pod(topo, "k3s-node-01") == first
     assert _first_pod(topo, "k3s-node-02") is None

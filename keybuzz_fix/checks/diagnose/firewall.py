@@ -126,10 +126,26 @@ def needed_legs(nodes: Sequence[NodeView], topo: Topology) -> list[Leg]:
 
 
 def _first_pod(topo: Topology, node: str) -> str | None:
+    """Return the address the node's first pod gets, or None when its pod subnet has room for no pod.
+
+    As the CNI host-local IPAM plugin hands them out (containernetworking/plugins v1.10.0,
+    plugins/ipam/host-local/backend/allocator/range.go, ``Range.Canonicalize``; allocator.go,
+    ``RangeIter.Next``): the range starts at network + 1, which is also the gateway (cni0's address),
+    and the gateway is skipped, so the first pod is network + 2, in either family; a subnet of fewer
+    than four addresses (/31, /32, /127, /128) is refused as "too small to allocate from". host-local
+    also refuses a subnet written with host bits set, but never gets one: flannel's CNI plugin reads
+    FLANNEL_SUBNET (written as 10.42.1.1/24) with Go's net.ParseCIDR, whose network is masked, and
+    delegates that (flannel-io/cni-plugin, flannel.go ``loadFlannelSubnetEnv``, flannel_linux.go
+    ``getDelegateIPAM``); so a subnet read from cni0's address or subnet.env is masked here too.
+    Checked against the real plugin by tests/integration/test_hostlocal_differential.py.
+    """
     cidr = next((c for c, owner in topo.subnets.items() if owner == node), None)
     if cidr is None:
         return None
-    return str(ipaddress.ip_network(cidr, strict=False)[2])  # as flannel hands them out: .1 is cni0
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.prefixlen > net.max_prefixlen - 2:
+        return None
+    return str(net.network_address + 2)
 
 
 def firewall_candidates(nodes: Sequence[NodeView], paths: Sequence[Path], topo: Topology) -> list[Candidate]:
