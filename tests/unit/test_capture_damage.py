@@ -4,10 +4,11 @@ The kinds: a word cut off after its keyword in ``nft list ruleset`` (``hook``, `
 or range whose ends are not ASCII numbers (``str.isdigit`` takes ``²``, ``int`` does not); a pod
 network of the other family (IPv6 pod CIDRs, where the first pod is not ``a.b.c.d+2`` of text), one
 with no room for a pod (/31, /32, /127, /128: no pod address) or one written with host bits set (as
-cni0's address and FLANNEL_SUBNET are); a CoreDNS restart count that is not a number in a hand-made
-cluster.yaml. The well-formed readings are checked against the real nft by
-tests/integration/test_nft_chains_differential.py, the first pod against the real CNI host-local by
-tests/integration/test_hostlocal_differential.py.
+cni0's address and FLANNEL_SUBNET are); a CoreDNS restart count that is not a number, or container
+statuses of any other shape, in a hand-made cluster.yaml. The well-formed readings are checked
+against the real systems: nft by tests/integration/test_nft_chains_differential.py, the first pod
+by the real CNI host-local (tests/integration/test_hostlocal_differential.py), CoreDNS pods as the
+real API server serves them (tests/integration/test_coredns_pods.py).
 """
 
 from __future__ import annotations
@@ -99,3 +100,31 @@ def test_a_restart_count_that_is_not_a_number_is_not_counted(restarts: object, f
     found = coredns([], ClusterView(objects=Objects(pods=(pod,))))
     said = [line for lines in found.evidence.values() for line in lines]
     assert any(line.startswith("coredns-1: running, ") for line in said) is flagged, said
+
+
+def _said(statuses: object) -> list[str]:
+    pod = {
+        "metadata": {"name": "coredns-1", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+        "status": {"containerStatuses": statuses},
+    }
+    found = coredns([], ClusterView(objects=Objects(pods=(pod,))))
+    return [line for lines in found.evidence.values() for line in lines if not line.startswith("$ ")]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "said"),
+    [
+        ("abc", []),
+        ({"name": "coredns"}, []),
+        ([1, None, "x"], []),
+        ([{"name": "coredns", "state": "running"}], []),
+        ([{"name": "coredns", "state": {"waiting": "CrashLoopBackOff"}}], []),
+        ([{"name": "coredns", "state": {"terminated": {"exitCode": "1"}}}], []),
+        ([{"name": "coredns", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}], []),
+        ([{"name": "coredns", "state": {"terminated": {"exitCode": 2}}}], ["coredns-1: ExitCode:2, 0 restarts"]),
+        ([{"name": "coredns", "state": {"waiting": {"reason": "Error"}}}], ["coredns-1: Error, 0 restarts"]),
+        ([7, {"name": "coredns", "restartCount": 4}], ["coredns-1: running, 4 restarts"]),
+    ],
+)
+def test_container_statuses_of_any_shape_read_without_raising(statuses: object, said: list[str]) -> None:
+    assert _said(statuses) == said

@@ -32,19 +32,10 @@ def coredns(nodes: Sequence[NodeView], cluster: ClusterView) -> Candidate:
                 ["$ kubectl -n kube-system get endpoints kube-dns", "<none> (no ready CoreDNS pod)"]
             )
         for pod in objs.pods:
-            if not is_dns_pod(pod):
-                continue
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
-                restarts = cs.get("restartCount")  # an int from the API; a hand-edited cluster.yaml may say anything
-                if waiting in ("CrashLoopBackOff", "Error") or (isinstance(restarts, int) and restarts >= 3):
-                    name = (pod.get("metadata") or {}).get("name")
-                    lines.setdefault("cluster", []).extend(
-                        [
-                            "$ kubectl -n kube-system get pods -l k8s-app=kube-dns",
-                            f"{name}: {waiting or 'running'}, {cs.get('restartCount', 0)} restarts",
-                        ]
-                    )
+            if is_dns_pod(pod) and (failing := _failing_containers(pod)):
+                lines.setdefault("cluster", []).extend(
+                    ["$ kubectl -n kube-system get pods -l k8s-app=kube-dns", *failing]
+                )
     for n in nodes:
         c = n.capture
         if c is None:
@@ -91,6 +82,39 @@ def coredns(nodes: Sequence[NodeView], cluster: ClusterView) -> Candidate:
         breaks=must,
         may_break=lambda p: p.kind in ("dns", "dns-pod"),
     )
+
+
+def _failing_containers(pod: Mapping[str, Any]) -> list[str]:
+    """One line per container of a CoreDNS pod that is not serving, as kubectl would show its state.
+
+    Not serving: in back-off (waiting CrashLoopBackOff), ended with an error (terminated with a
+    non-zero exit code: kubectl's Error, OOMKilled, ExitCode:N; the kubelet never writes Error as a
+    waiting reason, a hand-made cluster.yaml may), or restarted 3 times or more. Init containers are
+    not read: CoreDNS as K3s and kubeadm ship it has none, and a pod stuck in them is not ready,
+    which the kube-dns endpoints show.
+    """
+    statuses = _mapping(pod.get("status")).get("containerStatuses")
+    statuses = [cs for cs in statuses if isinstance(cs, Mapping)] if isinstance(statuses, list) else []
+    name = _mapping(pod.get("metadata")).get("name")
+    out = []
+    for cs in statuses:
+        state = _mapping(cs.get("state"))
+        waiting = _mapping(state.get("waiting")).get("reason")
+        ended = _mapping(state.get("terminated"))
+        code = ended.get("exitCode")
+        # restartCount: an int from the API (0 when a status leaves it out); a hand-made cluster.yaml may say anything
+        restarts = cs.get("restartCount", 0)
+        crashed = isinstance(code, int) and code != 0
+        if waiting in ("CrashLoopBackOff", "Error") or crashed or (isinstance(restarts, int) and restarts >= 3):
+            shown = waiting or ended.get("reason") or (f"ExitCode:{code}" if ended else "running")
+            who = f"{name} ({cs.get('name')})" if len(statuses) > 1 else name
+            out.append(f"{who}: {shown}, {restarts} restarts")
+    return out
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    """A field that must be a mapping; anything else (a hand-edited capture) counts as empty."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def network_policy(cluster: ClusterView) -> Candidate:
