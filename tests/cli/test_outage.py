@@ -8,7 +8,6 @@ all, and it never answers, like an API server behind a dead link.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pexpect
 import pytest
+
+from tests.terminal import at_terminal, terminal_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "servers.tsv.example"
@@ -75,10 +76,10 @@ def kubeconfig(path: Path, port: int, contexts: tuple[str, ...] = ("lab",)) -> P
 
 
 def environment(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
     home.mkdir(exist_ok=True)
-    env.update(HOME=str(home), KEYBUZZ_FIX_STATE_DIR=str(home / "state"), PYTHONUNBUFFERED="1")
-    return env
+    return terminal_env(
+        drop=("KUBECONFIG",), HOME=str(home), KEYBUZZ_FIX_STATE_DIR=str(home / "state"), PYTHONUNBUFFERED="1"
+    )
 
 
 def run(args: list[str], home: Path, timeout: float = 20.0) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -98,16 +99,7 @@ def run(args: list[str], home: Path, timeout: float = 20.0) -> tuple[subprocess.
 
 def spawn(args: list[str], home: Path, *, columns: int = 100) -> pexpect.spawn:
     """Start the CLI in a pseudo-terminal of ``columns`` columns, as a person would."""
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "keybuzz_fix", *args],
-        env=environment(home),
-        cwd=str(ROOT),
-        dimensions=(40, columns),
-        encoding="utf-8",
-        codec_errors="replace",  # a progress bar cut by Ctrl-C may end inside a character
-        timeout=20,
-    )
+    return at_terminal(args, environment(home), rows=40, columns=columns, timeout=20)
 
 
 # -- 16: a run that could never ask is refused before it connects anywhere --------------------------

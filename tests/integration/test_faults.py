@@ -156,12 +156,9 @@ def two_ports(folder: Path) -> Path:
     return path
 
 
-def start(lab: Lab, servers: Path, state: Path, *args: str, identity: Path | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "KEYBUZZ_FIX_STATE_DIR": str(state)}
-    argv = [
-        sys.executable,
-        "-m",
-        "keybuzz_fix",
+def ufw_args(lab: Lab, servers: Path, *args: str, identity: Path | None = None) -> list[str]:
+    """The arguments of `keybuzz-fix ufw` on the lab's hosts: the two NodePorts, the lab's key, ``args``."""
+    return [
         "ufw",
         str(servers),
         "--config",
@@ -172,10 +169,13 @@ def start(lab: Lab, servers: Path, state: Path, *args: str, identity: Path | Non
         str(lab.known_hosts_file),
         "--source",
         SOURCE,
-        "-o",
-        "json",
         *args,
     ]
+
+
+def start(lab: Lab, servers: Path, state: Path, *args: str, identity: Path | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "KEYBUZZ_FIX_STATE_DIR": str(state)}
+    argv = [sys.executable, "-m", "keybuzz_fix", *ufw_args(lab, servers, "-o", "json", *args, identity=identity)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
     )

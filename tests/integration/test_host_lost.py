@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,11 +25,11 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.integration.test_faults import RULES, SOURCE, added, audit, two_ports, ufw
+from tests.integration.test_faults import RULES, added, audit, ufw, ufw_args
 from tests.lab.hosts import GATEWAY, Lab, LabHost
+from tests.terminal import at_terminal, terminal_env
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent.parent
 TIMEOUT = 4  # --timeout
 SLACK = 8  # seconds on top of --timeout for the healthy hosts' apply, closing the sessions, a slow CI machine
 
@@ -78,32 +77,11 @@ def test_a_worker_lost_between_plan_and_apply_is_unknown_within_the_timeout_and_
     servers = lab.servers_tsv(tmp_path / "servers.tsv", masters=())
     lost, *others = lab.hosts
     before = {h.name: added(h) for h in lab.hosts}
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env.update(KEYBUZZ_FIX_STATE_DIR=str(state))
-    child = pexpect.spawn(
-        sys.executable,
-        [
-            "-m",
-            "keybuzz_fix",
-            "ufw",
-            str(servers),
-            "--config",
-            str(two_ports(tmp_path)),
-            "--identity",
-            str(lab.identity_file),
-            "--known-hosts",
-            str(lab.known_hosts_file),
-            "--source",
-            SOURCE,
-            "--timeout",
-            str(TIMEOUT),
-        ],
-        env=env,
-        cwd=str(ROOT),
-        dimensions=(60, 1000),
-        encoding="utf-8",
-        codec_errors="replace",
-        timeout=120,
+    child = at_terminal(
+        ufw_args(lab, servers, "--timeout", str(TIMEOUT)),
+        terminal_env(KEYBUZZ_FIX_STATE_DIR=str(state)),
+        rows=60,
+        columns=1000,
     )
     try:
         child.expect(r"Apply 6 change\(s\) on 3 host\(s\)\?")

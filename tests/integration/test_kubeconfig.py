@@ -37,6 +37,7 @@ from keybuzz_fix.cluster.connect import from_kubeconfig
 from tests.cluster.controlplane import free_port
 from tests.lab.bastion import UnixBridge
 from tests.lab.hosts import HostSpec, Lab
+from tests.terminal import at_terminal, terminal_env
 
 if TYPE_CHECKING:
     from tests.cluster.fixtures import KeybuzzCluster
@@ -240,15 +241,8 @@ def test_insecure_skip_tls_verify_as_the_kubeconfig_says(keybuzz_cluster: Keybuz
     assert cli("convert", "--dry-run", "--kubeconfig", str(insecure)).exit_code == 0
     # At a terminal, in a process of its own (warning filters are per process): urllib3's
     # InsecureRequestWarning never repeats; the prompt names the cluster as not verified, once.
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env["KEYBUZZ_FIX_STATE_DIR"] = str(tmp_path / "state")
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "keybuzz_fix", "convert", "--kubeconfig", str(insecure)],
-        env=env,
-        dimensions=(50, 400),
-        encoding="utf-8",
-        timeout=120,
+    child = at_terminal(
+        ["convert", "--kubeconfig", str(insecure)], terminal_env(KEYBUZZ_FIX_STATE_DIR=str(tmp_path / "state"))
     )
     try:
         child.expect(r"\[y/N\]")

@@ -6,9 +6,7 @@ answers no, so the cluster is left as seeded.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,24 +17,17 @@ from kubernetes import client
 if TYPE_CHECKING:
     from tests.cluster.fixtures import KeybuzzCluster
 
+from tests.terminal import at_terminal, terminal_env
+
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def answered(args: list[str], state: Path, answer: str, *, home: Path | None = None) -> tuple[str, int | None]:
     """Run ``keybuzz-fix ARGS`` at a terminal, give ``answer`` to its question; return what came before it, the exit."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
-    env.update(KEYBUZZ_FIX_STATE_DIR=str(state), **({"HOME": str(home)} if home is not None else {}))
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "keybuzz_fix", *args],
-        env=env,
-        cwd=str(ROOT),
-        dimensions=(50, 250),
-        encoding="utf-8",
-        codec_errors="replace",
-        timeout=150,
+    env = terminal_env(
+        drop=("KUBECONFIG",), KEYBUZZ_FIX_STATE_DIR=str(state), **({"HOME": str(home)} if home is not None else {})
     )
+    child = at_terminal(args, env, columns=250, timeout=150)
     try:
         child.expect(r"\[y/N\]")
         before = child.before

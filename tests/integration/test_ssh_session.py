@@ -17,7 +17,6 @@ import pytest
 from keybuzz_fix import inventory
 from keybuzz_fix.errors import ConnectionLost, RemoteCommandError
 from keybuzz_fix.hosts.ssh import connect
-from keybuzz_fix.hosts.sshoptions import SshOptions
 from tests.lab.hosts import GATEWAY, Lab
 
 pytestmark = pytest.mark.integration
@@ -25,14 +24,7 @@ pytestmark = pytest.mark.integration
 
 def test_one_shell_runs_every_command_to_its_end(lab_hosts: Lab, tmp_path: Path) -> None:
     host = inventory.select(inventory.read_inventory(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[0]
-    options = SshOptions(
-        known_hosts=lab_hosts.known_hosts_file,
-        identity=lab_hosts.identity_file,
-        connect_timeout=5,
-        command_timeout=30,
-        ssh_config=None,
-    )
-    with connect(host, options) as session:
+    with connect(host, lab_hosts.ssh_options()) as session:
         for i in range(60):
             result = session.run(f"seq 1 3000; echo 'last {i}'; echo err >&2")
             assert result.stdout.endswith(f"\n3000\nlast {i}\n") and result.stdout.count("\n") == 3001, i
@@ -67,14 +59,7 @@ def test_a_quiet_live_command_outlasts_the_silence_bound_and_a_silent_host_does_
 ) -> None:
     """The keepalives tell a slow command (the host answers them) from a host that is gone (nothing answers)."""
     host = inventory.select(inventory.read_inventory(lab_hosts.servers_tsv(tmp_path / "servers.tsv")))[1]
-    options = SshOptions(
-        known_hosts=lab_hosts.known_hosts_file,
-        identity=lab_hosts.identity_file,
-        connect_timeout=5,
-        command_timeout=30,
-        silence_timeout=2,
-        ssh_config=None,
-    )
+    options = lab_hosts.ssh_options(silence_timeout=2)
     lab_host = lab_hosts.host(host.hostname)
     with connect(host, options) as session:
         start = time.monotonic()

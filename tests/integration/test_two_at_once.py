@@ -13,9 +13,7 @@ The tests run in order: each race converts the cluster and its rollback puts it 
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,25 +33,16 @@ from keybuzz_fix.cluster.lock import LEASE
 if TYPE_CHECKING:
     from tests.cluster.fixtures import KeybuzzCluster
 
+from tests.terminal import at_terminal, terminal_env
+
 pytestmark = pytest.mark.integration
 NS = "keybuzz"
-ROOT = Path(__file__).resolve().parent.parent.parent
 SINCE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
 
 
 def spawn(cluster: KeybuzzCluster, state: Path, home: Path, *args: str) -> pexpect.spawn:
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "COLUMNS", "LINES")}
-    env.update(HOME=str(home), KEYBUZZ_FIX_STATE_DIR=str(state))
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "keybuzz_fix", *args, "--kubeconfig", str(cluster.kubeconfig)],
-        env=env,
-        cwd=str(ROOT),
-        dimensions=(50, 400),
-        encoding="utf-8",
-        codec_errors="replace",
-        timeout=120,
-    )
+    env = terminal_env(drop=("KUBECONFIG",), HOME=str(home), KEYBUZZ_FIX_STATE_DIR=str(state))
+    return at_terminal([*args, "--kubeconfig", str(cluster.kubeconfig)], env)
 
 
 def finish(child: pexpect.spawn) -> tuple[int, str]:

@@ -256,7 +256,6 @@ def test_only_hosts_with_changes_keep_their_connection(
     lab_factory: Callable[..., Lab], tmp_path: Path, state_dir: Path
 ) -> None:
     from keybuzz_fix import inventory
-    from keybuzz_fix.hosts.sshoptions import SshOptions
     from keybuzz_fix.hosts.ufw.apply import FirewallRun
     from keybuzz_fix.hosts.ufw.rules import desired_rules
     from keybuzz_fix.hosts.ufw.run import HostStatus
@@ -267,14 +266,7 @@ def test_only_hosts_with_changes_keep_their_connection(
         for rule in rules:  # worker-02 already has both rules: its plan is a no-op
             lab.host("k8s-worker-02").run(rule.command())
         hosts = inventory.select(inventory.read_inventory(servers))
-        ssh = SshOptions(
-            known_hosts=lab.known_hosts_file,
-            identity=lab.identity_file,
-            connect_timeout=5,
-            command_timeout=30,
-            ssh_config=None,
-        )
-        run = FirewallRun(hosts=hosts, desired=lambda _h: rules, ssh=ssh, concurrency=3)
+        run = FirewallRun(hosts=hosts, desired=lambda _h: rules, ssh=lab.ssh_options(), concurrency=3)
         try:
             planned = run.plan()
             assert all(o.ok for o in planned), [o.error for o in planned]

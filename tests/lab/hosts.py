@@ -39,6 +39,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from keybuzz_fix.hosts.sshoptions import SshOptions
+
 PREFIX = "kbl"
 SUBNET = ipaddress.ip_network("198.18.0.0/24")
 GATEWAY = "198.18.0.1"
@@ -398,6 +400,11 @@ class Lab:
     def known_hosts_file(self) -> Path:
         """known_hosts with each host's key for its IP, as the hosts were built."""
         return self.workdir / "known_hosts"
+
+    def ssh_options(self, **overrides: float) -> SshOptions:
+        """The tool's SSH options for these hosts: the lab's key and known_hosts, no ssh_config, short timeouts."""
+        timeouts = {"connect_timeout": 5.0, "command_timeout": 30.0, **overrides}
+        return SshOptions(known_hosts=self.known_hosts_file, identity=self.identity_file, ssh_config=None, **timeouts)
 
     # -- building ---------------------------------------------------------------------------
 
