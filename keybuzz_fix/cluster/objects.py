@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from keybuzz_fix.errors import InputError
@@ -35,20 +35,21 @@ _POD_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 def meta_of(obj: Obj) -> Obj:
     """Return an object's metadata (empty when absent)."""
-    return _part(obj, "metadata")
+    return part_of(obj, "metadata")
 
 
 def spec_of(obj: Obj) -> Obj:
     """Return an object's spec (empty when absent)."""
-    return _part(obj, "spec")
+    return part_of(obj, "spec")
 
 
 def status_of(obj: Obj) -> Obj:
     """Return an object's status (empty when absent)."""
-    return _part(obj, "status")
+    return part_of(obj, "status")
 
 
-def _part(obj: Obj, key: str) -> Obj:
+def part_of(obj: Mapping[str, Any], key: str) -> Obj:
+    """Return the mapping at ``key`` (empty when absent, or not a mapping: a hand-edited file's)."""
     value = obj.get(key)
     return value if isinstance(value, dict) else {}
 

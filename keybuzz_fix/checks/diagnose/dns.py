@@ -8,6 +8,7 @@ from typing import Any
 from keybuzz_fix.checks.diagnose.findings import Candidate, Cause
 from keybuzz_fix.checks.diagnose.paths import Path
 from keybuzz_fix.checks.diagnose.views import ClusterView, NodeView, is_dns_pod
+from keybuzz_fix.cluster.objects import part_of
 
 LOOP = ("plugin/loop", "loop detected")
 
@@ -93,14 +94,14 @@ def _failing_containers(pod: Mapping[str, Any]) -> list[str]:
     not read: CoreDNS as K3s and kubeadm ship it has none, and a pod stuck in them is not ready,
     which the kube-dns endpoints show.
     """
-    statuses = _mapping(pod.get("status")).get("containerStatuses")
+    statuses = part_of(pod, "status").get("containerStatuses")
     statuses = [cs for cs in statuses if isinstance(cs, Mapping)] if isinstance(statuses, list) else []
-    name = _mapping(pod.get("metadata")).get("name")
+    name = part_of(pod, "metadata").get("name")
     out = []
     for cs in statuses:
-        state = _mapping(cs.get("state"))
-        waiting = _mapping(state.get("waiting")).get("reason")
-        ended = _mapping(state.get("terminated"))
+        state = part_of(cs, "state")
+        waiting = part_of(state, "waiting").get("reason")
+        ended = part_of(state, "terminated")
         code = ended.get("exitCode")
         # restartCount: an int from the API (0 when a status leaves it out); a hand-made cluster.yaml may say anything
         restarts = cs.get("restartCount", 0)
@@ -110,11 +111,6 @@ def _failing_containers(pod: Mapping[str, Any]) -> list[str]:
             who = f"{name} ({cs.get('name')})" if len(statuses) > 1 else name
             out.append(f"{who}: {shown}, {restarts} restarts")
     return out
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    """A field that must be a mapping; anything else (a hand-edited capture) counts as empty."""
-    return value if isinstance(value, Mapping) else {}
 
 
 def network_policy(cluster: ClusterView) -> Candidate:

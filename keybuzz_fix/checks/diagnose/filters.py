@@ -207,15 +207,37 @@ def _rule(line: str, flow: Flow) -> tuple[str | None, bool, bool]:
     return target, ok, goto
 
 
+TCP_FLAGS = {
+    "fin": 0x01,
+    "syn": 0x02,
+    "rst": 0x04,
+    "psh": 0x08,
+    "ack": 0x10,
+    "urg": 0x20,
+    "ece": 0x40,  # iptables' name
+    "ecn": 0x40,  # nft's
+    "cwr": 0x80,
+}
+SYN = TCP_FLAGS["syn"]  # the first packet of a new TCP flow has this flag alone
+
+
+def tcp_flag_bits(listed: str) -> int:
+    """TCP flags as bits, from iptables' ``SYN,ACK``/``ALL``/``NONE`` or nft's ``syn,ack``/``syn|ack``/``0x12``."""
+    bits = 0
+    for name in listed.replace("|", ",").split(","):
+        name = name.strip().lower()
+        if name == "all":
+            bits |= 0xFF
+        elif name.startswith("0x"):
+            bits |= int(name, 16) if all(c in "0123456789abcdef" for c in name[2:]) and name[2:] else 0
+        else:
+            bits |= TCP_FLAGS.get(name, 0)  # none, or a damaged word: no flag
+    return bits
+
+
 def _syn_matches(mask: str, comp: str) -> bool:
     """Whether a SYN and nothing else matches ``--tcp-flags MASK COMP``: its flags among MASK are exactly COMP."""
-    names = {"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
-
-    def read(listed: str) -> set[str]:
-        flags = set(listed.split(","))
-        return names if "ALL" in flags else flags & names  # NONE: no flag
-
-    return {"SYN"} & read(mask) == read(comp)
+    return SYN & tcp_flag_bits(mask) == tcp_flag_bits(comp)
 
 
 def address_in(address: str | None, net: str) -> bool:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from keybuzz_fix.checks.diagnose.filters import Flow, IptVerdict, address_in, port_in, sport_holds
+from keybuzz_fix.checks.diagnose.filters import SYN, Flow, IptVerdict, address_in, port_in, sport_holds, tcp_flag_bits
 
 _IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 
@@ -186,17 +186,6 @@ def _nft_rule(rule: str, flow: Flow) -> tuple[str | None, str | None]:
 
 
 _TCP_FLAGS = re.compile(r"\btcp flags (?:(==|!=) )?(\{[^}]*\}|[a-z0-9,|]+)(?: / ([a-z0-9,]+))?")
-_FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ecn": 0x40, "cwr": 0x80}
-_SYN = _FLAG_BITS["syn"]
-
-
-def _flag_bits(listed: str) -> int:
-    """``syn,ack``, ``syn|ack`` or ``0x12`` (nft lists a value that has no name in hexadecimal) as bits."""
-    bits = 0
-    for name in listed.replace("|", ",").split(","):
-        name = name.strip()
-        bits |= int(name, 16) if name.startswith("0x") else _FLAG_BITS.get(name, 0)
-    return bits
 
 
 def _syn_matches(rule: str) -> bool:
@@ -211,13 +200,13 @@ def _syn_matches(rule: str) -> bool:
     op, value, mask = m.groups()
     negated = op == "!="
     if value.startswith("{"):
-        return any(_flag_bits(v) == _SYN for v in value.strip("{} ").split(",")) != negated
-    bits = _flag_bits(value)
+        return any(tcp_flag_bits(v) == SYN for v in value.strip("{} ").split(",")) != negated
+    bits = tcp_flag_bits(value)
     if mask is not None:
-        return (_SYN & _flag_bits(mask) == bits) != negated
+        return (SYN & tcp_flag_bits(mask) == bits) != negated
     if op is not None:
-        return (bits == _SYN) != negated
-    return bool(bits & _SYN)
+        return (bits == SYN) != negated
+    return bool(bits & SYN)
 
 
 def _nft_values(words: Sequence[str], i: int) -> tuple[list[str], int]:
