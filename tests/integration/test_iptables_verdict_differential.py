@@ -25,27 +25,17 @@ import pytest
 
 from keybuzz_fix.checks.diagnose.filters import Flow, iptables_verdict
 from keybuzz_fix.hosts.flannel.capture import Tables
-from tests.lab.filter_differential import Probe, Topology, iptables_counters
-from tests.lab.hosts import HostSpec, Lab
+from tests.lab.filter_differential import PORTS, SEED, Topology, iptables_counters, lab_topology, probes
+from tests.lab.hosts import Lab
 
 pytestmark = pytest.mark.integration
 SETS = int(os.environ.get("KBF_IPTABLES_DIFFERENTIAL_SETS", "200"))
-SEED = 20261130
-PORTS = (53, 6443, 8472, 10250, 31695, 32720)
 
 
 @pytest.fixture(scope="module")
 def topology(lab_factory: Callable[..., Lab]) -> Iterator[Topology]:
-    specs = [
-        HostSpec("ipt-source", ufw_active=False, http_listener=False),
-        HostSpec("ipt-target", ufw_active=False, http_listener=False),
-    ]
-    with lab_factory(specs) as lab:
-        topo = Topology(lab, "ipt-source", "ipt-target")
-        try:
-            yield topo
-        finally:
-            topo.close()
+    with lab_topology(lab_factory, "ipt") as topo:
+        yield topo
 
 
 def _ports(rng: random.Random) -> tuple[str, str]:
@@ -141,19 +131,6 @@ def ruleset(rng: random.Random, t: str) -> str:
         for _ in range(rng.randint(0, 3)):
             lines.append(f"-A {c} {_match(rng, t)} {target(c)}")
     return "\n".join([*lines, "COMMIT", ""])
-
-
-def probes(topo: Topology, rng: random.Random, count: int) -> list[Probe]:
-    ports = [*PORTS, *(p - 1 for p in PORTS), *(p + 1 for p in PORTS)]
-    return [
-        Probe(
-            rng.choice(topo.sources),
-            rng.choice((20001, 31000, 40000, 53)),
-            rng.choice(("tcp", "udp")),
-            rng.choice(ports),
-        )
-        for _ in range(count)
-    ]
 
 
 def test_iptables_verdicts_are_the_kernels(topology: Topology) -> None:

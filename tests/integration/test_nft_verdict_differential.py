@@ -27,28 +27,18 @@ import pytest
 
 from keybuzz_fix.checks.diagnose.filters import Flow
 from keybuzz_fix.checks.diagnose.nftables import nft_verdict
-from tests.lab.filter_differential import Probe, Topology, Tracer, uncounted
-from tests.lab.hosts import HostSpec, Lab
+from tests.lab.filter_differential import PORTS, SEED, Probe, Topology, Tracer, lab_topology, probes, uncounted
+from tests.lab.hosts import Lab
 
 pytestmark = pytest.mark.integration
 SETS = int(os.environ.get("KBF_NFT_VERDICT_DIFFERENTIAL_SETS", "150"))
-SEED = 20261130
-PORTS = (53, 6443, 8472, 10250, 31695, 32720)
 END = "inet kbf-end/end"  # the last base chain on input: what reaches it was dropped by none
 
 
 @pytest.fixture(scope="module")
 def topology(lab_factory: Callable[..., Lab]) -> Iterator[Topology]:
-    specs = [
-        HostSpec("nftv-source", ufw_active=False, http_listener=False),
-        HostSpec("nftv-target", ufw_active=False, http_listener=False),
-    ]
-    with lab_factory(specs) as lab:
-        topo = Topology(lab, "nftv-source", "nftv-target")
-        try:
-            yield topo
-        finally:
-            topo.close()
+    with lab_topology(lab_factory, "nftv") as topo:
+        yield topo
 
 
 def _ports(rng: random.Random) -> str:
@@ -152,19 +142,6 @@ def _rule(rng: random.Random, t: str, callees: list[str], own: str | None) -> st
     if own is not None:
         verdicts.append("return")
     return f"{_match(rng, t)} {rng.choice(verdicts)}".strip()
-
-
-def probes(topo: Topology, rng: random.Random, count: int) -> list[Probe]:
-    ports = [*PORTS, *(p - 1 for p in PORTS), *(p + 1 for p in PORTS)]
-    return [
-        Probe(
-            rng.choice(topo.sources),
-            rng.choice((20001, 31000, 40000, 53)),
-            rng.choice(("tcp", "udp")),
-            rng.choice(ports),
-        )
-        for _ in range(count)
-    ]
 
 
 def test_nft_verdicts_are_the_kernels(topology: Topology) -> None:

@@ -17,21 +17,26 @@ arrives at T's INPUT while a probe is judged.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.lab.helper import Helper
-from tests.lab.hosts import Lab, LabHost
+from tests.lab.hosts import HostSpec, Lab, LabHost
 
 HERE = Path(__file__).parent
 SETTLE = 2.0  # seconds a probe may take to be counted: far above the milliseconds it takes
+SEED = 20261130
+PORTS = (53, 6443, 8472, 10250, 31695, 32720)  # the rules' ports; probes go to them and to either side
+SPORTS = (20001, 31000, 40000, 53)  # the probes' source ports: in and out of the rules' source-port specs
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,28 @@ class Topology:
 
     def close(self) -> None:
         self.sender.close()
+
+
+def probes(topo: Topology, rng: random.Random, count: int) -> list[Probe]:
+    """``count`` probes: UDP or TCP, from any source, to the rules' ports and to either side of each."""
+    ports = [*PORTS, *(p - 1 for p in PORTS), *(p + 1 for p in PORTS)]
+    return [
+        Probe(rng.choice(topo.sources), rng.choice(SPORTS), rng.choice(("tcp", "udp")), rng.choice(ports))
+        for _ in range(count)
+    ]
+
+
+@contextlib.contextmanager
+def lab_topology(lab_factory: Callable[..., Lab], prefix: str) -> Iterator[Topology]:
+    """Two fresh lab hosts (``PREFIX-source``, ``PREFIX-target``: no UFW, no listener) wired as a Topology."""
+    source, target = f"{prefix}-source", f"{prefix}-target"
+    specs = [HostSpec(name, ufw_active=False, http_listener=False) for name in (source, target)]
+    with lab_factory(specs) as lab:
+        topo = Topology(lab, source, target)
+        try:
+            yield topo
+        finally:
+            topo.close()
 
 
 _COUNTED = re.compile(r"^\[(\d+):\d+\] (-A .*)$")
